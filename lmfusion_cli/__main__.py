@@ -1,0 +1,3 @@
+from lmfusion_cli.cli import main
+
+main()

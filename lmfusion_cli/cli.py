@@ -1,0 +1,75 @@
+"""The `lmfusion` command line: thin Typer commands, one stage function each.
+
+Exit codes: 0 success, 2 bad input (one sentence on stderr; traceback with --verbose), 1 otherwise."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated, Optional
+
+import typer
+
+from lmfusion_cli import __version__
+from lmfusion_cli.commands import encode_latents, evaluate, prepare, sample, train
+from lmfusion_cli.common.errors import UserError
+
+app = typer.Typer(
+    name="lmfusion",
+    help="Give a pretrained text-only LLM image understanding and generation (LMFusion).\n\n"
+    "Stages: prepare → encode-latents → train → sample → evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmfusion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    from lmfusion_cli.common.logs import setup_logging
+
+    if verbose:
+        os.environ["LMFUSION_VERBOSE"] = "1"
+    if quiet:
+        os.environ["LMFUSION_QUIET"] = "1"
+    setup_logging(quiet=quiet, verbose=verbose)
+
+
+app.command("prepare")(prepare.command)
+app.command("encode-latents")(encode_latents.command)
+app.command("train")(train.command)
+app.command("sample")(sample.command)
+app.command("evaluate")(evaluate.command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning a UserError into one sentence and exit code 2.
+
+    Typer itself reports usage errors (unknown option, bad value) with exit code 2."""
+    try:
+        app(args=argv)
+    except UserError as e:
+        if os.environ.get("LMFUSION_VERBOSE") == "1":
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

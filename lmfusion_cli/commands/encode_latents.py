@@ -1,0 +1,10 @@
+"""`lmfusion encode-latents` (issue 6)."""
+
+from __future__ import annotations
+
+from lmfusion_cli.commands.common import ConfigOption, SetOption, not_available
+
+
+def command(config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Not available yet (issue 6)."""
+    not_available("encode-latents", 6)

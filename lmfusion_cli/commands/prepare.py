@@ -1,0 +1,48 @@
+"""`lmfusion prepare`: a data source → webdataset image/caption shards + manifest.json (issue 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lmfusion_cli.commands.common import ConfigOption, SetOption
+
+
+def command(
+    source: Annotated[Optional[str], typer.Option(help="shapes | coco | folder | jsonl | hf-disk | imagefolder")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder for shards and manifest.json.")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Input folder/file (not for shapes).")] = None,
+    coco_root: Annotated[Optional[Path], typer.Option(help="COCO root (same as --input for --source coco).")] = None,
+    karpathy_split: Annotated[Optional[Path], typer.Option(help="COCO: Karpathy split JSON.")] = None,
+    num_items: Annotated[Optional[int], typer.Option(help="Shapes: number of items.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of generation and split.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels.")] = None,
+    shard_size: Annotated[Optional[int], typer.Option(help="Items per shard.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Rewrite a finished output.")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Turn a source into image/caption shards.
+
+    Examples:
+
+      lmfusion prepare --source shapes --out work/shapes --num-items 2000 --seed 0
+
+      lmfusion prepare --source coco --coco-root /data/coco --karpathy-split /data/dataset_coco.json --out work/coco
+
+      lmfusion prepare --source jsonl --input pairs.jsonl --out work/mine --resolution 256 --workers 8
+    """
+    from lmfusion_cli.config import resolve_config
+    from lmfusion_cli.data.config import PrepareConfig
+
+    cfg = resolve_config(PrepareConfig, config, overrides, {
+        "source": source, "out": out, "input": input or coco_root, "karpathy_split": karpathy_split,
+        "num_items": num_items, "seed": seed, "resolution": resolution, "shard_size": shard_size,
+        "workers": workers, "overwrite": overwrite,
+    })
+    from lmfusion_cli.data.prepare import run_prepare
+
+    run_prepare(cfg)

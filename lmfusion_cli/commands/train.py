@@ -1,0 +1,10 @@
+"""`lmfusion train` (issue 7)."""
+
+from __future__ import annotations
+
+from lmfusion_cli.commands.common import ConfigOption, SetOption, not_available
+
+
+def command(config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Not available yet (issue 7)."""
+    not_available("train", 7)

@@ -1,0 +1,1 @@
+"""Data stages: `prepare` (sources → image/caption shards) and `encode-latents` (shards → latent cache)."""

@@ -1,0 +1,56 @@
+"""Typed configs of the data stages (`prepare`, `encode-latents`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+SourceKind = Literal["shapes", "coco", "folder", "jsonl", "hf-disk", "imagefolder"]
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    source: SourceKind = "shapes"
+    """Where items come from: the synthetic shapes set, a COCO layout, a folder, a JSONL file, a saved
+    `datasets` dataset (`load_from_disk`) or an `imagefolder` with captions."""
+    out: str = ""
+    """Output folder for the webdataset shards and `manifest.json`."""
+    input: Optional[str] = None
+    """Input path: COCO root, image folder, JSONL file or dataset folder (unused for shapes)."""
+    karpathy_split: Optional[str] = None
+    """COCO only: Karpathy split JSON (`dataset_coco.json`); without it the COCO file's own split is used."""
+    num_items: int = 2000
+    """Shapes only: number of items to generate."""
+    seed: int = 0
+    """Seed of the shapes generator and of the train/val/test split."""
+    resolution: int = 64
+    """Output image side in pixels (shorter side resized, then centre-cropped)."""
+    shard_size: int = 1000
+    """Items per `.tar` shard."""
+    val_fraction: float = 0.05
+    """Fraction of items in the validation split."""
+    test_fraction: float = 0.05
+    """Fraction of items in the test split."""
+    image_format: Literal["png", "jpg"] = "png"
+    """Encoding of stored images (png is lossless and byte-deterministic)."""
+    workers: int = 1
+    """Worker processes."""
+    overwrite: bool = False
+    """Rewrite a finished output instead of refusing/skipping."""
+
+    def __post_init__(self):
+        if not self.out:
+            raise ValueError("out is required: pass --out DIR")
+        if self.num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
+        if self.resolution < 8:
+            raise ValueError(f"resolution must be >= 8 pixels, got {self.resolution}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.source != "shapes" and not self.input:
+            raise ValueError(f"source '{self.source}' needs an input path: pass --input PATH (or --coco-root DIR)")
