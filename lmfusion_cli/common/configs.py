@@ -67,7 +67,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise UserError(f"Config key '{key}' must have {len(args)} items, got {len(value)}.")
-            items = [_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+            items = [_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
         else:
             inner = args[0] if args else Any
             items = [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
