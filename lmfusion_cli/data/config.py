@@ -18,7 +18,7 @@ class PrepareConfig:
     input: Optional[str] = None
     """Input path: COCO root, image folder, JSONL file or dataset folder (unused for shapes)."""
     karpathy_split: Optional[str] = None
-    """COCO only: Karpathy split JSON (`dataset_coco.json`); without it the COCO file's own split is used."""
+    """COCO only: Karpathy split JSON (`dataset_coco.json`); without it the seeded hash split is used."""
     num_items: int = 2000
     """Shapes only: number of items to generate."""
     seed: int = 0

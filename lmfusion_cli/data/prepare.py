@@ -1,0 +1,220 @@
+"""The `prepare` stage: a source → `OUT/{split}-{shard:05d}.tar` webdataset shards + `OUT/manifest.json`.
+
+Plan: list the source (`sources.list_items`), give each item its split — the source's own (Karpathy,
+dataset splits) or a hash of (seed, key), so it never depends on worker count or order — and cut each
+split, in key order, into shards of `shard_size` *listed* items. Items that turn out bad when decoded are
+skipped and counted, so a shard may hold fewer; fixing shard contents by listed items is what makes
+every shard independent: workers build them in any order and a rerun redoes only missing ones.
+
+Restart: each finished shard leaves `OUT/.parts/<shard>.json` (its counts, skips and hash) after its
+tar is renamed into place; a rerun skips shards whose part record exists. The manifest is written last
+and the part records removed. A finished output is left alone unless `overwrite`; an output started
+with another config is refused (or cleared with `overwrite`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from lmfusion_cli.common.atomic import atomic_write_json, remove_stale_temps
+from lmfusion_cli.common.configs import config_to_dict
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.hashing import sha256_json
+from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.progress import progress
+from lmfusion_cli.data.config import PrepareConfig
+from lmfusion_cli.data.images import BadImage, encode_image, resize_center_crop
+from lmfusion_cli.data.shards import Sample, shard_name, write_shard
+from lmfusion_cli.data.sources import ItemSpec, list_items, load_image
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+PARTS_DIR = ".parts"
+_SHARD_RE = re.compile(r"^(train|val|test)-\d{5}\.tar$")
+_RUN_ONLY_FIELDS = ("workers", "overwrite")  # do not change the output bytes
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    split: str
+    index: int
+    items: tuple[ItemSpec, ...]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+def output_config_hash(cfg: PrepareConfig) -> str:
+    """Hash of the fields that decide the output bytes (not workers/overwrite)."""
+    data = {k: v for k, v in config_to_dict(cfg).items() if k not in _RUN_ONLY_FIELDS}
+    return sha256_json(data)[:16]
+
+
+def assign_split(key: str, seed: int, val_fraction: float, test_fraction: float) -> str:
+    """Deterministic split of `key`: a uniform number from sha256(seed, key) against the fractions."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    return "val" if u < test_fraction + val_fraction else "train"
+
+
+def plan_shards(specs: list[ItemSpec], cfg: PrepareConfig) -> list[ShardTask]:
+    by_split: dict[str, list[ItemSpec]] = {s: [] for s in SPLITS}
+    for spec in specs:
+        split = spec.split or assign_split(spec.key, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+        by_split[split].append(spec)
+    tasks = []
+    for split in SPLITS:
+        items = sorted(by_split[split], key=lambda s: s.key)
+        for index, start in enumerate(range(0, len(items), cfg.shard_size)):
+            tasks.append(ShardTask(split, index, tuple(items[start:start + cfg.shard_size])))
+    return tasks
+
+
+def build_shard(task: ShardTask, cfg: PrepareConfig) -> dict[str, Any]:
+    """Load, resize/crop and encode the task's items; write its tar and part record. Runs in workers."""
+    out = Path(cfg.out)
+    skips = SkipLog()
+    samples = []
+    for spec in task.items:
+        try:
+            img = resize_center_crop(load_image(spec, cfg), cfg.resolution)
+        except BadImage as e:
+            skips.skip(spec.key, e.reason, e.detail)
+            continue
+        meta = {"key": spec.key, "split": task.split, "attributes": spec.attributes, **spec.extra}
+        samples.append(Sample(spec.key, encode_image(img, cfg.image_format), cfg.image_format, spec.caption, meta))
+        skips.keep()
+    write_shard(out / task.name, samples)
+    part = {"name": task.name, "split": task.split, "index": task.index, "count": len(samples),
+            "file": file_entry(out / task.name, split=task.split, count=len(samples)), **skips.to_dict()}
+    atomic_write_json(out / PARTS_DIR / f"{task.name}.json", part)
+    return part
+
+
+def _read_part(out: Path, task: ShardTask) -> dict[str, Any] | None:
+    import json
+
+    part_path = out / PARTS_DIR / f"{task.name}.json"
+    if not part_path.is_file() or not (out / task.name).is_file():
+        return None
+    try:
+        return json.loads(part_path.read_text())
+    except (OSError, ValueError):
+        return None  # a damaged record: redo the shard
+
+
+def clear_output(out: Path) -> None:
+    """Remove what `prepare` writes (shards, part records, manifest), nothing else."""
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    for p in out.iterdir():
+        if _SHARD_RE.match(p.name):
+            p.unlink()
+    remove_stale_temps(out)
+
+
+def _check_output(out: Path, cfg: PrepareConfig, cfg_hash: str) -> dict[str, Any] | None:
+    """Return the finished manifest to reuse, or None after making `out` ready for (re)work."""
+    if (out / MANIFEST_NAME).is_file():
+        manifest = read_manifest(out, "shards", what="output")
+        if cfg.overwrite:
+            clear_output(out)
+        elif manifest.get("output_config_hash") == cfg_hash:
+            return manifest
+        else:
+            raise UserError(f"{out} already holds shards prepared with another config; pass --overwrite to "
+                            f"replace them or choose another --out.")
+    state = out / PARTS_DIR / "config.json"
+    if state.is_file():
+        import json
+
+        started = json.loads(state.read_text()).get("output_config_hash")
+        if started != cfg_hash:
+            if not cfg.overwrite:
+                raise UserError(f"{out} holds an unfinished prepare with another config; pass --overwrite to "
+                                f"start over or choose another --out.")
+            clear_output(out)
+    elif out.is_dir() and cfg.overwrite:
+        clear_output(out)
+    return None
+
+
+def _run_tasks(tasks: list[ShardTask], cfg: PrepareConfig, total_items: int, done_items: int) -> list[dict]:
+    parts = []
+    bar = progress(total=total_items, initial=done_items, desc="prepare", unit="item")
+    if cfg.workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            parts.append(build_shard(task, cfg))
+            bar.update(len(task.items))
+    else:
+        # spawn, not fork: the caller may hold threads (tqdm, torch) that fork would copy mid-lock.
+        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(build_shard, task, cfg): task for task in tasks}
+            for future in as_completed(futures):
+                parts.append(future.result())
+                bar.update(len(futures[future].items))
+    bar.close()
+    return parts
+
+
+def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    """Make (or finish, or reuse) the shards of `cfg.out`; return the manifest."""
+    out = Path(cfg.out)
+    cfg_hash = output_config_hash(cfg)
+    finished = _check_output(out, cfg, cfg_hash)
+    if finished is not None:
+        log.info("%s is already complete (same config); pass --overwrite to rebuild it", out)
+        return finished
+    specs, listing_log = list_items(cfg)
+    tasks = plan_shards(specs, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    remove_stale_temps(out / PARTS_DIR)
+    atomic_write_json(out / PARTS_DIR / "config.json", {"output_config_hash": cfg_hash})
+    parts = {t.name: p for t in tasks if (p := _read_part(out, t)) is not None}
+    pending = [t for t in tasks if t.name not in parts]
+    if parts:
+        log.info("resuming: %d of %d shards already done", len(parts), len(tasks))
+    done_items = sum(len(t.items) for t in tasks if t.name in parts)
+    for part in _run_tasks(pending, cfg, len(specs), done_items):
+        parts[part["name"]] = part
+    manifest = _write_prepare_manifest(out, cfg, cfg_hash, tasks, parts, listing_log)
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    return manifest
+
+
+def _write_prepare_manifest(out: Path, cfg: PrepareConfig, cfg_hash: str, tasks: list[ShardTask],
+                            parts: dict[str, dict], listing_log: SkipLog) -> dict[str, Any]:
+    skips = SkipLog()
+    skips.merge(listing_log)
+    splits = {s: {"items": 0, "shards": 0} for s in SPLITS}
+    shards = []
+    for task in tasks:  # plan order: the manifest does not depend on which worker finished first
+        part = parts[task.name]
+        skips.merge(SkipLog.from_dict(part))
+        splits[task.split]["items"] += part["count"]
+        splits[task.split]["shards"] += 1
+        shards.append({"name": task.name, "split": task.split, "count": part["count"]})
+    manifest = write_manifest(
+        out, "shards",
+        inputs={"source": cfg.source, "input": cfg.input, "karpathy_split": cfg.karpathy_split},
+        config=config_to_dict(cfg), output_config_hash=cfg_hash,
+        resolution=cfg.resolution, image_format=cfg.image_format, seed=cfg.seed,
+        splits=splits, shards=shards,
+        files={t.name: parts[t.name]["file"] for t in tasks},
+        **skips.to_dict(),
+    )
+    # The summary line is a warning when items were skipped, so --quiet still shows it.
+    (log.warning if skips.num_skipped else log.info)("prepare %s: %s; %s", out, skips.summary(),
+             ", ".join(f"{s} {v['items']} items in {v['shards']} shards" for s, v in splits.items()))
+    return manifest
