@@ -1,0 +1,200 @@
+"""`TrainRunConfig`: every option of `lmfusion train`, as nested frozen dataclasses.
+
+Sections: `base` (the pretrained text LM), `model` (LMFusionConfig fields of the model package; the
+latent sizes come from the latent manifest, not from here), `data`, `optim`, `schedule`, `train`,
+`dist`, `log`. Each field has a one-line docstring with its unit; `__post_init__` checks values.
+This file owns the options and their checks; it builds nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    path: str = "tiny"
+    """The frozen text LM: a local Hugging Face folder, or `tiny` for the embedded tiny LM."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder; None = the base folder."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("base.path must name a model folder (or `tiny` for the embedded LM)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = ""
+    """Latent cache folder made by `lmfusion encode-latents` (training items)."""
+    val: Optional[str] = None
+    """Held-out latent cache folder for the validation loss; None = no validation."""
+    generation_fraction: float = 0.8
+    """Fraction of examples that are caption→image (generation); the rest are image→caption."""
+    caption_dropout: float = 0.1
+    """Fraction of generation examples whose caption is emptied (classifier-free guidance)."""
+    seq_len: int = 0
+    """Packed row length in tokens; 0 = one example per row, padded to the longest in the micro-batch."""
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise ValueError("data.train is required: pass --data DIR (a latent cache from encode-latents)")
+        for name in ("generation_fraction", "caption_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.seq_len < 0:
+            raise ValueError(f"data.seq_len must be >= 0 tokens, got {self.seq_len}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    """Peak learning rate (paper: 1e-4)."""
+    beta1: float = 0.9
+    """AdamW β1."""
+    beta2: float = 0.95
+    """AdamW β2 (paper: 0.95)."""
+    eps: float = 1e-8
+    """AdamW ε."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay (paper: 0.1)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 = no clipping."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("optim.beta1 and optim.beta2 must be in [0, 1)")
+        if self.eps <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("optim.eps must be > 0, optim.weight_decay and optim.grad_clip >= 0")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    steps: int = 1000
+    """Optimizer steps to train for (total, including steps before a resume)."""
+    warmup_steps: int = 4000
+    """Linear warmup from 0 to optim.lr, in optimizer steps (paper: 4000)."""
+    min_lr: float = 1.5e-5
+    """Floor of the cosine decay, reached at the last step (paper: 1.5e-5)."""
+    decay: Literal["cosine", "constant"] = "cosine"
+    """After warmup: cosine decay to min_lr, or constant."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"schedule.steps must be >= 1, got {self.steps}")
+        if self.warmup_steps < 0 or self.min_lr < 0:
+            raise ValueError("schedule.warmup_steps and schedule.min_lr must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = ""
+    """Run folder: config.yaml, manifest.json, logs/, checkpoints/."""
+    batch_size: int = 8
+    """Global batch in examples per optimizer step (all processes and accumulation steps together)."""
+    micro_batch_size: int = 8
+    """Examples per process per forward/backward; accumulation = batch_size / (micro × processes)."""
+    seed: int = 0
+    """Seed of initialisation, data order, task mix, caption dropout and noise."""
+    save_every: int = 100
+    """Save a checkpoint every this many optimizer steps (and always at the end); 0 = only at the end."""
+    keep_last: int = 3
+    """Complete checkpoints to keep (older ones are deleted after a newer one is complete)."""
+    resume: str = "auto"
+    """`auto` = newest complete checkpoint in out/ if any, `never` = refuse a non-empty run folder, or a step folder."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Autocast: `auto` = bf16 on CUDA devices that support it, fp32 on CPU."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms(True) (bitwise-repeatable runs; slower on GPU)."""
+    max_bad_steps: int = 5
+    """Stop after this many non-finite steps in a row (each one is skipped, counted and logged)."""
+    stop_at: int = 0
+    """Stop this invocation (with a checkpoint) after this optimizer step; 0 = run to schedule.steps."""
+    threads: int = 0
+    """torch intra-op threads per process on CPU; 0 = leave torch's default."""
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("train.out is required: pass --out RUN_DIR")
+        if self.batch_size < 1 or self.micro_batch_size < 1:
+            raise ValueError("train.batch_size and train.micro_batch_size must be >= 1")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size "
+                f"({self.micro_batch_size})"
+            )
+        if self.save_every < 0 or self.keep_last < 1 or self.max_bad_steps < 1 or self.threads < 0 or self.stop_at < 0:
+            raise ValueError("train.save_every must be >= 0, train.keep_last and train.max_bad_steps >= 1, "
+                             "train.threads and train.stop_at >= 0")
+        if not self.resume:
+            raise ValueError("train.resume must be `auto`, `never` or a checkpoint folder")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    strategy: Literal["fsdp", "ddp", "none"] = "fsdp"
+    """How several processes share the model: FSDP2 (fully_shard per layer + root), DDP, or none (1 process)."""
+    gpus: int = 1
+    """Processes per node (one per GPU; on CPU, gloo processes). >1 re-launches under torchrun."""
+    nodes: int = 1
+    """Nodes; >1 needs dist.rdzv_endpoint (or an existing torchrun/SLURM launch)."""
+    rdzv_endpoint: Optional[str] = None
+    """host:port of the rendezvous for multi-node launches."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """Process-group backend: auto = nccl on CUDA, gloo on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.gpus < 1 or self.nodes < 1:
+            raise ValueError("dist.gpus and dist.nodes must be >= 1")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = 1
+    """Write a JSONL/TensorBoard record every this many optimizer steps."""
+    tensorboard: bool = True
+    """Also write TensorBoard events to out/logs/tb."""
+    val_every: int = 0
+    """Validation loss every this many optimizer steps (and at the end); 0 = only at the end."""
+    val_items: int = 32
+    """Held-out items in the validation loss (first N of data.val)."""
+    val_timesteps: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    """Fixed noise levels of the validation loss, as fractions of the schedule."""
+    val_seed: int = 1234
+    """Seed of the fixed validation noise (keep it fixed to compare runs)."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.val_every < 0 or self.val_items < 1:
+            raise ValueError("log.every and log.val_items must be >= 1, log.val_every >= 0")
+        if not self.val_timesteps or not all(0.0 <= t < 1.0 for t in self.val_timesteps):
+            raise ValueError("log.val_timesteps must be fractions in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    base: BaseConfig = field(default_factory=BaseConfig)
+    """The frozen pretrained text LM."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """LMFusionConfig fields (model package); latent_channels/latent_size come from the latent cache."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Latent caches and the task mix."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW hyper-parameters."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Steps and learning-rate schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Run folder, batch, checkpoints, safety."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Multi-process launch and sharding."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Logging and validation."""
+
+
+# Sections whose change makes a resumed run differ from an uninterrupted one (checked on resume).
+RESUME_FIXED_KEYS = ("base", "model", "data", "optim", "train.batch_size", "train.seed",
+                     "schedule.warmup_steps", "schedule.min_lr", "schedule.decay")

@@ -1,0 +1,288 @@
+"""`run_training`: the training story, top to bottom.
+
+build (processes, data, workload, sharding, optimiser) → maybe resume → for each step: batch,
+loss, finite check on every process, step, log, maybe validate, maybe save → final checkpoint and
+run manifest. SIGTERM/SIGINT finish the current step, save a checkpoint and return.
+
+Everything a resume needs is the `TrainState` below plus the model/optimiser/RNG in the checkpoint.
+This file does not know the model: `workload_factory` builds it (LMFusion by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lmfusion_cli.common.atomic import atomic_write_text
+from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.manifest import write_manifest
+from lmfusion_cli.training import checkpointing as ckpt
+from lmfusion_cli.training.config import RESUME_FIXED_KEYS, TrainRunConfig
+from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, broadcast_object,
+                                               init_distributed, shutdown, wrap_model)
+from lmfusion_cli.training.loader import LatentSource, SampleStream
+from lmfusion_cli.training.logging import TrainLogger, memory_mb
+from lmfusion_cli.training.optim import build_optimizer, build_scheduler
+from lmfusion_cli.training.step import train_step
+from lmfusion_cli.training.validation import validate
+from lmfusion_cli.training.workload import Workload
+
+log = logging.getLogger(__name__)
+
+WorkloadFactory = Callable[[TrainRunConfig, LatentSource, torch.device], Workload]
+SourceFactory = Callable[[str], LatentSource]
+
+
+class TrainingStopped(UserError):
+    """The run stopped on purpose (too many non-finite steps); the message says why and what to do."""
+
+    exit_code = 1
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights, optimiser and RNG that a resume restores."""
+
+    step: int = 0
+    data: dict[str, int] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    bad_in_row: int = 0
+    skipped_steps: int = 0
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    losses: list[float]
+    """Total loss of each step run in this call (skipped steps included, as logged)."""
+    stopped_by_signal: bool
+    last_checkpoint: Path | None
+    skipped_steps: int
+
+
+def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | None = None,
+                 source_factory: SourceFactory | None = None) -> TrainResult:
+    """Train per `config` in this process (one of several under torchrun); return what happened."""
+    ctx = init_distributed(config.dist)
+    try:
+        return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
+    finally:
+        shutdown(ctx)
+
+
+def _default_source(path: str) -> LatentSource:
+    from lmfusion_cli.data.latents import open_latent_cache
+
+    return open_latent_cache(path)
+
+
+def _default_workload(config: TrainRunConfig, source: LatentSource, device: torch.device) -> Workload:
+    from lmfusion_cli.training.lmfusion_workload import build_lmfusion_workload
+
+    return build_lmfusion_workload(config, source, device)
+
+
+def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFactory,
+         source_factory: SourceFactory) -> TrainResult:
+    run_dir = Path(config.train.out)
+    _set_determinism(config)
+    _check_batch(config, ctx)
+    found = ckpt.find_resume_point(run_dir, config.train.resume)
+    resume_from = broadcast_object(str(found) if found else None, ctx)  # rank 0's view wins
+    ckpt.prepare_root(run_dir / "checkpoints", ctx)
+    source = source_factory(config.data.train)
+    val_source = source_factory(config.data.val) if config.data.val else None
+    torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
+    workload = workload_factory(config, source, ctx.device)
+    model = wrap_model(workload.model, workload.shard_units() if config.dist.strategy == "fsdp" else [],
+                       config.dist.strategy, ctx)
+    if config.train.compile:
+        for unit in workload.shard_units() or [workload.model]:
+            unit.compile()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer([(n, p) for n, p in model.named_parameters() if p.requires_grad], config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.schedule)
+    stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout)
+    state = TrainState()
+    if resume_from:
+        state = _resume(Path(resume_from), config, model, optimizer, scheduler, stream, ctx)
+    if ctx.is_main:
+        _write_run_files(run_dir, config, workload, state, complete=False)
+    barrier(ctx)
+
+    logger = TrainLogger(run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard)
+    if resume_from:
+        logger.write({"event": "resume", "step": state.step, "from": resume_from, "world_size": ctx.world_size})
+    autocast = _autocast(config, ctx)
+    stop = _SignalFlag()
+    losses: list[float] = []
+    last_ckpt: Path | None = Path(resume_from) if resume_from else None
+    saved_step = state.step if resume_from else -1
+    signalled = False
+    model.train()
+    end = min(config.train.stop_at or config.schedule.steps, config.schedule.steps)
+    with stop.installed():
+        while state.step < end:
+            t0 = time.perf_counter()
+            samples = stream.next_step(config.train.batch_size, ctx.rank, ctx.world_size)
+            result = train_step(model, workload, optimizer, params, samples, config.train.micro_batch_size,
+                                config.optim.grad_clip, autocast, ctx)
+            lr = scheduler.get_last_lr()[0]
+            with warnings.catch_warnings():  # a skipped step has no optimizer.step(); torch warns
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.step()  # the schedule is a clock of steps, skipped ones included
+            state.step += 1
+            losses.append(result.loss)
+            seconds = time.perf_counter() - t0
+            if result.applied:
+                state.bad_in_row = 0
+            else:
+                state.bad_in_row += 1
+                state.skipped_steps += 1
+                logger.write({"event": "nonfinite", "step": state.step, "keys": result.bad_keys,
+                              "loss": result.loss, "grad_norm": result.grad_norm})
+                log.warning("step %d: non-finite loss or gradient, step skipped (samples: %s)",
+                            state.step, ", ".join(result.bad_keys) or "unknown")
+                if state.bad_in_row >= config.train.max_bad_steps:
+                    logger.close()
+                    good = last_ckpt.name if last_ckpt else "none"
+                    raise TrainingStopped(
+                        f"Stopped at step {state.step}: the loss or gradient was not finite for "
+                        f"{state.bad_in_row} steps in a row (last samples: {', '.join(result.bad_keys[:8]) or 'unknown'}); "
+                        f"the last good checkpoint is {good}: check those items or lower optim.lr, then "
+                        "rerun with --resume auto.")
+            if state.step % config.log.every == 0 or state.step == config.schedule.steps:
+                logger.write({"step": state.step, "loss": result.loss, "text_loss": result.text_loss,
+                              "image_loss": result.image_loss, "lr": lr, "grad_norm": result.grad_norm,
+                              "tokens_per_s": result.tokens / seconds, "images_per_s": result.images / seconds,
+                              "memory_mb": memory_mb(ctx.device), "skipped": not result.applied,
+                              "skipped_total": state.skipped_steps, "epoch": stream.epoch})
+            logger.step_done({"loss": result.loss})
+            last = state.step == end
+            if val_source is not None and (last or (config.log.val_every and state.step % config.log.val_every == 0)):
+                logger.write({"event": "val", "step": state.step,
+                              **validate(model, workload, val_source, config.log, config.train.micro_batch_size, ctx)})
+            interrupted = stop.agreed(ctx)
+            due = last or interrupted or (config.train.save_every and state.step % config.train.save_every == 0)
+            if due and state.bad_in_row == 0:  # never save right after a poisoned step
+                state.data, state.scheduler = stream.state_dict(), scheduler.state_dict()
+                last_ckpt = ckpt.save_checkpoint(run_dir / "checkpoints", state.step, model, optimizer,
+                                                 _trainer_state(state, config), workload, ctx,
+                                                 config.train.keep_last)
+                saved_step = state.step
+            if interrupted:
+                signalled = True
+                log.warning("stopped by a signal at step %d; checkpoint %s; rerun with --resume auto to continue",
+                            state.step, last_ckpt.name if last_ckpt else "none")
+                break
+    logger.close()
+    finished = state.step >= config.schedule.steps
+    if ctx.is_main:
+        _write_run_files(run_dir, config, workload, state, complete=finished and saved_step == state.step)
+    return TrainResult(run_dir=run_dir, step=state.step, losses=losses, stopped_by_signal=signalled,
+                       last_checkpoint=last_ckpt, skipped_steps=state.skipped_steps)
+
+
+def _set_determinism(config: TrainRunConfig) -> None:
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    if config.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def _check_batch(config: TrainRunConfig, ctx: DistContext) -> None:
+    """The global batch is kept whatever the process count: it must split into whole micro-batches."""
+    per_step = config.train.micro_batch_size * ctx.world_size
+    if config.train.batch_size % per_step:
+        raise UserError(
+            f"train.batch_size={config.train.batch_size} is not a multiple of train.micro_batch_size × processes "
+            f"= {config.train.micro_batch_size} × {ctx.world_size}; change one of them so the global batch is kept.")
+
+
+def _autocast(config: TrainRunConfig, ctx: DistContext) -> contextlib.AbstractContextManager | None:
+    bf16 = config.train.precision == "bf16" or (
+        config.train.precision == "auto" and ctx.device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(ctx.device.type, dtype=torch.bfloat16) if bf16 else None
+
+
+def _trainer_state(state: TrainState, config: TrainRunConfig) -> dict[str, Any]:
+    return {"step": state.step, "data": state.data, "scheduler": state.scheduler, "bad_in_row": state.bad_in_row,
+            "skipped_steps": state.skipped_steps, "config": config_to_dict(config)}
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else None
+    return data
+
+
+def _resume(folder: Path, config: TrainRunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any, stream: SampleStream, ctx: DistContext) -> TrainState:
+    """Restore from `folder`, refusing (one sentence) any change that would make the run differ."""
+    saved = ckpt.load_checkpoint(folder, model, optimizer, ctx)
+    now = config_to_dict(config)
+    for key in RESUME_FIXED_KEYS:
+        if _lookup(saved["config"], key) != _lookup(now, key):
+            raise UserError(f"Cannot resume from {folder}: config key '{key}' changed from "
+                            f"{_lookup(saved['config'], key)!r} to {_lookup(now, key)!r}; restore it or start a new --out.")
+    try:
+        stream.load_state_dict(saved["data"])
+    except ValueError as e:
+        raise UserError(f"Cannot resume from {folder}: {e}; use the same latent cache and seed.") from e
+    scheduler.load_state_dict(saved["scheduler"])
+    if saved["world_size"] != ctx.world_size:
+        log.warning("resuming a %d-process checkpoint on %d processes: the global batch and data order are kept",
+                    saved["world_size"], ctx.world_size)
+    log.info("resumed from %s at step %d", folder, saved["step"])
+    return TrainState(step=saved["step"], data=saved["data"], scheduler=saved["scheduler"],
+                      bad_in_row=saved["bad_in_row"], skipped_steps=saved["skipped_steps"])
+
+
+def _write_run_files(run_dir: Path, config: TrainRunConfig, workload: Workload, state: TrainState,
+                     complete: bool) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    write_manifest(run_dir, "training-run", complete=complete, config_hash=config_hash(config),
+                   step=state.step, skipped_steps=state.skipped_steps, trains=workload.describe(),
+                   checkpoints=[c.path.name for c in ckpt.list_checkpoints(run_dir / "checkpoints")])
+
+
+class _SignalFlag:
+    """SIGTERM/SIGINT set a flag; the loop checks it between steps (all processes agree)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    @contextlib.contextmanager
+    def installed(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in previous:
+            signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def agreed(self, ctx: DistContext) -> bool:
+        return all_reduce(torch.tensor([float(self.signum)], dtype=torch.float64), ctx, op="max").item() > 0
