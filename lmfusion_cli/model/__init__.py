@@ -1,0 +1,33 @@
+"""The LMFusion model: a frozen Llama-layout LM plus image experts (see docs/model.md)."""
+
+from lmfusion_cli.model.cache import KVCache
+from lmfusion_cli.model.config import LMFusionConfig
+from lmfusion_cli.model.diffusion import Diffusion, make_inference_scheduler
+from lmfusion_cli.model.fusion import FusionOutput, LMFusionModel, SegmentOutput
+from lmfusion_cli.model.sequence import (
+    IGNORE,
+    IMAGE,
+    PAD,
+    TEXT,
+    Example,
+    ImagePart,
+    MixedBatch,
+    TextPart,
+    build_example,
+    caption_to_image,
+    collate,
+    concat_segments,
+    image_segment,
+    image_to_caption,
+    left_pad,
+    pack,
+    resolve_boi_eoi,
+    text_segment,
+)
+
+__all__ = [
+    "IGNORE", "IMAGE", "PAD", "TEXT", "Diffusion", "Example", "FusionOutput", "ImagePart", "KVCache",
+    "LMFusionConfig", "LMFusionModel", "MixedBatch", "SegmentOutput", "TextPart", "build_example",
+    "caption_to_image", "collate", "concat_segments", "image_segment", "image_to_caption", "left_pad",
+    "make_inference_scheduler", "pack", "resolve_boi_eoi", "text_segment",
+]

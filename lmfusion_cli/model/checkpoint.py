@@ -1,0 +1,104 @@
+"""Save and load LMFusion weights: trainable-only checkpoints that point at their base, or merged.
+
+A checkpoint directory holds
+- `model.safetensors`: the trainable parameters only (image experts, patcher, image norm, BOI/EOI
+  rows; text modules too when they were unfrozen), by their `named_parameters` names;
+- `lmfusion_model.json`: the base model's path/id, the SHA-256 of its config, the `LMFusionConfig`.
+`load` rebuilds the model from the base and refuses a base whose config hash differs. `merge` writes
+one self-contained directory (the base in `base/` plus every non-base weight) that loads without the
+original base. Directories are written atomically (temp folder, fsync, rename).
+
+Training checkpoints (optimizer, data position, RNG) are the training stage's; this is the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmfusion_cli.common.atomic import atomic_dir
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.hashing import sha256_json
+from lmfusion_cli.model.config import LMFusionConfig
+from lmfusion_cli.model.fusion import LMFusionModel
+
+WEIGHTS, META = "model.safetensors", "lmfusion_model.json"
+FORMAT_VERSION = 1
+# config keys that describe how a base was loaded or saved, not what it is
+_VOLATILE_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "_attn_implementation",
+                  "_attn_implementation_autoset", "use_cache", "quantization_config", "_commit_hash"}
+
+
+def base_config_hash(base_config) -> str:
+    """SHA-256 of the base model's config (architecture and sizes; not dtype, paths or versions)."""
+    data = {k: v for k, v in base_config.to_dict().items() if k not in _VOLATILE_KEYS}
+    return sha256_json(data)
+
+
+def _write(folder: Path, model: LMFusionModel, tensors: dict[str, torch.Tensor], base: str) -> None:
+    """Weights + metadata into `folder` (a temp folder of `atomic_dir`)."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / WEIGHTS))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "base": base,
+        "base_config_sha256": base_config_hash(model.base_config),
+        "lmfusion_config": model.config.to_dict(),
+    }
+    (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def save_trainable(model: LMFusionModel, path: str | os.PathLike) -> None:
+    """Write the trainable parameters and the base pointer to directory `path` (replaced if present)."""
+    with atomic_dir(path, overwrite=True) as tmp:
+        _write(tmp, model, {n: p for n, p in model.named_parameters() if p.requires_grad}, model.base_id)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    meta_file = Path(path) / META
+    if not meta_file.is_file():
+        raise UserError(f"{path} is not an LMFusion checkpoint (no {META}); pass a directory written by save_trainable or merge.")
+    return json.loads(meta_file.read_text())
+
+
+def load(path: str | os.PathLike, base=None) -> LMFusionModel:
+    """Rebuild the model from its base (`base` overrides the recorded one) and load the weights."""
+    path = Path(path)
+    meta = read_meta(path)
+    if base is None:
+        base = meta["base"]
+        if not os.path.isabs(base) and (path / base).is_dir():  # merged: base stored inside
+            base = str(path / base)
+    config = LMFusionConfig.from_dict(meta["lmfusion_config"])
+    model = LMFusionModel.from_base(base, config)
+    if base_config_hash(model.base_config) != meta["base_config_sha256"]:
+        raise UserError(
+            f"Checkpoint {path} was trained on a base model with a different config than {model.base_id}; "
+            f"pass the base it was made from ({meta['base']})."
+        )
+    state = load_file(str(path / WEIGHTS))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise UserError(f"Checkpoint {path / WEIGHTS} has weights this model lacks ({unknown[:3]}...); check its LMFusion config.")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+    return model
+
+
+def merge(path: str | os.PathLike, out: str | os.PathLike, base=None) -> None:
+    """Export checkpoint `path` as one self-contained directory `out` (base copied into `out/base`)."""
+    model = load(path, base)
+    out = Path(out)
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.base.save_pretrained(str(tmp / "base"))
+        base_source = Path(model.base_id)
+        if base_source.is_dir():  # keep the tokenizer next to the weights it belongs to
+            for f in base_source.iterdir():
+                if f.is_file() and ("token" in f.name or f.name in ("vocab.json", "merges.txt")):
+                    (tmp / "base" / f.name).write_bytes(f.read_bytes())
+        _write(tmp, model, {n: p for n, p in model.named_parameters() if not n.startswith("base.")}, "base")

@@ -1,0 +1,125 @@
+"""`LMFusionConfig`: every option of the LMFusion model, as one frozen dataclass.
+
+Sizes of the text model (hidden, heads, layers, vocabulary) are never here: they come from the loaded
+base checkpoint. Latent sizes come from the VAE / latent manifest and are passed in by the stage.
+This file owns validation of the options; it does not build anything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+_CHOICES = {
+    "image_init": ("copy", "random"),
+    "patcher": ("unet", "linear"),
+    "objective": ("ddpm-eps", "flow"),
+    "noise_schedule": ("cosine", "linear"),
+    "attention_backend": ("sdpa", "flex"),
+    "experts": ("deep", "ffn-only", "none"),
+    "dtype": ("float32", "bfloat16", "float16"),
+}
+
+
+@dataclass(frozen=True)
+class LMFusionConfig:
+    image_init: str = "copy"
+    """How image experts start: `copy` of the text modules (paper) or `random` (ablation)."""
+    patcher: str = "unet"
+    """Latents ↔ tokens: `unet` (U-Net down/up path with skips, paper) or `linear` patches."""
+    patch_size: int = 2
+    """Side of one image token in latent pixels (latent cells per token edge)."""
+    latent_channels: int = 4
+    """Channels of the VAE latent (from the VAE config / latent manifest)."""
+    latent_size: int | None = None
+    """Latent height = width in latent pixels (from the latent manifest); required."""
+    unet_channels: tuple[int, ...] = (64, 128)
+    """Channels per U-Net level (count); 2**(levels-1) must equal `patch_size`."""
+    unet_layers_per_block: int = 1
+    """ResNet blocks per U-Net level (count)."""
+    objective: str = "ddpm-eps"
+    """Diffusion objective: `ddpm-eps` (ε-prediction, paper) or `flow` (rectified flow, velocity)."""
+    noise_schedule: str = "cosine"
+    """DDPM β schedule: `cosine` (diffusers `squaredcos_cap_v2`, paper) or `linear`; unused by flow."""
+    num_train_timesteps: int = 1000
+    """Length of the training noise schedule (timesteps)."""
+    lambda_image: float = 5.0
+    """λ weighting the latent loss against the LM loss (dimensionless; 5 in Transfusion/LMFusion)."""
+    understanding_max_timestep_fraction: float = 0.5
+    """Cap on the noise of images that condition a caption, as a fraction of the schedule (0 = clean)."""
+    attention_backend: str = "sdpa"
+    """Attention kernel: `sdpa` with a dense bool mask (reference, trains on CPU) or `flex`."""
+    experts: str = "deep"
+    """Image experts: `deep` (own attention, norms, FFN), `ffn-only` (shared attention), `none` (dense)."""
+    freeze_text: bool = True
+    """Freeze all text modules (paper); False makes them trainable (ablation)."""
+    from_scratch: bool = False
+    """Re-initialise every base weight randomly and train everything (Transfusion baseline)."""
+    boi_id: int | None = None
+    """Token id of begin-of-image (from `resolve_boi_eoi`); None = a new row after the vocabulary."""
+    eoi_id: int | None = None
+    """Token id of end-of-image (from `resolve_boi_eoi`); None = a new row after the vocabulary."""
+    dtype: str = "float32"
+    """Parameter dtype used when the base is loaded from a path or hub id."""
+
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        if not isinstance(self.unet_channels, tuple):
+            object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
+        if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"patch_size must be a power of two >= 1; got {self.patch_size}")
+        if self.latent_channels < 1:
+            raise ValueError(f"latent_channels must be >= 1; got {self.latent_channels}")
+        if self.latent_size is None:
+            raise ValueError("latent_size must be given (latent height = width, from the latent manifest)")
+        if self.latent_size < 1 or self.latent_size % self.patch_size:
+            raise ValueError(
+                f"latent_size must be a positive multiple of patch_size={self.patch_size}; got {self.latent_size}"
+            )
+        if self.patcher == "unet":
+            levels = int(math.log2(self.patch_size)) + 1
+            if len(self.unet_channels) != levels:
+                raise ValueError(
+                    f"unet_channels needs {levels} levels for patch_size={self.patch_size} "
+                    f"(one downsample per level but the last); got {self.unet_channels}"
+                )
+            if any(c < 1 for c in self.unet_channels) or self.unet_layers_per_block < 1:
+                raise ValueError("unet_channels and unet_layers_per_block must be positive")
+        if self.num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be >= 2; got {self.num_train_timesteps}")
+        if self.lambda_image < 0:
+            raise ValueError(f"lambda_image must be >= 0; got {self.lambda_image}")
+        if not 0.0 <= self.understanding_max_timestep_fraction <= 1.0:
+            raise ValueError(
+                "understanding_max_timestep_fraction must be in [0, 1]; "
+                f"got {self.understanding_max_timestep_fraction}"
+            )
+        if (self.boi_id is None) != (self.eoi_id is None):
+            raise ValueError("boi_id and eoi_id must be given together (see sequence.resolve_boi_eoi)")
+        if self.boi_id is not None and (self.boi_id == self.eoi_id or min(self.boi_id, self.eoi_id) < 0):
+            raise ValueError(f"boi_id and eoi_id must be distinct ids >= 0; got {self.boi_id}, {self.eoi_id}")
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens per image: (latent_size / patch_size)²."""
+        return (self.latent_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["unet_channels"] = list(self.unet_channels)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LMFusionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown LMFusionConfig fields {unknown}; remove them or update lmfusion")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> LMFusionConfig:
+        return LMFusionConfig.from_dict({**self.to_dict(), **changes})

@@ -1,0 +1,120 @@
+"""Diffusion math for image latents: noising, training targets, parameterisation conversions.
+
+Two objectives, both backed by diffusers schedulers so the schedule is the field's, not ours:
+- `ddpm-eps` (paper): `DDPMScheduler(clip_sample=False, prediction_type="epsilon")`, cosine schedule
+  (`squaredcos_cap_v2`); x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε, the model predicts ε. Timesteps are integers.
+- `flow` (rectified flow): `FlowMatchEulerDiscreteScheduler` math; σ = t / T,
+  x_t = (1-σ) x0 + σ ε, the model predicts the velocity v = ε - x0. Timesteps are real numbers.
+
+This file owns no parameters and no sampling loop: `make_inference_scheduler` hands the sampling
+stage a configured diffusers scheduler (`set_timesteps` / `step`).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+from lmfusion_cli.model.config import LMFusionConfig
+
+_BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) → (N, 1, 1, ...) broadcastable against `like` (N, ...)."""
+    return values.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+class Diffusion:
+    """Schedule math for one objective. All tensors are (N, C, H, W) latents, `t` is (N,) timesteps."""
+
+    def __init__(self, config: LMFusionConfig):
+        self.objective = config.objective
+        self.num_train_timesteps = config.num_train_timesteps
+        self.scheduler = make_training_scheduler(config)
+        if self.objective == "ddpm-eps":
+            self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)  # (T,)
+
+    # ---- timesteps -------------------------------------------------------------------------------
+    def sample_timesteps(
+        self, max_fraction: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One timestep per image, uniform in [0, max_fraction · T).
+
+        max_fraction: (N,) float in (0, 1]; 1 = whole schedule. (Clean images, fraction 0, are
+        not noised at all: the model skips `add_noise` for them and passes t = 0.)
+        Returns (N,) float32: integer-valued for ddpm-eps, continuous for flow.
+        """
+        u = torch.rand(max_fraction.shape, generator=generator, device=max_fraction.device)
+        t = u * max_fraction.float() * self.num_train_timesteps  # (N,)
+        if self.objective == "ddpm-eps":
+            t = t.floor().clamp(max=self.num_train_timesteps - 1)
+        return t
+
+    # ---- forward process ---------------------------------------------------------------------------
+    def _ddpm_coefficients(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(√ᾱ_t, √(1-ᾱ_t)), each (N, 1, 1, 1)."""
+        alpha_bar = self.alphas_cumprod.to(x.device)[t.long()]  # (N,)
+        return _per_sample(alpha_bar.sqrt(), x), _per_sample((1 - alpha_bar).sqrt(), x)
+
+    def sigma(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Flow σ = t / T, (N, 1, 1, 1)."""
+        return _per_sample(t.float() / self.num_train_timesteps, like)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t from clean latents x0 and noise ε (both (N, C, H, W)) at timesteps t (N,)."""
+        if self.objective == "ddpm-eps":
+            a, s = self._ddpm_coefficients(x0, t)
+            return a * x0 + s * noise
+        sigma = self.sigma(t, x0)
+        return (1 - sigma) * x0 + sigma * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the model is trained to predict: ε (ddpm-eps) or v = ε - x0 (flow)."""
+        return noise if self.objective == "ddpm-eps" else noise - x0
+
+    # ---- conversions between parameterisations ---------------------------------------------------
+    def to_x0(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Clean-latent estimate from the model prediction (ε or v) at x_t, t."""
+        if self.objective == "ddpm-eps":
+            a, s = self._ddpm_coefficients(x_t, t)
+            return (x_t - s * prediction) / a
+        return x_t - self.sigma(t, x_t) * prediction
+
+    def to_eps(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Noise estimate from the model prediction (ε or v) at x_t, t."""
+        if self.objective == "ddpm-eps":
+            return prediction
+        return x_t + (1 - self.sigma(t, x_t)) * prediction
+
+    def to_velocity(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The objective's velocity: DDPM v = √ᾱ ε - √(1-ᾱ) x0 (diffusers `get_velocity`); flow v = ε - x0."""
+        if self.objective == "flow":
+            return prediction
+        a, s = self._ddpm_coefficients(x_t, t)
+        return a * prediction - s * self.to_x0(prediction, x_t, t)
+
+    def loss_per_image(self, prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """MSE between prediction and target, averaged over C, H, W: (N,) float32."""
+        error = (prediction.float() - self.target(x0, noise).float()) ** 2
+        return error.flatten(1).mean(dim=1)
+
+
+def make_training_scheduler(config: LMFusionConfig) -> DDPMScheduler | FlowMatchEulerDiscreteScheduler:
+    """The diffusers scheduler whose schedule defines training (clip_sample=False: latents are unbounded)."""
+    if config.objective == "ddpm-eps":
+        return DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule=_BETA_SCHEDULES[config.noise_schedule],
+            clip_sample=False,
+            prediction_type="epsilon",
+        )
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.num_train_timesteps, shift=1.0)
+
+
+def make_inference_scheduler(config: LMFusionConfig) -> DDPMScheduler | FlowMatchEulerDiscreteScheduler:
+    """A fresh scheduler for sampling: call `set_timesteps(n)` then `step(model_output, t, x_t)`.
+
+    `model_output` is exactly what `LMFusionModel` predicts for the objective (ε or flow velocity).
+    """
+    return make_training_scheduler(config)

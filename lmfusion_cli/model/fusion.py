@@ -1,0 +1,342 @@
+"""`LMFusionModel`: a frozen Llama-layout causal LM plus image experts, patcher and diffusion loss.
+
+The base model's modules *are* the text expert (frozen unless the config says otherwise); every
+decoder layer gets an `ImageExpert` copy, the image path gets its own final norm, and latents enter
+and leave through the patcher (`image_io`). One forward routes tokens by index (`layers`), applies
+the hybrid mask (`attention`) and returns losses (training), logits (text only) or, segment by
+segment against a `KVCache`, text logits and image predictions (sampling).
+
+This file does no I/O besides `from_pretrained` of a base given by path or hub id; checkpoints live
+in `checkpoint.py`, batch layout in `sequence.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.model.attention import Attention, MaskInfo
+from lmfusion_cli.model.cache import KVCache
+from lmfusion_cli.model.config import LMFusionConfig
+from lmfusion_cli.model.diffusion import Diffusion
+from lmfusion_cli.model.image_io import make_patcher
+from lmfusion_cli.model.layers import LAYER_PARTS, ImageExpert, Routes, reinitialise_, routed_layer
+from lmfusion_cli.model.sequence import IGNORE, IMAGE, TEXT, MixedBatch, text_segment
+
+
+@dataclass
+class FusionOutput:
+    """Training forward result. Losses are float32 scalars; `example_loss` is detached."""
+
+    loss: torch.Tensor
+    """text_loss + lambda_image · image_loss."""
+    text_loss: torch.Tensor
+    """Mean next-token cross-entropy over text targets (0 when there are none)."""
+    image_loss: torch.Tensor
+    """Mean diffusion MSE over generation images (0 when there are none)."""
+    num_text_targets: torch.Tensor
+    """() long: positions with an LM target."""
+    num_image_targets: torch.Tensor
+    """() long: images with a diffusion loss."""
+    example_loss: torch.Tensor
+    """(E,) per-example text mean + λ · image mean, by `document_ids`: names poisoned samples."""
+    timesteps: torch.Tensor
+    """(num_images,) the timesteps used."""
+
+
+@dataclass
+class SegmentOutput:
+    """`forward_segment` result."""
+
+    text_logits: torch.Tensor | None
+    """(B, T, V) logits at text positions (zeros elsewhere); None when the segment has no text."""
+    image_prediction: torch.Tensor | None
+    """(num_images, C, H, W) the objective's prediction (ε or velocity); None without images."""
+    cache: KVCache | None
+    """The cache extended by this segment (update_cache=True), else the cache passed in."""
+
+
+def _check_llama_layout(base: nn.Module, name: str) -> None:
+    decoder = getattr(base, "model", None)
+    layer = getattr(decoder, "layers", [None])[0]
+    missing = [p for p in LAYER_PARTS if not hasattr(layer, p)]
+    parts = ("embed_tokens", "norm", "rotary_emb")
+    if decoder is None or layer is None or missing or not all(hasattr(decoder, p) for p in parts):
+        raise UserError(f"Base model {name} is not a Llama-layout causal LM; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint.")
+    extra = {n for n, _ in layer.named_children()} - set(LAYER_PARTS)
+    if extra:
+        raise UserError(f"Base model {name} has decoder-layer modules {sorted(extra)} outside the Llama layout; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint.")
+
+
+class LMFusionModel(nn.Module):
+    def __init__(self, base: nn.Module, config: LMFusionConfig, base_id: str):
+        """Wrap an already-loaded causal LM (it is modified in place: frozen or re-initialised)."""
+        super().__init__()
+        _check_llama_layout(base, base_id)
+        self.base, self.config, self.base_id = base, config, base_id
+        self.base_config = base.config
+        decoder = base.model
+        std = getattr(base.config, "initializer_range", 0.02)
+        if config.from_scratch:
+            reinitialise_(base, std)
+        head = base.get_output_embeddings()
+        self.vocab_size, hidden = head.weight.shape
+        self.num_image_tokens = config.num_image_tokens
+
+        # BOI/EOI: existing rows (reserved tokens) or two new rows after the vocabulary
+        ids = (config.boi_id, config.eoi_id) if config.boi_id is not None else (self.vocab_size, self.vocab_size + 1)
+        self.boi_id, self.eoi_id = ids
+        self.new_special_rows = min(ids) >= self.vocab_size
+        if self.new_special_rows and sorted(ids) != [self.vocab_size, self.vocab_size + 1]:
+            raise ValueError(f"new BOI/EOI ids must be {self.vocab_size} and {self.vocab_size + 1}; got {ids}")
+        if not self.new_special_rows and max(ids) >= self.vocab_size:
+            raise ValueError(f"boi_id/eoi_id {ids} must both be inside or both just past the vocabulary")
+        table = decoder.embed_tokens.weight.detach()
+        init_rows = table.mean(0).expand(2, -1) if self.new_special_rows else table[list(ids)]
+        self.special_embed = nn.Parameter(init_rows.clone())  # (2, D) input rows of BOI, EOI
+        head_rows = head.weight.detach().mean(0).expand(2, -1).clone() if self.new_special_rows else None
+        self.special_head = nn.Parameter(head_rows) if head_rows is not None else None  # (2, D) logit rows
+
+        # image experts: copies of the text modules (or random, an ablation)
+        if config.experts == "none":
+            self.image_experts = None
+        else:
+            self.image_experts = nn.ModuleList(ImageExpert(layer, config.experts) for layer in decoder.layers)
+        self.image_norm = copy.deepcopy(decoder.norm)
+        if config.image_init == "random" and self.image_experts is not None:
+            reinitialise_(self.image_experts, std)
+        self.patcher = make_patcher(config, hidden)
+        self.diffusion = Diffusion(config)
+
+        dtype = head.weight.dtype
+        for module in (self.image_experts, self.image_norm, self.patcher):
+            if module is not None:
+                module.to(dtype=dtype)
+        if config.freeze_text and not config.from_scratch:
+            base.requires_grad_(False)
+
+    # ---- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_base(cls, base: str | os.PathLike | nn.Module, config: LMFusionConfig | None = None, **options) -> LMFusionModel:
+        """Build from a local path, hub id or loaded `transformers` causal LM of the Llama layout.
+
+        `options` are `LMFusionConfig` fields, overriding `config` (or the defaults).
+        """
+        if config is None:
+            config = LMFusionConfig(**options)
+        elif options:
+            config = config.replace(**options)
+        if isinstance(base, (str, os.PathLike)):
+            from transformers import AutoModelForCausalLM
+
+            base_id = str(base)
+            base = AutoModelForCausalLM.from_pretrained(base_id, dtype=getattr(torch, config.dtype))
+        else:
+            base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
+        return cls(base, config, base_id)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Image experts, patcher, image final norm, BOI/EOI rows (plus text modules if unfrozen)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ---- pieces of the forward --------------------------------------------------------------------
+    def _embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """(M,) token ids → (M, D); BOI/EOI take the trainable rows, all others the frozen table."""
+        emb = self.base.model.embed_tokens(ids.clamp(max=self.vocab_size - 1))
+        emb = torch.where((ids == self.boi_id)[:, None], self.special_embed[0], emb)
+        return torch.where((ids == self.eoi_id)[:, None], self.special_embed[1], emb)
+
+    def _text_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final text norm + LM head (+ logits of new BOI/EOI rows): (..., D) → (..., V)."""
+        hidden = self.base.model.norm(hidden)
+        logits = self.base.get_output_embeddings()(hidden)
+        if self.special_head is not None:
+            logits = torch.cat([logits, hidden @ self.special_head.T], dim=-1)
+        return logits
+
+    def _transformer(
+        self, batch: MixedBatch, image_tokens: torch.Tensor | None, cache: KVCache | None
+    ) -> tuple[torch.Tensor, Routes, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Embed, run all routed layers. image_tokens: (num_images, N, D) from the patcher.
+
+        Returns flat hidden states (B·T, D), the routes and each layer's new (keys, values).
+        """
+        B, T = batch.input_ids.shape
+        routes = Routes.from_modality(batch.modality, TEXT, IMAGE)
+        text_rows = self._embed_text(batch.input_ids.reshape(-1)[routes.text])  # (N_text, D)
+        if image_tokens is not None:
+            image_rows = image_tokens[
+                batch.image_index.reshape(-1)[routes.image], batch.patch_index.reshape(-1)[routes.image]
+            ]  # (N_image, D)
+        else:
+            image_rows = text_rows.new_zeros(0, text_rows.shape[-1])
+        hidden = routes.merge(text_rows, image_rows)  # (B·T, D)
+        rope = self.base.model.rotary_emb(hidden.view(B, T, -1), batch.position_ids)  # (B, T, hd) ×2
+
+        past = 0 if cache is None else cache.length
+        past_docs = batch.document_ids.new_empty(B, 0) if cache is None else cache.document_ids
+        info = MaskInfo(
+            q_image=batch.image_index,
+            kv_image=torch.cat([torch.full_like(past_docs, -1), batch.image_index], dim=1),
+            q_doc=batch.document_ids,
+            kv_doc=torch.cat([past_docs, batch.document_ids], dim=1),
+            past_length=past,
+        )
+        attention = Attention(info, self.config.attention_backend)
+        new_kv = []
+        for i, text_layer in enumerate(self.base.model.layers):
+            expert = self.image_experts[i] if self.image_experts is not None else None
+            past_kv = None if cache is None else (cache.keys[i], cache.values[i])
+            hidden, kv = routed_layer(text_layer, expert, hidden, routes, (B, T), rope, attention, past_kv)
+            new_kv.append(kv)
+        return hidden, routes, new_kv
+
+    def _image_out(
+        self, hidden: torch.Tensor, routes: Routes, batch: MixedBatch, num_images: int,
+        timesteps: torch.Tensor, skips: tuple[torch.Tensor, ...], keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Image final norm + patcher decode of the images `keep` (all if None): (n, C, H, W)."""
+        N = self.num_image_tokens
+        flat = batch.image_index.reshape(-1)[routes.image] * N + batch.patch_index.reshape(-1)[routes.image]
+        rows = self.image_norm(hidden[routes.image])  # (N_image, D)
+        grid = rows.new_zeros(num_images * N, rows.shape[-1]).index_copy(0, flat, rows).view(num_images, N, -1)
+        if keep is not None:
+            grid, timesteps, skips = grid[keep], timesteps[keep], tuple(s[keep] for s in skips)
+        return self.patcher.decode(grid, timesteps, skips)
+
+    # ---- training ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        batch: MixedBatch,
+        latents: torch.Tensor | None = None,
+        *,
+        timesteps: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> FusionOutput:
+        """Training loss on a batch. latents: (num_images, C, H, W) clean, in batch image order.
+
+        timesteps (num_images,) and noise default to fresh samples (per image; understanding images
+        capped at `understanding_max_timestep_fraction`, clean when it is 0). Pass them for a
+        fixed-timestep validation loss.
+        """
+        cfg, num_images = self.config, batch.num_images
+        image_tokens = skips = None
+        if num_images:
+            if latents is None or latents.shape[0] != num_images:
+                raise ValueError(f"batch has {num_images} images; pass latents of shape ({num_images}, C, H, W)")
+            generate = batch.image_generate
+            if timesteps is None:
+                cap = torch.full((num_images,), cfg.understanding_max_timestep_fraction, device=latents.device)
+                fraction = torch.where(generate, torch.ones_like(cap), cap)
+                timesteps = self.diffusion.sample_timesteps(fraction, generator)
+            if noise is None:
+                noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+            noisy = self.diffusion.add_noise(latents, noise, timesteps)
+            if cfg.understanding_max_timestep_fraction == 0:
+                noisy = torch.where(generate[:, None, None, None], noisy, latents)
+            image_tokens, skips = self.patcher.encode(noisy, timesteps)
+        else:
+            timesteps = torch.zeros(0, device=batch.input_ids.device)
+        hidden, routes, _ = self._transformer(batch, image_tokens, cache=None)
+
+        # text: next-token cross-entropy at positions with a label (logits only there)
+        labels = batch.labels.reshape(-1)
+        targets = (labels != IGNORE).nonzero().squeeze(1)
+        logits = self._text_head(hidden[targets])  # (N_targets, V)
+        token_loss = F.cross_entropy(logits.float(), labels[targets], reduction="none")  # (N_targets,)
+        num_text = torch.tensor(targets.shape[0], device=hidden.device)
+        text_loss = token_loss.sum() / num_text.clamp(min=1)
+
+        # images: diffusion MSE on generation images only
+        docs = batch.document_ids.reshape(-1)
+        E = batch.num_examples
+        example_loss = hidden.new_zeros(E, dtype=torch.float32)
+        if num_images and batch.image_generate.any():
+            keep = batch.image_generate.nonzero().squeeze(1)
+            prediction = self._image_out(hidden, routes, batch, num_images, timesteps, skips, keep)
+            image_losses = self.diffusion.loss_per_image(prediction, latents[keep], noise[keep])  # (n_gen,)
+            image_loss = image_losses.mean()
+            image_doc = torch.full((num_images,), -1, dtype=torch.long, device=docs.device)
+            image_doc = image_doc.scatter_reduce(0, batch.image_index.reshape(-1)[routes.image], docs[routes.image], "amax")
+            example_loss = example_loss + cfg.lambda_image * _mean_by(image_losses.detach(), image_doc[keep], E)
+        else:
+            image_loss = hidden.sum().float() * 0.0  # keeps the graph whole when there are no images
+        example_loss = example_loss + _mean_by(token_loss.detach(), docs[targets], E)
+        return FusionOutput(
+            loss=text_loss + cfg.lambda_image * image_loss,
+            text_loss=text_loss,
+            image_loss=image_loss,
+            num_text_targets=num_text,
+            num_image_targets=batch.image_generate.sum(),
+            example_loss=example_loss,
+            timesteps=timesteps,
+        )
+
+    # ---- inference ----------------------------------------------------------------------------------
+    def text_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) of a text-only batch through the routed path; equal to the base model's.
+
+        Positions are 0..T-1 like `transformers` without `position_ids`; masked positions are never
+        attended to and get zero logits.
+        """
+        B, T = input_ids.shape
+        valid = None if attention_mask is None else attention_mask.bool()
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        batch = text_segment(input_ids, positions, valid)
+        hidden, _, _ = self._transformer(batch, None, cache=None)
+        return self._text_head(hidden.view(B, T, -1))
+
+    def forward_segment(
+        self,
+        segment: MixedBatch,
+        latents: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        update_cache: bool = False,
+    ) -> SegmentOutput:
+        """Run a segment of positions after an optional cache (sampling).
+
+        segment: text and/or image positions with explicit `position_ids` and `document_ids` (-1 =
+        padding); build with `sequence.left_pad`, `text_segment`, `image_segment`, `concat_segments`.
+        latents: (num_images, C, H, W) *already noisy* x_t (clean for a committed image, t = 0);
+        timesteps: (num_images,). update_cache=True appends the segment's keys/values (prompts,
+        decoded text, finished images); False leaves the cache as it was (denoising steps).
+        """
+        num_images = segment.num_images
+        image_tokens = skips = None
+        if num_images:
+            if latents is None or timesteps is None:
+                raise ValueError("a segment with image positions needs latents and timesteps")
+            image_tokens, skips = self.patcher.encode(latents, timesteps)
+        hidden, routes, new_kv = self._transformer(segment, image_tokens, cache)
+        B, T = segment.input_ids.shape
+        text_logits = None
+        if routes.text.numel():
+            text_rows = self._text_head(hidden[routes.text])  # (N_text, V)
+            text_logits = text_rows.new_zeros(B * T, text_rows.shape[-1]).index_copy(0, routes.text, text_rows)
+            text_logits = text_logits.view(B, T, -1)
+        image_prediction = None
+        if num_images:
+            image_prediction = self._image_out(hidden, routes, segment, num_images, timesteps, skips)
+        if update_cache:
+            ends = (segment.position_ids + 1).masked_fill(segment.document_ids < 0, 0).amax(dim=1)  # (B,)
+            keys, values = tuple(k for k, _ in new_kv), tuple(v for _, v in new_kv)
+            if cache is None:
+                cache = KVCache(keys, values, segment.document_ids, ends)
+            else:
+                cache = cache.append(keys, values, segment.document_ids, torch.maximum(cache.next_positions, ends))
+        return SegmentOutput(text_logits=text_logits, image_prediction=image_prediction, cache=cache)
+
+
+def _mean_by(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Mean of `values` (M,) per group id in [0, num_groups) (0 for empty groups): (num_groups,)."""
+    sums = values.new_zeros(num_groups).index_add(0, groups, values.float())
+    counts = values.new_zeros(num_groups).index_add(0, groups, torch.ones_like(values, dtype=torch.float32))
+    return sums / counts.clamp(min=1)

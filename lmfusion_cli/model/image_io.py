@@ -1,0 +1,130 @@
+"""Latents ↔ image tokens: the patcher on the way in and out of the transformer.
+
+Two patchers, one interface (`encode` → tokens + skips, `decode` → latent-shaped prediction):
+- `UNetPatcher` (paper, Transfusion §3): conv-in and diffusers `DownBlock2D`s (one 2× downsample per
+  level but the last, so 2**(levels-1) = patch_size) conditioned on the timestep embedding, a linear
+  map to the LLM width per grid cell; on the way out the mirror `UpBlock2D`s with the down path's
+  skip connections, norm, conv-out.
+- `LinearPatcher`: p×p patches through one Linear each way, timestep embedding added to each token.
+
+Both add a learned (zero-initialised) position embedding per token of the grid. Tokens are ordered
+row-major over the (latent_size/p)² grid. Sizes come from `LMFusionConfig` and the LLM's hidden size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UpBlock2D
+from torch import nn
+
+from lmfusion_cli.model.config import LMFusionConfig
+
+Skips = tuple[torch.Tensor, ...]
+
+
+def _grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(n, c, h, w) → (n, h·w, c), row-major."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def _tokens_to_grid(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(n, h·w, c) → (n, c, h, w)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+
+
+class LinearPatcher(nn.Module):
+    def __init__(self, config: LMFusionConfig, hidden_size: int):
+        super().__init__()
+        C, p = config.latent_channels, config.patch_size
+        self.patch_size, self.side = p, config.latent_size // p
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(256, hidden_size)
+        self.proj_in = nn.Linear(C * p * p, hidden_size)
+        self.position = nn.Parameter(torch.zeros(self.side * self.side, hidden_size))
+        self.proj_out = nn.Linear(hidden_size, C * p * p)
+
+    def encode(self, latents: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, Skips]:
+        """latents (n, C, H, W), timesteps (n,) → tokens (n, N, D), no skips."""
+        n, C, H, W = latents.shape
+        p, s = self.patch_size, self.side
+        patches = latents.reshape(n, C, s, p, s, p).permute(0, 2, 4, 1, 3, 5).reshape(n, s * s, C * p * p)
+        temb = self.time_embed(self.time_proj(timesteps).to(latents.dtype))  # (n, D)
+        return self.proj_in(patches) + self.position + temb[:, None, :], ()
+
+    def decode(self, tokens: torch.Tensor, timesteps: torch.Tensor, skips: Skips) -> torch.Tensor:
+        """tokens (n, N, D) → prediction (n, C, H, W)."""
+        n, p, s = tokens.shape[0], self.patch_size, self.side
+        patches = self.proj_out(tokens)  # (n, N, C·p·p)
+        C = patches.shape[-1] // (p * p)
+        return patches.reshape(n, s, s, C, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, C, s * p, s * p)
+
+
+class UNetPatcher(nn.Module):
+    def __init__(self, config: LMFusionConfig, hidden_size: int):
+        super().__init__()
+        channels, layers = config.unet_channels, config.unet_layers_per_block
+        groups = min(32, math.gcd(*channels))
+        temb = 4 * channels[0]
+        self.side = config.latent_size // config.patch_size
+        resnet = dict(temb_channels=temb, resnet_eps=1e-6, resnet_act_fn="silu", resnet_groups=groups)
+        self.time_proj = Timesteps(channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(channels[0], temb)
+        self.conv_in = nn.Conv2d(config.latent_channels, channels[0], kernel_size=3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        previous = channels[0]
+        for level, out in enumerate(channels):
+            last = level == len(channels) - 1
+            self.down_blocks.append(
+                DownBlock2D(
+                    in_channels=previous, out_channels=out, num_layers=layers,
+                    add_downsample=not last, downsample_padding=1, **resnet,
+                )
+            )
+            previous = out
+        self.to_tokens = nn.Linear(channels[-1], hidden_size)
+        self.position = nn.Parameter(torch.zeros(self.side * self.side, hidden_size))
+        self.from_tokens = nn.Linear(hidden_size, channels[-1])
+        # mirror of diffusers UNet2DModel's up path (with the transformer in place of the mid block)
+        reversed_channels = list(reversed(channels))
+        self.up_blocks = nn.ModuleList()
+        out = reversed_channels[0]
+        for level in range(len(channels)):
+            previous, out = out, reversed_channels[level]
+            skip_in = reversed_channels[min(level + 1, len(channels) - 1)]
+            self.up_blocks.append(
+                UpBlock2D(
+                    in_channels=skip_in, prev_output_channel=previous, out_channels=out,
+                    num_layers=layers + 1, add_upsample=level < len(channels) - 1, **resnet,
+                )
+            )
+        self.norm_out = nn.GroupNorm(groups, channels[0], eps=1e-6)
+        self.conv_out = nn.Conv2d(channels[0], config.latent_channels, kernel_size=3, padding=1)
+
+    def _temb(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.time_embed(self.time_proj(timesteps).to(dtype))  # (n, 4·c0)
+
+    def encode(self, latents: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, Skips]:
+        """latents (n, C, H, W), timesteps (n,) → tokens (n, N, D) and the down path's skips."""
+        temb = self._temb(timesteps, latents.dtype)
+        x = self.conv_in(latents)  # (n, c0, H, W)
+        skips: Skips = (x,)
+        for block in self.down_blocks:
+            x, residuals = block(x, temb)
+            skips += residuals
+        return self.to_tokens(_grid_to_tokens(x)) + self.position, skips  # (n, N, D)
+
+    def decode(self, tokens: torch.Tensor, timesteps: torch.Tensor, skips: Skips) -> torch.Tensor:
+        """tokens (n, N, D) + skips from `encode` → prediction (n, C, H, W)."""
+        temb = self._temb(timesteps, tokens.dtype)
+        x = _tokens_to_grid(self.from_tokens(tokens), self.side)  # (n, c_last, h, w)
+        for block in self.up_blocks:
+            residuals, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+            x = block(x, residuals, temb)
+        return self.conv_out(nn.functional.silu(self.norm_out(x)))
+
+
+def make_patcher(config: LMFusionConfig, hidden_size: int) -> LinearPatcher | UNetPatcher:
+    return UNetPatcher(config, hidden_size) if config.patcher == "unet" else LinearPatcher(config, hidden_size)

@@ -1,0 +1,135 @@
+"""The routed decoder layer: per-modality experts around one shared attention.
+
+A Llama-layout decoder layer is `x + attn(norm1(x))`, then `x + mlp(norm2(x))`. Here every position
+is routed *by index* to the text modules (the base model's own, frozen) or to the image expert (a
+copy of them): each expert computes norms, Q/K/V, output projection and MLP only on its own tokens;
+the Q/K/V are scattered back into one sequence so a single attention (RoPE, GQA and q/k norms taken
+from the base's code) sees every token. Padding is routed nowhere and stays zero.
+
+Expert variants (`LMFusionConfig.experts`): `deep` copies norms, attention projections and MLP;
+`ffn-only` copies norms and MLP and shares the text attention projections; `none` has no expert
+(image tokens use the text modules: the dense baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmfusion_cli.model.attention import Attention
+
+LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+
+
+@dataclass
+class Routes:
+    """Flat position indexes (into B·T) of each modality, computed once per forward."""
+
+    text: torch.Tensor  # (N_text,) long
+    image: torch.Tensor  # (N_image,) long
+    num_positions: int  # B·T
+
+    @classmethod
+    def from_modality(cls, modality: torch.Tensor, text_code: int, image_code: int) -> Routes:
+        flat = modality.reshape(-1)
+        return cls(
+            text=(flat == text_code).nonzero().squeeze(1),
+            image=(flat == image_code).nonzero().squeeze(1),
+            num_positions=flat.shape[0],
+        )
+
+    def merge(self, text_rows: torch.Tensor, image_rows: torch.Tensor) -> torch.Tensor:
+        """Scatter each expert's rows back to their positions: (N_text, F), (N_image, F) → (B·T, F)."""
+        out = text_rows.new_zeros(self.num_positions, text_rows.shape[-1])
+        return out.index_copy(0, self.text, text_rows).index_copy(0, self.image, image_rows)
+
+
+class ImageExpert(nn.Module):
+    """The image modality's modules of one decoder layer (copies of the text layer's).
+
+    For `ffn-only` there is no `self_attn`: the text attention projections are shared.
+    """
+
+    def __init__(self, text_layer: nn.Module, experts: str):
+        super().__init__()
+        for part in LAYER_PARTS:
+            if part == "self_attn" and experts == "ffn-only":
+                continue
+            setattr(self, part, copy.deepcopy(getattr(text_layer, part)))
+
+
+def rope_function(text_layer: nn.Module) -> Callable:
+    """The architecture's own `apply_rotary_pos_emb`, found next to its attention class."""
+    return sys.modules[type(text_layer.self_attn).__module__].apply_rotary_pos_emb
+
+
+def _project(attn: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """q/k/v projection of (M, D) rows → (M, H·hd), with the base's per-head q/k norm if it has one."""
+    out = getattr(attn, f"{name}_proj")(x)
+    norm = getattr(attn, f"{name}_norm", None)
+    if norm is not None:
+        out = norm(out.view(x.shape[0], -1, attn.head_dim)).view(x.shape[0], -1)
+    return out
+
+
+def routed_layer(
+    text_layer: nn.Module,
+    image_expert: ImageExpert | None,
+    hidden: torch.Tensor,
+    routes: Routes,
+    shape: tuple[int, int],
+    rope: tuple[torch.Tensor, torch.Tensor],
+    attention: Attention,
+    past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """One decoder layer over flat hidden states (B·T, D).
+
+    rope: (cos, sin), each (B, T, hd), from the base's rotary embedding at the batch's positions.
+    past_kv: cached (keys, values), each (B, Hkv, S, hd), RoPE already applied.
+    Returns the new hidden states (B·T, D) and this segment's (keys, values) (B, Hkv, T, hd).
+    """
+    B, T = shape
+    text_attn = text_layer.self_attn
+    image = image_expert if image_expert is not None else text_layer
+    image_attn = getattr(image, "self_attn", text_attn)
+
+    # attention block: each expert normalises and projects its own tokens
+    x_text = text_layer.input_layernorm(hidden[routes.text])  # (N_text, D)
+    x_image = image.input_layernorm(hidden[routes.image])  # (N_image, D)
+    q, k, v = (
+        routes.merge(_project(text_attn, name, x_text), _project(image_attn, name, x_image))  # (B·T, H·hd)
+        .view(B, T, -1, text_attn.head_dim)
+        .transpose(1, 2)  # (B, H, T, hd)
+        for name in ("q", "k", "v")
+    )
+    cos, sin = rope
+    q, k = rope_function(text_layer)(q, k, cos, sin)
+    new_kv = (k, v)
+    if past_kv is not None:
+        k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (B, Hkv, S+T, hd)
+    attended = attention(q, k, v, scale=text_attn.scaling)  # (B, Hq, T, hd)
+    attended = attended.transpose(1, 2).reshape(B * T, -1)  # (B·T, Hq·hd)
+    hidden = hidden + routes.merge(
+        text_attn.o_proj(attended[routes.text]), image_attn.o_proj(attended[routes.image])
+    )
+
+    # feed-forward block
+    h_text = text_layer.mlp(text_layer.post_attention_layernorm(hidden[routes.text]))
+    h_image = image.mlp(image.post_attention_layernorm(hidden[routes.image]))
+    return hidden + routes.merge(h_text, h_image), new_kv
+
+
+def reinitialise_(module: nn.Module, std: float) -> None:
+    """Random init in the Llama style: Linear/Embedding N(0, std), biases 0, norm scales 1."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(sub.weight, std=std)
+            if getattr(sub, "bias", None) is not None:
+                nn.init.zeros_(sub.bias)
+        elif "norm" in type(sub).__name__.lower() and isinstance(getattr(sub, "weight", None), nn.Parameter):
+            nn.init.ones_(sub.weight)
