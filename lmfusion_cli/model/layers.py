@@ -73,7 +73,7 @@ def _project(attn: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     out = getattr(attn, f"{name}_proj")(x)
     norm = getattr(attn, f"{name}_norm", None)
     if norm is not None:
-        out = norm(out.view(x.shape[0], -1, attn.head_dim)).view(x.shape[0], -1)
+        out = norm(out.unflatten(-1, (-1, attn.head_dim))).flatten(-2)  # (M, H, hd) per head
     return out
 
 
