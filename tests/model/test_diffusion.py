@@ -1,0 +1,91 @@
+"""Diffusion math against diffusers' own schedulers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+from lmfusion_cli.model import LMFusionConfig
+from lmfusion_cli.model.diffusion import Diffusion, make_inference_scheduler
+
+
+def _cfg(**kw):
+    return LMFusionConfig(latent_size=8, **kw)
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+
+
+def test_ddpm_scheduler_is_the_paper_one():
+    scheduler = Diffusion(_cfg()).scheduler
+    assert isinstance(scheduler, DDPMScheduler)
+    assert scheduler.config.clip_sample is False
+    assert scheduler.config.beta_schedule == "squaredcos_cap_v2"
+    assert scheduler.config.prediction_type == "epsilon"
+    assert scheduler.config.num_train_timesteps == 1000
+
+
+def test_ddpm_noising_target_and_conversions_equal_diffusers(data):
+    x0, eps = data
+    diffusion = Diffusion(_cfg())
+    reference = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False, prediction_type="epsilon")
+    t = torch.tensor([0, 1, 250, 700, 999])
+    x_t = diffusion.add_noise(x0, eps, t)
+    torch.testing.assert_close(x_t, reference.add_noise(x0, eps, t))
+    torch.testing.assert_close(diffusion.target(x0, eps), eps)
+    # conversions through x0 divide by √ᾱ_t, ~1e-4 at t=999 of the cosine schedule: fp32 noise there
+    t = torch.tensor([0, 1, 250, 700, 950])
+    x_t = diffusion.add_noise(x0, eps, t)
+    torch.testing.assert_close(diffusion.to_velocity(eps, x_t, t), reference.get_velocity(x0, eps, t), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(diffusion.to_eps(eps, x_t, t), eps)
+    reference.set_timesteps(1000)
+    for i, step in enumerate(t.tolist()):  # x0 estimate == the scheduler step's pred_original_sample
+        out = reference.step(eps[i : i + 1], step, x_t[i : i + 1])
+        torch.testing.assert_close(diffusion.to_x0(eps[i : i + 1], x_t[i : i + 1], t[i : i + 1]), out.pred_original_sample, atol=1e-4, rtol=1e-4)
+
+
+def test_flow_noising_target_and_conversions_equal_diffusers(data):
+    x0, eps = data
+    diffusion = Diffusion(_cfg(objective="flow"))
+    reference = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    t = reference.timesteps[[0, 10, 500, 998, 999]]  # the scheduler's own training grid
+    x_t = diffusion.add_noise(x0, eps, t)
+    torch.testing.assert_close(x_t, reference.scale_noise(x0, t, eps))
+    v = diffusion.target(x0, eps)
+    torch.testing.assert_close(v, eps - x0)
+    torch.testing.assert_close(diffusion.to_x0(v, x_t, t), x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(diffusion.to_eps(v, x_t, t), eps, atol=1e-5, rtol=1e-5)
+    # one Euler step of the inference scheduler moves x_t along the predicted velocity
+    sampler = make_inference_scheduler(_cfg(objective="flow"))
+    sampler.set_timesteps(10)
+    x = x_t[:1]
+    step = sampler.step(v[:1], sampler.timesteps[0], x).prev_sample
+    dt = (sampler.sigmas[1] - sampler.sigmas[0]).item()
+    torch.testing.assert_close(step, x + dt * v[:1])
+
+
+def test_timesteps_are_per_image_and_capped():
+    diffusion = Diffusion(_cfg())
+    g = torch.Generator().manual_seed(0)
+    fraction = torch.tensor([1.0] * 500 + [0.5] * 500)
+    t = diffusion.sample_timesteps(fraction, g)
+    assert t.unique().numel() > 100  # per image, not one shared draw
+    assert t[:500].max() > 900 and t[500:].max() < 500 and (t == t.round()).all()
+    flow = Diffusion(_cfg(objective="flow")).sample_timesteps(fraction, g)
+    assert flow[500:].max() < 500 and (flow != flow.round()).any()
+
+
+def test_training_uses_real_timestep_embedding():
+    """The patcher's output depends on the timestep (never an embedding fixed at 0)."""
+    from .helpers import tiny_model
+
+    for patcher in ("unet", "linear"):
+        model = tiny_model("llama3", patcher=patcher)
+        latents = torch.randn(1, 4, 8, 8)
+        a, _ = model.patcher.encode(latents, torch.tensor([10.0]))
+        b, _ = model.patcher.encode(latents, torch.tensor([900.0]))
+        assert not torch.allclose(a, b)
