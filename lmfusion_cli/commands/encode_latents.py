@@ -1,10 +1,62 @@
-"""`lmfusion encode-latents` (issue 6)."""
+"""`lmfusion encode-latents`: prepared shards → a VAE latent cache + manifest (issue 6); `--verify L` re-checks one."""
 
 from __future__ import annotations
 
-from lmfusion_cli.commands.common import ConfigOption, SetOption, not_available
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lmfusion_cli.commands.common import ConfigOption, SetOption
 
 
-def command(config: ConfigOption = None, overrides: SetOption = None) -> None:
-    """Not available yet (issue 6)."""
-    not_available("encode-latents", 6)
+def command(
+    data: Annotated[Optional[Path], typer.Option(help="Folder of shards made by `lmfusion prepare`.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder of the latent cache.")] = None,
+    vae: Annotated[Optional[str], typer.Option(help="AutoencoderKL folder or hub id (default: the shipped tiny VAE).")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side fed to the VAE (default: the shards').")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per VAE call.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Image-decoding worker processes (0 = none).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="Encoding processes, one device each (CPU without GPU).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Storage dtype: fp16 | bf16 | fp32.")] = None,
+    store: Annotated[Optional[str], typer.Option(help="mean-std (posterior, default) | sample (one draw).")] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip", help="Also store horizontally flipped latents.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the draws for --store sample.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Rebuild a finished cache.")] = None,
+    verify: Annotated[Optional[Path], typer.Option(help="Only re-check this cache (counts, shapes, NaN/inf, hashes).")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Encode prepared images with a VAE into a latent cache that training reads.
+
+    Examples:
+
+      lmfusion encode-latents --data work/shapes --out work/shapes-latents
+
+      lmfusion encode-latents --data work/coco --vae stabilityai/sd-vae-ft-mse --resolution 256 --out work/coco-lat --gpus 8
+
+      lmfusion encode-latents --verify work/shapes-latents
+    """
+    if verify is not None:
+        from lmfusion_cli.common.errors import UserError
+        from lmfusion_cli.data.latents import verify_cache
+
+        problems = verify_cache(verify)
+        for problem in problems:
+            typer.echo(problem, err=True)
+        if problems:
+            raise UserError(f"{verify} failed verification with {len(problems)} problem(s) listed above; rerun "
+                            f"encode-latents with --overwrite to rebuild it.")
+        typer.echo(f"{verify}: ok")
+        return
+    from lmfusion_cli.config import resolve_config
+    from lmfusion_cli.data.config import EncodeConfig
+
+    cfg = resolve_config(EncodeConfig, config, overrides, {
+        "data": data, "out": out, "vae": vae, "resolution": resolution, "batch_size": batch_size,
+        "workers": workers, "gpus": gpus, "dtype": dtype, "store": store, "flip": flip, "seed": seed,
+        "overwrite": overwrite,
+    })
+    from lmfusion_cli.data.encode import run_encode
+
+    run_encode(cfg)

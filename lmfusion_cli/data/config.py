@@ -54,3 +54,45 @@ class PrepareConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.source != "shapes" and not self.input:
             raise ValueError(f"source '{self.source}' needs an input path: pass --input PATH (or --coco-root DIR)")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    data: str = ""
+    """Folder of prepared shards (made by `lmfusion prepare`)."""
+    out: str = ""
+    """Output folder of the latent cache."""
+    vae: str = ""
+    """AutoencoderKL folder or hub id; empty means the shipped tiny VAE (`lmfusion_cli/assets/tiny-vae`)."""
+    resolution: Optional[int] = None
+    """Image side in pixels fed to the VAE; None keeps the prepared shards' resolution."""
+    batch_size: int = 32
+    """Images per VAE call."""
+    workers: int = 1
+    """DataLoader worker processes decoding images while the VAE encodes (0 = decode in the main process)."""
+    gpus: int = 1
+    """Encoding processes; shards are split over them (one device each, or CPU cores when there is no GPU)."""
+    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    """Storage dtype of the latents (the VAE itself runs in fp32)."""
+    store: Literal["mean-std", "sample"] = "mean-std"
+    """Store the posterior mean and std (training draws a fresh sample) or one drawn sample."""
+    flip: bool = False
+    """Also store the horizontally flipped image's latents (captions are not flipped)."""
+    seed: int = 0
+    """Seed of the draws for store=sample (each item's noise depends only on (seed, key))."""
+    overwrite: bool = False
+    """Rewrite a finished cache instead of reusing it."""
+
+    def __post_init__(self):
+        if not self.data:
+            raise ValueError("data is required: pass --data DIR (a folder made by lmfusion prepare)")
+        if not self.out:
+            raise ValueError("out is required: pass --out DIR")
+        if self.resolution is not None and self.resolution < 8:
+            raise ValueError(f"resolution must be >= 8 pixels, got {self.resolution}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.gpus < 1:
+            raise ValueError(f"gpus must be >= 1, got {self.gpus}")

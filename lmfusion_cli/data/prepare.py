@@ -6,37 +6,32 @@ split, in key order, into shards of `shard_size` *listed* items. Items that turn
 skipped and counted, so a shard may hold fewer; fixing shard contents by listed items is what makes
 every shard independent: workers build them in any order and a rerun redoes only missing ones.
 
-Restart: each finished shard leaves `OUT/.parts/<shard>.json` (its counts, skips and hash) after its
-tar is renamed into place; a rerun skips shards whose part record exists. The manifest is written last
-and the part records removed. A finished output is left alone unless `overwrite`; an output started
-with another config is refused (or cleared with `overwrite`)."""
+Restart (see `restart.py`): each finished shard leaves a part record (its counts, skips and hash) after
+its tar is renamed into place; a rerun redoes only shards without one. The manifest is written last."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from lmfusion_cli.common.atomic import atomic_write_json, remove_stale_temps
 from lmfusion_cli.common.configs import config_to_dict
-from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
-from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.manifest import SkipLog, file_entry, write_manifest
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.images import BadImage, encode_image, resize_center_crop
+from lmfusion_cli.data.restart import finish_output, read_part, start_output, write_part
 from lmfusion_cli.data.shards import Sample, shard_name, write_shard
 from lmfusion_cli.data.sources import ItemSpec, list_items, load_image
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-PARTS_DIR = ".parts"
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{5}\.tar$")
 _RUN_ONLY_FIELDS = ("workers", "overwrite")  # do not change the output bytes
 
@@ -97,56 +92,8 @@ def build_shard(task: ShardTask, cfg: PrepareConfig) -> dict[str, Any]:
     write_shard(out / task.name, samples)
     part = {"name": task.name, "split": task.split, "index": task.index, "count": len(samples),
             "file": file_entry(out / task.name, split=task.split, count=len(samples)), **skips.to_dict()}
-    atomic_write_json(out / PARTS_DIR / f"{task.name}.json", part)
+    write_part(out, task.name, part)
     return part
-
-
-def _read_part(out: Path, task: ShardTask) -> dict[str, Any] | None:
-    import json
-
-    part_path = out / PARTS_DIR / f"{task.name}.json"
-    if not part_path.is_file() or not (out / task.name).is_file():
-        return None
-    try:
-        return json.loads(part_path.read_text())
-    except (OSError, ValueError):
-        return None  # a damaged record: redo the shard
-
-
-def clear_output(out: Path) -> None:
-    """Remove what `prepare` writes (shards, part records, manifest), nothing else."""
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
-    for p in out.iterdir():
-        if _SHARD_RE.match(p.name):
-            p.unlink()
-    remove_stale_temps(out)
-
-
-def _check_output(out: Path, cfg: PrepareConfig, cfg_hash: str) -> dict[str, Any] | None:
-    """Return the finished manifest to reuse, or None after making `out` ready for (re)work."""
-    if (out / MANIFEST_NAME).is_file():
-        manifest = read_manifest(out, "shards", what="output")
-        if cfg.overwrite:
-            clear_output(out)
-        elif manifest.get("output_config_hash") == cfg_hash:
-            return manifest
-        else:
-            raise UserError(f"{out} already holds shards prepared with another config; pass --overwrite to "
-                            f"replace them or choose another --out.")
-    state = out / PARTS_DIR / "config.json"
-    if state.is_file():
-        import json
-
-        started = json.loads(state.read_text()).get("output_config_hash")
-        if started != cfg_hash:
-            if not cfg.overwrite:
-                raise UserError(f"{out} holds an unfinished prepare with another config; pass --overwrite to "
-                                f"start over or choose another --out.")
-            clear_output(out)
-    elif out.is_dir() and cfg.overwrite:
-        clear_output(out)
-    return None
 
 
 def _run_tasks(tasks: list[ShardTask], cfg: PrepareConfig, total_items: int, done_items: int) -> list[dict]:
@@ -171,17 +118,13 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Make (or finish, or reuse) the shards of `cfg.out`; return the manifest."""
     out = Path(cfg.out)
     cfg_hash = output_config_hash(cfg)
-    finished = _check_output(out, cfg, cfg_hash)
+    specs, listing_log = list_items(cfg)  # first: a missing input is refused before `out` is touched
+    finished = start_output(out, "shards", cfg_hash, cfg.overwrite, _SHARD_RE, "prepare")
     if finished is not None:
         log.info("%s is already complete (same config); pass --overwrite to rebuild it", out)
         return finished
-    specs, listing_log = list_items(cfg)
     tasks = plan_shards(specs, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    remove_stale_temps(out / PARTS_DIR)
-    atomic_write_json(out / PARTS_DIR / "config.json", {"output_config_hash": cfg_hash})
-    parts = {t.name: p for t in tasks if (p := _read_part(out, t)) is not None}
+    parts = {t.name: p for t in tasks if (p := read_part(out, t.name, [out / t.name])) is not None}
     pending = [t for t in tasks if t.name not in parts]
     if parts:
         log.info("resuming: %d of %d shards already done", len(parts), len(tasks))
@@ -189,7 +132,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     for part in _run_tasks(pending, cfg, len(specs), done_items):
         parts[part["name"]] = part
     manifest = _write_prepare_manifest(out, cfg, cfg_hash, tasks, parts, listing_log)
-    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    finish_output(out)
     return manifest
 
 

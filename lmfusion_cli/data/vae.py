@@ -1,0 +1,81 @@
+"""The VAE as the data stages see it: where the shipped one lives, loading, identity, and encoding.
+
+A VAE's *identity* is what a latent cache records and what readers compare: the id/path it was loaded
+from, a hash of its config, a hash of its weights (two random VAEs with one config differ here),
+`scaling_factor`, `shift_factor` (None → 0) and the latent channel count, all read from the VAE, never
+assumed. Encoding returns the *unscaled* posterior mean and std (`latent_dist.mean`, `.std`)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.hashing import sha256_json
+
+
+def default_vae_path() -> Path:
+    """The tiny VAE shipped in the package (`lmfusion_cli/assets/tiny-vae`, built by `make assets`)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "tiny-vae"
+
+
+def resolve_vae(spec: str | None) -> str:
+    """`--vae` value → a local folder or hub id; empty means the shipped VAE, which must exist."""
+    if spec:
+        return spec
+    path = default_vae_path()
+    if not (path / "config.json").is_file():
+        raise UserError(f"The shipped VAE {path} is missing; run `make assets` or pass --vae PATH.")
+    return str(path)
+
+
+def load_vae(spec: str, device: str | torch.device = "cpu"):
+    """Load an `AutoencoderKL` from a local folder or hub id, in eval mode, frozen, fp32."""
+    from diffusers import AutoencoderKL
+
+    local = Path(spec)
+    if local.exists() and not (local / "config.json").is_file():
+        raise UserError(f"{local} has no config.json, so it is not a diffusers AutoencoderKL folder; "
+                        f"pass a folder saved with save_pretrained.")
+    try:
+        vae = AutoencoderKL.from_pretrained(spec, torch_dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise UserError(f"Cannot load the VAE '{spec}' ({type(e).__name__}); pass a local AutoencoderKL "
+                        f"folder or a hub id that is in the local cache.") from e
+    vae.requires_grad_(False)
+    return vae.to(device).eval()
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 over the state dict (names, dtypes, shapes, bytes), independent of the file format."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def vae_identity(spec: str, vae) -> dict[str, Any]:
+    """What a latent cache records about its VAE (see the module docstring)."""
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    shift = getattr(vae.config, "shift_factor", None)
+    return {
+        "id": spec,
+        "config_hash": sha256_json(config)[:16],
+        "weights_sha256": weights_sha256(vae),
+        "scaling_factor": float(vae.config.scaling_factor),
+        "shift_factor": float(shift) if shift is not None else 0.0,
+        "latent_channels": int(vae.config.latent_channels),
+        "downsample_factor": 2 ** (len(vae.config.block_out_channels) - 1),
+    }
+
+
+@torch.no_grad()
+def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """pixels (B, 3, H, W) in [-1, 1] → unscaled posterior (mean, std), each (B, C, H/f, W/f), fp32."""
+    dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
