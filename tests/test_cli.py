@@ -75,3 +75,9 @@ def test_unknown_key_in_yaml_exit_2(tmp_path):
 def test_verbose_shows_traceback_for_user_error(tmp_path):
     result = run_cli("--verbose", "prepare", "--source", "shapes", "--out", str(tmp_path / "o"), "--set", "x=1")
     assert result.returncode == 2 and "Traceback" in result.stderr
+def test_missing_source_folder_exit_2(tmp_path):
+    result = run_cli("prepare", "--source", "folder", "--input", str(tmp_path / "missing"), "--out",
+                     str(tmp_path / "o"))
+    _assert_one_sentence_exit_2(result, "missing")
+
+
