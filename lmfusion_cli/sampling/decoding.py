@@ -1,0 +1,156 @@
+"""Text decoding over a `SequenceContext`: greedy, beam search and nucleus (top-p) sampling.
+
+Each function takes a context whose rows end where the text should start (after EOI for a caption,
+after the prompt for interleaved text), decodes up to `max_new_tokens` per row and returns each row's
+new token ids, without the stop token. A row stops at any of `stop_ids` (EOS; BOI too for interleaved
+text, which then hands over to image generation). Finished rows keep running in the batch (their
+outputs are ignored): the batch shape, hence the numerics, does not depend on when rows finish.
+
+Beam search follows the usual scheme (Hugging Face `generate` with `early_stopping=True`): per row,
+keep the `num_beams` best live hypotheses out of the 2·`num_beams` best extensions; an ending among
+the `num_beams` best extensions finishes a hypothesis, scored by sum log-prob / length^`length_penalty`
+(length counts the stop token); a row is done once it holds `num_beams` finished ones.
+Top-p draws from the smallest set of tokens whose probability reaches `top_p`, after `temperature`,
+with one generator per row (seed + row index), so a row's text depends only on its seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lmfusion_cli.sampling.context import SequenceContext
+
+STRATEGIES = ("greedy", "beam", "top-p")
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    strategy: str = "greedy"
+    """`greedy`, `beam` (beam search) or `top-p` (nucleus sampling)."""
+    max_new_tokens: int = 32
+    """Most tokens generated per row (the stop token not counted)."""
+    num_beams: int = 4
+    """Beam search: hypotheses kept per row."""
+    length_penalty: float = 1.0
+    """Beam search: a finished hypothesis scores sum log-prob / length^length_penalty."""
+    top_p: float = 0.9
+    """Top-p: cumulative probability of the tokens sampled from (0 < top_p <= 1)."""
+    temperature: float = 1.0
+    """Top-p: logits are divided by this before the softmax (> 0)."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"decoding must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
+        if self.max_new_tokens < 1 or self.num_beams < 1:
+            raise ValueError("max_new_tokens and num_beams must be >= 1")
+        if not 0 < self.top_p <= 1 or self.temperature <= 0:
+            raise ValueError("top_p must be in (0, 1] and temperature > 0")
+
+
+def decode(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int],
+           seeds: Sequence[int] | None = None) -> list[list[int]]:
+    """Decode every row of `context` with `options`; returns token ids per row (stop token excluded)."""
+    if options.strategy == "beam":
+        return beam_search(context, options, stop_ids)
+    return sample_tokens(context, options, stop_ids, seeds)
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(B, V) logits with every token outside each row's nucleus set to -inf."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    outside = probs.cumsum(dim=-1) - probs >= top_p  # mass before this token already reaches top_p
+    outside[:, 0] = False  # always keep the most likely token
+    return logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+
+
+@torch.no_grad()
+def sample_tokens(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int],
+                  seeds: Sequence[int] | None = None) -> list[list[int]]:
+    """Greedy (argmax) or top-p decoding of all rows at once."""
+    B = context.batch_size
+    generators = None
+    if options.strategy == "top-p":
+        seeds = list(seeds) if seeds is not None else list(range(B))
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    stop = torch.tensor(list(stop_ids), dtype=torch.long)
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    finished = torch.zeros(B, dtype=torch.bool)
+    for step in range(options.max_new_tokens):
+        logits = context.logits().cpu()  # (B, V) float32
+        if generators is None:
+            chosen = logits.argmax(dim=-1)
+        else:
+            probs = _top_p_filter(logits / options.temperature, options.top_p).softmax(dim=-1)
+            chosen = torch.stack([torch.multinomial(probs[b], 1, generator=generators[b])[0] for b in range(B)])
+        is_stop = torch.isin(chosen, stop)
+        for b in range(B):
+            if not finished[b] and not is_stop[b]:
+                tokens[b].append(int(chosen[b]))
+        finished |= is_stop
+        if bool(finished.all()) or step == options.max_new_tokens - 1:
+            break
+        context.add_tokens(chosen)
+    return tokens
+
+
+@torch.no_grad()
+def beam_search(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int]) -> list[list[int]]:
+    """Beam search per row; the context is expanded to rows × num_beams."""
+    B, K = context.batch_size, options.num_beams
+    context.select(torch.arange(B).repeat_interleave(K))  # (B·K) rows: row b's beams are b·K .. b·K+K-1
+    scores = torch.zeros(B, K)
+    scores[:, 1:] = float("-inf")  # all beams start equal: only the first one may expand
+    live: list[list[int]] = [[] for _ in range(B * K)]
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = [False] * B
+    stop = set(int(s) for s in stop_ids)
+
+    def normalised(score: float, length: int) -> float:
+        return score / max(length, 1) ** options.length_penalty
+
+    for step in range(options.max_new_tokens):
+        logprobs = context.logits().cpu().log_softmax(dim=-1)  # (B·K, V)
+        V = logprobs.shape[-1]
+        total = (scores.view(-1, 1) + logprobs).view(B, K * V)
+        top_scores, top_index = total.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
+        rows, next_tokens, next_scores, next_live = [], [], [], []
+        for b in range(B):
+            kept = []
+            for rank, (score, index) in enumerate(zip(top_scores[b].tolist(), top_index[b].tolist())):
+                if done[b] or len(kept) == K or score == float("-inf"):
+                    break
+                source, token = b * K + index // V, index % V
+                if token in stop:
+                    if rank < K:  # an ending ranked below the K best extensions is dropped (as in HF)
+                        finished[b].append((normalised(score, len(live[source]) + 1), live[source]))
+                else:
+                    kept.append((source, token, score))
+            if len(finished[b]) >= K:
+                done[b] = True
+            while len(kept) < K:  # a done row (or a tiny vocabulary): fill with dead beams
+                kept.append((b * K, 0, float("-inf")))
+            for source, token, score in kept:
+                rows.append(source)
+                next_tokens.append(token)
+                next_scores.append(score)
+                next_live.append(live[source] + [token])
+        if all(done) or step == options.max_new_tokens - 1:
+            live, scores = next_live, torch.tensor(next_scores).view(B, K)
+            break
+        context.select(torch.tensor(rows))
+        context.add_tokens(torch.tensor(next_tokens))
+        live, scores = next_live, torch.tensor(next_scores).view(B, K)
+    results = []
+    for b in range(B):
+        candidates = list(finished[b])
+        if not done[b]:  # out of tokens: live beams compete with what finished
+            for k in range(K):
+                s = float(scores[b, k])
+                if s > float("-inf"):
+                    candidates.append((normalised(s, len(live[b * K + k])), live[b * K + k]))
+        results.append(max(candidates, key=lambda c: c[0])[1] if candidates else [])
+    return results
