@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.data import shapes
 from lmfusion_cli.evaluation.clip_score import clip_score, clip_scores, load_clip
-
-CONFIG = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
-                                          "head_width": 16},
-          "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+from stand_ins import save_tiny_clip
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     import open_clip
 
-    root = tmp_path_factory.mktemp("clip")
-    config = root / "tiny-test-clip.json"
-    config.write_text(json.dumps(CONFIG))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
+    config, weights = save_tiny_clip(tmp_path_factory.mktemp("clip"))
     model = open_clip.create_model("tiny-test-clip", pretrained=None)
-    weights = root / "tiny-clip.pt"
-    torch.save(model.state_dict(), weights)
-    return config, weights, model
+    model.load_state_dict(torch.load(weights))
+    return config, weights, model.eval()
 
 
 def test_clip_score_matches_manual_cosine(tiny_clip):

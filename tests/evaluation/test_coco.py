@@ -7,27 +7,8 @@ import json
 import pytest
 
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.data import shapes
 from lmfusion_cli.evaluation.coco import find_layout, karpathy_ids, load_images, prompt_manifest, select_test_images
-
-
-def make_coco_fixture(root, year="2014", num_images=8, missing=(7,)):
-    """A COCO-layout folder: annotations/captions_val{year}.json, val{year}/ images, dataset_coco.json."""
-    (root / "annotations").mkdir(parents=True)
-    (root / f"val{year}").mkdir()
-    images, anns, karpathy = [], [], []
-    for i in range(num_images):
-        item = shapes.make_item(i, 5, 32)
-        name = f"COCO_val{year}_{i + 100:012d}.jpg"
-        images.append({"id": i + 100, "file_name": name})
-        if i not in missing:
-            item.image.save(root / f"val{year}" / name)
-        for t in range(5):
-            anns.append({"id": len(anns), "image_id": i + 100, "caption": shapes.caption_for(item.attributes, t) + "."})
-        karpathy.append({"cocoid": i + 100, "filename": name, "split": "test" if i % 2 == 0 else "train"})
-    (root / "annotations" / f"captions_val{year}.json").write_text(json.dumps({"images": images, "annotations": anns}))
-    (root / "dataset_coco.json").write_text(json.dumps({"images": karpathy}))
-    return root
+from stand_ins import make_coco_fixture
 
 
 def test_layout_images_and_karpathy_split(tmp_path):

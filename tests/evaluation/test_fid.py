@@ -11,26 +11,12 @@ from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.data import shapes
 from lmfusion_cli.evaluation.fid import fid_from_feats, fid_from_folders, files_features, list_images, load_inception
 from lmfusion_cli.evaluation.metrics import frechet_distance, gaussian_stats
-
-
-class TinyInception(torch.nn.Module):
-    """Stands in for clean-fid's TorchScript Inception: a `layers` stack on (x - 128) / 128 input."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(),
-                                          torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        return self.layers(x)
+from stand_ins import save_tiny_inception
 
 
 @pytest.fixture(scope="module")
 def extractor(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny-inception.pt"
-    torch.jit.save(torch.jit.script(TinyInception().eval()), str(path))
-    return load_inception(path)
+    return load_inception(save_tiny_inception(tmp_path_factory.mktemp("weights") / "tiny-inception.pt"))
 
 
 def _folder(root, name, seed, n=12, res=32):
