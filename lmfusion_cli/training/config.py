@@ -26,10 +26,12 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = ""
-    """Latent cache folder made by `lmfusion encode-latents` (training items)."""
-    val: Optional[str] = None
-    """Held-out latent cache folder for the validation loss; None = no validation."""
+    latents: str = ""
+    """Latent cache folder made by `lmfusion encode-latents`."""
+    train_split: str = "train"
+    """Split of the cache to train on."""
+    val_split: Optional[str] = "val"
+    """Held-out split for the validation loss; None = no validation."""
     generation_fraction: float = 0.8
     """Fraction of examples that are caption→image (generation); the rest are image→caption."""
     caption_dropout: float = 0.1
@@ -38,8 +40,8 @@ class DataConfig:
     """Packed row length in tokens; 0 = one example per row, padded to the longest in the micro-batch."""
 
     def __post_init__(self) -> None:
-        if not self.train:
-            raise ValueError("data.train is required: pass --data DIR (a latent cache from encode-latents)")
+        if not self.latents:
+            raise ValueError("data.latents is required: pass --latents DIR (a latent cache from encode-latents)")
         for name in ("generation_fraction", "caption_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -162,7 +164,7 @@ class LogConfig:
     val_every: int = 0
     """Validation loss every this many optimizer steps (and at the end); 0 = only at the end."""
     val_items: int = 32
-    """Held-out items in the validation loss (first N of data.val)."""
+    """Held-out items in the validation loss (first N of data.val_split)."""
     val_timesteps: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     """Fixed noise levels of the validation loss, as fractions of the schedule."""
     val_seed: int = 1234
@@ -196,5 +198,6 @@ class TrainRunConfig:
 
 
 # Sections whose change makes a resumed run differ from an uninterrupted one (checked on resume).
-RESUME_FIXED_KEYS = ("base", "model", "data", "optim", "train.batch_size", "train.seed",
+RESUME_FIXED_KEYS = ("base", "model", "data.latents", "data.train_split", "data.generation_fraction",
+                     "data.caption_dropout", "data.seq_len", "optim", "train.batch_size", "train.seed",
                      "schedule.warmup_steps", "schedule.min_lr", "schedule.decay")

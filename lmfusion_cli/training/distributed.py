@@ -120,10 +120,12 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, units: Iterable[nn.Module], strategy: str, ctx: DistContext) -> nn.Module:
+def wrap_model(model: nn.Module, units: Iterable[nn.Module | list[nn.Module]], strategy: str,
+               ctx: DistContext) -> nn.Module:
     """Shard or replicate `model` across processes. `requires_grad` must already be final.
 
-    fsdp: `fully_shard` each unit (frozen or not), then the root. ddp: DistributedDataParallel
+    fsdp: `fully_shard` each unit (a module, or a list of modules sharded as one communication group;
+    frozen or not), then the root. ddp: DistributedDataParallel
     (unused trainable parameters allowed). none / one process: the model itself."""
     if not ctx.distributed or strategy == "none":
         if ctx.distributed:

@@ -32,7 +32,7 @@ class LatentSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Any:
-        """An item with at least `.key` (str) and `.caption` (str)."""
+        """An item with at least `key` (str) and `caption` (str), as a mapping or as attributes."""
 
     def draw(self, index: int, generator: torch.Generator) -> torch.Tensor:
         """A scaled latent (C, H, W) of item `index`, sampled with `generator`."""
@@ -54,6 +54,11 @@ class Sample:
     """Global stream position (epoch · N + index in the epoch)."""
     noise_seed: int
     """Seed for this sample's diffusion noise and timestep (independent of the process layout)."""
+
+
+def item_field(item: Any, name: str) -> Any:
+    """`item[name]` for mapping items (the latent cache), `item.name` otherwise."""
+    return item[name] if isinstance(item, dict) else getattr(item, name)
 
 
 def sample_seed(seed: int, position: int, salt: int = 0) -> int:
@@ -102,12 +107,12 @@ class SampleStream:
         u_task, u_drop = torch.rand(2, generator=g).tolist()
         item = self.source[index]
         task = GENERATION if u_task < self.generation_fraction else UNDERSTANDING
-        caption = item.caption
+        caption = item_field(item, "caption")
         if task == GENERATION and u_drop < self.caption_dropout:
             caption = ""
         latent = self.source.draw(index, g).float()
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=g))
-        return Sample(key=str(item.key), task=task, caption=caption, latent=latent,
+        return Sample(key=str(item_field(item, "key")), task=task, caption=caption, latent=latent,
                       position=position, noise_seed=noise_seed)
 
     def next_step(self, batch_size: int, rank: int = 0, world_size: int = 1) -> list[Sample]:

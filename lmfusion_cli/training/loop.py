@@ -40,7 +40,7 @@ from lmfusion_cli.training.workload import Workload
 log = logging.getLogger(__name__)
 
 WorkloadFactory = Callable[[TrainRunConfig, LatentSource, torch.device], Workload]
-SourceFactory = Callable[[str], LatentSource]
+SourceFactory = Callable[[str, str], LatentSource]
 
 
 class TrainingStopped(UserError):
@@ -81,10 +81,13 @@ def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | Non
         shutdown(ctx)
 
 
-def _default_source(path: str) -> LatentSource:
+def _default_source(path: str, split: str) -> LatentSource:
     from lmfusion_cli.data.latents import open_latent_cache
 
-    return open_latent_cache(path)
+    cache = open_latent_cache(path, splits=split)
+    if len(cache) == 0:
+        raise UserError(f"The latent cache {path} has no items in split '{split}'; pick another data split.")
+    return cache
 
 
 def _default_workload(config: TrainRunConfig, source: LatentSource, device: torch.device) -> Workload:
@@ -101,15 +104,14 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     found = ckpt.find_resume_point(run_dir, config.train.resume)
     resume_from = broadcast_object(str(found) if found else None, ctx)  # rank 0's view wins
     ckpt.prepare_root(run_dir / "checkpoints", ctx)
-    source = source_factory(config.data.train)
-    val_source = source_factory(config.data.val) if config.data.val else None
+    source = source_factory(config.data.latents, config.data.train_split)
+    val_source = source_factory(config.data.latents, config.data.val_split) if config.data.val_split else None
     torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
     workload = workload_factory(config, source, ctx.device)
     model = wrap_model(workload.model, workload.shard_units() if config.dist.strategy == "fsdp" else [],
                        config.dist.strategy, ctx)
     if config.train.compile:
-        for unit in workload.shard_units() or [workload.model]:
-            unit.compile()
+        _compile(workload)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer([(n, p) for n, p in model.named_parameters() if p.requires_grad], config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.schedule)
@@ -200,6 +202,13 @@ def _set_determinism(config: TrainRunConfig) -> None:
     if config.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+
+
+def _compile(workload: Workload) -> None:
+    """torch.compile each FSDP unit's modules in place (whole model when there are no units)."""
+    for unit in workload.shard_units() or [workload.model]:
+        for module in unit if isinstance(unit, list) else [unit]:
+            module.compile()
 
 
 def _check_batch(config: TrainRunConfig, ctx: DistContext) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from lmfusion_cli.training.config import LogConfig
 from lmfusion_cli.training.distributed import DistContext, all_reduce
-from lmfusion_cli.training.loader import GENERATION, UNDERSTANDING, LatentSource, Sample, sample_seed
+from lmfusion_cli.training.loader import GENERATION, UNDERSTANDING, LatentSource, Sample, item_field, sample_seed
 from lmfusion_cli.training.step import chunk
 from lmfusion_cli.training.workload import Workload
 
@@ -28,7 +28,7 @@ def validation_samples(source: LatentSource, config: LogConfig, task: str, level
         item = source[i]
         g = torch.Generator().manual_seed(sample_seed(config.val_seed, i, salt=7))
         latent = source.draw(i, g).float()
-        samples.append(Sample(key=str(item.key), task=task, caption=item.caption, latent=latent, position=i,
+        samples.append(Sample(key=str(item_field(item, "key")), task=task, caption=item_field(item, "caption"), latent=latent, position=i,
                               noise_seed=sample_seed(config.val_seed, i, salt=100 + level)))
     return samples
 

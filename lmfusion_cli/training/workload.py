@@ -58,8 +58,9 @@ class Workload(Protocol):
     lambda_image: float
     """λ: weight of the mean diffusion loss against the mean LM loss."""
 
-    def shard_units(self) -> list[nn.Module]:
-        """Sub-modules to `fully_shard` before the root (one per decoder layer)."""
+    def shard_units(self) -> list[nn.Module | list[nn.Module]]:
+        """FSDP units to `fully_shard` before the root: one per decoder layer (a module, or the list of
+        modules the layer's forward calls, sharded as one group)."""
 
     def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch:
         """Tokenise, lay out and pack `samples` into one micro-batch on `device`."""

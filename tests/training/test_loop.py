@@ -140,7 +140,7 @@ def test_resume_refuses_a_changed_config(tmp_path):
 
 def test_logs_jsonl_tensorboard_and_validation(tmp_path):
     wf, sf = toy_factories()
-    config = make_config(tmp_path / "run", data={"val": "toy-val"}, log={"tensorboard": True, "val_every": 3})
+    config = make_config(tmp_path / "run", data={"val_split": "val"}, log={"tensorboard": True, "val_every": 3})
     run_training(config, wf, sf)
     records = read_jsonl(tmp_path / "run" / "logs" / "train.jsonl")
     steps = [r for r in records if "event" not in r]

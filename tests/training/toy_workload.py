@@ -157,7 +157,7 @@ class ToyWorkload:
 def make_config(out: Path, **sections: dict[str, Any]) -> TrainRunConfig:
     """A tiny run config; `sections` override e.g. train={"batch_size": 4}."""
     data: dict[str, Any] = {
-        "data": {"train": "toy-train", "val": None},
+        "data": {"latents": "toy", "val_split": None},
         "optim": {"lr": 3e-3, "weight_decay": 0.1},
         "schedule": {"steps": 6, "warmup_steps": 2, "min_lr": 1e-4},
         "train": {"out": str(out), "batch_size": 4, "micro_batch_size": 2, "save_every": 3, "keep_last": 2},
@@ -174,7 +174,7 @@ def toy_factories(num_items: int = 24, nan_keys: tuple[str, ...] = (), save_dela
     def workload_factory(config, source, device):
         return ToyWorkload(save_delay=save_delay)
 
-    def source_factory(path):
-        return ToySource(num_items=num_items, seed=0 if path.endswith("train") else 1, nan_keys=nan_keys)
+    def source_factory(path, split):
+        return ToySource(num_items=num_items, seed=0 if split == "train" else 1, nan_keys=nan_keys)
 
     return workload_factory, source_factory

@@ -1,0 +1,219 @@
+"""The LMFusion workload: base LM + tokenizer + latent cache → `LMFusionModel` and its micro-batches.
+
+- Builds the model with `LMFusionModel.from_base`, taking the latent sizes from the cache manifest
+  and BOI/EOI from the tokenizer (`sequence.resolve_boi_eoi`), never from literals.
+- Lays out each sample with the model package's builders: generation = `[bos] caption BOI image EOI
+  [eos]`, understanding = `[bos] BOI image EOI caption [eos]`; packs rows of `data.seq_len` tokens
+  (`sequence.pack`) or one example per row (`sequence.collate`).
+- Draws each image's timestep and noise from its sample's `noise_seed`, so the noise does not depend
+  on how samples are split over processes or micro-batches (exact resume on another world size).
+- Names the FSDP units: per decoder layer, one group of the modules `routed_layer` calls (norms,
+  attention projections, MLPs of both experts), since a decoder layer's own `forward` is never called.
+- Writes inference weights in the model package's checkpoint format (`model/checkpoint.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.training.config import TrainRunConfig
+from lmfusion_cli.training.distributed import unwrap
+
+from lmfusion_cli.training.loader import GENERATION, LatentSource, Sample
+from lmfusion_cli.training.workload import LossSums, MicroBatch
+
+log = logging.getLogger(__name__)
+
+
+def resolve_base_path(path: str) -> str:
+    """`tiny` → the embedded tiny LM; anything else is used as given (a local folder or hub id)."""
+    if path != "tiny":
+        return path
+    try:
+        from lmfusion_cli.assets import TINY_LM
+    except ImportError as e:
+        raise UserError("The embedded tiny LM is missing from lmfusion_cli/assets; run `make assets` "
+                        "or pass --base PATH.") from e
+    return str(TINY_LM)
+
+
+def latent_geometry(source: LatentSource) -> tuple[int, int]:
+    """(channels, side) of the cache's latents, from its manifest (or the first item)."""
+    shape = getattr(source, "latent_shape", None)
+    if shape is None:
+        generator = torch.Generator().manual_seed(0)
+        shape = tuple(source.draw(0, generator).shape)
+    channels, height, width = shape
+    if height != width:
+        raise UserError(f"The latent cache has non-square latents {height}×{width}; re-encode square images.")
+    return int(channels), int(height)
+
+
+class LMFusionWorkload:
+    """`Workload` for `LMFusionModel` (see `training/workload.py` for the contract)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, seq_len: int, cache_vae: dict[str, Any] | None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.seq_len = seq_len
+        self.cache_vae = cache_vae
+        self.lambda_image = model.config.lambda_image
+        self.num_image_tokens = model.num_image_tokens
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # ---- sharding ----------------------------------------------------------------------------------
+    def shard_units(self) -> list[list[nn.Module]]:
+        """One FSDP group per decoder layer: every module `routed_layer` calls, text and image expert.
+
+        Grouped (`fully_shard([...])`), not one unit per module: with small units the backward order
+        of q/k/v/o/MLP can differ between processes whose batches differ (a generation example on one,
+        an understanding example on the other), and the collectives would mismatch."""
+        groups: list[list[nn.Module]] = []
+        experts = self.model.image_experts or [None] * len(self.model.base.model.layers)
+        for text_layer, expert in zip(self.model.base.model.layers, experts):
+            group: list[nn.Module] = []
+            for layer in (text_layer, expert):
+                if layer is None:
+                    continue
+                group += [layer.input_layernorm, layer.post_attention_layernorm, layer.mlp]
+                attn = getattr(layer, "self_attn", None)
+                if attn is not None:
+                    group += [m for m in attn.children()]  # q/k/v/o projections (+ q/k norms)
+            groups.append(group)
+        return groups
+
+    # ---- batches -----------------------------------------------------------------------------------
+    def _caption_ids(self, caption: str) -> list[int]:
+        ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"] if caption else []
+        if self.seq_len:
+            room = self.seq_len - self.num_image_tokens - 4  # BOI, EOI, bos, eos
+            ids = ids[: max(room, 0)]
+        return ids
+
+    def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch:
+        from lmfusion_cli.model import sequence
+
+        examples = []
+        for s in samples:
+            build = sequence.caption_to_image if s.task == GENERATION else sequence.image_to_caption
+            examples.append(build(self._caption_ids(s.caption), num_image_tokens=self.num_image_tokens,
+                                  boi_id=self.model.boi_id, eoi_id=self.model.eoi_id, bos_id=self.bos_id,
+                                  eos_id=self.eos_id, latents=s.latent.unsqueeze(0)))
+        if self.seq_len:
+            batch, latents = sequence.pack(examples, self.seq_len, pad_id=self.pad_id)
+        else:
+            batch, latents = sequence.collate(examples, pad_id=self.pad_id)
+        return MicroBatch(inputs=(batch.to(device), latents.to(device), _image_documents(batch)),
+                          keys=[s.key for s in samples],
+                          text_targets=int((batch.labels != sequence.IGNORE).sum()),
+                          generated_images=int(batch.image_generate.sum()),
+                          tokens=int((batch.modality != sequence.PAD).sum()), images=batch.num_images)
+
+    def _noise(self, micro: MicroBatch, noise_seeds: list[int], fraction: float | None):
+        """Per-image (timesteps, noise), each image's drawn from its sample's seed."""
+        batch, latents, image_docs = micro.inputs
+        core = unwrap(self.model)
+        cap = core.config.understanding_max_timestep_fraction
+        timesteps, noise = [], []
+        for image, doc in enumerate(image_docs.tolist()):
+            g = torch.Generator().manual_seed(noise_seeds[doc])
+            if fraction is None:
+                limit = 1.0 if bool(batch.image_generate[image]) else cap
+                t = core.diffusion.sample_timesteps(torch.tensor([limit]), g)
+            else:
+                t = torch.tensor([fraction * core.config.num_train_timesteps]).floor()
+                if not bool(batch.image_generate[image]):
+                    t = torch.zeros(1)
+            timesteps.append(t)
+            noise.append(torch.randn(latents.shape[1:], generator=g))
+        return torch.cat(timesteps).to(latents.device), torch.stack(noise).to(latents.device, latents.dtype)
+
+    def loss_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int]) -> LossSums:
+        batch, latents, _ = micro.inputs
+        timesteps, noise = self._noise(micro, noise_seeds, None)
+        out = model(batch, latents, timesteps=timesteps, noise=noise)
+        return LossSums(text=out.text_loss.float() * out.num_text_targets + self._touch_root_params(model),
+                        image=out.image_loss.float() * out.num_image_targets,
+                        per_sample=out.example_loss.detach())
+
+    def _touch_root_params(self, model: nn.Module) -> torch.Tensor:
+        """0 · Σ(first element of each trainable parameter outside the layer groups).
+
+        A micro-batch without a generation example never runs the image final norm and patcher
+        decoder, so those parameters get no gradient on that process; FSDP2 reduce-scatters only
+        parameters with a gradient, and the processes' collectives would no longer match (gloo aborts).
+        Touching them gives a zero gradient everywhere — in one process too, so that AdamW treats them
+        the same (a zero gradient still moves a parameter through its moments; a missing one does not)
+        whatever the process count. The root group stays unsharded after the forward (FSDP2's default
+        for the root), so these are the full parameters here."""
+        in_groups = {id(p) for group in self.shard_units() for m in group for p in m.parameters()}
+        touched = [p.reshape(-1)[:1].sum() for p in unwrap(model).parameters()
+                   if p.requires_grad and id(p) not in in_groups]
+        return 0.0 * torch.stack(touched).sum().float() if touched else torch.zeros(())
+
+    def validation_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int],
+                        fraction: float) -> dict[str, float]:
+        batch, latents, _ = micro.inputs
+        timesteps, noise = self._noise(micro, noise_seeds, fraction)
+        out = model(batch, latents, timesteps=timesteps, noise=noise)
+        return {"text": float(out.text_loss) * int(out.num_text_targets), "text_count": int(out.num_text_targets),
+                "image": float(out.image_loss) * int(out.num_image_targets),
+                "image_count": int(out.num_image_targets)}
+
+    # ---- outputs -----------------------------------------------------------------------------------
+    def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
+        from lmfusion_cli.model import checkpoint
+
+        folder.mkdir(parents=True, exist_ok=True)
+        checkpoint._write(folder, self.model, trainable_state, self.model.base_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"base": self.model.base_id, "lmfusion_config": self.model.config.to_dict(),
+                "latent_vae": self.cache_vae}
+
+
+def _image_documents(batch: Any) -> torch.Tensor:
+    """(num_images,) the document (sample index in the micro-batch) of each image, in batch image order."""
+    where = batch.image_index >= 0
+    docs = torch.full((batch.num_images,), -1, dtype=torch.long)
+    return docs.scatter_reduce(0, batch.image_index[where], batch.document_ids[where], "amax")
+
+
+def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device: torch.device) -> LMFusionWorkload:
+    """Load the base and tokenizer, size the model from the cache, move it to `device`."""
+    from transformers import AutoTokenizer
+
+    from lmfusion_cli.model import LMFusionConfig, LMFusionModel, resolve_boi_eoi
+
+    base = resolve_base_path(config.base.path)
+    if not Path(base).exists() and "/" not in base:
+        raise UserError(f"Base model {base} is neither a folder nor a hub id; check base.path (or pass --base).")
+    tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
+    boi_id, eoi_id = resolve_boi_eoi(tokenizer)
+    channels, side = latent_geometry(source)
+    options = dict(config.model)
+    for key, value in (("latent_channels", channels), ("latent_size", side)):
+        if key in options and options[key] != value:
+            raise UserError(f"model.{key}={options[key]} does not match the latent cache ({value}); "
+                            f"remove model.{key} from the config (it comes from the cache).")
+        options[key] = value
+    options.setdefault("boi_id", boi_id)
+    options.setdefault("eoi_id", eoi_id)
+    try:
+        model_config = LMFusionConfig.from_dict(options)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"Invalid model section: {e}.") from e
+    model = LMFusionModel.from_base(base, model_config)
+    manifest = getattr(source, "manifest", None) or {}
+    log.info("model: %s + image experts, %.2f M trainable of %.2f M parameters", base,
+             sum(p.numel() for p in model.trainable_parameters()) / 1e6,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    return LMFusionWorkload(model.to(device), tokenizer, config.data.seq_len, manifest.get("vae"))

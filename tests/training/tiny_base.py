@@ -1,0 +1,60 @@
+"""A tiny random Llama base + word-level tokenizer saved to a folder, and a fake latent cache.
+
+Tests build these themselves (no dependency on the embedded assets): 2 layers, width 32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ("a", "red", "blue", "green", "circle", "square", "triangle", "small", "large", "on", "the",
+         "left", "right", "background", "of", "with", "white", "black")
+SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<|begin_of_image|>", "<|end_of_image|>")
+
+
+def build_tiny_base(folder: Path, seed: int = 0) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", unk_token="<unk>",
+                                        additional_special_tokens=["<|begin_of_image|>", "<|end_of_image|>"])
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class FakeLatentCache:
+    """The latent cache's reader interface (dict items, `latent_shape`, `draw`) over random latents."""
+
+    def __init__(self, num_items: int = 16, shape=(4, 8, 8), seed: int = 0, nan_keys=()):
+        g = torch.Generator().manual_seed(seed)
+        self.latent_shape = shape
+        self.mean = torch.randn(num_items, *shape, generator=g)
+        self.std = 0.05 * torch.ones(num_items, *shape)
+        colours, shapes = ("red", "blue", "green"), ("circle", "square", "triangle")
+        self.records = [{"key": f"k{i:03d}", "caption": f"a {colours[i % 3]} {shapes[(i // 3) % 3]} on the left"}
+                        for i in range(num_items)]
+        for i, r in enumerate(self.records):
+            if r["key"] in nan_keys:
+                self.mean[i, 0, 0, 0] = float("nan")
+        self.manifest = {"vae": {"id": "fake"}}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.records[i]
+
+    def draw(self, i: int, generator=None) -> torch.Tensor:
+        return self.mean[i] + self.std[i] * torch.randn(self.mean[i].shape, generator=generator)
