@@ -70,14 +70,25 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 @torch.no_grad()
 def sample_tokens(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int],
                   seeds: Sequence[int] | None = None) -> list[list[int]]:
-    """Greedy (argmax) or top-p decoding of all rows at once."""
-    B = context.batch_size
+    """Greedy (argmax) or top-p decoding of all rows at once (row b's draws use seeds[b])."""
     generators = None
     if options.strategy == "top-p":
-        seeds = list(seeds) if seeds is not None else list(range(B))
+        seeds = list(seeds) if seeds is not None else list(range(context.batch_size))
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    return sample_until(context, options, stop_ids, generators)[0]
+
+
+@torch.no_grad()
+def sample_until(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int],
+                 generators: list[torch.Generator] | None) -> tuple[list[list[int]], list[int | None]]:
+    """Decode until a stop token or the limit: (tokens per row, the stop token per row or None).
+
+    `generators` None = greedy; else top-p with one generator per row. The stop token is *not*
+    added to the context (the caller decides what follows it, e.g. an image after BOI)."""
+    B = context.batch_size
     stop = torch.tensor(list(stop_ids), dtype=torch.long)
     tokens: list[list[int]] = [[] for _ in range(B)]
+    stopped_by: list[int | None] = [None] * B
     finished = torch.zeros(B, dtype=torch.bool)
     for step in range(options.max_new_tokens):
         logits = context.logits().cpu()  # (B, V) float32
@@ -88,13 +99,17 @@ def sample_tokens(context: SequenceContext, options: DecodingOptions, stop_ids: 
             chosen = torch.stack([torch.multinomial(probs[b], 1, generator=generators[b])[0] for b in range(B)])
         is_stop = torch.isin(chosen, stop)
         for b in range(B):
-            if not finished[b] and not is_stop[b]:
+            if finished[b]:
+                continue
+            if is_stop[b]:
+                stopped_by[b] = int(chosen[b])
+            else:
                 tokens[b].append(int(chosen[b]))
         finished |= is_stop
         if bool(finished.all()) or step == options.max_new_tokens - 1:
             break
         context.add_tokens(chosen)
-    return tokens
+    return tokens, stopped_by
 
 
 @torch.no_grad()

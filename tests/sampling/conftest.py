@@ -14,6 +14,8 @@ from lmfusion_cli.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES
 from lmfusion_cli.model import LMFusionModel, resolve_boi_eoi
 from lmfusion_cli.sampling.vae import LatentCodec
 
+torch.set_num_threads(1)  # 2 cores shared by several engineers; the tiny models do not need more
+
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|begin_of_image|>", "<|end_of_image|>"]
 WORDS = ["a", "an", "the", "on", "of", "in", "is", "and", "background", "image", "shape", "with", "."]
 
@@ -77,7 +79,6 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def model(tokenizer):
-    torch.set_num_threads(1)
     return make_model(tokenizer)
 
 

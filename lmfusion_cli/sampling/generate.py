@@ -1,0 +1,111 @@
+"""`generate_images`: prompts → images, the text→image API used by `lmfusion sample` and `evaluate`.
+
+Prompts are tokenised without the tokenizer's own special tokens and laid out as
+`[BOS] prompt [BOI]` (see `t2i.py`). Sample i (i = prompt index × num_per_prompt + copy) is drawn
+with seed `seed + i` on the CPU in float32, so the same settings give the same pixels whatever the
+batch size, and different seeds give different images. Latents are decoded by the VAE codec and
+returned as uint8 arrays with one record per sample (prompt, seed, settings); writing them is the
+stage's (`stage.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.progress import progress
+from lmfusion_cli.sampling.io import to_uint8
+from lmfusion_cli.sampling.schedulers import make_sampler
+from lmfusion_cli.sampling.t2i import denoise, image_prefix, prompt_denoiser
+from lmfusion_cli.sampling.vae import LatentCodec
+
+
+@dataclass
+class GeneratedImages:
+    images: list[np.ndarray] = field(default_factory=list)
+    """(H, W, 3) uint8 per sample, in sample order."""
+    records: list[dict] = field(default_factory=list)
+    """Per sample: index, prompt, prompt_index, seed and every sampling setting."""
+    latents: torch.Tensor | None = None
+    """(n, C, h, w) float32 final latents (before the VAE), in sample order."""
+
+
+def tokenize_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt token ids without special tokens (BOS/BOI are placed by the layout)."""
+    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else []
+
+
+@torch.no_grad()
+def generate_latents(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    *,
+    bos_id: int | None,
+    cfg_scale: float = 5.0,
+    steps: int = 50,
+    sampler: str = "dpm-solver",
+    use_cache: bool = True,
+    batch_branches: bool = True,
+    on_step=None,
+) -> torch.Tensor:
+    """Denoise one batch: clean latents (B, C, h, w) for tokenised prompts, one seed each."""
+    prefixes = [image_prefix(p, bos_id=bos_id, boi_id=model.boi_id) for p in prompt_ids]
+    uncond = image_prefix([], bos_id=bos_id, boi_id=model.boi_id)
+    denoiser = prompt_denoiser(model, prefixes, uncond, cfg_scale, use_cache=use_cache, batch_branches=batch_branches)
+    C, S = model.config.latent_channels, model.config.latent_size
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    device = next(model.parameters()).device
+    return denoise(denoiser, make_sampler(model.config, sampler, steps), (C, S, S), generators,
+                   device=device, on_step=on_step)
+
+
+def generate_images(
+    model,
+    prompts: Sequence[str],
+    *,
+    tokenizer,
+    vae: LatentCodec,
+    cfg_scale: float = 5.0,
+    steps: int = 50,
+    sampler: str = "dpm-solver",
+    seed: int = 0,
+    batch_size: int = 8,
+    num_per_prompt: int = 1,
+    use_cache: bool = True,
+    keep_latents: bool = False,
+) -> GeneratedImages:
+    """Generate `num_per_prompt` images for each prompt (sample i uses seed + i)."""
+    if batch_size < 1 or num_per_prompt < 1:
+        raise UserError("--batch-size and --num-per-prompt must be >= 1.")
+    if cfg_scale < 0:
+        raise UserError(f"--cfg-scale must be >= 0, got {cfg_scale}.")
+    make_sampler(model.config, sampler, steps)  # refuse a bad sampler/steps before any work
+    jobs = [(k, prompt) for k, prompt in enumerate(prompts) for _ in range(num_per_prompt)]
+    settings = {"cfg_scale": cfg_scale, "steps": steps, "sampler": sampler, "cache": use_cache,
+                "objective": model.config.objective}
+    result = GeneratedImages()
+    all_latents = []
+    bar = progress(total=len(jobs) * steps, desc="sampling", unit="step")
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        seeds = [seed + start + j for j in range(len(chunk))]
+        latents = generate_latents(
+            model, [tokenize_prompt(tokenizer, p) for _, p in chunk], seeds, bos_id=tokenizer.bos_token_id,
+            cfg_scale=cfg_scale, steps=steps, sampler=sampler, use_cache=use_cache,
+            on_step=lambda n=len(chunk): bar.update(n),
+        )
+        pixels = to_uint8(vae.decode(latents))
+        for j, ((k, prompt), s) in enumerate(zip(chunk, seeds)):
+            result.images.append(pixels[j])
+            result.records.append({"index": start + j, "prompt": prompt, "prompt_index": k, "seed": s, **settings})
+        if keep_latents:
+            all_latents.append(latents.cpu())
+    bar.close()
+    if keep_latents and all_latents:
+        result.latents = torch.cat(all_latents)
+    return result
