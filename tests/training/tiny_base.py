@@ -58,3 +58,27 @@ class FakeLatentCache:
 
     def draw(self, i: int, generator=None) -> torch.Tensor:
         return self.mean[i] + self.std[i] * torch.randn(self.mean[i].shape, generator=generator)
+
+
+def write_fake_cache(folder: Path, num_items: int = 16, shape=(4, 8, 8), seed: int = 0) -> Path:
+    """A latent cache on disk in `data.latents` format (train + val splits), random latents."""
+    from lmfusion_cli.common.manifest import file_entry, write_manifest
+    from lmfusion_cli.data.latents import write_latent_shard
+
+    fake = FakeLatentCache(num_items, shape, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards, files = [], {}
+    for split, rows in (("train", range(0, num_items - 4)), ("val", range(num_items - 4, num_items))):
+        stem = f"{split}-00000"
+        rows = list(rows)
+        write_latent_shard(folder, stem, {"mean": fake.mean[rows].half(), "std": fake.std[rows].half()},
+                           [{"key": fake.records[i]["key"], "caption": fake.records[i]["caption"], "meta": {}}
+                            for i in rows])
+        shards.append({"stem": stem, "split": split, "count": len(rows)})
+        for ext in ("safetensors", "jsonl"):
+            files[f"{stem}.{ext}"] = file_entry(folder / f"{stem}.{ext}")
+    vae = {"id": "fake-vae", "config_hash": "0", "weights_sha256": "0", "scaling_factor": 1.0,
+           "shift_factor": 0.0, "latent_channels": shape[0]}
+    write_manifest(folder, "latents", vae=vae, resolution=shape[1] * 8, latent_shape=list(shape), dtype="fp16",
+                   store="mean-std", flip=False, shards=shards, files=files)
+    return folder
