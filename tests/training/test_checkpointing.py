@@ -1,0 +1,85 @@
+"""Checkpoint folders: completeness marker, --resume auto choices, retention, checksums on load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from toy_workload import ToyWorkload, make_config, toy_factories
+
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.training.checkpointing import (find_resume_point, is_complete, list_checkpoints,
+                                                 load_checkpoint, save_checkpoint)
+from lmfusion_cli.training.distributed import DistContext
+from lmfusion_cli.training.loop import run_training
+from lmfusion_cli.training.optim import build_optimizer
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    run_training(make_config(out, train={"save_every": 2, "keep_last": 2}), *toy_factories())
+    return out
+
+
+def test_retention_keeps_the_last_complete_ones(run):
+    assert [c.step for c in list_checkpoints(run / "checkpoints")] == [4, 6]
+    manifest = json.loads((run / "checkpoints" / "step-00000006" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["step"] == 6
+    assert {"trainer.json", "rng/rank-00000.pt", "model/trainable.safetensors", "dcp/.metadata"} <= set(manifest["files"])
+    assert all(len(e["sha256"]) == 64 for e in manifest["files"].values())
+
+
+def test_resume_auto_skips_a_truncated_folder(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    newest = copy / "checkpoints" / "step-00000008"
+    shutil.copytree(copy / "checkpoints" / "step-00000006", newest)
+    (newest / "manifest.json").unlink()  # cut mid-write: files but no marker
+    (newest / "dcp" / "__0_0.distcp").write_bytes(b"\0" * 10)
+    assert not is_complete(newest)
+    assert find_resume_point(copy, "auto").name == "step-00000006"
+    assert find_resume_point(copy, str(copy)).name == "step-00000006"
+    with pytest.raises(UserError, match="is not a complete training checkpoint"):
+        find_resume_point(copy, str(newest))
+
+
+def test_a_flipped_byte_is_caught_on_load_naming_the_file(run, tmp_path):
+    folder = tmp_path / "step"
+    shutil.copytree(run / "checkpoints" / "step-00000006", folder)
+    target = folder / "dcp" / "__0_0.distcp"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    workload = ToyWorkload()
+    optimizer = build_optimizer([(n, p) for n, p in workload.model.named_parameters() if p.requires_grad],
+                                make_config(tmp_path).optim)
+    with pytest.raises(UserError, match=r"__0_0\.distcp does not match its SHA-256"):
+        load_checkpoint(folder, workload.model, optimizer, DistContext())
+
+
+def test_save_then_load_restores_weights_optimizer_and_rng(tmp_path):
+    workload = ToyWorkload()
+    params = [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, make_config(tmp_path).optim)
+    for _, p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    torch.manual_seed(123)
+    folder = save_checkpoint(tmp_path / "checkpoints", 1, workload.model, optimizer, {"data": {}}, workload,
+                             DistContext(), keep_last=1)
+    expected_draw = torch.rand(3)
+    other = ToyWorkload()
+    other_opt = build_optimizer([(n, p) for n, p in other.model.named_parameters() if p.requires_grad],
+                                make_config(tmp_path).optim)
+    state = load_checkpoint(folder, other.model, other_opt, DistContext())
+    assert state["step"] == 1 and state["world_size"] == 1
+    assert torch.equal(torch.rand(3), expected_draw)  # RNG restored to the save point
+    for (name, p), q in zip(params, [p for p in other.model.parameters() if p.requires_grad]):
+        assert torch.equal(p, q), name
+    assert other_opt.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+    frozen = dict(other.model.named_parameters())["embed.weight"]
+    assert not torch.equal(frozen, workload.model.embed.weight)  # frozen weights are not in the checkpoint
