@@ -1,5 +1,27 @@
-"""Sampling: text→image with classifier-free guidance and a prefix KV cache, image→text, interleaved.
+"""Sampling: text→image with classifier-free guidance over a prefix KV cache, image→text, interleaved.
 
-The Python API (used by `lmfusion sample` and by `evaluate`) is exported here as it lands; files:
-`schedulers.py` (diffusers samplers configured from the model), `io.py` (prompt/image lists, PNGs,
-grids, JSONL)."""
+Python API (used by `lmfusion sample` and by `evaluate`):
+
+- `load_for_sampling(checkpoint, vae=None, ...)` → `Loaded(model, tokenizer, codec, checkpoint)`
+- `generate_images(model, prompts, tokenizer=, vae=, cfg_scale=, steps=, sampler=, seed=, batch_size=, ...)`
+  → `GeneratedImages(images: list[uint8 HxWx3], records, latents)`
+- `caption_images(model, images, tokenizer=, vae=, decoding="greedy"|"beam"|"top-p", max_new_tokens=, ...)`
+  → `Captions(records, skips)`
+- `generate_interleaved(model, prompts, tokenizer=, vae=, ...)` → `list[InterleavedDocument]`
+- `run_sample(SampleConfig)`: the whole stage (files, manifest).
+
+Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached sequence state), `t2i.py`
+(guidance + denoising loop), `decoding.py` (greedy / beam / top-p), `captioning.py`, `interleaved.py`,
+`generate.py`, `vae.py` (latent codec), `loading.py`, `io.py`, `config.py`, `stage.py`.
+"""
+
+from lmfusion_cli.sampling.captioning import Captions, caption_images
+from lmfusion_cli.sampling.generate import GeneratedImages, generate_images
+from lmfusion_cli.sampling.interleaved import InterleavedDocument, generate_interleaved
+from lmfusion_cli.sampling.loading import Loaded, load_for_sampling
+from lmfusion_cli.sampling.vae import LatentCodec
+
+__all__ = [
+    "Captions", "GeneratedImages", "InterleavedDocument", "LatentCodec", "Loaded", "caption_images",
+    "generate_images", "generate_interleaved", "load_for_sampling",
+]

@@ -21,10 +21,14 @@ class LatentCodec:
     """Multiplies (z - shift) to give the model's latents (from the latent cache manifest)."""
     shift_factor: float
     """Subtracted from z before scaling (0 when the VAE has none)."""
+    image_size: int | None = None
+    """Image side in pixels the latents stand for (latent side × downsampling); None = `sample_size`."""
 
     @property
     def resolution(self) -> int:
-        """Image side in pixels the VAE was configured for (`sample_size`)."""
+        """Image side in pixels that images are cropped/resized to before encoding."""
+        if self.image_size is not None:
+            return self.image_size
         size = self.vae.config.sample_size
         return int(size[0] if isinstance(size, (list, tuple)) else size)
 

@@ -1,0 +1,182 @@
+"""From `--checkpoint` to a ready model + tokenizer + VAE codec, reading only what training saved.
+
+`--checkpoint` may name
+- a run folder (`RUN/`, with `checkpoints/`): its newest *complete* checkpoint is used;
+- a step folder (`RUN/checkpoints/step-00000100/`): used only when its manifest says complete;
+- a model folder (holding `lmfusion_model.json`: a step's `model/`, or a merged export).
+
+The model comes from `model.checkpoint.load` (trainable weights + the base they point at, whose
+config hash must match). The tokenizer is `--tokenizer`, else the run's `base.tokenizer`, else the
+base folder; its BOI/EOI ids must be the model's. The VAE is `--vae`, else the one the run's latent
+cache recorded (`manifest.json` → `trains.latent_vae`); when the run recorded its weights hash, a VAE
+with other weights is refused, and scale/shift come from that record (else from the VAE config).
+Every problem is one sentence (`UserError`). This file does not sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.manifest import MANIFEST_NAME, read_manifest, verify_files
+from lmfusion_cli.sampling.vae import LatentCodec
+
+log = logging.getLogger(__name__)
+
+MODEL_META = "lmfusion_model.json"
+"""The model package's checkpoint metadata file (`model/checkpoint.py`)."""
+CHECKPOINT_KIND = "training-checkpoint"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class ResolvedCheckpoint:
+    model_dir: Path
+    """Folder with `lmfusion_model.json` + `model.safetensors`."""
+    step: int | None
+    """Training step of the checkpoint (None for a bare model folder)."""
+    run_dir: Path | None
+    """The training run folder, when the checkpoint lives in one."""
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    codec: LatentCodec
+    checkpoint: ResolvedCheckpoint
+
+    def describe(self) -> dict[str, Any]:
+        """What made the samples, for `samples.jsonl` and the output manifest."""
+        return {"checkpoint": str(self.checkpoint.model_dir), "step": self.checkpoint.step,
+                "run": str(self.checkpoint.run_dir) if self.checkpoint.run_dir else None,
+                "base": self.model.base_id}
+
+
+def _complete_step(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return manifest.get("kind") == CHECKPOINT_KIND and bool(manifest.get("complete"))
+
+
+def _step_of(folder: Path) -> int | None:
+    match = _STEP_RE.match(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def _check_step(step_dir: Path) -> None:
+    """Refuse an incomplete step folder or one whose model files fail their hashes."""
+    manifest = read_manifest(step_dir, CHECKPOINT_KIND, what="checkpoint")
+    model_files = {k: v for k, v in manifest.get("files", {}).items() if k.startswith("model/")}
+    problems = verify_files(step_dir, {"files": model_files})
+    if problems:
+        raise UserError(f"{problems[0][:-1]}; use another checkpoint or re-run training from an earlier one.")
+
+
+def resolve_checkpoint(path: str | Path) -> ResolvedCheckpoint:
+    """Run folder / step folder / model folder → the model folder to load (see module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"Checkpoint {p} does not exist; pass a run folder, one of its checkpoints/step-N folders "
+                        f"or a model folder.")
+    if (p / MODEL_META).is_file():
+        step_dir = p.parent if _step_of(p.parent) is not None else None
+        if step_dir is not None and (step_dir / MANIFEST_NAME).is_file():
+            _check_step(step_dir)
+        run_dir = step_dir.parent.parent if step_dir is not None and step_dir.parent.name == "checkpoints" else None
+        return ResolvedCheckpoint(p, _step_of(step_dir) if step_dir else None, run_dir)
+    if (p / "model" / MODEL_META).is_file() or _step_of(p) is not None:
+        _check_step(p)
+        if not (p / "model" / MODEL_META).is_file():
+            raise UserError(f"Checkpoint {p} has no model/{MODEL_META}; it was not written by `lmfusion train`.")
+        run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
+        return ResolvedCheckpoint(p / "model", _step_of(p), run_dir)
+    root = p / "checkpoints"
+    if root.is_dir():
+        steps = sorted((s for s in root.iterdir() if s.is_dir() and _step_of(s) is not None and _complete_step(s)),
+                       key=_step_of)
+        if not steps:
+            raise UserError(f"Run {p} has no complete checkpoint yet; train longer or pass a model folder.")
+        _check_step(steps[-1])
+        return ResolvedCheckpoint(steps[-1] / "model", _step_of(steps[-1]), p)
+    raise UserError(f"{p} is not a run folder, a checkpoint folder or a model folder; pass what `lmfusion train` wrote.")
+
+
+def _run_record(run_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run manifest, run config) of a training run; empty when absent (a bare model folder)."""
+    if run_dir is None:
+        return {}, {}
+    manifest, config = {}, {}
+    try:
+        manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("%s has no readable manifest.json; the VAE must be given with --vae", run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        pass
+    return manifest, config
+
+
+def load_codec(vae: str | None, record: dict[str, Any] | None, latent_size: int, latent_channels: int,
+               device: str = "cpu") -> LatentCodec:
+    """The VAE codec: `vae` (a folder/hub id) or the recorded one, checked against the record and model."""
+    from lmfusion_cli.data.vae import load_vae, weights_sha256
+
+    record = record or {}
+    spec = vae or record.get("id")
+    if not spec:
+        raise UserError("The checkpoint does not record which VAE its latents came from; pass --vae PATH.")
+    module = load_vae(spec, device)
+    recorded_hash = record.get("weights_sha256")
+    if recorded_hash and weights_sha256(module) != recorded_hash:
+        raise UserError(f"The VAE {spec} has other weights than the VAE the checkpoint was trained with "
+                        f"({record.get('id')}); pass that VAE with --vae.")
+    if int(module.config.latent_channels) != latent_channels:
+        raise UserError(f"The VAE {spec} makes {module.config.latent_channels}-channel latents but the checkpoint "
+                        f"expects {latent_channels}; pass the VAE the model was trained with.")
+    scale = record.get("scaling_factor", module.config.scaling_factor)
+    shift = record.get("shift_factor", getattr(module.config, "shift_factor", None) or 0.0)
+    factor = 2 ** (len(module.config.block_out_channels) - 1)
+    return LatentCodec(module, float(scale), float(shift or 0.0), image_size=latent_size * factor)
+
+
+def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokenizer: str | None = None,
+                      vae: str | None = None, device: str = "cpu") -> Loaded:
+    """Everything `lmfusion sample` needs from `--checkpoint` (and the optional overrides)."""
+    from transformers import AutoTokenizer
+
+    from lmfusion_cli.model import checkpoint as model_checkpoint
+    from lmfusion_cli.model import resolve_boi_eoi
+
+    resolved = resolve_checkpoint(checkpoint)
+    manifest, config = _run_record(resolved.run_dir)
+    try:
+        model = model_checkpoint.load(resolved.model_dir, base=base)
+    except OSError as e:
+        meta = model_checkpoint.read_meta(resolved.model_dir)
+        raise UserError(f"The base model {base or meta['base']} of checkpoint {resolved.model_dir} cannot be loaded "
+                        f"({type(e).__name__}); pass its folder with --base.") from e
+    model = model.to(device).eval()
+    tok_spec = tokenizer or (config.get("base") or {}).get("tokenizer") or model.base_id
+    try:
+        tok = AutoTokenizer.from_pretrained(tok_spec)
+    except (OSError, ValueError) as e:
+        raise UserError(f"Cannot load the tokenizer {tok_spec} ({type(e).__name__}); pass it with --tokenizer.") from e
+    if resolve_boi_eoi(tok) != (model.boi_id, model.eoi_id):
+        raise UserError(f"The tokenizer {tok_spec} has other image-token ids than checkpoint {resolved.model_dir}; "
+                        f"pass the tokenizer it was trained with (--tokenizer).")
+    if tok.eos_token_id is None:
+        raise UserError(f"The tokenizer {tok_spec} has no EOS token; pass a tokenizer with one (--tokenizer).")
+    record = (manifest.get("trains") or {}).get("latent_vae")
+    codec = load_codec(vae, record, model.config.latent_size, model.config.latent_channels, device)
+    return Loaded(model=model, tokenizer=tok, codec=codec, checkpoint=resolved)
