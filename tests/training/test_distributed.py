@@ -1,21 +1,17 @@
 """Two gloo processes against one process: FSDP2 and DDP loss curves, exact 2-process resume, and a
 resume on another number of processes (global batch kept).
-
-The 2-process runs fork from the test process (torch is already imported: ~10 s saved per launch on
-this 2-core machine); `test_cli_train.py` covers the real torchrun re-launch."""
+The 2-process runs fork from the test process (`forked.py`)."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from forked import run_forked
 from toy_workload import make_config, toy_factories
 
 from lmfusion_cli.training.checkpointing import list_checkpoints
@@ -35,40 +31,13 @@ def sections(**changes):
     return out
 
 
-def _rank_main(rank: int, world: int, port: int, out: str, config_sections: dict, errors) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    code = 0
-    try:
-        torch.set_num_threads(1)
-        run_training(make_config(out, **config_sections), *toy_factories())
-    except BaseException as e:  # report to the parent, never run pytest's teardown in a child
-        errors.put(f"rank {rank}: {type(e).__name__}: {e}")
-        code = 1
-    finally:
-        errors.close()
-        errors.join_thread()  # flush the message before the hard exit
-        os._exit(code)
+def _train(out: str, config_sections: dict) -> None:
+    run_training(make_config(out, **config_sections), *toy_factories())
 
 
 def torchrun(out: Path, nproc: int = 2, **changes) -> list[str]:
     """Run the toy training on `nproc` forked gloo processes; return the errors they reported."""
-    ctx = mp.get_context("fork")
-    errors = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_rank_main, args=(r, nproc, port, str(out), sections(**changes), errors))
-             for r in range(nproc)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=180)
-    reported = []
-    while not errors.empty():
-        reported.append(errors.get())
-    codes = [p.exitcode for p in procs]
-    return reported or ([f"exit codes {codes}"] if any(codes) else [])
+    return run_forked(nproc, _train, str(out), sections(**changes))
 
 
 def losses(run_dir: Path) -> list[float]:

@@ -4,12 +4,10 @@ training, inference weights loadable by the model package, and 2 FSDP2 processes
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
-import socket
 
 import pytest
 import torch
+from forked import run_forked
 from tiny_base import FakeLatentCache, build_tiny_base
 
 from lmfusion_cli.common.configs import build_config
@@ -88,39 +86,16 @@ def test_latent_size_comes_from_the_cache(base, tmp_path):
         build_lmfusion_workload(config, source("", "train"), torch.device("cpu"))
 
 
-def _rank(rank, port, base, out, errors):
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    code = 0
-    try:
-        torch.set_num_threads(1)
-        run_training(make(base, out, dist={"strategy": "fsdp"}, train={"micro_batch_size": 1}),
-                     source_factory=source)
-    except BaseException as e:
-        errors.put(f"rank {rank}: {type(e).__name__}: {e}")
-        code = 1
-    finally:
-        errors.close()
-        errors.join_thread()
-        os._exit(code)
+def _train_two(base, out) -> None:
+    run_training(make(base, out, dist={"strategy": "fsdp"}, train={"micro_batch_size": 1}), source_factory=source)
 
 
 @pytest.mark.distributed
 def test_two_fsdp_processes_match_one(base, tmp_path):
     torch.set_num_threads(1)
     run_training(make(base, tmp_path / "one", train={"micro_batch_size": 1}), source_factory=source)
-    ctx = mp.get_context("fork")
-    errors = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_rank, args=(r, port, base, tmp_path / "two", errors)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=180)
-    reported = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
-    assert not reported and all(p.exitcode == 0 for p in procs), reported
+    errors = run_forked(2, _train_two, base, tmp_path / "two")
+    assert not errors, errors
     one = [r["loss"] for r in read_jsonl(tmp_path / "one" / "logs" / "train.jsonl")]
     two = [r["loss"] for r in read_jsonl(tmp_path / "two" / "logs" / "train.jsonl")]
     assert len(one) == len(two) == 3
