@@ -112,10 +112,8 @@ def _write_job(out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int
     return part
 
 
-def encode_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae_spec: str, resolution: int,
-                device: torch.device, show_progress: bool = True) -> None:
-    """Encode `jobs` in this process: DataLoader workers decode, this thread runs the VAE."""
-    vae = load_vae(vae_spec, device)
+def encode_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, resolution: int, show_progress: bool = True) -> None:
+    """Encode `jobs` in this process with the loaded `vae`: DataLoader workers decode, this thread encodes."""
     refs, batches, batch_job = [], [], []
     for j, job in enumerate(jobs):
         start = len(refs)
@@ -173,15 +171,15 @@ def _child(rank: int, world: int, jobs: list[ShardJob], cfg: EncodeConfig, vae_s
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
-        encode_jobs(jobs, cfg, vae_spec, resolution, _device(rank), show_progress=rank == 0)
+        encode_jobs(jobs, cfg, load_vae(vae_spec, _device(rank)), resolution, show_progress=rank == 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
-def _run_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae_spec: str, resolution: int) -> None:
+def _run_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, vae_spec: str, resolution: int) -> None:
     if cfg.gpus == 1 or len(jobs) <= 1:
-        encode_jobs(jobs, cfg, vae_spec, resolution, _device(0))
+        encode_jobs(jobs, cfg, vae.to(_device(0)), resolution)
         return
     import multiprocessing as mp
 
@@ -225,7 +223,8 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     data_manifest = read_manifest(data, "shards", what="data")
     resolution = cfg.resolution or data_manifest["resolution"]
     vae_spec = resolve_vae(cfg.vae)
-    identity = vae_identity(vae_spec, load_vae(vae_spec))
+    vae = load_vae(vae_spec)
+    identity = vae_identity(vae_spec, vae)
     source_hash = sha256_file(data / "manifest.json")
     decisive = {"vae": {k: v for k, v in identity.items() if k != "id"}, "resolution": resolution,
                 "dtype": cfg.dtype, "store": cfg.store, "flip": cfg.flip, "source": source_hash,
@@ -245,7 +244,7 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     if len(pending) < len(jobs):
         log.info("resuming: %d of %d shards already encoded", len(jobs) - len(pending), len(jobs))
     if pending:
-        _run_jobs(pending, cfg, vae_spec, resolution)
+        _run_jobs(pending, cfg, vae, vae_spec, resolution)
     parts = [done(job) for job in jobs]
     missing = [job.stem for job, part in zip(jobs, parts) if part is None]
     if missing:
