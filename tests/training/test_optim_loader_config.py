@@ -117,3 +117,16 @@ def test_relaunch_under_torchrun_and_slurm_detection():
     assert adopt_slurm_env(env) == {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"} and env["RANK"] == "3"
     with pytest.raises(UserError, match="MASTER_ADDR"):
         adopt_slurm_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+
+
+@pytest.mark.parametrize("name", ["tiny", "small-real", "coco-llama3-1b", "paper-llama3-8b"])
+def test_pipeline_configs_are_valid(repo_root, name):
+    from lmfusion_cli.common.configs import load_config
+    from lmfusion_cli.model import LMFusionConfig
+
+    config = load_config(TrainRunConfig, f"{repo_root}/pipelines/configs/{name}.yaml")
+    LMFusionConfig.from_dict({**config.model, "latent_size": 32})  # the size comes from the cache
+    assert config.optim.beta2 == 0.95 and config.data.caption_dropout == 0.1
+    assert config.data.generation_fraction == 0.8 and config.model["lambda_image"] == 5.0
+    if name == "paper-llama3-8b":
+        assert (config.optim.lr, config.schedule.warmup_steps, config.schedule.min_lr) == (1e-4, 4000, 1.5e-5)
