@@ -8,6 +8,8 @@ Python API (used by `lmfusion sample` and by `evaluate`):
 - `caption_images(model, images, tokenizer=, vae=, decoding="greedy"|"beam"|"top-p", max_new_tokens=, ...)`
   → `Captions(records, skips)`
 - `generate_interleaved(model, prompts, tokenizer=, vae=, ...)` → `list[InterleavedDocument]`
+- `as_generate_fn(model, tokenizer=, vae=, **settings)` / `as_caption_fn(...)`: the plain callables
+  `evaluation.suites` takes (`generate_fn(prompts, seeds) -> [PIL]`, `caption_fn(images) -> [str]`)
 - `run_sample(SampleConfig)`: the whole stage (files, manifest).
 
 Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached sequence state), `t2i.py`
@@ -15,13 +17,13 @@ Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached seq
 `generate.py`, `vae.py` (latent codec), `loading.py`, `io.py`, `config.py`, `stage.py`.
 """
 
-from lmfusion_cli.sampling.captioning import Captions, caption_images
-from lmfusion_cli.sampling.generate import GeneratedImages, generate_images
+from lmfusion_cli.sampling.captioning import Captions, as_caption_fn, caption_images
+from lmfusion_cli.sampling.generate import GeneratedImages, as_generate_fn, generate_images
 from lmfusion_cli.sampling.interleaved import InterleavedDocument, generate_interleaved
 from lmfusion_cli.sampling.loading import Loaded, load_for_sampling
 from lmfusion_cli.sampling.vae import LatentCodec
 
 __all__ = [
-    "Captions", "GeneratedImages", "InterleavedDocument", "LatentCodec", "Loaded", "caption_images",
+    "Captions", "GeneratedImages", "as_caption_fn", "as_generate_fn", "InterleavedDocument", "LatentCodec", "Loaded", "caption_images",
     "generate_images", "generate_interleaved", "load_for_sampling",
 ]

@@ -128,3 +128,15 @@ def caption_images(
         bar.update(len(chunk))
     bar.close()
     return result
+
+
+def as_caption_fn(model, *, tokenizer, vae: LatentCodec, **settings):
+    """`caption_fn(images) -> list[str]` for `evaluation.suites` (settings as for `caption_images`);
+    an image that cannot be used gets the empty caption (and a warning), keeping the list aligned."""
+
+    def caption_fn(images: list) -> list[str]:
+        result = caption_images(model, images, tokenizer=tokenizer, vae=vae, **settings)
+        by_index = {r["index"]: r["caption"] for r in result.records}
+        return [by_index.get(i, "") for i in range(len(images))]
+
+    return caption_fn

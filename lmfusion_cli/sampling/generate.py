@@ -78,14 +78,18 @@ def generate_images(
     num_per_prompt: int = 1,
     use_cache: bool = True,
     keep_latents: bool = False,
+    seeds: Sequence[int] | None = None,
 ) -> GeneratedImages:
-    """Generate `num_per_prompt` images for each prompt (sample i uses seed + i)."""
+    """Generate `num_per_prompt` images for each prompt (sample i uses seed + i, or `seeds[i]`)."""
     if batch_size < 1 or num_per_prompt < 1:
         raise UserError("--batch-size and --num-per-prompt must be >= 1.")
     if cfg_scale < 0:
         raise UserError(f"--cfg-scale must be >= 0, got {cfg_scale}.")
     make_sampler(model.config, sampler, steps)  # refuse a bad sampler/steps before any work
     jobs = [(k, prompt) for k, prompt in enumerate(prompts) for _ in range(num_per_prompt)]
+    if seeds is not None and len(seeds) != len(jobs):
+        raise ValueError(f"got {len(seeds)} seeds for {len(jobs)} samples")
+    sample_seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(jobs))]
     settings = {"cfg_scale": cfg_scale, "steps": steps, "sampler": sampler, "cache": use_cache,
                 "objective": model.config.objective}
     result = GeneratedImages()
@@ -93,14 +97,14 @@ def generate_images(
     bar = progress(total=len(jobs) * steps, desc="sampling", unit="step")
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        seeds = [seed + start + j for j in range(len(chunk))]
+        chunk_seeds = sample_seeds[start:start + len(chunk)]
         latents = generate_latents(
-            model, [tokenize_prompt(tokenizer, p) for _, p in chunk], seeds, bos_id=tokenizer.bos_token_id,
+            model, [tokenize_prompt(tokenizer, p) for _, p in chunk], chunk_seeds, bos_id=tokenizer.bos_token_id,
             cfg_scale=cfg_scale, steps=steps, sampler=sampler, use_cache=use_cache,
             on_step=lambda n=len(chunk): bar.update(n),
         )
         pixels = to_uint8(vae.decode(latents))
-        for j, ((k, prompt), s) in enumerate(zip(chunk, seeds)):
+        for j, ((k, prompt), s) in enumerate(zip(chunk, chunk_seeds)):
             result.images.append(pixels[j])
             result.records.append({"index": start + j, "prompt": prompt, "prompt_index": k, "seed": s, **settings})
         if keep_latents:
@@ -109,3 +113,15 @@ def generate_images(
     if keep_latents and all_latents:
         result.latents = torch.cat(all_latents)
     return result
+
+
+def as_generate_fn(model, *, tokenizer, vae: LatentCodec, **settings):
+    """`generate_fn(prompts, seeds) -> list[PIL.Image]` for `evaluation.suites` (settings: cfg_scale,
+    steps, sampler, batch_size, use_cache, as for `generate_images`)."""
+    from PIL import Image
+
+    def generate_fn(prompts: list[str], seeds: list[int]) -> list:
+        out = generate_images(model, prompts, tokenizer=tokenizer, vae=vae, seeds=seeds, **settings)
+        return [Image.fromarray(image) for image in out.images]
+
+    return generate_fn
