@@ -11,6 +11,7 @@ its tar is renamed into place; a rerun redoes only shards without one. The manif
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfusion_cli.common.configs import config_to_dict
+from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
 from lmfusion_cli.common.manifest import SkipLog, file_entry, write_manifest
 from lmfusion_cli.common.progress import progress
@@ -89,7 +91,13 @@ def build_shard(task: ShardTask, cfg: PrepareConfig) -> dict[str, Any]:
         meta = {"key": spec.key, "split": task.split, "attributes": spec.attributes, **spec.extra}
         samples.append(Sample(spec.key, encode_image(img, cfg.image_format), cfg.image_format, spec.caption, meta))
         skips.keep()
-    write_shard(out / task.name, samples)
+    try:
+        write_shard(out / task.name, samples)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"No space left on the device while writing {out / task.name}; free space and rerun "
+                            f"prepare (finished shards are kept, only the rest is redone).") from e
+        raise
     part = {"name": task.name, "split": task.split, "index": task.index, "count": len(samples),
             "file": file_entry(out / task.name, split=task.split, count=len(samples)), **skips.to_dict()}
     write_part(out, task.name, part)

@@ -213,3 +213,29 @@ def test_cli_bad_input_is_one_sentence_exit_2(tmp_path):
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["counts"]["kept"] == 12 and m["resolution"] == 16 and m["seed"] == 2
     assert all(s["count"] <= 5 for s in m["shards"])
+
+
+def test_disk_full_is_one_sentence_and_rerun_completes(tmp_path, monkeypatch):
+    import errno
+
+    import lmfusion_cli.data.shards as shards
+
+    real, calls = shards.atomic_file, []
+
+    def full_disk(path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path)
+
+    monkeypatch.setattr(shards, "atomic_file", full_disk)
+    c = cfg(out=str(tmp_path / "a"), num_items=30, shard_size=10, val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(UserError, match="No space left"):
+        run_prepare(c)
+    first = tmp_path / "a" / "train-00000.tar"
+    mtime = first.stat().st_mtime_ns
+    monkeypatch.setattr(shards, "atomic_file", real)
+    run_prepare(c)
+    assert first.stat().st_mtime_ns == mtime  # kept, not redone
+    run_prepare(cfg(out=str(tmp_path / "b"), num_items=30, shard_size=10, val_fraction=0.0, test_fraction=0.0))
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
