@@ -1,1 +1,7 @@
-"""Data stages: `prepare` (sources → image/caption shards) and `encode-latents` (shards → latent cache)."""
+"""Data stages: `prepare` (sources → image/caption shards) and `encode-latents` (shards → latent cache).
+
+Files: `sources.py` (listing each source, loading pixels), `images.py` (decode → RGB → resize/crop →
+bytes), `shards.py` (webdataset tar writer and tolerant reader), `prepare.py` (the prepare stage),
+`vae.py` (VAE loading, identity, encoding), `latents.py` (cache format, reader `open_latent_cache`,
+`verify_cache`), `encode.py` (the encode-latents stage), `restart.py` (shard-by-shard restart records),
+`config.py` (PrepareConfig, EncodeConfig), `shapes.py` (the synthetic shapes set)."""
