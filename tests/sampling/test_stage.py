@@ -198,3 +198,19 @@ def test_user_errors_are_one_sentence_exit_2(run_dir, tmp_path, capsys, case):
     assert len(errors) == 1 and err[-1] == errors[0] and errors[0].count(". ") == 0
     if case == "not-empty-out":
         assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_yaml_config_and_set_overrides_reach_the_stage(run_dir, tmp_path):
+    cfg = tmp_path / "sample.yaml"
+    cfg.write_text(f"checkpoint: {run_dir}\nprompt: red circle\nsteps: 5\nsampler: ddim\ndevice: cpu\n")
+    out = tmp_path / "from-yaml"
+    assert _cli("--config", cfg, "--set", "steps=2", "--set", "cfg_scale=1.5", "--out", out) == 0
+    record = json.loads((out / "samples.jsonl").read_text())
+    assert record["steps"] == 2 and record["cfg_scale"] == 1.5 and record["sampler"] == "ddim"
+    assert "steps: 2" in (out / "config.yaml").read_text()
+
+
+def test_cuda_without_a_gpu_is_a_user_error(run_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert _cli("--checkpoint", run_dir, "--prompt", "x", "--device", "cuda", "--out", tmp_path / "o") == 2
