@@ -1,0 +1,159 @@
+"""The embedded tiny VAE: a diffusers `AutoencoderKL` trained on the shapes images (issue 4).
+
+Used by `scripts/build_assets.py`; owns the VAE config, its training loop (MSE + L1 + tiny KL, warmup +
+cosine, gradient clipping, an EMA copy that is what gets saved), the reconstruction PSNR on held-out
+images, and the latent scale/shift stored in the VAE config. Shapes images come from
+`lmfusion_cli/data/shapes.py`. Seeded; runs on CPU."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from lmfusion_cli.common.progress import progress
+from lmfusion_cli.data.shapes import make_item
+
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out images use seed + this: a random stream disjoint from training
+
+
+@dataclass(frozen=True)
+class VAESettings:
+    resolution: int = 64
+    """Image side in pixels."""
+    block_channels: tuple[int, ...] = (32, 64, 64)
+    """Encoder/decoder block widths; len-1 halvings (3 blocks: 64 px -> 16x16 latents)."""
+    latent_channels: int = 4
+    """Latent channels."""
+    norm_num_groups: int = 8
+    """GroupNorm groups (32 strips flat colours: MEASURED-NOTES)."""
+    num_train_images: int = 12000
+    """Distinct training images (make_item indexes 0..N-1 of the seed)."""
+    batch_size: int = 16
+    """Images per step."""
+    steps: int = 700
+    """Optimizer steps."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 50
+    """Linear warmup steps."""
+    l1_weight: float = 0.5
+    """Weight of the L1 pixel loss next to MSE (sharpens flat regions and edges)."""
+    kl_weight: float = 1e-6
+    """Weight of the KL term."""
+    ema_decay: float = 0.99
+    """Decay of the weight EMA that is evaluated and saved."""
+    logvar_bias_init: float = -6.0
+    """Initial bias of the posterior log-variance outputs of quant_conv."""
+    max_minutes: float = 17.0
+    """Safety cap on training time; a run that hits it stops early and says so in the report."""
+
+
+def images_tensor(indexes: range | list[int], seed: int, resolution: int) -> torch.Tensor:
+    """Shapes images `indexes` of `seed` as uint8 (N, 3, H, W)."""
+    arrays = [np.asarray(make_item(i, seed=seed, resolution=resolution).image) for i in
+              progress(indexes, desc="shapes images", unit="img")]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
+    return images_u8.float() / 127.5 - 1.0
+
+
+def build_vae(settings: VAESettings):
+    from diffusers import AutoencoderKL
+
+    n = len(settings.block_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(settings.block_channels),
+        layers_per_block=1, latent_channels=settings.latent_channels, norm_num_groups=settings.norm_num_groups,
+        sample_size=settings.resolution)
+    with torch.no_grad():  # quant_conv outputs (mean, logvar): start with a nearly deterministic posterior
+        vae.quant_conv.bias[settings.latent_channels:].fill_(settings.logvar_bias_init)
+    return vae
+
+
+def lr_at(step: int, settings: VAESettings) -> float:
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    frac = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return settings.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def train_vae(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int):
+    """Train `vae`; returns (EMA copy of the model, figures for the report)."""
+    gen = torch.Generator().manual_seed(seed)
+    ema = copy.deepcopy(vae).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(vae.parameters(), lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    vae.train()
+    start, losses = time.time(), []
+    bar = progress(total=settings.steps, desc="tiny VAE", unit="step")
+    for step in range(settings.steps):
+        if (time.time() - start) / 60 > settings.max_minutes:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings)
+        idx = torch.randint(0, len(images_u8), (settings.batch_size,), generator=gen)
+        x = to_model_range(images_u8[idx])  # (B, 3, H, W) in [-1, 1]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=gen)
+        recon = vae.decode(z).sample
+        mse = torch.nn.functional.mse_loss(recon, x)
+        l1 = (recon - x).abs().mean()
+        kl = posterior.kl().mean() / z[0].numel()  # per latent element
+        loss = mse + settings.l1_weight * l1 + settings.kl_weight * kl
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"tiny VAE loss is not finite at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        decay = min(settings.ema_decay, (1 + step) / (10 + step))  # short warm-up of the EMA itself
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), vae.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        losses.append(mse.item())
+        bar.update(1)
+        if step % 200 == 0 or step == settings.steps - 1:
+            psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-12))
+            print(f"  vae step {step:5d}  mse {mse.item():.5f} (~{psnr:.1f} dB)  lr {lr_at(step, settings):.2e}  "
+                  f"{time.time() - start:.0f} s", flush=True)
+    bar.close()
+    steps_done = len(losses)
+    return ema, {"steps_done": steps_done, "stopped_early": steps_done < settings.steps,
+                 "train_minutes": round((time.time() - start) / 60, 2)}
+
+
+@torch.no_grad()
+def psnr_db(vae, images_u8: torch.Tensor, batch_size: int = 50) -> dict:
+    """Reconstruction PSNR (posterior mean, decoded, clamped, 8-bit): mean over images and of the pooled MSE."""
+    per_image = []
+    for i in range(0, len(images_u8), batch_size):
+        x = to_model_range(images_u8[i:i + batch_size])
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+        recon_u8 = ((recon.clamp(-1, 1) + 1) * 127.5).round()
+        mse = ((recon_u8 - images_u8[i:i + batch_size].float()) ** 2).mean(dim=(1, 2, 3))
+        per_image.append(mse)
+    mse = torch.cat(per_image).clamp_min(1e-10)
+    return {"psnr_mean_db": round(float((10 * torch.log10(255.0 ** 2 / mse)).mean()), 3),
+            "psnr_pooled_db": round(float(10 * torch.log10(255.0 ** 2 / mse.mean())), 3),
+            "num_images": len(images_u8)}
+
+
+@torch.no_grad()
+def latent_stats(vae, images_u8: torch.Tensor, seed: int, batch_size: int = 50) -> tuple[float, float]:
+    """(mean, std) over all elements of posterior *samples* of `images_u8` (what diffusion trains on)."""
+    gen = torch.Generator().manual_seed(seed)
+    zs = [vae.encode(to_model_range(images_u8[i:i + batch_size])).latent_dist.sample(generator=gen)
+          for i in range(0, len(images_u8), batch_size)]
+    z = torch.cat(zs).double()
+    return float(z.mean()), float(z.std())
+
+
+def settings_dict(settings: VAESettings) -> dict:
+    return asdict(settings)
