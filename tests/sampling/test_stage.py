@@ -214,3 +214,23 @@ def test_cuda_without_a_gpu_is_a_user_error(run_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     assert _cli("--checkpoint", run_dir, "--prompt", "x", "--device", "cuda", "--out", tmp_path / "o") == 2
+
+
+def test_base_and_tokenizer_overrides(run_dir, tmp_path):
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    moved = tmp_path / "moved-base"
+    shutil.copytree(run_dir.parent / "base", moved)
+    loaded = load_for_sampling(run_dir, base=str(moved))
+    assert loaded.model.base_id == str(moved)
+    core = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "<s>": 1, "</s>": 2, "<|end_of_image|>": 3,
+                                             "<|begin_of_image|>": 4}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>").save_pretrained(tmp_path / "tok")
+    with pytest.raises(UserError, match="other image-token ids"):
+        load_for_sampling(run_dir, tokenizer=str(tmp_path / "tok"))
+    with pytest.raises(UserError, match="cannot be loaded"):
+        load_for_sampling(run_dir, base=str(tmp_path / "no-such-base"))
