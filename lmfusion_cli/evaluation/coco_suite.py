@@ -91,8 +91,11 @@ def run_coco_suite(out_dir: str | Path, coco_root: str | Path, karpathy_split: s
                                                   batch_size)
         metrics["generation"] = generation
         if generated:
-            report.save_image_grid([generated[i] for i in sorted(generated)[:GRID_SIZE]], root / "generation_grid.png")
+            shown = sorted(generated)[:GRID_SIZE]
+            report.save_image_grid([generated[i] for i in shown], root / "generation_grid.png")
             section.images.append(("coco/generation_grid.png", "generated images"))
+            section.footer = ("Prompts of the generated images, laid out as the grid:\n\n"
+                              + report.grid_caption_table([texts[i] for i in shown]))
     headline = {k: v for k, v in {**metrics.get("captioning", {}), **metrics.get("generation", {})}.items()
                 if k in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L", "clip_score")}
     if headline:

@@ -44,6 +44,21 @@ def save_image_grid(images: Sequence[Image.Image], path: str | Path, cols: int =
     return Path(path)
 
 
+def grid_caption_table(captions: Sequence[str], cols: int = 8) -> str:
+    """A Markdown table laid out like `save_image_grid`'s tiles: cell (row, col) holds that image's prompt."""
+    if not captions:
+        return ""
+    cols = max(1, min(cols, len(captions)))
+    cells = [_escape(c) for c in captions] + [""] * (-len(captions) % cols)
+    rows = [cells[i:i + cols] for i in range(0, len(cells), cols)]
+    header = "| " + " | ".join(f"col {c + 1}" for c in range(cols)) + " |"
+    return "\n".join([header, "|" + "---|" * cols] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _figure():
     import matplotlib
 
@@ -98,6 +113,8 @@ class Section:
     """(path relative to the report, alt text) of plots and grids."""
     text: str = ""
     """Free Markdown under the heading."""
+    footer: str = ""
+    """Free Markdown after the images (e.g. the prompts of an image grid)."""
 
 
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -128,6 +145,8 @@ def render_report(title: str, sections: Sequence[Section]) -> str:
             lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in rows] + [""]
         for rel, alt in section.images:
             lines += [f"![{alt}]({rel})", ""]
+        if section.footer:
+            lines += [section.footer, ""]
     return "\n".join(lines)
 
 

@@ -84,17 +84,23 @@ def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
 def run_shapes_suite(out_dir: str | Path, num_items: int = 200, seed: int = 1000, resolution: int = 64,
                      generate_fn: GenerateFn | None = None, caption_fn: CaptionFn | None = None,
                      generations_dir: str | Path | None = None, batch_size: int = 8,
-                     tokenizer: str = "auto") -> tuple[dict[str, Any], Section]:
+                     tokenizer: str = "auto", items: Sequence[shapes.ShapesItem] | None = None,
+                     ) -> tuple[dict[str, Any], Section]:
     """Shapes generation (checker accuracy per attribute vs chance) and captioning (CIDEr, attributes).
 
-    Items are `shapes.make_item(i, seed, resolution)`, i < num_items (use a seed the training data
-    did not). Generations go to / are read from `generations_dir` (default `out_dir/shapes/generations`)."""
+    Items are `items` when given (e.g. the test split of a prepared shapes set; `num_items` is then
+    their count), else `shapes.make_item(i, seed, resolution)`, i < num_items (use a seed the
+    training data did not). Item i is generated with seed `seed + i`. Generations go to / are read
+    from `generations_dir` (default `out_dir/shapes/generations`)."""
     from lmfusion_cli.evaluation.shapes_captions import score_captions
     from lmfusion_cli.evaluation.shapes_checker import score_images
 
     root = Path(out_dir) / "shapes"
     gen_dir = Path(generations_dir) if generations_dir is not None else root / "generations"
-    items = [shapes.make_item(i, seed, resolution) for i in range(num_items)]
+    if items is None:
+        items = [shapes.make_item(i, seed, resolution) for i in range(num_items)]
+    else:
+        items, num_items = list(items), len(items)
     _write_jsonl(root / "prompts.jsonl", [{"index": i, "key": it.key, "caption": it.caption, "seed": seed + i,
                                            "attributes": it.attributes} for i, it in enumerate(items)])
     metrics: dict[str, Any] = {"num_items": num_items, "seed": seed, "resolution": resolution}
@@ -111,9 +117,12 @@ def run_shapes_suite(out_dir: str | Path, num_items: int = 200, seed: int = 1000
             metrics["generation"]["skipped"] = skips.counts()
             report.plot_accuracy_vs_chance(scored["accuracy"], scored["chance"], root / "generation_accuracy.png",
                                            "shapes generation: checker accuracy vs chance")
-            report.save_image_grid(list(images.values())[:GRID_SIZE], root / "generation_grid.png")
+            shown = list(images)[:GRID_SIZE]
+            report.save_image_grid([images[i] for i in shown], root / "generation_grid.png")
             section.images += [("shapes/generation_accuracy.png", "generation accuracy vs chance"),
                                ("shapes/generation_grid.png", "generated images")]
+            section.footer = ("Prompts of the generated images, laid out as the grid:\n\n"
+                              + report.grid_caption_table([items[i].caption for i in shown]))
         else:
             log.warning("shapes: no generations found in %s (%s)", gen_dir, skips.summary())
     if caption_fn is not None:

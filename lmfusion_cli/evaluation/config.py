@@ -1,0 +1,163 @@
+"""`EvaluateConfig`: every option of `lmfusion evaluate`, as frozen dataclasses checked in `__post_init__`.
+
+One nested config per concern: `sampling` (how images and captions are made), `shapes`, `text` and
+`coco` (what each suite reads). Command-line options set the common fields; any field can be set
+with `--set section.field=value` or a YAML file. This file validates; it runs nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from lmfusion_cli.evaluation.text_suite import FieldMap
+
+SUITES = ("shapes", "text", "coco", "all")
+# Repeated from `sampling.schedulers.SAMPLERS` / `sampling.decoding.STRATEGIES` so that checking a config
+# does not import the sampling package (transformers, diffusers: seconds); a test holds them equal.
+SAMPLERS = ("ddpm", "ddim", "dpm-solver", "euler")
+DECODINGS = ("greedy", "beam", "top-p")
+CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider")
+
+
+@dataclass(frozen=True)
+class EvalSamplingConfig:
+    cfg_scale: float = 5.0
+    """Classifier-free guidance scale of image generation (1 = conditional only)."""
+    steps: int = 50
+    """Denoising steps per generated image."""
+    sampler: str = "dpm-solver"
+    """Diffusers sampler: ddpm | ddim | dpm-solver | euler."""
+    cache: bool = True
+    """Use the prefix KV cache (False: the slow uncached reference; same results)."""
+    decoding: str = "greedy"
+    """Caption decoding: greedy | beam | top-p."""
+    max_new_tokens: int = 32
+    """Most tokens per generated caption."""
+    num_beams: int = 4
+    """Beam width (decoding beam)."""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampling.sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"sampling.decoding must be one of {', '.join(DECODINGS)}; got {self.decoding!r}")
+        if self.cfg_scale < 0:
+            raise ValueError(f"sampling.cfg_scale must be >= 0; got {self.cfg_scale}")
+        if self.steps < 1 or self.max_new_tokens < 1 or self.num_beams < 1:
+            raise ValueError("sampling.steps, sampling.max_new_tokens and sampling.num_beams must be >= 1")
+
+
+@dataclass(frozen=True)
+class ShapesEvalConfig:
+    num_items: int = 200
+    """Held-out items (prompts to generate and images to caption) when no `data` is given."""
+    seed: int = 1000
+    """Seed of the held-out items (`shapes.make_item(i, seed)`; keep it unlike the training data's seed);
+    item i is generated with seed + i."""
+    data: Optional[str] = None
+    """A prepared shapes set (`lmfusion prepare --source shapes`): its test split replaces the generated items."""
+    resolution: Optional[int] = None
+    """Side of the held-out images in pixels; None = the resolution the model generates (from its VAE)."""
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1:
+            raise ValueError(f"shapes.num_items must be >= 1; got {self.num_items}")
+        if self.resolution is not None and self.resolution < 8:
+            raise ValueError(f"shapes.resolution must be >= 8 pixels; got {self.resolution}")
+
+
+@dataclass(frozen=True)
+class TextEvalConfig:
+    items: Optional[str] = None
+    """Multiple-choice items: a JSONL file or a `datasets` folder (save_to_disk); None = the shipped tiny set."""
+    split: Optional[str] = None
+    """Split to read when `items` is a DatasetDict folder."""
+    fields: FieldMap = field(default_factory=FieldMap)
+    """Field names of context, choices (one list field or several), label (+ offset) and id."""
+
+
+@dataclass(frozen=True)
+class CocoEvalConfig:
+    root: Optional[str] = None
+    """COCO root with annotations/captions_val2014.json (or 2017) and val2014/ (or val2017/)."""
+    karpathy_split: Optional[str] = None
+    """Karpathy's dataset_coco.json: its test images are captioned; None = every annotated image."""
+    num_caption_images: Optional[int] = None
+    """Caption a seeded subset of this many test images; None = all."""
+    num_prompts: int = 30_000
+    """Caption prompts to generate images for (FID, CLIP score); 30k is the usual COCO protocol."""
+    seed: int = 0
+    """Seed of the prompt draw and of the subset; prompt i is generated with seed + i."""
+    inception: Optional[str] = None
+    """Local Inception weights for FID (clean-fid's inception-2015-12-05.pt or torchvision inception_v3)."""
+    clip_arch: str = "ViT-B-32"
+    """open_clip architecture of the CLIP-score model."""
+    clip_weights: Optional[str] = None
+    """Local open_clip weights file for the CLIP score."""
+    clip_config: Optional[str] = None
+    """open_clip JSON model config for an architecture open_clip does not ship (its name is the file stem)."""
+    fid_stats_dir: Optional[str] = None
+    """Where FID reference statistics are cached for reuse; None = OUT/coco/fid_stats."""
+    caption_metrics: tuple[str, ...] = CAPTION_METRICS
+    """Caption metrics: bleu, meteor (needs java), rouge, cider (SPICE would download; not offered)."""
+
+    def __post_init__(self) -> None:
+        if self.num_prompts < 1:
+            raise ValueError(f"coco.num_prompts must be >= 1; got {self.num_prompts}")
+        if self.num_caption_images is not None and self.num_caption_images < 1:
+            raise ValueError(f"coco.num_caption_images must be >= 1; got {self.num_caption_images}")
+        unknown = [m for m in self.caption_metrics if m not in CAPTION_METRICS]
+        if unknown or not self.caption_metrics:
+            raise ValueError(f"coco.caption_metrics must be some of {', '.join(CAPTION_METRICS)}; got {unknown or '[]'}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    checkpoint: str = ""
+    """Run folder (newest complete checkpoint), a checkpoints/step-N folder, or a model folder."""
+    out: str = ""
+    """Output folder: metrics.json, report.md, plots, raw generations, manifest.json (resumable)."""
+    suite: Literal["shapes", "text", "coco", "all"] = "all"
+    """Which suite: shapes | text | coco | all (all runs coco only when coco.root is given)."""
+    batch_size: int = 8
+    """Prompts, images or text sequences per forward pass."""
+    ptb_tokenizer: Literal["auto", "java", "python"] = "auto"
+    """Caption tokenization before scoring: java (the official PTB tokenizer), python, or auto (java if installed)."""
+    base: Optional[str] = None
+    """Base LM folder overriding the one the checkpoint points at (also the text suite's reference LM)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder overriding the run's."""
+    vae: Optional[str] = None
+    """VAE folder overriding the one the run recorded (same weights required)."""
+    device: str = "auto"
+    """auto (CUDA when available, else CPU) | cpu | cuda[:N]."""
+    overwrite: bool = False
+    """Delete an existing evaluation in `out` first (default: resume it, reusing its generations)."""
+    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
+    """How images and captions are generated."""
+    shapes: ShapesEvalConfig = field(default_factory=ShapesEvalConfig)
+    """The shapes suite."""
+    text: TextEvalConfig = field(default_factory=TextEvalConfig)
+    """The text suite."""
+    coco: CocoEvalConfig = field(default_factory=CocoEvalConfig)
+    """The COCO suite."""
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("checkpoint is required: pass --checkpoint RUN_OR_STEP")
+        if not self.out:
+            raise ValueError("out is required: pass --out DIR")
+        if self.suite not in SUITES:
+            raise ValueError(f"suite must be one of {', '.join(SUITES)}; got {self.suite!r}")
+        if self.suite == "coco" and not self.coco.root:
+            raise ValueError("suite coco needs the COCO folder: pass --coco-root DIR")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+
+    def suites(self) -> list[str]:
+        """The suites to run, in order (text first: it is the cheapest)."""
+        if self.suite != "all":
+            return [self.suite]
+        return ["text", "shapes"] + (["coco"] if self.coco.root else [])

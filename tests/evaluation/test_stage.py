@@ -1,0 +1,247 @@
+"""`lmfusion evaluate` end to end on a fake run (tiny random model built in the test): the suites through
+the CLI, resume, base == fused on text, the COCO suite with stand-in weights, and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fake_run import build_fake_run, make_fused, make_tokenizer
+from lmfusion_cli.cli import main
+from lmfusion_cli.common.configs import build_config
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.evaluation.config import DECODINGS, SAMPLERS, EvaluateConfig
+from lmfusion_cli.evaluation.stage import run_evaluate
+from stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
+
+torch.set_num_threads(1)
+
+FAST = ["--steps", 2, "--max-new-tokens", 4, "--batch-size", 4, "--ptb-tokenizer", "python"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return build_fake_run(tmp_path_factory.mktemp("fake-run"))
+
+
+def _cli(*args) -> int:
+    try:
+        main(["evaluate", *map(str, args)])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _valid_png(path: Path) -> bool:
+    with Image.open(path) as im:
+        im.verify()
+    return True
+
+
+def _report_images(out: Path) -> list[str]:
+    text = (out / "report.md").read_text()
+    return [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
+
+
+def _small_mc_file(path: Path) -> Path:
+    rows = [{"id": f"q{i}", "context": f"a {c} circle on a", "choices": ["blue background", "square", "left"],
+             "label": 0} for i, c in enumerate(["red", "green", "yellow", "black", "white"])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_config_defaults_and_checks():
+    from lmfusion_cli.sampling.decoding import STRATEGIES
+    from lmfusion_cli.sampling.schedulers import SAMPLERS as SAMPLING_SAMPLERS
+
+    assert SAMPLERS == SAMPLING_SAMPLERS and DECODINGS == STRATEGIES
+    cfg = build_config(EvaluateConfig, {"checkpoint": "c", "out": "o"})
+    assert cfg.suite == "all" and cfg.suites() == ["text", "shapes"]
+    with_coco = build_config(EvaluateConfig, {"checkpoint": "c", "out": "o", "coco": {"root": "r"}})
+    assert with_coco.suites() == ["text", "shapes", "coco"]
+    bad = [({"suite": "coco"}, "--coco-root"), ({"suite": "images"}, "suite"),
+           ({"sampling": {"sampler": "heun"}}, "sampler"), ({"sampling": {"decoding": "sample"}}, "decoding"),
+           ({"coco": {"caption_metrics": ["spice"]}}, "caption_metrics"), ({"shapes": {"num_items": 0}}, "num_items"),
+           ({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch_size")]
+    for fields, word in bad:
+        with pytest.raises(UserError, match=word):
+            build_config(EvaluateConfig, {"checkpoint": "c", "out": "o", **fields})
+
+
+def test_all_runs_text_and_shapes_resumes_and_refuses_other_settings(run_dir, tmp_path):
+    out = tmp_path / "eval"
+    mc = _small_mc_file(tmp_path / "mc.jsonl")
+    common = ["--checkpoint", run_dir, "--out", out, "--num-items", 5, "--text-items", mc, *FAST]
+    assert _cli("--suite", "all", *common) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["suites_run"] == ["text", "shapes"] and "coco-root" in metrics["suites_skipped"]["coco"]
+    assert metrics["step"] == 3 and metrics["text"]["identical"] and metrics["text"]["num_items"] == 5
+    gen = metrics["shapes"]["generation"]
+    assert gen["counts"]["background"] == 5 and gen["chance"]["colour"] == pytest.approx(1 / 7)
+    assert set(gen["accuracy"]) >= {"background", "colour", "shape", "position"}
+    assert 0 <= metrics["shapes"]["captioning"]["cider"] and metrics["shapes"]["resolution"] == 32
+    # the report renders: its images exist and are valid PNGs, the grid's prompts are listed in grid order
+    images = _report_images(out)
+    assert "shapes/generation_grid.png" in images and "text/accuracy.png" in images
+    assert all(_valid_png(out / rel) for rel in images)
+    report = (out / "report.md").read_text()
+    prompts = [json.loads(line)["caption"] for line in (out / "shapes" / "prompts.jsonl").read_text().splitlines()]
+    assert "| " + " | ".join(prompts) + " |" in report and "suites not run" in report
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "evaluation" and manifest["complete"]
+    assert manifest["files"]["shapes/generations/00004.png"]["sha256"] and manifest["counts"]["kept"] == 5
+    assert (out / "text" / "per_item_fused.jsonl").is_file() and (out / "config.yaml").is_file()
+
+    # resume: only the missing generation is made again, the others are left as they are
+    gens = out / "shapes" / "generations"
+    (gens / "00002.png").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in gens.iterdir()}
+    assert _cli("--suite", "shapes", *common) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in gens.iterdir()}
+    assert sorted(after) == [f"{i:05d}.png" for i in range(5)] and all(after[k] == v for k, v in before.items())
+    # other generation settings would mix images: refused, unless --overwrite starts over
+    assert _cli("--suite", "shapes", *common, "--cfg-scale", 2) == 2
+    assert (gens / "00000.png").stat().st_mtime_ns == before["00000.png"]
+    assert _cli("--suite", "shapes", *common, "--cfg-scale", 2, "--overwrite") == 0
+    assert (gens / "00000.png").stat().st_mtime_ns != before["00000.png"]
+    assert json.loads((out / "manifest.json").read_text())["generation_settings"]["cfg_scale"] == 2.0
+
+
+def test_text_suite_default_set_and_a_model_whose_text_changed(run_dir, tmp_path):
+    metrics = run_evaluate(build_config(EvaluateConfig, {
+        "checkpoint": str(run_dir), "out": str(tmp_path / "frozen"), "suite": "text", "batch_size": 16}))
+    text = metrics["text"]
+    assert text["identical"] and text["max_abs_diff"] == 0.0 and text["num_items"] > 200  # the shipped tiny set
+    assert text["models"]["base"] == text["models"]["fused"]
+    per_item = {name: [json.loads(line) for line in (tmp_path / "frozen" / "text" / f"per_item_{name}.jsonl")
+                       .read_text().splitlines()] for name in ("base", "fused")}
+    assert [r["logliks"] for r in per_item["base"]] == [r["logliks"] for r in per_item["fused"]]
+    assert metrics["suites_run"] == ["text"] and "shapes" not in metrics
+    # text modules trained too (freeze_text=False): the fused model is no longer its base, and the suite says so
+    from lmfusion_cli.model import checkpoint
+
+    unfrozen = make_fused(run_dir.parent / "base", make_tokenizer(), freeze_text=False, seed=1)
+    checkpoint.save_trainable(unfrozen, tmp_path / "unfrozen")
+    changed = run_evaluate(build_config(EvaluateConfig, {
+        "checkpoint": str(tmp_path / "unfrozen"), "out": str(tmp_path / "changed"), "suite": "text",
+        "vae": str(run_dir.parent / "vae"), "text": {"items": str(_small_mc_file(tmp_path / "mc.jsonl"))}}))
+    assert not changed["text"]["identical"] and changed["text"]["max_abs_diff"] > 0
+    assert "differ" in (tmp_path / "changed" / "report.md").read_text()
+
+
+def test_text_items_with_field_map_from_jsonl_and_datasets_folder(run_dir, tmp_path):
+    import datasets
+
+    rows = [{"goal": f"a {c} square on a", "sol1": "left", "sol2": "blue background", "answer": "2"}
+            for c in ("red", "green", "black")]
+    (tmp_path / "piqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    fields = ["--set", "text.fields.context=goal", "--set", "text.fields.choices=[sol1, sol2]",
+              "--set", "text.fields.label=answer", "--set", "text.fields.label_offset=1"]
+    out = tmp_path / "jsonl"
+    assert _cli("--suite", "text", "--checkpoint", run_dir, "--out", out, "--text-items", tmp_path / "piqa.jsonl",
+                *fields) == 0
+    assert json.loads((out / "metrics.json").read_text())["text"]["num_items"] == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["skipped"] == {"invalid-json": 1}  # the bad line is counted, not fatal
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows[:2])}).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "disk"
+    assert _cli("--suite", "text", "--checkpoint", run_dir, "--out", out, "--text-items", tmp_path / "ds",
+                "--text-split", "validation", *fields) == 0
+    per_item = (out / "text" / "per_item_base.jsonl").read_text().splitlines()
+    assert [json.loads(r)["label"] for r in per_item] == [1, 1]
+
+
+def test_shapes_suite_on_the_test_split_of_a_prepared_set(run_dir, tmp_path):
+    from lmfusion_cli.data.config import PrepareConfig
+    from lmfusion_cli.data.prepare import run_prepare
+
+    data = tmp_path / "shapes"
+    run_prepare(PrepareConfig(source="shapes", out=str(data), num_items=24, resolution=32, seed=3,
+                              val_fraction=0.1, test_fraction=0.25))
+    manifest = json.loads((data / "manifest.json").read_text())
+    out = tmp_path / "eval"
+    assert _cli("--suite", "shapes", "--checkpoint", run_dir, "--out", out, "--data", data,
+                "--sampler", "ddim", "--decoding", "beam", *FAST) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["shapes"]
+    assert metrics["num_items"] == manifest["splits"]["test"]["items"] > 0 and "test split" in metrics["items"]
+    prompts = [json.loads(line) for line in (out / "shapes" / "prompts.jsonl").read_text().splitlines()]
+    assert all(p["key"].startswith("shapes-3-") for p in prompts)  # the prepared items, not make_item(·, 1000)
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert config["sampling"]["sampler"] == "ddim" and config["sampling"]["decoding"] == "beam"
+    assert _cli("--suite", "shapes", "--checkpoint", run_dir, "--out", tmp_path / "x", "--data", tmp_path) == 2
+
+
+def test_coco_suite_end_to_end_with_stand_in_weights(run_dir, tmp_path):
+    root = make_coco_fixture(tmp_path / "coco")
+    inception = save_tiny_inception(tmp_path / "inception.pt")
+    clip_config, clip_weights = save_tiny_clip(tmp_path)
+    out = tmp_path / "eval"
+    args = ["--checkpoint", run_dir, "--out", out, "--coco-root", root, "--karpathy-split", root / "dataset_coco.json",
+            "--num-prompts", 6, "--coco-seed", 1, "--inception", inception, "--clip-arch", "tiny-test-clip",
+            "--clip-weights", clip_weights, "--clip-config", clip_config, "--fid-stats-dir", tmp_path / "stats",
+            "--set", "coco.caption_metrics=[bleu, cider]", *FAST]
+    assert _cli("--suite", "coco", *args) == 0
+    coco = json.loads((out / "metrics.json").read_text())["coco"]
+    assert coco["num_test_images"] == 4 and coco["skipped"]["skipped"] == {"missing-image-file": 1}
+    assert "CIDEr" in coco["captioning"] and "BLEU-4" in coco["captioning"] and "METEOR" not in coco["captioning"]
+    gen = coco["generation"]
+    assert gen["num_generated"] == 6 and gen["fid"] > 0 and 0 <= gen["clip_score"] <= 100
+    assert not gen["fid_reference_cached"] and len(list((tmp_path / "stats").glob("*.npz"))) == 1
+    prompts = (out / "coco" / "prompts.jsonl").read_text().splitlines()
+    assert json.loads(prompts[0])["seed"] == 1 and len(prompts) == 7
+    images = _report_images(out)
+    assert "coco/generation_grid.png" in images and all(_valid_png(out / rel) for rel in images)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["skipped"] == {"missing-image-file": 1}
+    # a rerun reuses the generations and the cached reference statistics
+    assert _cli("--suite", "coco", *args) == 0
+    again = json.loads((out / "metrics.json").read_text())["coco"]["generation"]
+    assert again["fid_reference_cached"] and again["fid"] == pytest.approx(gen["fid"])
+
+
+def _subprocess_cli(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LMFUSION_QUIET": "1"}
+    return subprocess.run([sys.executable, "-m", "lmfusion_cli.cli", "evaluate", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing-inception", "wrong-layout"])
+def test_coco_input_errors_exit_2_with_one_sentence(run_dir, tmp_path, case):
+    root = make_coco_fixture(tmp_path / "coco")
+    inception = save_tiny_inception(tmp_path / "inception.pt")
+    if case == "missing-inception":
+        inception = tmp_path / "weights" / "inception-2015-12-05.pt"
+    else:
+        (root / "annotations" / "captions_val2014.json").rename(root / "captions_val2014.json")
+    result = _subprocess_cli("--suite", "coco", "--checkpoint", run_dir, "--out", tmp_path / "eval",
+                             "--coco-root", root, "--inception", inception, "--clip-weights", tmp_path / "clip.pt")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].count(". ") == 0
+    named = str(inception) if case == "missing-inception" else "annotations/captions_val2014.json"
+    assert named in lines[0]
+    assert not (tmp_path / "eval").exists()  # nothing was started
+
+
+def test_user_errors_before_any_work(run_dir, tmp_path, capsys):
+    assert _cli("--suite", "coco", "--checkpoint", run_dir, "--out", tmp_path / "a") == 2
+    assert "--coco-root" in capsys.readouterr().err
+    assert _cli("--suite", "text", "--checkpoint", tmp_path / "none", "--out", tmp_path / "b") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert _cli("--suite", "text", "--checkpoint", run_dir, "--out", tmp_path / "c", "--text-items",
+                tmp_path / "none.jsonl") == 2
+    assert "none.jsonl" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert _cli("--suite", "text", "--checkpoint", run_dir, "--out", mine, "--overwrite") == 2
+    assert "holds no lmfusion evaluation" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep"
+    if not torch.cuda.is_available():
+        assert _cli("--suite", "text", "--checkpoint", run_dir, "--out", tmp_path / "d", "--device", "cuda:3") == 2
+        assert "no CUDA device" in capsys.readouterr().err
