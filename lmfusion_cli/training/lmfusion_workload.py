@@ -68,6 +68,7 @@ class LMFusionWorkload:
         self.bos_id = tokenizer.bos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._outside_groups: set[str] | None = None
 
     # ---- sharding ----------------------------------------------------------------------------------
     def shard_units(self) -> list[list[nn.Module]]:
@@ -154,9 +155,12 @@ class LMFusionWorkload:
         the same (a zero gradient still moves a parameter through its moments; a missing one does not)
         whatever the process count. The root group stays unsharded after the forward (FSDP2's default
         for the root), so these are the full parameters here."""
-        in_groups = {id(p) for group in self.shard_units() for m in group for p in m.parameters()}
-        touched = [p.reshape(-1)[:1].sum() for p in unwrap(model).parameters()
-                   if p.requires_grad and id(p) not in in_groups]
+        if self._outside_groups is None:  # names are stable; the parameter objects change under FSDP2
+            in_groups = {id(p) for group in self.shard_units() for m in group for p in m.parameters()}
+            self._outside_groups = {n for n, p in self.model.named_parameters()
+                                    if p.requires_grad and id(p) not in in_groups}
+        touched = [p.reshape(-1)[:1].sum() for n, p in unwrap(model).named_parameters()
+                   if n in self._outside_groups]
         return 0.0 * torch.stack(touched).sum().float() if touched else torch.zeros(())
 
     def validation_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int],
