@@ -78,7 +78,7 @@ def test_config_defaults_and_checks():
 def test_all_runs_text_and_shapes_resumes_and_refuses_other_settings(run_dir, tmp_path):
     out = tmp_path / "eval"
     mc = _small_mc_file(tmp_path / "mc.jsonl")
-    common = ["--checkpoint", run_dir, "--out", out, "--num-items", 5, "--text-items", mc, *FAST]
+    common = ["--checkpoint", run_dir, "--out", out, "--num-items", 5, "--shapes-seed", 7, "--text-items", mc, *FAST]
     assert _cli("--suite", "all", *common) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["suites_run"] == ["text", "shapes"] and "coco-root" in metrics["suites_skipped"]["coco"]
@@ -94,6 +94,10 @@ def test_all_runs_text_and_shapes_resumes_and_refuses_other_settings(run_dir, tm
     report = (out / "report.md").read_text()
     prompts = [json.loads(line)["caption"] for line in (out / "shapes" / "prompts.jsonl").read_text().splitlines()]
     assert "| " + " | ".join(prompts) + " |" in report and "suites not run" in report
+    keys = [json.loads(line)["key"] for line in (out / "shapes" / "prompts.jsonl").read_text().splitlines()]
+    assert keys == [f"shapes-7-{i:08d}" for i in range(5)]  # --shapes-seed picks the held-out items
+    captions = [json.loads(line)["caption"] for line in (out / "shapes" / "captions.jsonl").read_text().splitlines()]
+    assert len(captions) == 5 and all(len(c.split()) <= 4 for c in captions)  # --max-new-tokens 4, one word each
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "evaluation" and manifest["complete"]
     assert manifest["files"]["shapes/generations/00004.png"]["sha256"] and manifest["counts"]["kept"] == 5
@@ -115,9 +119,14 @@ def test_all_runs_text_and_shapes_resumes_and_refuses_other_settings(run_dir, tm
 
 
 def test_text_suite_default_set_and_a_model_whose_text_changed(run_dir, tmp_path):
+    import shutil
+
+    moved_base = shutil.copytree(run_dir.parent / "base", tmp_path / "moved-base")
     metrics = run_evaluate(build_config(EvaluateConfig, {
-        "checkpoint": str(run_dir), "out": str(tmp_path / "frozen"), "suite": "text", "batch_size": 16}))
+        "checkpoint": str(run_dir), "out": str(tmp_path / "frozen"), "suite": "text", "batch_size": 16,
+        "base": str(moved_base)}))
     text = metrics["text"]
+    assert text["base_model"] == str(moved_base)  # --base: both the fused model and the reference LM use it
     assert text["identical"] and text["max_abs_diff"] == 0.0 and text["num_items"] > 200  # the shipped tiny set
     assert text["models"]["base"] == text["models"]["fused"]
     per_item = {name: [json.loads(line) for line in (tmp_path / "frozen" / "text" / f"per_item_{name}.jsonl")
@@ -184,12 +193,13 @@ def test_coco_suite_end_to_end_with_stand_in_weights(run_dir, tmp_path):
     clip_config, clip_weights = save_tiny_clip(tmp_path)
     out = tmp_path / "eval"
     args = ["--checkpoint", run_dir, "--out", out, "--coco-root", root, "--karpathy-split", root / "dataset_coco.json",
-            "--num-prompts", 6, "--coco-seed", 1, "--inception", inception, "--clip-arch", "tiny-test-clip",
+            "--num-prompts", 6, "--coco-seed", 1, "--num-caption-images", 3, "--inception", inception, "--clip-arch", "tiny-test-clip",
             "--clip-weights", clip_weights, "--clip-config", clip_config, "--fid-stats-dir", tmp_path / "stats",
             "--set", "coco.caption_metrics=[bleu, cider]", *FAST]
     assert _cli("--suite", "coco", *args) == 0
     coco = json.loads((out / "metrics.json").read_text())["coco"]
-    assert coco["num_test_images"] == 4 and coco["skipped"]["skipped"] == {"missing-image-file": 1}
+    assert coco["num_test_images"] == 3 and coco["skipped"]["skipped"] == {"missing-image-file": 1}
+    assert len((out / "coco" / "captions.jsonl").read_text().splitlines()) == 3
     assert "CIDEr" in coco["captioning"] and "BLEU-4" in coco["captioning"] and "METEOR" not in coco["captioning"]
     gen = coco["generation"]
     assert gen["num_generated"] == 6 and gen["fid"] > 0 and 0 <= gen["clip_score"] <= 100
@@ -245,3 +255,35 @@ def test_user_errors_before_any_work(run_dir, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert _cli("--suite", "text", "--checkpoint", run_dir, "--out", tmp_path / "d", "--device", "cuda:3") == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_every_option_reaches_its_config_field_and_yaml_is_overridden(tmp_path, monkeypatch):
+    import lmfusion_cli.evaluation.stage as stage
+
+    seen = []
+    monkeypatch.setattr(stage, "run_evaluate", seen.append)
+    (tmp_path / "eval.yaml").write_text("suite: text\nbatch_size: 3\nsampling:\n  steps: 9\n  num_beams: 2\n"
+                                        "coco:\n  num_prompts: 50\n")
+    p = str(tmp_path)
+    options = {"--suite": "coco", "--checkpoint": p + "/ck", "--out": p + "/out", "--num-items": 7, "--shapes-seed": 11,
+               "--data": p + "/data", "--text-items": p + "/mc.jsonl", "--text-split": "dev", "--coco-root": p + "/coco",
+               "--karpathy-split": p + "/k.json", "--num-caption-images": 12, "--coco-seed": 4,
+               "--inception": p + "/inc.pt", "--clip-arch": "RN50", "--clip-weights": p + "/clip.bin",
+               "--clip-config": p + "/clip.json", "--fid-stats-dir": p + "/stats", "--cfg-scale": 2.5, "--sampler": "euler",
+               "--decoding": "top-p", "--max-new-tokens": 6, "--ptb-tokenizer": "java", "--base": p + "/base",
+               "--tokenizer": p + "/tok", "--vae": p + "/vae", "--device": "cpu"}
+    args = [str(a) for kv in options.items() for a in kv]
+    assert _cli(*args, "--overwrite", "--config", tmp_path / "eval.yaml", "--set", "sampling.cache=false") == 0
+    cfg = seen[0]
+    assert (cfg.suite, cfg.checkpoint, cfg.out, cfg.batch_size, cfg.ptb_tokenizer) == ("coco", p + "/ck", p + "/out", 3, "java")
+    assert (cfg.base, cfg.tokenizer, cfg.vae, cfg.device, cfg.overwrite) == (p + "/base", p + "/tok", p + "/vae", "cpu", True)
+    assert (cfg.shapes.num_items, cfg.shapes.seed, cfg.shapes.data) == (7, 11, p + "/data")
+    assert (cfg.text.items, cfg.text.split) == (p + "/mc.jsonl", "dev")
+    c = cfg.coco
+    assert (c.root, c.karpathy_split, c.num_caption_images, c.num_prompts, c.seed) == (p + "/coco", p + "/k.json", 12, 50, 4)
+    assert (c.inception, c.clip_arch, c.clip_weights, c.clip_config, c.fid_stats_dir) == (
+        p + "/inc.pt", "RN50", p + "/clip.bin", p + "/clip.json", p + "/stats")
+    s = cfg.sampling
+    assert (s.cfg_scale, s.steps, s.sampler, s.decoding, s.max_new_tokens, s.num_beams, s.cache) == (
+        2.5, 9, "euler", "top-p", 6, 2, False)
+    assert _cli("--checkpoint", "c", "--out", "o", "--suite", "pictures") == 2
