@@ -114,6 +114,10 @@ class LMFusionModel(nn.Module):
         self.patcher = make_patcher(config, hidden)
         self.diffusion = Diffusion(config)
 
+        # the mask has no sliding-window predicate: refuse sequences longer than a base's window
+        window = getattr(base.config, "sliding_window", None)
+        self.sliding_window = window if window and getattr(base.config, "use_sliding_window", True) else None
+
         dtype = head.weight.dtype
         for module in (self.image_experts, self.image_norm, self.patcher):
             if module is not None:
@@ -180,6 +184,11 @@ class LMFusionModel(nn.Module):
         rope = self.base.model.rotary_emb(hidden.view(B, T, -1), batch.position_ids)  # (B, T, hd) ×2
 
         past = 0 if cache is None else cache.length
+        if self.sliding_window is not None and past + T > self.sliding_window:
+            raise ValueError(
+                f"{past + T} positions exceed the base's sliding window of {self.sliding_window}; "
+                "LMFusion's mask has no sliding-window predicate, so keep sequences within it"
+            )
         past_docs = batch.document_ids.new_empty(B, 0) if cache is None else cache.document_ids
         info = MaskInfo(
             q_image=batch.image_index,

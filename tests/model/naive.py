@@ -39,8 +39,18 @@ def _proj(attn, name, x):
     return out
 
 
-def naive_hidden(model: LMFusionModel, batch: MixedBatch, image_tokens: torch.Tensor | None) -> torch.Tensor:
-    """Final hidden states (B, T, D) before the output norms; padding positions are zeroed."""
+def naive_hidden(
+    model: LMFusionModel,
+    batch: MixedBatch,
+    image_tokens: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
+    sdpa: bool = False,
+) -> torch.Tensor:
+    """Final hidden states (B, T, D) before the output norms; padding positions are zeroed.
+
+    mask: (B, 1, T, T) bool, default `reference_mask(batch)` (pass it in to time the layers alone).
+    sdpa: use torch's fused attention instead of the written-out softmax (for the benchmark).
+    """
     B, T = batch.input_ids.shape
     is_image = batch.modality == IMAGE
     is_real = (batch.modality == TEXT) | is_image
@@ -50,7 +60,7 @@ def naive_hidden(model: LMFusionModel, batch: MixedBatch, image_tokens: torch.Te
         emb = torch.where(is_image[:, :, None], picked, emb)
     h = emb * is_real[:, :, None]
     cos, sin = model.base.model.rotary_emb(h, batch.position_ids)
-    mask = reference_mask(batch)
+    mask = reference_mask(batch) if mask is None else mask
     for i, text in enumerate(model.base.model.layers):
         image = model.image_experts[i] if model.image_experts is not None else text
         t_attn, i_attn = text.self_attn, getattr(image, "self_attn", text.self_attn)
@@ -64,8 +74,11 @@ def naive_hidden(model: LMFusionModel, batch: MixedBatch, image_tokens: torch.Te
         v = qkv[2]
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * t_attn.scaling
-        att = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v  # (B, H, T, hd)
+        if sdpa:
+            att = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=t_attn.scaling)
+        else:
+            scores = (q @ k.transpose(-1, -2)) * t_attn.scaling
+            att = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v  # (B, H, T, hd)
         att = att.transpose(1, 2).reshape(B, T, -1)
         h = h + _both(t_attn.o_proj, i_attn.o_proj, att, is_image) * is_real[:, :, None]
         mlp = _both(

@@ -57,3 +57,13 @@ def test_non_llama_layout_is_refused_in_one_sentence():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(UserError, match="not a Llama-layout"):
         LMFusionModel.from_base(gpt2, latent_size=8)
+
+
+def test_sequences_longer_than_a_sliding_window_are_refused():
+    import torch
+
+    model = LMFusionModel.from_base(tiny_base("mistral", sliding_window=8), latent_size=8, patcher="linear")
+    assert model.sliding_window == 8
+    model.text_logits(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]))
+    with pytest.raises(ValueError, match="sliding window"):
+        model.text_logits(torch.tensor([list(range(1, 10))]))
