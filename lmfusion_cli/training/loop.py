@@ -123,6 +123,9 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
         _write_run_files(run_dir, config, workload, state, complete=False)
     barrier(ctx)
 
+    log.info("training %s: steps %d → %d, %d process(es), global batch %d, run folder %s",
+             workload.describe().get("base", "?"), state.step, config.train.stop_at or config.schedule.steps,
+             ctx.world_size, config.train.batch_size, run_dir)
     logger = TrainLogger(run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard)
     if resume_from:
         logger.write({"event": "resume", "step": state.step, "from": resume_from, "world_size": ctx.world_size})
