@@ -104,6 +104,8 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     found = ckpt.find_resume_point(run_dir, config.train.resume)
     resume_from = broadcast_object(str(found) if found else None, ctx)  # rank 0's view wins
     ckpt.prepare_root(run_dir / "checkpoints", ctx)
+    if resume_from:
+        _refuse_newer_checkpoints(run_dir, Path(resume_from))
     source = source_factory(config.data.latents, config.data.train_split)
     val_source = source_factory(config.data.latents, config.data.val_split) if config.data.val_split else None
     torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
@@ -227,6 +229,17 @@ def _autocast(config: TrainRunConfig, ctx: DistContext) -> contextlib.AbstractCo
     bf16 = config.train.precision == "bf16" or (
         config.train.precision == "auto" and ctx.device.type == "cuda" and torch.cuda.is_bf16_supported())
     return torch.autocast(ctx.device.type, dtype=torch.bfloat16) if bf16 else None
+
+
+def _refuse_newer_checkpoints(run_dir: Path, resume_from: Path) -> None:
+    """Resuming an older step of this run would mix two histories (and `--resume auto` would later
+    pick the abandoned newer one): refuse until the newer checkpoints are moved away."""
+    older = ckpt.list_checkpoints(run_dir / "checkpoints")
+    newer = [c.path.name for c in older if c.path.resolve().parent == resume_from.resolve().parent
+             and c.step > int(resume_from.name.split("-")[-1])]
+    if newer:
+        raise UserError(f"{run_dir} has checkpoints newer than {resume_from.name} ({', '.join(newer)}); move them "
+                        "out of checkpoints/ to restart from that step, or train into another --out.")
 
 
 def _trainer_state(state: TrainState, config: TrainRunConfig) -> dict[str, Any]:

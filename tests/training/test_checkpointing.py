@@ -83,3 +83,14 @@ def test_save_then_load_restores_weights_optimizer_and_rng(tmp_path):
     assert other_opt.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
     frozen = dict(other.model.named_parameters())["embed.weight"]
     assert not torch.equal(frozen, workload.model.embed.weight)  # frozen weights are not in the checkpoint
+
+
+def test_resuming_an_older_step_with_newer_ones_present_is_refused(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = make_config(copy, train={"save_every": 2, "keep_last": 2, "resume": str(copy / "checkpoints" / "step-00000004")})
+    with pytest.raises(UserError, match=r"newer than step-00000004 \(step-00000006\)"):
+        run_training(config, *toy_factories())
+    shutil.rmtree(copy / "checkpoints" / "step-00000006")
+    result = run_training(config, *toy_factories())
+    assert result.step == 6 and len(result.losses) == 2
