@@ -173,7 +173,8 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
                 logger.write({"step": state.step, "loss": result.loss, "text_loss": result.text_loss,
                               "image_loss": result.image_loss, "lr": lr, "grad_norm": result.grad_norm,
                               "tokens_per_s": result.tokens / seconds, "images_per_s": result.images / seconds,
-                              "memory_mb": memory_mb(ctx.device), "skipped": not result.applied,
+                              "memory_mb": memory_mb(ctx.device), "cpu_s": time.process_time(),
+                              "skipped": not result.applied,
                               "skipped_total": state.skipped_steps, "epoch": stream.epoch})
             logger.step_done({"loss": result.loss})
             last = state.step == end

@@ -145,7 +145,8 @@ def test_logs_jsonl_tensorboard_and_validation(tmp_path):
     records = read_jsonl(tmp_path / "run" / "logs" / "train.jsonl")
     steps = [r for r in records if "event" not in r]
     assert [r["step"] for r in steps] == list(range(1, 7))
-    for key in ("loss", "text_loss", "image_loss", "lr", "grad_norm", "tokens_per_s", "images_per_s", "memory_mb"):
+    for key in ("loss", "text_loss", "image_loss", "lr", "grad_norm", "tokens_per_s", "images_per_s", "memory_mb",
+                "cpu_s"):
         assert all(isinstance(r[key], float) for r in steps), key
     assert steps[0]["lr"] == pytest.approx(3e-3 / 2)  # warmup 2 steps
     vals = [r for r in records if r.get("event") == "val"]
