@@ -23,7 +23,7 @@ from lmfusion_cli.data.latents import expect_from_vae, open_latent_cache, verify
 from lmfusion_cli.data.prepare import run_prepare
 from lmfusion_cli.data.shards import Sample, iter_samples, write_shard
 from lmfusion_cli.data.vae import default_vae_path
-from tests.data.latent_helpers import make_vae
+from .latent_helpers import make_vae
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,7 @@ from lmfusion_cli.data.config import EncodeConfig, PrepareConfig
 from lmfusion_cli.data.encode import run_encode
 from lmfusion_cli.data.latents import open_latent_cache
 from lmfusion_cli.data.prepare import run_prepare
-from tests.data.latent_helpers import make_vae
+from .latent_helpers import make_vae
 
 
 def files(folder):
@@ -35,6 +35,7 @@ def straight(tmp_path_factory):
     return tmp_path, vae, common, manifest
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted(straight):
     tmp_path, vae, common, _ = straight
 
@@ -60,6 +61,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(straight):
         assert (out / name).stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(straight):
     tmp_path, vae, common, straight = straight
     two = run_encode(build_config(EncodeConfig, {**common, "out": str(tmp_path / "two"), "gpus": 2}))

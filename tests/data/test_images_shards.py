@@ -11,7 +11,7 @@ from PIL import Image
 
 from lmfusion_cli.data.images import BadImage, decode_image, encode_image, resize_center_crop
 from lmfusion_cli.data.shards import Sample, iter_samples, safe_key, scan_shard, write_shard
-from tests.data.helpers import image_bytes, truncated_jpeg
+from .helpers import image_bytes, truncated_jpeg
 
 
 def test_decode_reasons():

@@ -15,7 +15,7 @@ from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import verify_files
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.prepare import assign_split, run_prepare
-from tests.data.helpers import image_bytes, make_coco, truncated_jpeg
+from .helpers import image_bytes, make_coco, truncated_jpeg
 
 
 def cfg(**kw) -> PrepareConfig:
