@@ -19,7 +19,9 @@ from lmfusion_cli.common.hashing import sha256_json
 
 def default_vae_path() -> Path:
     """The tiny VAE shipped in the package (`lmfusion_cli/assets/tiny-vae`, built by `make assets`)."""
-    return Path(__file__).resolve().parent.parent / "assets" / "tiny-vae"
+    from lmfusion_cli.assets import TINY_VAE
+
+    return TINY_VAE
 
 
 def resolve_vae(spec: str | None) -> str:
