@@ -32,6 +32,7 @@ import json
 import logging
 import shutil
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -260,47 +261,33 @@ def _run_coco(cfg: EvaluateConfig, out: Path, loaded, scorers: tuple[Any, str, A
 
 
 # ---- the stage -------------------------------------------------------------------------------------
-def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Run the suites `cfg` asks for and write `cfg.out` (see the module docstring); return the metrics."""
-    out = Path(cfg.out)
-    suites = cfg.suites()
-    device = _device(cfg.device)
-    skips = SkipLog()
-    text_items, text_source, shapes_items, scorers = [], None, None, None
+@dataclass
+class _Inputs:
+    """What the suites read, loaded (or checked) before the model: bad paths fail in seconds."""
+
+    text_items: list = field(default_factory=list)
+    text_source: str | None = None
+    shapes_items: list | None = None
+    coco_scorers: tuple[Any, str, Any] | None = None
+    skips: SkipLog = field(default_factory=SkipLog)
+
+
+def _check_inputs(cfg: EvaluateConfig, suites: list[str], device: str) -> _Inputs:
+    inputs = _Inputs()
     if "text" in suites:
-        text_items, text_skips, text_source = _text_items(cfg)
-        skips.merge(text_skips)
+        inputs.text_items, text_skips, inputs.text_source = _text_items(cfg)
+        inputs.skips.merge(text_skips)
     if "shapes" in suites and cfg.shapes.data:
-        shapes_items, shapes_skips = shapes_test_items(cfg.shapes.data)
-        skips.merge(shapes_skips)
+        inputs.shapes_items, shapes_skips = shapes_test_items(cfg.shapes.data)
+        inputs.skips.merge(shapes_skips)
     if "coco" in suites:
-        scorers = _coco_scorers(cfg, device)
-    from lmfusion_cli.sampling.loading import load_for_sampling, resolve_checkpoint  # after the quick checks
+        inputs.coco_scorers = _coco_scorers(cfg, device)
+    return inputs
 
-    resolved = resolve_checkpoint(cfg.checkpoint)
-    settings = _generation_settings(cfg, _weights_sha256(resolved.model_dir))
-    previous = _prepare_out(out, cfg.overwrite)
-    _check_resume(out, previous, settings)
 
-    loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae, device=device)
-    inputs = {**loaded.describe(), "text_items": text_source, "shapes_data": cfg.shapes.data, "coco_root": cfg.coco.root}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    common = {"inputs": inputs, "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
-              "generation_settings": settings}
-    write_manifest(out, KIND, complete=False, **common)
-    log.info("evaluating %s (step %s): %s", loaded.checkpoint.model_dir, loaded.checkpoint.step, ", ".join(suites))
-
-    results: dict[str, tuple[dict[str, Any], Section]] = {}
-    with torch.no_grad():
-        for suite in suites:
-            if suite == "text":
-                results[suite] = _run_text(cfg, out, loaded, text_items, device)
-            elif suite == "shapes":
-                results[suite] = _run_shapes(cfg, out, loaded, shapes_items)
-            else:
-                results[suite] = _run_coco(cfg, out, loaded, scorers)
-                skips.merge(_coco_skips(results[suite][0]))
+def _write_results(out: Path, cfg: EvaluateConfig, loaded, suites: list[str],
+                   results: dict[str, tuple[dict[str, Any], Section]]) -> dict[str, Any]:
+    """metrics.json and report.md (with a note on the suites `all` could not run); returns the metrics."""
     skipped = {"coco": "no --coco-root given"} if cfg.suite == "all" and "coco" not in suites else {}
     metrics = {"checkpoint": str(loaded.checkpoint.model_dir), "step": loaded.checkpoint.step,
                "suites_run": suites, "suites_skipped": skipped, **{name: m for name, (m, _) in results.items()}}
@@ -310,11 +297,45 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             f"- **{name}**: {why}; pass `--coco-root DIR` (with `--inception` and `--clip-weights`) to run it."
             for name, why in skipped.items())))
     report.write_metrics(out, metrics)
-    report.write_report(out, f"lmfusion evaluation: {loaded.checkpoint.model_dir} (step {loaded.checkpoint.step})",
-                        sections)
+    title = f"lmfusion evaluation: {loaded.checkpoint.model_dir} (step {loaded.checkpoint.step})"
+    report.write_report(out, title, sections)
+    return metrics
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Run the suites `cfg` asks for and write `cfg.out` (see the module docstring); return the metrics."""
+    out = Path(cfg.out)
+    suites = cfg.suites()
+    device = _device(cfg.device)
+    inputs = _check_inputs(cfg, suites, device)
+    from lmfusion_cli.sampling.loading import load_for_sampling, resolve_checkpoint  # after the quick checks
+
+    settings = _generation_settings(cfg, _weights_sha256(resolve_checkpoint(cfg.checkpoint).model_dir))
+    _check_resume(out, _prepare_out(out, cfg.overwrite), settings)
+    loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    described = {**loaded.describe(), "text_items": inputs.text_source, "shapes_data": cfg.shapes.data,
+                 "coco_root": cfg.coco.root}
+    common = {"inputs": described, "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
+              "generation_settings": settings}
+    write_manifest(out, KIND, complete=False, **common)
+    log.info("evaluating %s (step %s): %s", loaded.checkpoint.model_dir, loaded.checkpoint.step, ", ".join(suites))
+
+    results: dict[str, tuple[dict[str, Any], Section]] = {}
+    with torch.no_grad():
+        for suite in suites:
+            if suite == "text":
+                results[suite] = _run_text(cfg, out, loaded, inputs.text_items, device)
+            elif suite == "shapes":
+                results[suite] = _run_shapes(cfg, out, loaded, inputs.shapes_items)
+            else:
+                results[suite] = _run_coco(cfg, out, loaded, inputs.coco_scorers)
+                inputs.skips.merge(_coco_skips(results[suite][0]))
+    metrics = _write_results(out, cfg, loaded, suites, results)
     files = {p.relative_to(out).as_posix(): file_entry(p) for p in sorted(out.rglob("*"))
              if p.is_file() and p.name != MANIFEST_NAME}
-    write_manifest(out, KIND, complete=True, files=files, **common, **skips.to_dict())
+    write_manifest(out, KIND, complete=True, files=files, **common, **inputs.skips.to_dict())
     log.info("wrote %s and %s", out / "metrics.json", out / "report.md")
     return metrics
 
