@@ -89,6 +89,11 @@ def test_cache_equals_direct_encode_and_reader_scales(setup):
     want = (item["mean"].float() + item["std"].float() * eps - 0.1) * 0.5
     torch.testing.assert_close(cache.draw(3, g1), want)
     torch.testing.assert_close(cache.to_vae_space(want), item["mean"].float() + item["std"].float() * eps)
+    # picklable after use (DataLoader workers reopen the memory maps)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(cache))
+    assert again[3]["key"] == item["key"] and torch.equal(again[3]["mean"], item["mean"])
     # a rerun with the same settings reuses the finished cache
     before = (root / "lat" / "train-00000.safetensors").stat().st_mtime_ns
     run_encode(ecfg(root, "lat", vae))
