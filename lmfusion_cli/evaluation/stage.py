@@ -217,13 +217,16 @@ def _run_text(cfg: EvaluateConfig, out: Path, loaded, items: list, device: str) 
     except OSError as e:
         raise UserError(f"The base model {model.base_id} cannot be loaded with transformers ({type(e).__name__}); "
                         f"pass its folder with --base.") from e
-    vocab = model.vocab_size
+    vocab, base_logits = model.vocab_size, hf_logits_fn(base)
 
     def fused(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return model.text_logits(input_ids, attention_mask)[..., :vocab]  # (B, T, V_base)
+        return model.text_logits(input_ids.to(device), attention_mask.to(device))[..., :vocab]  # (B, T, V_base)
+
+    def reference(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return base_logits(input_ids.to(device), attention_mask.to(device))  # (B, T, V_base)
 
     try:
-        metrics, section = run_text_suite(out, items, loaded.tokenizer, {"base": hf_logits_fn(base), "fused": fused},
+        metrics, section = run_text_suite(out, items, loaded.tokenizer, {"base": reference, "fused": fused},
                                           batch_size=cfg.batch_size)
     finally:
         del base
@@ -313,13 +316,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     settings = _generation_settings(cfg, _weights_sha256(resolve_checkpoint(cfg.checkpoint).model_dir))
     _check_resume(out, _prepare_out(out, cfg.overwrite), settings)
     loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae, device=device)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     described = {**loaded.describe(), "text_items": inputs.text_source, "shapes_data": cfg.shapes.data,
                  "coco_root": cfg.coco.root}
     common = {"inputs": described, "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
               "generation_settings": settings}
-    write_manifest(out, KIND, complete=False, **common)
+    write_manifest(out, KIND, complete=False, **common)  # first: it is what makes a rerun resume, not refuse
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     log.info("evaluating %s (step %s): %s", loaded.checkpoint.model_dir, loaded.checkpoint.step, ", ".join(suites))
 
     results: dict[str, tuple[dict[str, Any], Section]] = {}

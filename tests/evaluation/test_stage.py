@@ -287,3 +287,34 @@ def test_every_option_reaches_its_config_field_and_yaml_is_overridden(tmp_path, 
     assert (s.cfg_scale, s.steps, s.sampler, s.decoding, s.max_new_tokens, s.num_beams, s.cache) == (
         2.5, 9, "euler", "top-p", 6, 2, False)
     assert _cli("--checkpoint", "c", "--out", "o", "--suite", "pictures") == 2
+
+
+def test_an_interrupted_run_resumes_keeping_what_it_generated(run_dir, tmp_path, monkeypatch):
+    import lmfusion_cli.evaluation.stage as stage
+
+    real = stage._generate_fn
+    calls = []
+
+    def crashing(cfg, loaded):
+        generate = real(cfg, loaded)
+
+        def generate_fn(prompts, seeds):
+            calls.append(seeds)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # the run is stopped during the second batch
+            return generate(prompts, seeds)
+
+        return generate_fn
+
+    out = tmp_path / "eval"
+    args = ["--suite", "shapes", "--checkpoint", run_dir, "--out", out, "--num-items", 4, *FAST, "--batch-size", 2]
+    monkeypatch.setattr(stage, "_generate_fn", crashing)
+    assert _cli(*args) == 130
+    gens = out / "shapes" / "generations"
+    first = {p.name: p.stat().st_mtime_ns for p in gens.iterdir()}
+    assert sorted(first) == ["00000.png", "00001.png"] and not (out / "metrics.json").exists()
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    monkeypatch.setattr(stage, "_generate_fn", real)
+    assert _cli(*args) == 0
+    assert all((gens / name).stat().st_mtime_ns == t for name, t in first.items()) and len(list(gens.iterdir())) == 4
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
