@@ -162,7 +162,7 @@ class LogConfig:
     tensorboard: bool = True
     """Also write TensorBoard events to out/logs/tb."""
     val_every: int = 0
-    """Validation loss every this many optimizer steps (and at the end); 0 = only at the end."""
+    """Validation loss every this many optimizer steps (and before the first step and at the end); 0 = ends only."""
     val_items: int = 32
     """Held-out items in the validation loss (first N of data.val_split)."""
     val_timesteps: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)

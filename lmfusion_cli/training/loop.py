@@ -139,6 +139,9 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     signalled = False
     model.train()
     end = min(config.train.stop_at or config.schedule.steps, config.schedule.steps)
+    if val_source is not None and state.step == 0:  # the untrained baseline of the validation curve
+        logger.write({"event": "val", "step": 0,
+                      **validate(model, workload, val_source, config.log, config.train.micro_batch_size, ctx)})
     with stop.installed():
         while state.step < end:
             t0 = time.perf_counter()

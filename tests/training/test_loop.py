@@ -150,7 +150,7 @@ def test_logs_jsonl_tensorboard_and_validation(tmp_path):
         assert all(isinstance(r[key], float) for r in steps), key
     assert steps[0]["lr"] == pytest.approx(3e-3 / 2)  # warmup 2 steps
     vals = [r for r in records if r.get("event") == "val"]
-    assert [v["step"] for v in vals] == [3, 6] and all(v["val_loss"] > 0 and "val_caption_loss" in v for v in vals)
+    assert [v["step"] for v in vals] == [0, 3, 6] and all(v["val_loss"] > 0 and "val_caption_loss" in v for v in vals)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "run" / "logs" / "tb"))
