@@ -31,7 +31,7 @@ from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import EncodeConfig
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
 from lmfusion_cli.data.latents import DTYPES, KIND, write_latent_shard
-from lmfusion_cli.data.restart import finish_output, read_part, start_output, write_part
+from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output, write_part
 from lmfusion_cli.data.shards import SampleRef, ShardScan, read_image_bytes, scan_shard
 from lmfusion_cli.data.vae import encode_posterior, load_vae, resolve_vae, vae_identity
 
@@ -163,9 +163,12 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _child(rank: int, world: int, jobs: list[ShardJob], cfg: EncodeConfig, vae_spec: str, resolution: int) -> None:
+def _child(rank: int, world: int, jobs: list[ShardJob], cfg: EncodeConfig, vae_spec: str, resolution: int,
+           parent_pid: int) -> None:
     """One of `--gpus N` processes (spawned): its share of the shards on its own device."""
     from lmfusion_cli.common.logs import setup_logging
+
+    exit_with_parent(parent_pid)
 
     setup_logging(quiet=os.environ.get("LMFUSION_QUIET") == "1", verbose=os.environ.get("LMFUSION_VERBOSE") == "1")
     if not torch.cuda.is_available():
@@ -185,7 +188,7 @@ def _run_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, vae_spec: str, resol
 
     ctx = mp.get_context("spawn")
     world = min(cfg.gpus, len(jobs))
-    procs = [ctx.Process(target=_child, args=(r, world, jobs[r::world], cfg, vae_spec, resolution))
+    procs = [ctx.Process(target=_child, args=(r, world, jobs[r::world], cfg, vae_spec, resolution, os.getpid()))
              for r in range(world)]
     for p in procs:
         p.start()

@@ -16,8 +16,6 @@ import hashlib
 import logging
 import os
 import re
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -31,7 +29,7 @@ from lmfusion_cli.common.manifest import SkipLog, file_entry, write_manifest
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.images import BadImage, encode_image, resize_center_crop
-from lmfusion_cli.data.restart import finish_output, read_part, start_output, write_part
+from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output, write_part
 from lmfusion_cli.data.shards import Sample, shard_name, write_shard
 from lmfusion_cli.data.sources import ItemSpec, list_items, load_image
 
@@ -107,17 +105,6 @@ def build_shard(task: ShardTask, cfg: PrepareConfig) -> dict[str, Any]:
     return part
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Pool-worker initializer: exit when the parent dies (a SIGKILLed parent would leave idle orphans)."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _run_tasks(tasks: list[ShardTask], cfg: PrepareConfig, total_items: int, done_items: int) -> list[dict]:
     parts = []
     bar = progress(total=total_items, initial=done_items, desc="prepare", unit="item")
@@ -127,7 +114,7 @@ def _run_tasks(tasks: list[ShardTask], cfg: PrepareConfig, total_items: int, don
             bar.update(len(task.items))
     else:
         # spawn, not fork: the caller may hold threads (tqdm, torch) that fork would copy mid-lock.
-        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
                                  initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(build_shard, task, cfg): task for task in tasks}
             for future in as_completed(futures):

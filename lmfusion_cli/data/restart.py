@@ -4,13 +4,17 @@ An output folder being built holds `.parts/config.json` (the hash of the config 
 output bytes) and one `.parts/<shard>.json` per finished shard, written only after the shard's files
 are renamed into place. A rerun redoes exactly the shards without a record. The manifest is written
 last, then `.parts/` is removed. A finished output is reused when the config matches, refused when it
-does not, and cleared when `overwrite` is set — as is an unfinished one started with another config."""
+does not, and cleared when `overwrite` is set — as is an unfinished one started with another config.
+Worker processes call `exit_with_parent`, so killing the stage kills its workers too."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +87,14 @@ def read_part(out: Path, name: str, needed: list[Path]) -> dict[str, Any] | None
 
 def finish_output(out: Path) -> None:
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """For worker processes: exit once the parent is gone (a SIGKILLed parent would leave orphans behind)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
