@@ -220,6 +220,26 @@ class LMFusionModel(nn.Module):
         return self.patcher.decode(grid, timesteps, skips)
 
     # ---- training ---------------------------------------------------------------------------------
+    def _noised(
+        self, latents: torch.Tensor, generate: torch.Tensor, timesteps: torch.Tensor | None,
+        noise: torch.Tensor | None, generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, timesteps, noise) for clean latents (n, C, H, W); draws what is not given.
+
+        Generation images use the whole schedule; understanding images at most
+        `understanding_max_timestep_fraction` of it (Transfusion §4.3), and stay clean when it is 0.
+        """
+        cap = self.config.understanding_max_timestep_fraction
+        if timesteps is None:
+            fraction = torch.where(generate, 1.0, cap).to(latents.device)
+            timesteps = self.diffusion.sample_timesteps(fraction, generator)
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        noisy = self.diffusion.add_noise(latents, noise, timesteps)
+        if cap == 0:
+            noisy = torch.where(generate[:, None, None, None], noisy, latents)
+        return noisy, timesteps, noise
+
     def forward(
         self,
         batch: MixedBatch,
@@ -240,16 +260,7 @@ class LMFusionModel(nn.Module):
         if num_images:
             if latents is None or latents.shape[0] != num_images:
                 raise ValueError(f"batch has {num_images} images; pass latents of shape ({num_images}, C, H, W)")
-            generate = batch.image_generate
-            if timesteps is None:
-                cap = torch.full((num_images,), cfg.understanding_max_timestep_fraction, device=latents.device)
-                fraction = torch.where(generate, torch.ones_like(cap), cap)
-                timesteps = self.diffusion.sample_timesteps(fraction, generator)
-            if noise is None:
-                noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-            noisy = self.diffusion.add_noise(latents, noise, timesteps)
-            if cfg.understanding_max_timestep_fraction == 0:
-                noisy = torch.where(generate[:, None, None, None], noisy, latents)
+            noisy, timesteps, noise = self._noised(latents, batch.image_generate, timesteps, noise, generator)
             image_tokens, skips = self.patcher.encode(noisy, timesteps)
         else:
             timesteps = torch.zeros(0, device=batch.input_ids.device)

@@ -89,3 +89,23 @@ def test_training_uses_real_timestep_embedding():
         a, _ = model.patcher.encode(latents, torch.tensor([10.0]))
         b, _ = model.patcher.encode(latents, torch.tensor([900.0]))
         assert not torch.allclose(a, b)
+
+
+def test_understanding_images_are_capped_or_clean():
+    from lmfusion_cli.model import collate, image_to_caption
+
+    from .helpers import tiny_model
+
+    for cap in (0.5, 0.0):
+        model = tiny_model("llama3", understanding_max_timestep_fraction=cap)
+        kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id)
+        batch, latents = collate([image_to_caption([5, 6], latents=torch.randn(1, 4, 8, 8), **kw) for _ in range(64)])
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            a, b = model(batch, latents, generator=g), model(batch, latents, generator=g)
+        assert a.num_image_targets == 0 and a.image_loss == 0
+        if cap:
+            assert a.timesteps.max() < 500 and a.timesteps.unique().numel() > 10
+            assert not torch.equal(a.text_loss, b.text_loss)  # noise differs between draws
+        else:
+            assert (a.timesteps == 0).all() and torch.equal(a.text_loss, b.text_loss)  # clean latents
