@@ -16,6 +16,17 @@ from typing import Any, Iterator
 TMP_MARK = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # read the process umask (only way in the stdlib) and put it back
+    os.umask(mask)
+    return mask
+
+
+# `mkstemp`/`mkdtemp` create 0600/0700 entries; final files get the usual permissions instead.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry (a rename inside it) to disk; a no-op where the OS refuses."""
     try:
@@ -36,6 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + TMP_MARK, dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -62,6 +74,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + TMP_MARK, dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -93,6 +106,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + TMP_MARK, dir=path.parent))
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
         _fsync_tree(tmp)

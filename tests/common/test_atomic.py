@@ -61,3 +61,16 @@ def test_atomic_dir_failure_and_stale_cleanup(tmp_path):
     (tmp_path / "keep").write_text("")
     removed = remove_stale_temps(tmp_path)
     assert len(removed) == 2 and [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+def test_final_names_get_normal_permissions(tmp_path):
+    from lmfusion_cli.common.atomic import DIR_MODE, FILE_MODE, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic_file(tmp_path / "b.bin") as tmp:
+        tmp.write_bytes(b"y")
+    with atomic_dir(tmp_path / "d"):
+        pass
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == FILE_MODE != 0o600
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == FILE_MODE
+    assert (tmp_path / "d").stat().st_mode & 0o777 == DIR_MODE != 0o700
