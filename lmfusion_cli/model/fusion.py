@@ -55,7 +55,8 @@ class SegmentOutput:
     """`forward_segment` result."""
 
     text_logits: torch.Tensor | None
-    """(B, T, V) logits at text positions (zeros elsewhere); None when the segment has no text."""
+    """(B, T, V) logits at text positions, zeros elsewhere ((B, k, V) with logits_to_keep=k);
+    None when the segment has no text (in the kept columns)."""
     image_prediction: torch.Tensor | None
     """(num_images, C, H, W) the objective's prediction (ε or velocity); None without images."""
     cache: KVCache | None
@@ -320,6 +321,7 @@ class LMFusionModel(nn.Module):
         timesteps: torch.Tensor | None = None,
         cache: KVCache | None = None,
         update_cache: bool = False,
+        logits_to_keep: int | None = None,
     ) -> SegmentOutput:
         """Run a segment of positions after an optional cache (sampling).
 
@@ -328,6 +330,8 @@ class LMFusionModel(nn.Module):
         latents: (num_images, C, H, W) *already noisy* x_t (clean for a committed image, t = 0);
         timesteps: (num_images,). update_cache=True appends the segment's keys/values (prompts,
         decoded text, finished images); False leaves the cache as it was (denoising steps).
+        logits_to_keep: compute text logits only for the last k columns (k=1 when decoding after a
+        long prompt: left padding puts every row's last token in the last column).
         """
         num_images = segment.num_images
         image_tokens = skips = None
@@ -337,11 +341,14 @@ class LMFusionModel(nn.Module):
             image_tokens, skips = self.patcher.encode(latents, timesteps)
         hidden, routes, new_kv = self._transformer(segment, image_tokens, cache)
         B, T = segment.input_ids.shape
+        keep = T if logits_to_keep is None else min(logits_to_keep, T)
+        text_pos = routes.text[routes.text % T >= T - keep]  # flat text positions in the kept columns
         text_logits = None
-        if routes.text.numel():
-            text_rows = self._text_head(hidden[routes.text])  # (N_text, V)
-            text_logits = text_rows.new_zeros(B * T, text_rows.shape[-1]).index_copy(0, routes.text, text_rows)
-            text_logits = text_logits.view(B, T, -1)
+        if text_pos.numel():
+            text_rows = self._text_head(hidden[text_pos])  # (N_kept_text, V)
+            slots = (text_pos // T) * keep + text_pos % T - (T - keep)
+            text_logits = text_rows.new_zeros(B * keep, text_rows.shape[-1]).index_copy(0, slots, text_rows)
+            text_logits = text_logits.view(B, keep, -1)
         image_prediction = None
         if num_images:
             image_prediction = self._image_out(hidden, routes, segment, num_images, timesteps, skips)

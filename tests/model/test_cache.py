@@ -49,11 +49,14 @@ def test_incremental_text_decoding_equals_full_forward():
     with torch.no_grad():
         full = model.text_logits(torch.tensor([ids]))
         out = model.forward_segment(_text(ids[:3]), update_cache=True)
+        last = model.forward_segment(_text(ids[:3]), logits_to_keep=1).text_logits
         steps = [out.text_logits]
         for i in range(3, len(ids)):
             out = model.forward_segment(_text([ids[i]], start=i), cache=out.cache, update_cache=True)
             steps.append(out.text_logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
+    assert last.shape == (1, 1, full.shape[-1])
+    torch.testing.assert_close(last[:, 0], steps[0][:, -1], atol=ATOL, rtol=0)
 
 
 def test_cfg_branches_with_different_prefix_lengths_run_as_one_batch():
@@ -79,6 +82,18 @@ def test_cfg_branches_with_different_prefix_lengths_run_as_one_batch():
     for prediction in (step.image_prediction, step2.image_prediction):
         torch.testing.assert_close(prediction[0:1], alone[0], atol=ATOL, rtol=0)
         torch.testing.assert_close(prediction[1:2], alone[1], atol=ATOL, rtol=0)
+
+
+def test_flex_with_cache_equals_sdpa_with_cache():
+    sdpa, flex = tiny_model("llama3"), tiny_model("llama3", attention_backend="flex")
+    N, boi = sdpa.num_image_tokens, sdpa.boi_id
+    x_t, t = torch.randn(2, 4, 8, 8), torch.tensor([500.0, 500.0])
+    outs = []
+    with torch.no_grad():
+        for model in (sdpa, flex):
+            cache = model.forward_segment(left_pad([[1, 5, 6, 7, boi], [1, boi]]), update_cache=True).cache
+            outs.append(model.forward_segment(image_segment(cache.next_positions, N), x_t, t, cache=cache).image_prediction)
+    torch.testing.assert_close(outs[1], outs[0], atol=ATOL, rtol=1e-5)
 
 
 def test_select_repeats_rows_for_several_samples_per_prompt():
