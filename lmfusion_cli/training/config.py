@@ -63,6 +63,8 @@ class OptimConfig:
     """AdamW decoupled weight decay (paper: 0.1)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 = no clipping."""
+    text_lr: Optional[float] = None
+    """Peak learning rate of the text modules when they are trained (model.freeze_text: false); None = optim.lr."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -71,6 +73,8 @@ class OptimConfig:
             raise ValueError("optim.beta1 and optim.beta2 must be in [0, 1)")
         if self.eps <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("optim.eps must be > 0, optim.weight_decay and optim.grad_clip >= 0")
+        if self.text_lr is not None and self.text_lr <= 0:
+            raise ValueError(f"optim.text_lr must be > 0 (or null for optim.lr), got {self.text_lr}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,8 @@ class LogConfig:
     """Fixed noise levels of the validation loss, as fractions of the schedule."""
     val_seed: int = 1234
     """Seed of the fixed validation noise (keep it fixed to compare runs)."""
+    count_flops: bool = False
+    """Log training FLOPs (`flops`: torch.utils.flop_counter on the first step of each log interval, × its steps)."""
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.val_every < 0 or self.val_items < 1:

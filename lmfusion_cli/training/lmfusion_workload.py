@@ -58,6 +58,9 @@ def latent_geometry(source: LatentSource) -> tuple[int, int]:
 class LMFusionWorkload:
     """`Workload` for `LMFusionModel` (see `training/workload.py` for the contract)."""
 
+    text_parameter_prefix = "base."
+    """Parameter names of the text modules (the loaded base LM): `optim.text_lr` applies to them when trained."""
+
     def __init__(self, model: nn.Module, tokenizer: Any, seq_len: int, cache_vae: dict[str, Any] | None):
         self.model = model
         self.tokenizer = tokenizer

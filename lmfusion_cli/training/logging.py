@@ -1,7 +1,9 @@
 """Training logs: one JSON line per logged step, TensorBoard scalars, a progress bar with ETA.
 
 `RUN/logs/train.jsonl` holds records `{"step", "loss", "text_loss", "image_loss", "lr", "grad_norm",
-"tokens_per_s", "images_per_s", "memory_mb", "cpu_s" (this process's CPU seconds), ...}` and events (`{"event": "nonfinite", "step",
+"tokens_per_s", "images_per_s", "memory_mb", "cpu_s" (this process's CPU seconds), "flops" (with
+`log.count_flops`: forward+backward FLOPs of all processes since the previous record, the first step of
+the interval counted and multiplied by its steps), ...}` and events (`{"event": "nonfinite", "step",
 "keys"}`, `{"event": "resume", "step"}`, `{"event": "val", "step", "val_loss", ...}`). On resume
 the records past the resumed step are dropped (they describe steps that will be redone), so the log
 reads as one uninterrupted run. Rank 0 only; other ranks get a logger that writes nothing.

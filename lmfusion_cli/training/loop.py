@@ -29,7 +29,7 @@ from lmfusion_cli.common.manifest import write_manifest
 from lmfusion_cli.training import checkpointing as ckpt
 from lmfusion_cli.training.config import RESUME_FIXED_KEYS, TrainRunConfig
 from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, broadcast_object,
-                                               init_distributed, shutdown, wrap_model)
+                                               init_distributed, shutdown, unwrap, wrap_model)
 from lmfusion_cli.training.loader import LatentSource, SampleStream
 from lmfusion_cli.training.logging import TrainLogger, memory_mb
 from lmfusion_cli.training.optim import build_optimizer, build_scheduler
@@ -115,7 +115,8 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     if config.train.compile:
         _compile(workload)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer([(n, p) for n, p in model.named_parameters() if p.requires_grad], config.optim)
+    optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
+                                config.optim, getattr(workload, "text_parameter_prefix", ""))
     scheduler = build_scheduler(optimizer, config.optim, config.schedule)
     stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout)
     state = TrainState()
@@ -136,6 +137,7 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     losses: list[float] = []
     last_ckpt: Path | None = Path(resume_from) if resume_from else None
     saved_step = state.step if resume_from else -1
+    flops, flops_steps = 0.0, 0  # counted FLOPs of this process since the last record, over this many steps
     signalled = False
     model.train()
     end = min(config.train.stop_at or config.schedule.steps, config.schedule.steps)
@@ -146,8 +148,12 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
         while state.step < end:
             t0 = time.perf_counter()
             samples = stream.next_step(config.train.batch_size, ctx.rank, ctx.world_size)
-            result = train_step(model, workload, optimizer, params, samples, config.train.micro_batch_size,
-                                config.optim.grad_clip, autocast, ctx)
+            # log.count_flops: the first step after each record is counted (the counter slows a step down)
+            with _flop_counter(config.log.count_flops and flops_steps == 0) as counter:
+                result = train_step(model, workload, optimizer, params, samples, config.train.micro_batch_size,
+                                    config.optim.grad_clip, autocast, ctx)
+            flops += counter.get_total_flops() if counter is not None else 0.0
+            flops_steps += 1
             lr = scheduler.get_last_lr()[0]
             with warnings.catch_warnings():  # a skipped step has no optimizer.step(); torch warns
                 warnings.simplefilter("ignore", UserWarning)
@@ -178,7 +184,9 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
                               "tokens_per_s": result.tokens / seconds, "images_per_s": result.images / seconds,
                               "memory_mb": memory_mb(ctx.device), "cpu_s": time.process_time(),
                               "skipped": not result.applied,
-                              "skipped_total": state.skipped_steps, "epoch": stream.epoch})
+                              "skipped_total": state.skipped_steps, "epoch": stream.epoch,
+                              **_flops_record(flops, flops_steps, config, ctx)})
+                flops, flops_steps = 0.0, 0
             logger.step_done({"loss": result.loss})
             last = state.step == end
             if val_source is not None and (last or (config.log.val_every and state.step % config.log.val_every == 0)):
@@ -211,6 +219,28 @@ def _set_determinism(config: TrainRunConfig) -> None:
     if config.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+
+
+@contextlib.contextmanager
+def _flop_counter(enabled: bool):
+    """A `FlopCounterMode` around the step (matmuls, convolutions, attention; forward and backward),
+    or None. Frozen weights get no weight-gradient matmul, so frozen-text runs count fewer FLOPs."""
+    if not enabled:
+        yield None
+        return
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        yield counter
+
+
+def _flops_record(counted: float, steps: int, config: TrainRunConfig, ctx: DistContext) -> dict[str, float]:
+    """{"flops": training FLOPs of all processes over the `steps` steps since the previous record}, with
+    log.count_flops: the first of those steps was counted and stands for each of them (a collective)."""
+    if not config.log.count_flops:
+        return {}
+    return {"flops": all_reduce(torch.tensor([counted], dtype=torch.float64), ctx).item() * steps}
 
 
 def _compile(workload: Workload) -> None:

@@ -15,19 +15,26 @@ import torch
 from lmfusion_cli.training.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(params: Iterable[tuple[str, torch.nn.Parameter]], config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over named trainable parameters; decay on ≥2-D weights only."""
-    decay, no_decay = [], []
-    for _, p in params:
+def build_optimizer(params: Iterable[tuple[str, torch.nn.Parameter]], config: OptimConfig,
+                    text_prefix: str = "") -> torch.optim.AdamW:
+    """AdamW over named trainable parameters; decay on ≥2-D weights only.
+
+    With `config.text_lr` set, trainable parameters whose name starts with `text_prefix` (the text
+    modules, when unfrozen: the paper's ablation of training them at a small rate) get that peak rate;
+    the schedule scales every group by the same factor."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in params:
         if not p.requires_grad:
             raise ValueError("build_optimizer got a frozen parameter; pass trainable parameters only")
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
+        is_text = config.text_lr is not None and bool(text_prefix) and name.startswith(text_prefix)
+        groups.setdefault((is_text, p.ndim >= 2), []).append(p)
+    if not groups:
         raise ValueError("the model has no trainable parameters")
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
-                             betas=(config.beta1, config.beta2), eps=config.eps)
+    order = [(False, True), (False, False), (True, True), (True, False)]  # (text, decay)
+    return torch.optim.AdamW(
+        [{"params": groups[key], "weight_decay": config.weight_decay if key[1] else 0.0,
+          "lr": config.text_lr if key[0] else config.lr} for key in order if key in groups],
+        lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
 
 
 def lr_factor(step: int, optim: OptimConfig, schedule: ScheduleConfig) -> float:

@@ -57,6 +57,8 @@ class Workload(Protocol):
     """The full model (frozen and trainable parameters); wrapped in place by FSDP."""
     lambda_image: float
     """λ: weight of the mean diffusion loss against the mean LM loss."""
+    # optional: `text_parameter_prefix: str`, the name prefix of the text modules' parameters, which get
+    # `optim.text_lr` when they are trainable (see LMFusionWorkload); absent = one learning rate.
 
     def shard_units(self) -> list[nn.Module | list[nn.Module]]:
         """FSDP units to `fully_shard` before the root: one per decoder layer (a module, or the list of
