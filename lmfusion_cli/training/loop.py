@@ -96,8 +96,29 @@ def _default_workload(config: TrainRunConfig, source: LatentSource, device: torc
     return build_lmfusion_workload(config, source, device)
 
 
-def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFactory,
-         source_factory: SourceFactory) -> TrainResult:
+@dataclass
+class _Run:
+    """The built pieces of one invocation (what `_build` returns and the step helpers share)."""
+
+    config: TrainRunConfig
+    ctx: DistContext
+    run_dir: Path
+    workload: Workload
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    stream: SampleStream
+    val_source: LatentSource | None
+    state: TrainState
+    resumed_from: str | None
+    last_ckpt: Path | None = None
+    saved_step: int = -1
+
+
+def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFactory,
+           source_factory: SourceFactory) -> _Run:
+    """Processes, data, workload, sharding, optimiser — then maybe resume and write the run files."""
     run_dir = Path(config.train.out)
     _set_determinism(config)
     _check_batch(config, ctx)
@@ -114,7 +135,6 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
                        config.dist.strategy, ctx)
     if config.train.compile:
         _compile(workload)
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
                                 config.optim, getattr(workload, "text_parameter_prefix", ""))
     scheduler = build_scheduler(optimizer, config.optim, config.schedule)
@@ -125,92 +145,112 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     if ctx.is_main:
         _write_run_files(run_dir, config, workload, state, complete=False)
     barrier(ctx)
+    return _Run(config, ctx, run_dir, workload, model, [p for p in model.parameters() if p.requires_grad],
+                optimizer, scheduler, stream, val_source, state, resume_from,
+                last_ckpt=Path(resume_from) if resume_from else None,
+                saved_step=state.step if resume_from else -1)
 
+
+def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFactory,
+         source_factory: SourceFactory) -> TrainResult:
+    run = _build(config, ctx, workload_factory, source_factory)
+    state = run.state
+    end = min(config.train.stop_at or config.schedule.steps, config.schedule.steps)
     log.info("training %s: steps %d → %d, %d process(es), global batch %d, run folder %s",
-             workload.describe().get("base", "?"), state.step, config.train.stop_at or config.schedule.steps,
-             ctx.world_size, config.train.batch_size, run_dir)
-    logger = TrainLogger(run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard)
-    if resume_from:
-        logger.write({"event": "resume", "step": state.step, "from": resume_from, "world_size": ctx.world_size})
+             run.workload.describe().get("base", "?"), state.step, end, ctx.world_size,
+             config.train.batch_size, run.run_dir)
+    logger = TrainLogger(run.run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard)
+    if run.resumed_from:
+        logger.write({"event": "resume", "step": state.step, "from": run.resumed_from, "world_size": ctx.world_size})
     autocast = _autocast(config, ctx)
     stop = _SignalFlag()
     losses: list[float] = []
-    last_ckpt: Path | None = Path(resume_from) if resume_from else None
-    saved_step = state.step if resume_from else -1
     flops, flops_steps = 0.0, 0  # counted FLOPs of this process since the last record, over this many steps
     signalled = False
-    model.train()
-    end = min(config.train.stop_at or config.schedule.steps, config.schedule.steps)
-    if val_source is not None and state.step == 0:  # the untrained baseline of the validation curve
-        logger.write({"event": "val", "step": 0,
-                      **validate(model, workload, val_source, config.log, config.train.micro_batch_size, ctx)})
+    run.model.train()
+    if run.val_source is not None and state.step == 0:  # the untrained baseline of the validation curve
+        _validate(run, logger)
     with stop.installed():
         while state.step < end:
             t0 = time.perf_counter()
-            samples = stream.next_step(config.train.batch_size, ctx.rank, ctx.world_size)
+            samples = run.stream.next_step(config.train.batch_size, ctx.rank, ctx.world_size)
             # log.count_flops: the first step after each record is counted (the counter slows a step down)
             with _flop_counter(config.log.count_flops and flops_steps == 0) as counter:
-                result = train_step(model, workload, optimizer, params, samples, config.train.micro_batch_size,
-                                    config.optim.grad_clip, autocast, ctx)
+                result = train_step(run.model, run.workload, run.optimizer, run.params, samples,
+                                    config.train.micro_batch_size, config.optim.grad_clip, autocast, ctx)
             flops += counter.get_total_flops() if counter is not None else 0.0
             flops_steps += 1
-            lr = scheduler.get_last_lr()[0]
+            lr = run.scheduler.get_last_lr()[0]
             with warnings.catch_warnings():  # a skipped step has no optimizer.step(); torch warns
                 warnings.simplefilter("ignore", UserWarning)
-                scheduler.step()  # the schedule is a clock of steps, skipped ones included
+                run.scheduler.step()  # the schedule is a clock of steps, skipped ones included
             state.step += 1
             losses.append(result.loss)
             seconds = time.perf_counter() - t0
-            if result.applied:
-                state.bad_in_row = 0
-            else:
-                state.bad_in_row += 1
-                state.skipped_steps += 1
-                logger.write({"event": "nonfinite", "step": state.step, "keys": result.bad_keys,
-                              "loss": result.loss, "grad_norm": result.grad_norm})
-                log.warning("step %d: non-finite loss or gradient, step skipped (samples: %s)",
-                            state.step, ", ".join(result.bad_keys) or "unknown")
-                if state.bad_in_row >= config.train.max_bad_steps:
-                    logger.close()
-                    good = last_ckpt.name if last_ckpt else "none"
-                    raise TrainingStopped(
-                        f"Stopped at step {state.step}: the loss or gradient was not finite for "
-                        f"{state.bad_in_row} steps in a row (last samples: {', '.join(result.bad_keys[:8]) or 'unknown'}); "
-                        f"the last good checkpoint is {good}: check those items or lower optim.lr, then "
-                        "rerun with --resume auto.")
+            _count_finite(run, result, logger)
             if state.step % config.log.every == 0 or state.step == config.schedule.steps:
                 logger.write({"step": state.step, "loss": result.loss, "text_loss": result.text_loss,
                               "image_loss": result.image_loss, "lr": lr, "grad_norm": result.grad_norm,
                               "tokens_per_s": result.tokens / seconds, "images_per_s": result.images / seconds,
                               "memory_mb": memory_mb(ctx.device), "cpu_s": time.process_time(),
-                              "skipped": not result.applied,
-                              "skipped_total": state.skipped_steps, "epoch": stream.epoch,
-                              **_flops_record(flops, flops_steps, config, ctx)})
+                              "skipped": not result.applied, "skipped_total": state.skipped_steps,
+                              "epoch": run.stream.epoch, **_flops_record(flops, flops_steps, config, ctx)})
                 flops, flops_steps = 0.0, 0
             logger.step_done({"loss": result.loss})
             last = state.step == end
-            if val_source is not None and (last or (config.log.val_every and state.step % config.log.val_every == 0)):
-                logger.write({"event": "val", "step": state.step,
-                              **validate(model, workload, val_source, config.log, config.train.micro_batch_size, ctx)})
+            if run.val_source is not None and (last or (config.log.val_every and state.step % config.log.val_every == 0)):
+                _validate(run, logger)
             interrupted = stop.agreed(ctx)
             due = last or interrupted or (config.train.save_every and state.step % config.train.save_every == 0)
             if due and state.bad_in_row == 0:  # never save right after a poisoned step
-                state.data, state.scheduler = stream.state_dict(), scheduler.state_dict()
-                last_ckpt = ckpt.save_checkpoint(run_dir / "checkpoints", state.step, model, optimizer,
-                                                 _trainer_state(state, config), workload, ctx,
-                                                 config.train.keep_last)
-                saved_step = state.step
+                _save(run)
             if interrupted:
                 signalled = True
                 log.warning("stopped by a signal at step %d; checkpoint %s; rerun with --resume auto to continue",
-                            state.step, last_ckpt.name if last_ckpt else "none")
+                            state.step, run.last_ckpt.name if run.last_ckpt else "none")
                 break
     logger.close()
     finished = state.step >= config.schedule.steps
     if ctx.is_main:
-        _write_run_files(run_dir, config, workload, state, complete=finished and saved_step == state.step)
-    return TrainResult(run_dir=run_dir, step=state.step, losses=losses, stopped_by_signal=signalled,
-                       last_checkpoint=last_ckpt, skipped_steps=state.skipped_steps)
+        _write_run_files(run.run_dir, config, run.workload, state, complete=finished and run.saved_step == state.step)
+    return TrainResult(run_dir=run.run_dir, step=state.step, losses=losses, stopped_by_signal=signalled,
+                       last_checkpoint=run.last_ckpt, skipped_steps=state.skipped_steps)
+
+
+def _count_finite(run: _Run, result: Any, logger: TrainLogger) -> None:
+    """Count a skipped (non-finite) step, log its sample keys, stop after `max_bad_steps` in a row."""
+    state = run.state
+    if result.applied:
+        state.bad_in_row = 0
+        return
+    state.bad_in_row += 1
+    state.skipped_steps += 1
+    logger.write({"event": "nonfinite", "step": state.step, "keys": result.bad_keys,
+                  "loss": result.loss, "grad_norm": result.grad_norm})
+    log.warning("step %d: non-finite loss or gradient, step skipped (samples: %s)",
+                state.step, ", ".join(result.bad_keys) or "unknown")
+    if state.bad_in_row >= run.config.train.max_bad_steps:
+        logger.close()
+        good = run.last_ckpt.name if run.last_ckpt else "none"
+        raise TrainingStopped(
+            f"Stopped at step {state.step}: the loss or gradient was not finite for "
+            f"{state.bad_in_row} steps in a row (last samples: {', '.join(result.bad_keys[:8]) or 'unknown'}); "
+            f"the last good checkpoint is {good}: check those items or lower optim.lr, then "
+            "rerun with --resume auto.")
+
+
+def _validate(run: _Run, logger: TrainLogger) -> None:
+    logger.write({"event": "val", "step": run.state.step,
+                  **validate(run.model, run.workload, run.val_source, run.config.log,
+                             run.config.train.micro_batch_size, run.ctx)})
+
+
+def _save(run: _Run) -> None:
+    run.state.data, run.state.scheduler = run.stream.state_dict(), run.scheduler.state_dict()
+    run.last_ckpt = ckpt.save_checkpoint(run.run_dir / "checkpoints", run.state.step, run.model, run.optimizer,
+                                         _trainer_state(run.state, run.config), run.workload, run.ctx,
+                                         run.config.train.keep_last)
+    run.saved_step = run.state.step
 
 
 def _set_determinism(config: TrainRunConfig) -> None:
