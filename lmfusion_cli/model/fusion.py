@@ -304,15 +304,16 @@ class LMFusionModel(nn.Module):
     def text_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V) of a text-only batch through the routed path; equal to the base model's.
 
-        Positions are 0..T-1 like `transformers` without `position_ids`; masked positions are never
-        attended to and get zero logits.
+        V is the base model's vocabulary: the logits of new BOI/EOI rows (if any) are left out, so the
+        result has exactly the base's shape and values. Positions are 0..T-1 like `transformers`
+        without `position_ids`; masked positions are never attended to and get zero logits.
         """
         B, T = input_ids.shape
         valid = None if attention_mask is None else attention_mask.bool()
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
         batch = text_segment(input_ids, positions, valid)
         hidden, _, _ = self._transformer(batch, None, cache=None)
-        return self._text_head(hidden.view(B, T, -1))
+        return self._text_head(hidden.view(B, T, -1))[..., : self.vocab_size]
 
     def forward_segment(
         self,

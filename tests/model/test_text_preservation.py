@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmfusion_cli.model.sequence import text_segment
+
 from lmfusion_cli.model import LMFusionModel, caption_to_image, collate
 
 from .helpers import LAYOUTS, VOCAB, tiny_base, tiny_model
@@ -28,10 +30,10 @@ def test_text_logits_equal_base(layout):
     mask[1, 12:] = 0  # right padding
     mask[2, 5:] = 0
     with torch.no_grad():
-        ours = model.text_logits(ids)[..., :VOCAB]
+        ours = model.text_logits(ids)  # exactly the base's shape: (B, T, V)
         theirs = reference(ids).logits
         assert torch.equal(ours, theirs)
-        ours_padded = model.text_logits(ids, attention_mask=mask)[..., :VOCAB]
+        ours_padded = model.text_logits(ids, attention_mask=mask)
         theirs_padded = reference(ids, attention_mask=mask).logits
     valid = mask.bool()
     assert torch.equal(ours_padded[valid], theirs_padded[valid])
@@ -55,13 +57,16 @@ def test_caption_logits_in_a_mixed_sequence_equal_base_on_caption_alone(layout):
     torch.testing.assert_close(out.text_logits[0, : len(caption), :VOCAB], alone[0], atol=1e-6, rtol=0)
 
 
-def test_new_special_rows_extend_logits_and_keep_the_rest():
+def test_new_special_rows_extend_segment_logits_but_not_text_logits():
     model = tiny_model("llama3")
     assert model.new_special_rows and (model.boi_id, model.eoi_id) == (VOCAB, VOCAB + 1)
     ids = torch.tensor([[1, 5, 6]])
     with torch.no_grad():
         logits = model.text_logits(ids)
-    assert logits.shape[-1] == VOCAB + 2
+        segment_logits = model.forward_segment(text_segment(ids, torch.arange(3).expand(1, 3), None)).text_logits
+    assert logits.shape[-1] == VOCAB  # text_logits: the base's vocabulary only
+    assert segment_logits.shape[-1] == VOCAB + 2  # sampling can emit the new BOI/EOI rows
+    assert torch.equal(segment_logits[..., :VOCAB], logits)
 
 
 def test_reserved_special_rows_are_reused():
