@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The embedded default, end to end on a CPU: shapes data → latents → train → sample → evaluate.
+#
+#   bash pipelines/tiny.sh                       # what `make demo` runs
+#   STEPS=3 NUM_ITEMS=64 WORK=/tmp/t bash pipelines/tiny.sh   # a minimal smoke run
+#
+# Every stage is skipped when its output already exists and is complete, so a rerun is quick; a
+# crashed stage resumes or redoes its work on the next run.
+set -euo pipefail
+
+# ---- settings (override from the environment) ------------------------------------------------
+WORK=${WORK:-work/tiny}                 # everything this pipeline writes
+NUM_ITEMS=${NUM_ITEMS:-4000}            # shapes items (train/val/test split inside)
+SEED=${SEED:-0}
+RESOLUTION=${RESOLUTION:-64}
+CONFIG=${CONFIG:-pipelines/configs/tiny.yaml}
+STEPS=${STEPS:-}                        # empty: the config's schedule.steps
+PROMPTS=${PROMPTS:-pipelines/prompts/tiny-grid.txt}
+SAMPLE_STEPS=${SAMPLE_STEPS:-50}        # denoising steps for the grid
+EVAL_ITEMS=${EVAL_ITEMS:-200}           # held-out prompts/images per shapes evaluation
+EVAL_STEPS=${EVAL_STEPS:-25}            # denoising steps during evaluation
+CFG_SCALE=${CFG_SCALE:-3}
+WORKERS=${WORKERS:-2}
+LMFUSION=${LMFUSION:-}
+EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}  # e.g. "--set optim.lr=5e-4"
+# ---------------------------------------------------------------------------------------------
+
+if [[ -z $LMFUSION ]]; then
+  if [[ -x .venv/bin/lmfusion ]]; then LMFUSION=.venv/bin/lmfusion; else LMFUSION=lmfusion; fi
+fi
+PY=${PY:-$(dirname "$(command -v "$LMFUSION")")/python}
+[[ -x $PY ]] || PY=python3
+
+DATA=$WORK/shapes
+LATENTS=$WORK/latents
+RUN=$WORK/run
+SAMPLES=$WORK/samples
+EVAL_SHAPES=$WORK/eval-shapes
+EVAL_TEXT=$WORK/eval-text
+
+complete() {  # complete DIR: true when DIR/manifest.json exists and says complete
+  "$PY" - "$1" <<'PYEOF'
+import json, sys, pathlib
+p = pathlib.Path(sys.argv[1]) / "manifest.json"
+try:
+    sys.exit(0 if json.loads(p.read_text()).get("complete") else 1)
+except (OSError, ValueError):
+    sys.exit(1)
+PYEOF
+}
+
+stage() {  # stage NAME OUTDIR COMMAND...: run COMMAND unless OUTDIR is complete; time it
+  local name=$1 out=$2
+  shift 2
+  if complete "$out"; then
+    echo "== $name: $out is complete, skipped"
+    return
+  fi
+  echo "== $name"
+  local t0=$SECONDS
+  "$@"
+  echo "== $name done in $((SECONDS - t0)) s"
+}
+
+mkdir -p "$WORK"
+steps_arg=()
+[[ -n $STEPS ]] && steps_arg=(--steps "$STEPS")
+# shellcheck disable=SC2206  # word splitting of EXTRA_TRAIN_ARGS is intended
+extra=($EXTRA_TRAIN_ARGS)
+
+stage prepare "$DATA" \
+  "$LMFUSION" prepare --source shapes --out "$DATA" --num-items "$NUM_ITEMS" --seed "$SEED" \
+  --resolution "$RESOLUTION" --workers "$WORKERS"
+
+stage encode-latents "$LATENTS" \
+  "$LMFUSION" encode-latents --data "$DATA" --out "$LATENTS" --workers "$WORKERS"
+
+stage train "$RUN" \
+  "$LMFUSION" train --config "$CONFIG" --latents "$LATENTS" --out "$RUN" --seed "$SEED" --resume auto \
+  "${steps_arg[@]}" "${extra[@]}"
+
+stage sample "$SAMPLES" \
+  "$LMFUSION" sample --checkpoint "$RUN" --prompts "$PROMPTS" --out "$SAMPLES" --steps "$SAMPLE_STEPS" \
+  --cfg-scale "$CFG_SCALE" --seed "$SEED" --overwrite
+
+stage evaluate-shapes "$EVAL_SHAPES" \
+  "$LMFUSION" evaluate --suite shapes --checkpoint "$RUN" --out "$EVAL_SHAPES" --num-items "$EVAL_ITEMS" \
+  --steps "$EVAL_STEPS" --cfg-scale "$CFG_SCALE"
+
+stage evaluate-text "$EVAL_TEXT" \
+  "$LMFUSION" evaluate --suite text --checkpoint "$RUN" --out "$EVAL_TEXT"
+
+"$PY" - "$WORK" <<'PYEOF'
+import json, pathlib, sys
+work = pathlib.Path(sys.argv[1])
+print("\n== lmfusion demo finished")
+print(f"image grid:    {work / 'samples' / 'grid.png'}")
+for name in ("eval-shapes", "eval-text"):
+    print(f"report:        {work / name / 'report.md'}")
+def flat(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from flat(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield f"{prefix}{k}", v
+for name in ("eval-shapes", "eval-text"):
+    path = work / name / "metrics.json"
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        wanted = [(k, v) for k, v in flat(metrics)
+                  if any(s in k for s in ("accuracy", "cider", "chance", "identical"))]
+        for k, v in wanted[:24]:
+            print(f"  {name}: {k} = {v:.4g}")
+PYEOF
