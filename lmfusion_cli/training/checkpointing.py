@@ -5,7 +5,9 @@ Layout of `RUN/checkpoints/step-00000100/`:
     dcp/                  torch.distributed.checkpoint shards: trainable weights + optimiser state
     model/                consolidated trainable weights for `lmfusion sample` (the workload writes it)
     rng/rank-00000.pt     RNG states of every process
-    trainer.json          step, data position, scheduler, counters, world size, resolved config
+    trainer.json          step, data position, scheduler, counters, world size, resolved config, and
+                          `trains`: the workload's `describe()` (base config hash, model config, the
+                          latent cache's VAE), which a resume must match (`input_change`)
     manifest.json         written last: SHA-256 and size of every file above; the completion marker
 
 All processes write into `step-N.tmp-write`; rank 0 writes the manifest and renames the folder into
@@ -169,7 +171,8 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
             workload.save_inference(full, tmp / "model")
         _write_rng(tmp, ctx.rank)
         if ctx.is_main:
-            atomic_write_json(tmp / "trainer.json", {**trainer_state, "step": step, "world_size": ctx.world_size})
+            atomic_write_json(tmp / "trainer.json", {**trainer_state, "step": step, "world_size": ctx.world_size,
+                                                     "trains": workload.describe()})
     except OSError as e:
         error = e
     except Exception as e:  # DCP wraps a rank's OSError in a CheckpointException
@@ -238,10 +241,12 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    ctx: DistContext) -> dict[str, Any]:
+                    ctx: DistContext, workload: Any = None) -> dict[str, Any]:
     """Restore weights, optimiser and this rank's RNG from `folder`; return trainer.json.
 
-    Rank 0 verifies the checksums first and every process learns the outcome."""
+    Rank 0 verifies the checksums first and every process learns the outcome. With `workload`, its
+    `describe()` must match the one saved (another latent cache VAE, latent size or channel count, or
+    a base with another config is refused in one sentence before any tensor is loaded)."""
     problem = None
     if ctx.is_main:
         try:
@@ -252,6 +257,11 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     if problem:
         raise UserError(problem)
     trainer_state = json.loads((folder / "trainer.json").read_text())
+    change = input_change(trainer_state["trains"], workload.describe()) if (
+        workload is not None and "trains" in trainer_state) else None
+    if change:
+        raise UserError(f"Cannot resume from {folder}: {change}; resume with the latent cache and base model the run "
+                        "was trained on, or start a new --out.")
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_SHARDED)
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():
@@ -263,3 +273,34 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     if trainer_state["world_size"] == ctx.world_size and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return trainer_state
+
+
+# Where an input lives, not what it is (the config's base.path is a resume-fixed key already; a VAE
+# counts as the same by its weights and config hashes, as in `data.latents.check_expectation`).
+_LOCATION_KEYS = {"base", "latent_vae.id"}
+_NAMES = {"lmfusion_config.latent_size": "the latent size (the cache's resolution)",
+          "lmfusion_config.latent_channels": "the latent channel count",
+          "base_config_sha256": "the base model's config hash"}
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def input_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first difference between a checkpoint's `trains` record and the workload's `describe()` now,
+    as a clause (None when they match); locations (paths, ids) are not compared, contents are."""
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(now)))  # JSON: tuples → lists, as saved
+    for key in sorted(set(old) | set(new)):
+        if key in _LOCATION_KEYS or old.get(key) == new.get(key):
+            continue
+        if key.startswith("latent_vae."):
+            return (f"the latent cache was made with another VAE ({key.split('.', 1)[1]} {old.get(key)!r} → "
+                    f"{new.get(key)!r}; VAE '{old.get('latent_vae.id')}' then, '{new.get('latent_vae.id')}' now)")
+        return f"{_NAMES.get(key, key)} changed from {old.get(key)!r} to {new.get(key)!r}"
+    return None

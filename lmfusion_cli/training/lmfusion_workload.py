@@ -183,8 +183,10 @@ class LMFusionWorkload:
         checkpoint._write(folder, self.model, trainable_state, self.model.base_id)
 
     def describe(self) -> dict[str, Any]:
-        return {"base": self.model.base_id, "lmfusion_config": self.model.config.to_dict(),
-                "latent_vae": self.cache_vae}
+        from lmfusion_cli.model.checkpoint import base_config_hash
+
+        return {"base": self.model.base_id, "base_config_sha256": base_config_hash(self.model.base_config),
+                "lmfusion_config": self.model.config.to_dict(), "latent_vae": self.cache_vae}
 
 
 def _image_documents(batch: Any) -> torch.Tensor:

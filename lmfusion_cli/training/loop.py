@@ -141,7 +141,7 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout)
     state = TrainState()
     if resume_from:
-        state = _resume(Path(resume_from), config, model, optimizer, scheduler, stream, ctx)
+        state = _resume(Path(resume_from), config, model, optimizer, scheduler, stream, ctx, workload)
     if ctx.is_main:
         _write_run_files(run_dir, config, workload, state, complete=False)
     barrier(ctx)
@@ -328,9 +328,9 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
 
 
 def _resume(folder: Path, config: TrainRunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, stream: SampleStream, ctx: DistContext) -> TrainState:
+            scheduler: Any, stream: SampleStream, ctx: DistContext, workload: Workload) -> TrainState:
     """Restore from `folder`, refusing (one sentence) any change that would make the run differ."""
-    saved = ckpt.load_checkpoint(folder, model, optimizer, ctx)
+    saved = ckpt.load_checkpoint(folder, model, optimizer, ctx, workload)
     now = config_to_dict(config)
     for key in RESUME_FIXED_KEYS:
         if _lookup(saved["config"], key) != _lookup(now, key):
