@@ -16,7 +16,9 @@ Layout of a cache folder L (made by `encode-latents`):
 Stored values are the VAE posterior *before* scaling. The reader's `draw` returns the diffusion-space
 latent `(z - shift_factor) * scaling_factor` with `z = mean + std * eps` (or the stored sample), and
 `to_vae_space` inverts it for decoding. Tensors are memory-mapped with `safetensors.safe_open`, so
-opening is cheap and `__getitem__` reads one row."""
+opening is cheap and `__getitem__` reads one row. The reader checks each file against its SHA-256 in
+the manifest when it first reads it (the records at open, a tensor shard at its first row): a damaged
+file is a UserError naming it, never silently different latents (issue 12, item 8)."""
 
 from __future__ import annotations
 
@@ -116,9 +118,18 @@ class LatentCache:
         self.records: list[dict[str, Any]] = []
         for shard in self.shards:
             self.starts.append(len(self.records))
-            lines = (path / f"{shard['stem']}.jsonl").read_text(encoding="utf-8").splitlines()
+            records_file = self._checked(f"{shard['stem']}.jsonl")
+            lines = records_file.read_text(encoding="utf-8").splitlines()
             self.records.extend(json.loads(line) for line in lines)
         self._handles: dict[int, Any] = {}
+
+    def _checked(self, name: str) -> Path:
+        """`path/name` after checking it against its SHA-256 in the manifest (UserError naming it)."""
+        problems = verify_files(self.path, {"files": {k: v for k, v in self.manifest.get("files", {}).items()
+                                                      if k == name}})
+        if problems:
+            raise UserError(f"{problems[0].rstrip('.')}; rerun encode-latents into a new folder (or restore the file).")
+        return self.path / name
 
     def __len__(self) -> int:
         return len(self.records)
@@ -135,7 +146,7 @@ class LatentCache:
         if s not in self._handles:
             from safetensors import safe_open
 
-            self._handles[s] = safe_open(str(self.path / f"{self.shards[s]['stem']}.safetensors"), framework="pt")
+            self._handles[s] = safe_open(str(self._checked(f"{self.shards[s]['stem']}.safetensors")), framework="pt")
         return self._handles[s], i - self.starts[s]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
