@@ -11,6 +11,13 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _minutes(report: dict[str, Any]) -> str:
+    parts = report.get("minutes_by_part")
+    if parts:  # built as `--only lm` and `--only vae` runs (possibly side by side)
+        return ", ".join(f"{name.upper()} {minutes} min" for name, minutes in sorted(parts.items())) + " wall clock"
+    return f"{report['minutes']} min wall clock"
+
+
 def _lm_section(lm: dict[str, Any] | None) -> list[str]:
     if not lm:
         return ["## tiny-lm", "", "Not built yet.", ""]
@@ -39,7 +46,7 @@ def _lm_section(lm: dict[str, Any] | None) -> list[str]:
     for kind, value in ppl.items():
         lines.append(f"| {kind} | {c['heldout_documents'][kind]} | {c['heldout_sentences'][kind]} | {value:.3f} "
                      f"| {lm['perplexity_bound_vocab_over_20']} |")
-    removed = c["heldout_sentences_removed_as_seen_in_training"]
+    removed = ", ".join(f"{k} {v}" for k, v in c["heldout_sentences_removed_as_seen_in_training"].items())
     lines += [
         "",
         "Held-out documents come from their own random stream; every held-out sentence that also occurs in the "
@@ -98,7 +105,7 @@ def render_readme(report: dict[str, Any]) -> str:
         "",
         f"Sizes: tiny-lm {_mb(sizes.get('tiny-lm', 0))}, tiny-vae {_mb(sizes.get('tiny-vae', 0))}, total "
         f"{_mb(report.get('bytes_total', 0))}. Build: seed {report['seed']}, {report['threads']} torch threads, "
-        f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, {report['minutes']} min"
+        f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, {_minutes(report)}"
         f"{' (quick build)' if report['quick'] else ''}. All figures: `build_report.json`.",
         "",
     ]

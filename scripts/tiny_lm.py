@@ -43,15 +43,15 @@ class LMSettings:
     """Training sequence length in tokens (documents packed, BOS/EOS between them)."""
     batch_size: int = 16
     """Sequences per step."""
-    steps: int = 600
+    steps: int = 400
     """Optimizer steps (warmup + cosine decay over them)."""
     lr: float = 2e-3
     """Peak learning rate (AdamW)."""
-    warmup_steps: int = 60
+    warmup_steps: int = 40
     """Linear warmup steps."""
     weight_decay: float = 0.05
     """AdamW weight decay (matrices only)."""
-    max_minutes: float = 14.0
+    max_minutes: float = 45.0
     """Safety cap on training time; a run that hits it stops early and says so in the report."""
 
     def __post_init__(self):

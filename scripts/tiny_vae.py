@@ -33,13 +33,13 @@ class VAESettings:
     """GroupNorm groups (32 strips flat colours: MEASURED-NOTES)."""
     num_train_images: int = 12000
     """Distinct training images (make_item indexes 0..N-1 of the seed)."""
-    batch_size: int = 16
+    batch_size: int = 12
     """Images per step."""
-    steps: int = 700
+    steps: int = 600
     """Optimizer steps."""
     lr: float = 2e-3
     """Peak learning rate (AdamW)."""
-    warmup_steps: int = 50
+    warmup_steps: int = 40
     """Linear warmup steps."""
     l1_weight: float = 0.5
     """Weight of the L1 pixel loss next to MSE (sharpens flat regions and edges)."""
@@ -49,7 +49,7 @@ class VAESettings:
     """Decay of the weight EMA that is evaluated and saved."""
     logvar_bias_init: float = -6.0
     """Initial bias of the posterior log-variance outputs of quant_conv."""
-    max_minutes: float = 17.0
+    max_minutes: float = 60.0
     """Safety cap on training time; a run that hits it stops early and says so in the report."""
 
 
