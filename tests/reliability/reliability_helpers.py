@@ -37,10 +37,10 @@ def error_line(capsys: pytest.CaptureFixture) -> str:
     return errors[0]
 
 
-def train_args(base: Path, latents: Path, out: Path, steps: int, *extra) -> list:
-    """`lmfusion train` arguments for a tiny single-process run saving every step."""
+def train_args(base: Path, latents: Path, out: Path, steps: int, *extra, save_every: int = 1) -> list:
+    """`lmfusion train` arguments for a tiny single-process run saving every `save_every` steps."""
     return ["train", "--base", base, "--latents", latents, "--out", out, "--steps", steps, "--batch-size", 2,
-            "--micro-batch-size", 2, "--save-every", 1, "--strategy", "none", "--set", "model.patcher=linear",
+            "--micro-batch-size", 2, "--save-every", save_every, "--strategy", "none", "--set", "model.patcher=linear",
             "--set", "schedule.warmup_steps=1", "--set", "log.tensorboard=false", "--set", "data.val_split=null",
             "--set", "train.threads=1", *extra]
 
