@@ -12,10 +12,8 @@ def _mb(n: int) -> str:
 
 
 def _minutes(report: dict[str, Any]) -> str:
-    parts = report.get("minutes_by_part")
-    if parts:  # built as `--only lm` and `--only vae` runs (possibly side by side)
-        return ", ".join(f"{name.upper()} {minutes} min" for name, minutes in sorted(parts.items())) + " wall clock"
-    return f"{report['minutes']} min wall clock"
+    parts = ", ".join(f"{name.upper()} {minutes} min" for name, minutes in sorted(report["minutes_by_part"].items()))
+    return f"{report['minutes']} min wall clock ({parts})"
 
 
 def _lm_section(lm: dict[str, Any] | None) -> list[str]:
@@ -104,7 +102,8 @@ def render_readme(report: dict[str, Any]) -> str:
         "```",
         "",
         f"Sizes: tiny-lm {_mb(sizes.get('tiny-lm', 0))}, tiny-vae {_mb(sizes.get('tiny-vae', 0))}, total "
-        f"{_mb(report.get('bytes_total', 0))}. Build: seed {report['seed']}, {report['threads']} torch threads, "
+        f"{_mb(report.get('bytes_total', 0))}. Build: seed {report['seed']}, {report['threads']} torch thread(s) per process, "
+        f"{'LM and VAE side by side' if report.get('jobs', 2) == 2 else 'LM then VAE'}, "
         f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, {_minutes(report)}"
         f"{' (quick build)' if report['quick'] else ''}. All figures: `build_report.json`.",
         "",

@@ -14,6 +14,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "build_assets.py"
+pytestmark = pytest.mark.slow  # four short builds: ~60 s of CPU, 2-3 min on the shared 2-core machine
 
 
 def run_build(out: Path, *extra: str) -> tuple[dict, float]:
@@ -93,3 +94,17 @@ def test_only_seed_threads_and_time_cap(quick_build, tmp_path):
     w1 = load_file(copy / "tiny-vae" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
     assert "stopped by the time cap" in (copy / "README.md").read_text()
+
+
+def test_build_is_deterministic_and_jobs_1_equals_jobs_2(quick_build, tmp_path):
+    """Same seed → bit-identical tokenizer and weights, whether LM and VAE run side by side (the default,
+    `--jobs 2`, used by the fixture) or one after the other (`--jobs 1`)."""
+    out, first, _ = quick_build
+    report, _ = run_build(tmp_path, "--lm-steps", "7", "--vae-steps", "5", "--jobs", "1")
+    assert report["jobs"] == 1 and first["jobs"] == 2
+    for name in ("tiny-lm/model.safetensors", "tiny-lm/tokenizer.json", "tiny-vae/diffusion_pytorch_model.safetensors"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+    assert report["lm"]["heldout_perplexity"] == first["lm"]["heldout_perplexity"]
+    assert set(report["minutes_by_part"]) == set(first["minutes_by_part"]) == {"lm", "vae"}
+    assert "LM then VAE" in (tmp_path / "README.md").read_text()
+    assert "LM and VAE side by side" in (out / "README.md").read_text()
