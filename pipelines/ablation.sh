@@ -17,10 +17,10 @@ set -euo pipefail
 WORK=${WORK:-work/ablation}             # everything this pipeline writes (besides RESULTS and PLOT)
 CONFIG=${CONFIG:-pipelines/configs/ablation/tiny.yaml}   # shared training settings of every variant
 VARIANTS=${VARIANTS:-"lmfusion ffn-only dense unfrozen random-init from-scratch"}
-NUM_ITEMS=${NUM_ITEMS:-4000}            # shapes items (train/val/test split inside)
+NUM_ITEMS=${NUM_ITEMS:-2000}            # shapes items (train/val/test split inside)
 SEED=${SEED:-0}                         # data, initialisation, data order and noise: the same for all
 RESOLUTION=${RESOLUTION:-64}
-STEPS=${STEPS:-300}                     # optimizer steps per variant (batch: the config's, 16 on CPU)
+STEPS=${STEPS:-400}                     # optimizer steps per variant (batch: the config's, 16 on CPU)
 TEXT_LR=${TEXT_LR:-1e-4}                # `unfrozen`: peak lr of the text modules (optim.lr is 1e-3 on CPU)
 EVAL_ITEMS=${EVAL_ITEMS:-64}            # held-out shapes prompts/images per variant
 EVAL_STEPS=${EVAL_STEPS:-20}            # denoising steps per generated image

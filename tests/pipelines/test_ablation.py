@@ -142,7 +142,7 @@ def test_claims_say_agree_disagree_or_within_noise():
     lines = report.claims({v.name: v for v in (lm, scratch, ffn, dense)})
     text = "\n".join(lines)
     assert "beats a Transfusion model trained from scratch on image understanding and generation — here **agrees**" in text
-    assert "costs 0.50× the FLOPs of from-scratch" in text
+    assert "here **agrees**: at the same steps and batch LMFusion's training costs 0.50× the FLOPs" in text
     assert "deep separation (attention + FFN experts) beats shallow (FFN only) — here **disagrees**" in text
     # 0.80 vs 0.81 over 300 outcomes is within two standard errors; CIDEr equal
     assert "deep separation beats a dense, shared model — here **no conclusion** (within noise)" in text
