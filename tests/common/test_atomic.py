@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -68,7 +69,10 @@ def test_final_names_get_normal_permissions(tmp_path):
 
     atomic_write_text(tmp_path / "a.txt", "x")
     with atomic_file(tmp_path / "b.bin") as tmp:
-        tmp.write_bytes(b"y")
+        tmp.unlink()  # a writer that recreates the file, as safetensors' save_file does
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"y")
+        os.close(fd)
     with atomic_dir(tmp_path / "d"):
         pass
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == FILE_MODE != 0o600
