@@ -34,6 +34,7 @@ VAE=${VAE:-}                            # VAE folder; empty = the shipped tiny V
 RESULTS=${RESULTS:-docs/results.md}
 PLOT=${PLOT:-docs/ablation_loss.png}
 LMFUSION=${LMFUSION:-}
+NOTE=${NOTE:-}                          # a sentence for the results' settings (e.g. how the machine was shared)
 # ---------------------------------------------------------------------------------------------
 
 if [[ -z $LMFUSION ]]; then
@@ -138,5 +139,5 @@ echo "== variants done in $((SECONDS - t_all)) s"
 "$PY" scripts/ablation_report.py --work "$WORK" --variants "${variant_list[@]}" --results "$RESULTS" --plot "$PLOT" \
   --setting "steps=$STEPS" --setting "shapes items=$NUM_ITEMS" --setting "seed=$SEED" \
   --setting "eval items=$EVAL_ITEMS" --setting "denoising steps=$EVAL_STEPS" --setting "cfg scale=$CFG_SCALE" \
-  --setting "text_lr (unfrozen)=$TEXT_LR" --setting "jobs side by side=$JOBS" --setting "config=$CONFIG" \
-  --setting "variants wall time=$((SECONDS - t_all)) s"
+  --setting "text_lr (unfrozen)=$TEXT_LR" --setting "config=$CONFIG" --setting "jobs side by side=$JOBS" \
+  ${NOTE:+--note "$NOTE"}

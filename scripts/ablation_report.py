@@ -266,6 +266,22 @@ def claims(by_name: dict[str, Variant]) -> list[str]:
     return out
 
 
+def _stage_seconds(work: Path, name: str) -> float:
+    path = work / f"{name}.wall_s"
+    return float(path.read_text()) if path.is_file() else float("nan")
+
+
+def cost_line(work: Path, variants: list[Variant]) -> str:
+    """Wall seconds of every stage (from the pipeline's *.wall_s files) and training CPU seconds, summed."""
+    train = sum(v.wall_s["run"] for v in variants)
+    evals = sum(v.wall_s["eval-shapes"] + v.wall_s["eval-text"] for v in variants)
+    data = _stage_seconds(work, "shapes") + _stage_seconds(work, "latents")
+    cpu = sum(v.cpu_s or 0.0 for v in variants)
+    return (f"Cost, summed over the stages (variants run side by side, so the elapsed time was shorter): data "
+            f"{data / 60:.1f} min (prepare + encode-latents), training {train / 60:.1f} min wall / {cpu / 60:.1f} "
+            f"CPU-min, evaluation {evals / 60:.1f} min wall.")
+
+
 def settings_section(variants: list[Variant], settings: list[str]) -> str:
     v = variants[0]
     c = v.config
@@ -291,7 +307,8 @@ def settings_section(variants: list[Variant], settings: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(variants: list[Variant], path: Path, plot: Path, settings: list[str]) -> None:
+def write_results(variants: list[Variant], path: Path, plot: Path, settings: list[str], work: Path,
+                  note: str = "") -> None:
     by_name = {v.name: v for v in variants}
     n = _items(variants[0])
     rel_plot = os.path.relpath(plot.resolve(), path.resolve().parent)
@@ -304,6 +321,8 @@ def write_results(variants: list[Variant], path: Path, plot: Path, settings: lis
         "## Settings",
         "",
         settings_section(variants, settings),
+        "",
+        cost_line(work, variants) + (f" {note}" if note else ""),
         "",
         "## Table",
         "",
@@ -380,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path("docs/results.md"), help="markdown output")
     p.add_argument("--plot", type=Path, default=Path("docs/ablation_loss.png"), help="loss-curve PNG output")
     p.add_argument("--setting", action="append", default=[], help="a pipeline setting to state, e.g. steps=300")
+    p.add_argument("--note", default="", help="a sentence added to the settings (e.g. how the machine was shared)")
     args = p.parse_args(argv)
     try:
         variants = [load_variant(args.work, name) for name in args.variants]
@@ -387,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     plot_losses(variants, args.plot)
-    write_results(variants, args.results, args.plot, args.setting)
+    write_results(variants, args.results, args.plot, args.setting, args.work, args.note)
     print(f"wrote {args.results} and {args.plot}")
     return 0
 

@@ -50,7 +50,7 @@ def ablation(tmp_path_factory):
         tmp, WORK=str(tmp / "work"), CONFIG=str(tmp / "config.yaml"), VARIANTS="lmfusion unfrozen", STEPS="2",
         NUM_ITEMS="48", RESOLUTION="32", EVAL_ITEMS="2", EVAL_STEPS="1", TEXT_ITEMS=str(tmp / "items.jsonl"),
         TEXT_LR="1e-3", JOBS="2", WORKERS="1", BASE=str(tmp / "assets/tiny-lm"), VAE=str(tmp / "assets/tiny-vae"),
-        RESULTS=str(tmp / "docs/results.md"), PLOT=str(tmp / "docs/ablation_loss.png"))
+        RESULTS=str(tmp / "docs/results.md"), PLOT=str(tmp / "docs/ablation_loss.png"), NOTE="Run by the test.")
     proc = subprocess.run(["bash", "pipelines/ablation.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, proc.stdout
@@ -69,6 +69,8 @@ def test_pipeline_writes_the_table_and_plot_from_its_runs(ablation):
     png = (tmp / "docs/ablation_loss.png").read_bytes()
     assert png.startswith(PNG) and len(png) > 10_000
     assert "![training and validation losses](ablation_loss.png)" in results
+    train_wall = sum(int((work / n / "run.wall_s").read_text()) for n in ("lmfusion", "unfrozen"))
+    assert f"training {train_wall / 60:.1f} min wall" in results and "Run by the test." in results
     for name in ("lmfusion", "unfrozen"):
         row = _row(results, name)
         shapes = json.loads((work / name / "eval-shapes/metrics.json").read_text())["shapes"]
