@@ -161,6 +161,12 @@ def _items(v: Variant) -> int:
     return int(v.shapes.get("num_items", 0))
 
 
+def _outcomes(v: Variant, task: str) -> int:
+    """Checked attribute values behind a task's mean accuracy (an item may state several objects)."""
+    counts = v.shapes.get(task, {}).get("counts", {})
+    return int(sum(counts.get(a) or 0 for a in CORE_ATTRIBUTES)) or _items(v) * len(CORE_ATTRIBUTES)
+
+
 def _noise(p: float, n: int) -> float:
     """Two standard errors of a fraction p over n binary outcomes (a rough significance bar)."""
     return 2 * math.sqrt(max(p * (1 - p), 0.25 / max(n, 1)) / max(n, 1)) if n else float("inf")
@@ -219,10 +225,9 @@ def _verdict(signs: list[int]) -> str:
 
 
 def _image_claim(better: Variant, worse: Variant, claim: str) -> str:
-    n = _items(better) * len(CORE_ATTRIBUTES)
     checks = [_compare(better, worse, cider, 0, "caption CIDEr"),
-              _compare(better, worse, caption_accuracy, n, "caption attribute accuracy"),
-              _compare(better, worse, generation_accuracy, n, "generation accuracy")]
+              _compare(better, worse, caption_accuracy, _outcomes(better, "captioning"), "caption attribute accuracy"),
+              _compare(better, worse, generation_accuracy, _outcomes(better, "generation"), "generation accuracy")]
     return (f"- {claim} — here {_verdict([s for s, _ in checks])}: "
             + "; ".join(t for _, t in checks) + f" ({better.name} vs {worse.name}).")
 
