@@ -4,6 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not to the stream it was created
+    with: a redirected or replaced stderr (pytest's capture, a wrapper) is never written after close."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
@@ -13,8 +30,11 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         level = logging.ERROR
     root = logging.getLogger("lmfusion_cli")
     root.setLevel(level)
+    for handler in list(root.handlers):
+        if not isinstance(handler, _CurrentStderrHandler):
+            root.removeHandler(handler)
     if not root.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     for handler in root.handlers:

@@ -17,7 +17,7 @@ PROMPTS = [[1, 6, 14, 9], [1, 20, 7], [1, 30]]
 @pytest.fixture(scope="module")
 def text_model(tokenizer):
     """A fused model whose BOI/EOI input rows equal the base's, so on any text it *is* the base."""
-    from conftest import make_model
+    from sampling_helpers import make_model
 
     m = make_model(tokenizer, seed=5)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from lmfusion_cli.sampling.interleaved import generate_document, generate_interl
 @pytest.fixture(scope="module")
 def chatty_model(tokenizer):
     """A model that often opens images: BOI's (frozen) logit row made to follow a frequent token's."""
-    from conftest import make_model
+    from sampling_helpers import make_model
 
     m = make_model(tokenizer, seed=7)
     with torch.no_grad():

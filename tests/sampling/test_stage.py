@@ -20,7 +20,7 @@ from lmfusion_cli.model import LMFusionModel, checkpoint, resolve_boi_eoi
 from lmfusion_cli.sampling.loading import load_for_sampling, resolve_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_base, make_tokenizer, make_vae  # noqa: E402
+from sampling_helpers import make_base, make_tokenizer, make_vae  # noqa: E402
 
 
 def _save_step(run: Path, step: int, model, complete: bool = True) -> Path:

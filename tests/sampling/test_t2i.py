@@ -72,7 +72,7 @@ def test_cached_equals_uncached_equals_naive(model, cfg_scale):
 
 
 def test_cached_equals_naive_for_a_flow_model(tokenizer):
-    from conftest import make_model
+    from sampling_helpers import make_model
 
     flow = make_model(tokenizer, seed=3, objective="flow", patcher="linear")
     cached = _sample(flow, PROMPTS, 3.0, sampler_name="euler")
