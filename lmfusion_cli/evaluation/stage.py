@@ -111,14 +111,6 @@ def _weights_sha256(model_dir: Path) -> str:
 
 
 # ---- inputs checked before anything loads ----------------------------------------------------------
-def _device(spec: str) -> str:
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {spec} was asked for but no CUDA device is available; use --device cpu.")
-    return spec
-
-
 def _text_items(cfg: EvaluateConfig) -> tuple[list, SkipLog, str]:
     from lmfusion_cli.evaluation.text_data import TINY_MC_PATH
     from lmfusion_cli.evaluation.text_suite import load_hf_disk, load_jsonl
@@ -309,7 +301,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run the suites `cfg` asks for and write `cfg.out` (see the module docstring); return the metrics."""
     out = Path(cfg.out)
     suites = cfg.suites()
-    device = _device(cfg.device)
+    from lmfusion_cli.sampling.stage import resolve_device
+
+    device = resolve_device(cfg.device)
     inputs = _check_inputs(cfg, suites, device)
     from lmfusion_cli.sampling.loading import load_for_sampling, resolve_checkpoint  # after the quick checks
 

@@ -33,7 +33,8 @@ from lmfusion_cli.sampling.io import jsonl_text, list_images, make_grid, png_byt
 log = logging.getLogger(__name__)
 
 
-def _device(spec: str) -> str:
+def resolve_device(spec: str) -> str:
+    """`auto` → cuda when available, else cpu; an unavailable `cuda[:N]` is a one-sentence UserError."""
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda") and not torch.cuda.is_available():
@@ -137,7 +138,7 @@ def run_sample(cfg: SampleConfig) -> dict[str, Any]:
     if cfg.task != "caption":
         _prompts(cfg)  # an empty or broken prompt file fails before the model loads
     loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae,
-                               device=_device(cfg.device))
+                               device=resolve_device(cfg.device))
     source = {"checkpoint": str(loaded.checkpoint.model_dir), "step": loaded.checkpoint.step}
     log.info("sampling %s from %s (step %s)", cfg.task, loaded.checkpoint.model_dir, loaded.checkpoint.step)
     with atomic_dir(out, overwrite=True) as tmp:
