@@ -139,5 +139,5 @@ echo "== variants done in $((SECONDS - t_all)) s"
 "$PY" scripts/ablation_report.py --work "$WORK" --variants "${variant_list[@]}" --results "$RESULTS" --plot "$PLOT" \
   --setting "steps=$STEPS" --setting "shapes items=$NUM_ITEMS" --setting "seed=$SEED" \
   --setting "eval items=$EVAL_ITEMS" --setting "denoising steps=$EVAL_STEPS" --setting "cfg scale=$CFG_SCALE" \
-  --setting "text_lr (unfrozen)=$TEXT_LR" --setting "config=$CONFIG" --setting "jobs side by side=$JOBS" \
+  --setting "text_lr (unfrozen)=$TEXT_LR" --setting "config=$CONFIG" \
   ${NOTE:+--note "$NOTE"}

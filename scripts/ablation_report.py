@@ -254,6 +254,16 @@ def claims(by_name: dict[str, Variant]) -> list[str]:
                                  "than random ones")):
         if better in by_name and worse in by_name:
             out.append(_image_claim(by_name[better], by_name[worse], f"Paper: {what}"))
+    if "unfrozen" in by_name and lm:
+        sign_text = {1: "better", -1: "worse", 0: "no different (within noise)"}
+        checks = [_compare(by_name["unfrozen"], lm, cider, 0, "caption CIDEr"),
+                  _compare(by_name["unfrozen"], lm, caption_accuracy, _outcomes(lm, "captioning"),
+                           "caption attribute accuracy"),
+                  _compare(by_name["unfrozen"], lm, generation_accuracy, _outcomes(lm, "generation"),
+                           "generation accuracy")]
+        out.append("- Training the text modules too (unfrozen, at optim.text_lr) against keeping them frozen, on "
+                   "images: " + "; ".join(f"{t} → {sign_text[s]}" for s, t in checks) + " (unfrozen vs lmfusion).")
+    out += chance_lines(list(by_name.values()))
     frozen = [v for v in by_name.values() if v.model.get("freeze_text") and not v.model.get("from_scratch")]
     if frozen:
         same = [v.name for v in frozen if v.text.get("identical")]
@@ -285,6 +295,22 @@ def cost_line(work: Path, variants: list[Variant]) -> str:
     return (f"Cost, summed over the stages (variants run side by side, so the elapsed time was shorter): data "
             f"{data / 60:.1f} min (prepare + encode-latents), training {train / 60:.1f} min wall / {cpu / 60:.1f} "
             f"CPU-min, evaluation {evals / 60:.1f} min wall.")
+
+
+def chance_lines(variants: list[Variant]) -> list[str]:
+    """Which generation attributes every variant checks above (or below) the checker's chance level."""
+    chance = variants[0].shapes.get("generation", {}).get("chance", {})
+    above = [a for a in CORE_ATTRIBUTES if a in chance
+             and all(generation_accuracy(v, a) > chance[a] for v in variants)]
+    below = [a for a in CORE_ATTRIBUTES if a in chance
+             and all(generation_accuracy(v, a) < chance[a] for v in variants)]
+    lines = []
+    if above:
+        lines.append(f"- Generation above the checker's chance level in every variant: {', '.join(above)}.")
+    if below:
+        lines.append(f"- Generation *below* chance in every variant: {', '.join(below)} — the checker does not "
+                     "recognise these attributes in the generated images yet, so they do not separate the variants.")
+    return lines
 
 
 def settings_section(variants: list[Variant], settings: list[str]) -> str:
