@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes, lm_settings, vae_settings = settings_from(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
+    if args.only is None:
+        # Only a whole build clears leftovers of crashed builds: a `--only` run may be the VAE half of a
+        # `--jobs 2` build, started while the LM half already writes its temp folder next to it.
+        remove_stale_temps(out)
     start = time.time()
     report = {"quick": args.quick, "seed": args.seed, "threads": args.threads, "jobs": args.jobs, "sizes": sizes,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}}

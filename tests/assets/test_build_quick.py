@@ -108,3 +108,17 @@ def test_build_is_deterministic_and_jobs_1_equals_jobs_2(quick_build, tmp_path):
     assert set(report["minutes_by_part"]) == set(first["minutes_by_part"]) == {"lm", "vae"}
     assert "LM then VAE" in (tmp_path / "README.md").read_text()
     assert "LM and VAE side by side" in (out / "README.md").read_text()
+
+
+def test_only_run_leaves_a_running_sibling_temp_folder_alone(tmp_path):
+    """`--jobs 2` starts the VAE half as `--only vae` while the LM half writes `tiny-lm.tmp-*`: the VAE
+    half must not clear it (it did, and the LM save then failed with FileNotFoundError)."""
+    sibling = tmp_path / "tiny-lm.tmp-inprogress"
+    sibling.mkdir()
+    (sibling / "part.bin").write_bytes(b"x")
+    run_build(tmp_path, "--only", "vae", "--vae-steps", "2")
+    assert (sibling / "part.bin").is_file()
+    stale = tmp_path / "tiny-vae.tmp-crashed"
+    stale.mkdir()
+    run_build(tmp_path, "--only", "vae", "--vae-steps", "2")
+    assert stale.exists()  # cleared only by a whole build, which starts no sibling
