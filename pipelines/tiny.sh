@@ -38,16 +38,8 @@ SAMPLES=$WORK/samples
 EVAL_SHAPES=$WORK/eval-shapes
 EVAL_TEXT=$WORK/eval-text
 
-complete() {  # complete DIR: true when DIR/manifest.json exists and says complete
-  "$PY" - "$1" <<'PYEOF'
-import json, sys, pathlib
-p = pathlib.Path(sys.argv[1]) / "manifest.json"
-try:
-    sys.exit(0 if json.loads(p.read_text()).get("complete") else 1)
-except (OSError, ValueError):
-    sys.exit(1)
-PYEOF
-}
+# shellcheck source=/dev/null  # pipelines/lib.sh: complete()
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 stage() {  # stage NAME OUTDIR COMMAND...: run COMMAND unless OUTDIR is complete; time it
   local name=$1 out=$2
