@@ -59,22 +59,8 @@ variant_sets() {
 read -r -a variant_list <<< "$VARIANTS"
 for v in "${variant_list[@]}"; do variant_sets "$v" >/dev/null; done  # refuse a typo before any work
 
-# shellcheck source=/dev/null  # pipelines/lib.sh: complete()
+# shellcheck source=/dev/null  # pipelines/lib.sh: complete(), stage()
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-
-stage() {  # stage NAME OUTDIR COMMAND...: run COMMAND unless OUTDIR is complete; its wall seconds → OUTDIR.wall_s
-  local name=$1 out=$2
-  shift 2
-  if complete "$out"; then
-    echo "== $name: $out is complete, skipped"
-    return
-  fi
-  echo "== $name"
-  local t0=$SECONDS
-  "$@"
-  echo "$((SECONDS - t0))" > "$out.wall_s"
-  echo "== $name done in $((SECONDS - t0)) s"
-}
 
 run_variant() {  # run_variant NAME: train, evaluate shapes, evaluate text (log in WORK/NAME.log)
   local v=$1 dir=$WORK/$1

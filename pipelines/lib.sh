@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared by the pipelines (sourced): stage completeness from a stage's manifest.json.
+# Shared by the pipelines (sourced): stage completeness from a stage's manifest.json, and stage().
 set -euo pipefail
 
 complete() {  # complete DIR: true when DIR/manifest.json exists and says complete (needs $PY)
@@ -11,4 +11,18 @@ try:
 except (OSError, ValueError):
     sys.exit(1)
 PYEOF
+}
+
+stage() {  # stage NAME OUTDIR COMMAND...: run COMMAND unless OUTDIR is complete; its wall seconds → OUTDIR.wall_s
+  local name=$1 out=$2
+  shift 2
+  if complete "$out"; then
+    echo "== $name: $out is complete, skipped"
+    return
+  fi
+  echo "== $name"
+  local t0=$SECONDS
+  "$@"
+  echo "$((SECONDS - t0))" > "$out.wall_s"
+  echo "== $name done in $((SECONDS - t0)) s"
 }

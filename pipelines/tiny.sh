@@ -16,12 +16,13 @@ RESOLUTION=${RESOLUTION:-64}
 CONFIG=${CONFIG:-pipelines/configs/tiny.yaml}
 STEPS=${STEPS:-}                        # empty: the config's schedule.steps
 PROMPTS=${PROMPTS:-pipelines/prompts/tiny-grid.txt}
-SAMPLE_STEPS=${SAMPLE_STEPS:-50}        # denoising steps for the grid
+SAMPLE_STEPS=${SAMPLE_STEPS:-25}        # denoising steps for the grid
 EVAL_ITEMS=${EVAL_ITEMS:-200}           # held-out prompts/images per shapes evaluation
 EVAL_STEPS=${EVAL_STEPS:-25}            # denoising steps during evaluation
 CFG_SCALE=${CFG_SCALE:-3}
 WORKERS=${WORKERS:-2}
 LMFUSION=${LMFUSION:-}
+TEXT_ITEMS=${TEXT_ITEMS:-}              # text suite items (JSONL); empty = the shipped set
 EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}  # e.g. "--set optim.lr=5e-4"
 # ---------------------------------------------------------------------------------------------
 
@@ -38,27 +39,16 @@ SAMPLES=$WORK/samples
 EVAL_SHAPES=$WORK/eval-shapes
 EVAL_TEXT=$WORK/eval-text
 
-# shellcheck source=/dev/null  # pipelines/lib.sh: complete()
+# shellcheck source=/dev/null  # pipelines/lib.sh: complete(), stage()
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-
-stage() {  # stage NAME OUTDIR COMMAND...: run COMMAND unless OUTDIR is complete; time it
-  local name=$1 out=$2
-  shift 2
-  if complete "$out"; then
-    echo "== $name: $out is complete, skipped"
-    return
-  fi
-  echo "== $name"
-  local t0=$SECONDS
-  "$@"
-  echo "== $name done in $((SECONDS - t0)) s"
-}
 
 mkdir -p "$WORK"
 steps_arg=()
 [[ -n $STEPS ]] && steps_arg=(--steps "$STEPS")
 # shellcheck disable=SC2206  # word splitting of EXTRA_TRAIN_ARGS is intended
 extra=($EXTRA_TRAIN_ARGS)
+text_arg=()
+[[ -n $TEXT_ITEMS ]] && text_arg=(--text-items "$TEXT_ITEMS")
 
 stage prepare "$DATA" \
   "$LMFUSION" prepare --source shapes --out "$DATA" --num-items "$NUM_ITEMS" --seed "$SEED" \
@@ -80,13 +70,17 @@ stage evaluate-shapes "$EVAL_SHAPES" \
   --steps "$EVAL_STEPS" --cfg-scale "$CFG_SCALE"
 
 stage evaluate-text "$EVAL_TEXT" \
-  "$LMFUSION" evaluate --suite text --checkpoint "$RUN" --out "$EVAL_TEXT"
+  "$LMFUSION" evaluate --suite text --checkpoint "$RUN" --out "$EVAL_TEXT" "${text_arg[@]}"
 
 "$PY" - "$WORK" <<'PYEOF'
 import json, pathlib, sys
 work = pathlib.Path(sys.argv[1])
 print("\n== lmfusion demo finished")
 print(f"image grid:    {work / 'samples' / 'grid.png'}")
+times = [(name, (work / f"{name}.wall_s").read_text().strip()) for name in
+         ("shapes", "latents", "run", "samples", "eval-shapes", "eval-text") if (work / f"{name}.wall_s").is_file()]
+if times:
+    print("stage wall times (s, this run or the one that made them): " + ", ".join(f"{n} {t}" for n, t in times))
 for name in ("eval-shapes", "eval-text"):
     print(f"report:        {work / name / 'report.md'}")
 def flat(d, prefix=""):

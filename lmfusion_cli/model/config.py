@@ -44,6 +44,12 @@ class LMFusionConfig:
     """DDPM β schedule: `cosine` (diffusers `squaredcos_cap_v2`, paper) or `linear`; unused by flow."""
     num_train_timesteps: int = 1000
     """Length of the training noise schedule (timesteps)."""
+    timestep_shift: float = 1.0
+    """Shift of the noise levels toward high noise, σ ↦ s·σ / (1 + (s−1)·σ) (SD3's `shift`): the training
+    timesteps of generation images are drawn uniformly and then shifted (understanding images keep
+    uniform noise below their cap), and flow samplers use the same shift. 1 = none. Use
+    s > 1 for small or redundant images (a uniform background stays visible under heavy noise, so the
+    caption matters only at the noisiest steps); for `ddpm-eps` it changes only the training density."""
     lambda_image: float = 5.0
     """λ weighting the latent loss against the LM loss (dimensionless; 5 in Transfusion/LMFusion)."""
     understanding_max_timestep_fraction: float = 0.5
@@ -91,6 +97,8 @@ class LMFusionConfig:
                 raise ValueError("unet_channels and unet_layers_per_block must be positive")
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be >= 2; got {self.num_train_timesteps}")
+        if not self.timestep_shift > 0:
+            raise ValueError(f"timestep_shift must be > 0; got {self.timestep_shift}")
         if self.lambda_image < 0:
             raise ValueError(f"lambda_image must be >= 0; got {self.lambda_image}")
         if not 0.0 <= self.understanding_max_timestep_fraction <= 1.0:

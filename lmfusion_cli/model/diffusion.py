@@ -20,6 +20,14 @@ from lmfusion_cli.model.config import LMFusionConfig
 _BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
 
 
+def shift_noise_level(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """σ ∈ [0, 1] ↦ s·σ / (1 + (s−1)·σ): the time shift of diffusers' `FlowMatchEulerDiscreteScheduler`
+    (SD3). Monotone, fixes 0 and 1; s > 1 moves mass toward high noise."""
+    if shift == 1.0:
+        return sigma
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(N,) → (N, 1, 1, ...) broadcastable against `like` (N, ...)."""
     return values.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
@@ -31,6 +39,7 @@ class Diffusion:
     def __init__(self, config: LMFusionConfig):
         self.objective = config.objective
         self.num_train_timesteps = config.num_train_timesteps
+        self.timestep_shift = config.timestep_shift
         self.scheduler = make_training_scheduler(config)
         if self.objective == "ddpm-eps":
             self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)  # (T,)
@@ -39,13 +48,16 @@ class Diffusion:
     def sample_timesteps(
         self, max_fraction: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """One timestep per image, uniform in [0, max_fraction · T).
+        """One timestep per image: u uniform in [0, 1), shifted (`shift_noise_level`) when max_fraction is 1
+        (generation images), times max_fraction · T.
 
         max_fraction: (N,) float in (0, 1]; 1 = whole schedule. (Clean images, fraction 0, are
         not noised at all: the model skips `add_noise` for them and passes t = 0.)
         Returns (N,) float32: integer-valued for ddpm-eps, continuous for flow.
         """
         u = torch.rand(max_fraction.shape, generator=generator, device=max_fraction.device)
+        # the shift is for generation images (whole schedule); capped understanding images stay uniform
+        u = torch.where(max_fraction >= 1, shift_noise_level(u, self.timestep_shift), u)
         t = u * max_fraction.float() * self.num_train_timesteps  # (N,)
         if self.objective == "ddpm-eps":
             t = t.floor().clamp(max=self.num_train_timesteps - 1)
@@ -109,7 +121,8 @@ def make_training_scheduler(config: LMFusionConfig) -> DDPMScheduler | FlowMatch
             clip_sample=False,
             prediction_type="epsilon",
         )
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.num_train_timesteps, shift=1.0)
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.num_train_timesteps,
+                                           shift=config.timestep_shift)
 
 
 def make_inference_scheduler(config: LMFusionConfig) -> DDPMScheduler | FlowMatchEulerDiscreteScheduler:

@@ -207,6 +207,10 @@ class LMFusionModel(nn.Module):
             new_kv.append(kv)
         return hidden, routes, new_kv
 
+    @property
+    def _patcher_dtype(self) -> torch.dtype:
+        return next(self.patcher.parameters()).dtype
+
     def _image_out(
         self, hidden: torch.Tensor, routes: Routes, batch: MixedBatch, num_images: int,
         timesteps: torch.Tensor, skips: tuple[torch.Tensor, ...], keep: torch.Tensor | None = None,
@@ -262,7 +266,7 @@ class LMFusionModel(nn.Module):
             if latents is None or latents.shape[0] != num_images:
                 raise ValueError(f"batch has {num_images} images; pass latents of shape ({num_images}, C, H, W)")
             noisy, timesteps, noise = self._noised(latents, batch.image_generate, timesteps, noise, generator)
-            image_tokens, skips = self.patcher.encode(noisy, timesteps)
+            image_tokens, skips = self.patcher.encode(noisy.to(self._patcher_dtype), timesteps)
         else:
             timesteps = torch.zeros(0, device=batch.input_ids.device)
         hidden, routes, _ = self._transformer(batch, image_tokens, cache=None)
@@ -339,7 +343,8 @@ class LMFusionModel(nn.Module):
         if num_images:
             if latents is None or timesteps is None:
                 raise ValueError("a segment with image positions needs latents and timesteps")
-            image_tokens, skips = self.patcher.encode(latents, timesteps)
+            # the patcher runs in its parameters' dtype (a bf16 model samples from fp32 latents)
+            image_tokens, skips = self.patcher.encode(latents.to(self._patcher_dtype), timesteps)
         hidden, routes, new_kv = self._transformer(segment, image_tokens, cache)
         B, T = segment.input_ids.shape
         keep = T if logits_to_keep is None else min(logits_to_keep, T)
@@ -352,7 +357,7 @@ class LMFusionModel(nn.Module):
             text_logits = text_logits.view(B, keep, -1)
         image_prediction = None
         if num_images:
-            image_prediction = self._image_out(hidden, routes, segment, num_images, timesteps, skips)
+            image_prediction = self._image_out(hidden, routes, segment, num_images, timesteps, skips).to(latents.dtype)
         if update_cache:
             ends = (segment.position_ids + 1).masked_fill(segment.document_ids < 0, 0).amax(dim=1)  # (B,)
             keys, values = tuple(k for k, _ in new_kv), tuple(v for _, v in new_kv)

@@ -67,10 +67,11 @@ def build_scheduler(model_config: Any, name: str):
                 f"Sampler '{name}' cannot sample a flow-objective checkpoint; use --sampler euler or dpm-solver."
             )
         T = model_config.num_train_timesteps
+        shift = float(getattr(model_config, "timestep_shift", 1.0))  # checkpoints from before the option: 1
         if name == "euler":
-            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=1.0)
+            return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift)
         return DPMSolverMultistepScheduler(
-            num_train_timesteps=T, use_flow_sigmas=True, flow_shift=1.0, prediction_type="flow_prediction",
+            num_train_timesteps=T, use_flow_sigmas=True, flow_shift=shift, prediction_type="flow_prediction",
             algorithm_type="dpmsolver++", solver_order=2, thresholding=False,
         )
     schedule = _ddpm_schedule(model_config)

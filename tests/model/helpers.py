@@ -37,9 +37,9 @@ def tiny_base(layout: str = "llama3", seed: int = 0, **overrides):
     return base.eval()
 
 
-def tiny_model(layout: str = "llama3", seed: int = 0, **options) -> LMFusionModel:
+def tiny_model(layout: str = "llama3", seed: int = 0, base_overrides: dict | None = None, **options) -> LMFusionModel:
     options = {"latent_size": 8, "unet_channels": (16, 32), **options}
-    model = LMFusionModel.from_base(tiny_base(layout, seed), **options)
+    model = LMFusionModel.from_base(tiny_base(layout, seed, **(base_overrides or {})), **options)
     torch.manual_seed(seed + 1)
     with torch.no_grad():  # copied experts start equal to the text modules; make them differ
         for p in model.trainable_parameters():

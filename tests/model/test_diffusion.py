@@ -109,3 +109,32 @@ def test_understanding_images_are_capped_or_clean():
             assert not torch.equal(a.text_loss, b.text_loss)  # noise differs between draws
         else:
             assert (a.timesteps == 0).all() and torch.equal(a.text_loss, b.text_loss)  # clean latents
+
+
+@pytest.mark.parametrize("objective", ["flow", "ddpm-eps"])
+def test_timestep_shift_moves_training_noise_levels_like_diffusers(objective):
+    """With shift s the training σ = t/T is distributed as diffusers' shifted flow sigmas: the CDF of
+    σ at x equals u with x = s·u/(1+(s-1)·u) (FlowMatchEulerDiscreteScheduler's own shift of a
+    uniform grid), and the cap of understanding images still holds."""
+    shift, n = 6.0, 20000
+    g = torch.Generator().manual_seed(0)
+    sigma = Diffusion(_cfg(objective=objective, timestep_shift=shift)).sample_timesteps(torch.ones(n), g) / 1000
+    grid = torch.linspace(0.05, 0.95, 19)
+    reference = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    shifted = (shift * grid / (1 + (shift - 1) * grid)).double()
+    sched_sigmas = reference.sigmas.double()  # diffusers' shifted training grid, high → low noise
+    unshifted = torch.linspace(1, 1 / 1000, 1000, dtype=torch.float64)
+    torch.testing.assert_close(sched_sigmas[::100], (shift * unshifted / (1 + (shift - 1) * unshifted))[::100],
+                               atol=1e-6, rtol=0)
+    empirical_cdf = (sigma.double()[None, :] <= shifted[:, None]).double().mean(1)
+    assert (empirical_cdf - grid.double()).abs().max() < 0.02
+    assert (sigma > 0.5).double().mean() > 0.8  # most draws at high noise (0.5 with no shift)
+    capped = Diffusion(_cfg(objective=objective, timestep_shift=shift)).sample_timesteps(torch.full((n,), 0.5), g)
+    assert capped.max() < 500
+    # understanding images (capped) are not shifted: uniform below the cap, as captioning sees clean images
+    assert abs((capped < 250).double().mean().item() - 0.5) < 0.02
+
+
+def test_timestep_shift_must_be_positive():
+    with pytest.raises(ValueError, match="timestep_shift"):
+        _cfg(timestep_shift=0.0)

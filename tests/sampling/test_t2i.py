@@ -114,3 +114,30 @@ def test_sample_depends_only_on_its_seed(model):
     assert_close_scaled(both[1:], alone)
     other = _sample(model, PROMPTS[1:2], 3.0, seeds=(9,))
     assert (other - alone).abs().max() > 1e-2 * alone.abs().max()
+
+
+def test_a_bfloat16_model_samples_from_float32_latents(tokenizer):
+    """A model loaded in bf16 (the 1B-class GPU configuration) takes the sampler's fp32 latents and hands
+    back an fp32 prediction: before the fix the patcher's timestep MLP refused fp32 inputs."""
+    from sampling_helpers import make_model
+
+    for patcher in ("linear", "unet"):
+        model = make_model(tokenizer, seed=5, patcher=patcher).to(torch.bfloat16)
+        out = _sample(model, PROMPTS[:2], 3.0, steps=2)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_flow_samplers_use_the_models_timestep_shift(tokenizer):
+    """Training draws shifted noise levels (σ ↦ sσ/(1+(s-1)σ)); flow samplers must walk the same ones."""
+    from sampling_helpers import make_model
+
+    from lmfusion_cli.model.diffusion import shift_noise_level
+
+    shifted = make_model(tokenizer, seed=3, objective="flow", patcher="linear", timestep_shift=4.0).config
+    plain = make_model(tokenizer, seed=3, objective="flow", patcher="linear").config
+    for name in ("euler", "dpm-solver"):
+        sigmas = make_sampler(shifted, name, 10).scheduler.sigmas.double()
+        expected = shift_noise_level(make_sampler(plain, name, 10).scheduler.sigmas.double(), 4.0)
+        assert sigmas[1] > 0.9  # most steps spent at high noise
+        # all but the last step (diffusers' Euler grid ends at its shifted σ_min, shifted once more)
+        torch.testing.assert_close(sigmas[:-2], expected[:-2], atol=1e-2, rtol=0)

@@ -1,0 +1,93 @@
+"""`pipelines/tiny.sh` (what `make demo` runs), end to end at minimal sizes: every stage's artifact is
+there and valid, the summary names the reports, and a rerun skips every stage (issue 10).
+
+Sizes: 48 shapes items, 2 training steps, 2 prompts × 1 denoising step, 2 held-out items, 6 text items,
+on the shipped tiny LM and VAE: ~70 s on the quiet 2-core machine, mostly the start-up of seven
+`lmfusion` processes (marked slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("shapes", "latents", "run", "samples", "eval-shapes", "eval-text")
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    shipped = (REPO / "lmfusion_cli/evaluation/data/tiny_mc.jsonl").read_text().splitlines()
+    (tmp / "items.jsonl").write_text("\n".join(shipped[:6]) + "\n")
+    (tmp / "prompts.txt").write_text("a red circle on a blue background\na small green square on a white background\n")
+    env = dict(os.environ)
+    env.update(LMFUSION=str(Path(sys.executable).parent / "lmfusion"), PY=sys.executable, WORK=str(tmp / "work"),
+               NUM_ITEMS="48", STEPS="2", SAMPLE_STEPS="1", EVAL_ITEMS="2", EVAL_STEPS="1", WORKERS="1",
+               PROMPTS=str(tmp / "prompts.txt"), TEXT_ITEMS=str(tmp / "items.jsonl"), LMFUSION_QUIET="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    env = _env(tmp)
+    proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp / "work", proc.stdout, env
+
+
+def _complete(folder: Path) -> bool:
+    return json.loads((folder / "manifest.json").read_text()).get("complete") is True
+
+
+@pytest.mark.slow
+def test_every_stage_leaves_a_complete_valid_artifact(demo):
+    work, stdout, _ = demo
+    for name in STAGES:
+        assert _complete(work / name), name
+        assert int((work / f"{name}.wall_s").read_text()) >= 0
+    assert list((work / "run" / "checkpoints").glob("step-00000002"))
+    samples = [json.loads(line) for line in (work / "samples" / "samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == ["a red circle on a blue background",
+                                              "a small green square on a white background"]
+    pngs = sorted((work / "samples").rglob("*.png"))
+    assert len(pngs) == 3  # two samples and the grid
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()
+    shapes = json.loads((work / "eval-shapes" / "metrics.json").read_text())["shapes"]
+    assert shapes["num_items"] == 2
+    assert 0 <= shapes["generation"]["accuracy"]["background"] <= 1
+    assert shapes["generation"]["chance"]["background"] == pytest.approx(1 / 8)
+    assert shapes["captioning"]["cider"] >= 0
+    report = (work / "eval-shapes" / "report.md").read_text()
+    for target in [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]:
+        assert (work / "eval-shapes" / target).is_file(), target
+    text = json.loads((work / "eval-text" / "metrics.json").read_text())["text"]
+    assert text["num_items"] == 6 and text["identical"] is True
+    assert text["models"]["fused"]["accuracy"] == text["models"]["base"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_summary_names_the_grid_reports_and_figures(demo):
+    work, stdout, _ = demo
+    assert f"image grid:    {work / 'samples' / 'grid.png'}" in stdout
+    assert f"report:        {work / 'eval-shapes' / 'report.md'}" in stdout
+    assert f"report:        {work / 'eval-text' / 'report.md'}" in stdout
+    assert "eval-shapes: shapes.generation.accuracy.background = " in stdout
+    assert "stage wall times" in stdout
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_stage(demo):
+    work, _, env = demo
+    proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("is complete, skipped") == len(STAGES)
+    assert "lmfusion demo finished" in proc.stdout
