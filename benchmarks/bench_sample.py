@@ -34,12 +34,12 @@ SIZES = {
 }
 
 
-def build(size: str, device: str, dtype: torch.dtype) -> LMFusionModel:
+def build(size: str, device: str, dtype: torch.dtype, patcher: str = "unet") -> LMFusionModel:
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(transformers.LlamaConfig(max_position_embeddings=4096, **SIZES[size]))
     vocab = SIZES[size]["vocab_size"]
     model = LMFusionModel.from_base(base, latent_size=16, latent_channels=4, patch_size=2, unet_channels=(64, 128),
-                                    boi_id=vocab - 2, eoi_id=vocab - 1)
+                                    patcher=patcher, boi_id=vocab - 2, eoi_id=vocab - 1)
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--patcher", choices=["unet", "linear"], default="unet",
+                        help="unet: the paper's (and the GPU configs'); linear: the tiny demo's")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
@@ -75,11 +77,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build(args.size, args.device, getattr(torch, args.dtype))
+    model = build(args.size, args.device, getattr(torch, args.dtype), args.patcher)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 1000, (args.prompt_tokens,), generator=g).tolist() for _ in range(args.batch)]
     seeds = list(range(args.batch))
-    print(f"model {args.size} on {args.device} ({args.dtype}), {args.prompt_tokens}-token prompt, "
+    print(f"model {args.size} ({args.patcher} patcher) on {args.device} ({args.dtype}), {args.prompt_tokens}-token prompt, "
           f"{model.num_image_tokens} image tokens, {args.steps} steps, cfg {args.cfg_scale}, batch {args.batch}, "
           f"torch threads {torch.get_num_threads()}")
 
