@@ -67,7 +67,7 @@ def build_scheduler(model_config: Any, name: str):
                 f"Sampler '{name}' cannot sample a flow-objective checkpoint; use --sampler euler or dpm-solver."
             )
         T = model_config.num_train_timesteps
-        shift = float(getattr(model_config, "timestep_shift", 1.0))  # checkpoints from before the option: 1
+        shift = model_config.timestep_shift
         if name == "euler":
             return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift)
         return DPMSolverMultistepScheduler(

@@ -18,7 +18,7 @@ from lmfusion_cli.sampling.schedulers import SAMPLERS, make_sampler
 
 
 def _config(objective: str, schedule: str = "cosine") -> SimpleNamespace:
-    return SimpleNamespace(objective=objective, noise_schedule=schedule, num_train_timesteps=1000)
+    return SimpleNamespace(objective=objective, noise_schedule=schedule, num_train_timesteps=1000, timestep_shift=1.0)
 
 
 def _oracle(config, x0: torch.Tensor):
