@@ -10,8 +10,10 @@ The mask is built from three small predicates over per-position metadata (DESIGN
   only ever sees padding, so no row is fully masked).
 
 `sdpa` turns the predicates into a dense (B, 1, Tq, Tk) bool mask (the reference); `flex` turns the
-same predicates into a FlexAttention `BlockMask`. torch has no FlexAttention backward on CPU: CPU
-training must use `sdpa` (we raise instead of failing deep inside torch).
+same predicates into a FlexAttention `BlockMask` (compiled kernel, one mask per micro-batch shared by
+all layers). `auto` (the default) is flex on CUDA and sdpa elsewhere: torch has no FlexAttention
+backward on CPU, so CPU training uses sdpa (we raise instead of failing deep inside torch). On CUDA,
+sdpa never passes a mask with `enable_gqa` (that reaches only the math kernel): see `sdpa_kv`.
 """
 
 from __future__ import annotations
@@ -76,45 +78,103 @@ def dense_mask(info: MaskInfo) -> torch.Tensor:
     return mask.unsqueeze(1)
 
 
-def flex_block_mask(info: MaskInfo):
-    """The same predicate as a FlexAttention BlockMask (built once per forward, shared by layers)."""
+KV_BUCKET = 128
+"""Flex pads the key length up to a multiple of this (its block size): growing caches in sampling then
+change the compiled kernel's shapes once per 128 keys, not once per step."""
+_BUCKET_PAD_DOC = -2
+"""Document id of bucket-padding keys: equal to no query's document, padding queries (-1) included."""
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """`auto` → `flex` on CUDA (compiled, memory-safe), `sdpa` elsewhere (flex has no CPU backward)."""
+    if backend != "auto":
+        return backend
+    return "flex" if torch.device(device).type == "cuda" else "sdpa"
+
+
+def expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, Hkv, T, hd) → (B, Hkv·groups, T, hd): query head h reads key/value head h // groups (GQA)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def sdpa_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: bool,
+            device_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(k, v, enable_gqa) to pass to `scaled_dot_product_attention`.
+
+    On CUDA no fused kernel accepts a mask together with `enable_gqa=True`: PyTorch silently takes the
+    math kernel, which materialises fp32 (B, H, Tq, Tk) scores (issue 22). There, masked GQA expands
+    K/V to the query heads instead (the memory-efficient kernel takes a mask, not GQA). Elsewhere (CPU)
+    and unmasked, `enable_gqa` is passed and no copy is made.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups == 1:
+        return k, v, False
+    if masked and (device_type or q.device.type) == "cuda":
+        return expand_kv(k, groups), expand_kv(v, groups), False
+    return k, v, True
+
+
+def flex_block_mask(info: MaskInfo, kv_length: int | None = None):
+    """The same predicate as a FlexAttention BlockMask, built once per forward and shared by all layers.
+
+    `past_length` enters as a tensor and keys are padded to `kv_length` (document `_BUCKET_PAD_DOC`),
+    so sampling with a growing cache reuses the compiled kernel. Built compiled on CUDA.
+    """
     from torch.nn.attention.flex_attention import create_block_mask
 
-    q_image, kv_image, q_doc, kv_doc, past = info.q_image, info.kv_image, info.q_doc, info.kv_doc, info.past_length
+    B, Tq = info.q_doc.shape
+    Tk = kv_length or info.kv_doc.shape[1]
+    extra = Tk - info.kv_doc.shape[1]
+    kv_image = F.pad(info.kv_image, (0, extra), value=-1)
+    kv_doc = F.pad(info.kv_doc, (0, extra), value=_BUCKET_PAD_DOC)
+    q_image, q_doc = info.q_image, info.q_doc
+    past = torch.tensor(info.past_length, device=q_doc.device)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return hybrid(q_idx + past, kv_idx, q_image[b, q_idx], kv_image[b, kv_idx], q_doc[b, q_idx], kv_doc[b, kv_idx])
 
-    B, Tq = q_doc.shape
-    return create_block_mask(mask_mod, B, None, Tq, kv_doc.shape[1], device=q_doc.device)
+    compiled = q_doc.device.type == "cuda"
+    return create_block_mask(mask_mod, B, None, Tq, Tk, device=q_doc.device, _compile=compiled)
 
 
 @functools.cache
-def _compiled_flex():
+def _compiled_flex(device_type: str):
+    """flex_attention compiled once per device type. On CPU with static shapes: inductor's CPU flex
+    template fails to compile dynamic shapes (torch 2.14: undeclared `cur_qSplitSize` symbols); the
+    bucketed key length keeps the number of static shapes small."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention)
+    return torch.compile(flex_attention, dynamic=False if device_type == "cpu" else None)
 
 
 class Attention:
-    """The mask of one forward pass, built once and applied in every layer by `__call__`."""
+    """The mask of one forward pass (one micro-batch), built once and applied in every layer by `__call__`.
+
+    backend: `auto` (flex on CUDA, sdpa elsewhere), `sdpa` or `flex`.
+    """
 
     def __init__(self, info: MaskInfo, backend: str):
-        self.backend = backend
-        self.mask = dense_mask(info) if backend == "sdpa" else flex_block_mask(info)
+        self.backend = resolve_backend(backend, info.q_doc.device)
+        if self.backend == "sdpa":
+            self.mask = dense_mask(info)
+            self.kv_length = info.kv_doc.shape[1]
+        else:
+            Tk = info.kv_doc.shape[1]
+            self.kv_length = -(-Tk // KV_BUCKET) * KV_BUCKET
+            self.mask = flex_block_mask(info, self.kv_length)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """q: (B, Hq, Tq, hd); k, v: (B, Hkv, Tk, hd) → (B, Hq, Tq, hd). GQA when Hq > Hkv."""
-        gqa = q.shape[1] != k.shape[1]
         if self.backend == "sdpa":
+            k, v, gqa = sdpa_kv(q, k, v, masked=True)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=scale, enable_gqa=gqa)
-        from torch.nn.attention.flex_attention import flex_attention
-
-        if q.device.type == "cpu":
-            if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-                raise RuntimeError(
-                    "attention_backend='flex' has no backward on CPU in torch; train on CPU with "
-                    "attention_backend='sdpa' (flex is for no-grad use here, or a GPU)"
-                )
-            return flex_attention(q, k, v, block_mask=self.mask, scale=scale, enable_gqa=gqa)
-        return _compiled_flex()(q, k, v, block_mask=self.mask, scale=scale, enable_gqa=gqa)
+        gqa = q.shape[1] != k.shape[1]
+        extra = self.kv_length - k.shape[2]
+        if extra:  # bucket padding; its keys are masked out by their document id
+            k, v = F.pad(k, (0, 0, 0, extra)), F.pad(v, (0, 0, 0, extra))
+        if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            raise RuntimeError(
+                "attention_backend='flex' has no backward on CPU in torch; train on CPU with "
+                "attention_backend='sdpa' or 'auto' (flex is for no-grad use here, or a GPU)"
+            )
+        return _compiled_flex(q.device.type)(q, k, v, block_mask=self.mask, scale=scale, enable_gqa=gqa)

@@ -16,7 +16,7 @@ _CHOICES = {
     "patcher": ("unet", "linear"),
     "objective": ("ddpm-eps", "flow"),
     "noise_schedule": ("cosine", "linear"),
-    "attention_backend": ("sdpa", "flex"),
+    "attention_backend": ("auto", "sdpa", "flex"),
     "experts": ("deep", "ffn-only", "none"),
     "dtype": ("float32", "bfloat16", "float16"),
 }
@@ -54,8 +54,10 @@ class LMFusionConfig:
     """λ weighting the latent loss against the LM loss (dimensionless; 5 in Transfusion/LMFusion)."""
     understanding_max_timestep_fraction: float = 0.5
     """Cap on the noise of images that condition a caption, as a fraction of the schedule (0 = clean)."""
-    attention_backend: str = "sdpa"
-    """Attention kernel: `sdpa` with a dense bool mask (reference, trains on CPU) or `flex`."""
+    attention_backend: str = "auto"
+    """Attention kernel: `auto` (flex on CUDA, sdpa elsewhere), `sdpa` with a dense bool mask (reference,
+    trains on CPU; on CUDA masked GQA expands K/V instead of reaching the math kernel) or `flex`
+    (compiled FlexAttention; no backward on CPU)."""
     experts: str = "deep"
     """Image experts: `deep` (own attention, norms, FFN), `ffn-only` (shared attention), `none` (dense)."""
     freeze_text: bool = True

@@ -76,3 +76,75 @@ def test_flex_equals_sdpa_outputs_and_gradients_on_gpu():
     for (name, p), q in zip(sdpa.named_parameters(), flex.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+# ---- kernel choice (issue 22): masked GQA must never reach the math kernel on CUDA --------------------
+from lmfusion_cli.model.attention import expand_kv, resolve_backend, sdpa_kv  # noqa: E402
+
+
+def test_auto_backend_is_flex_on_cuda_and_sdpa_on_cpu():
+    assert resolve_backend("auto", "cuda") == "flex"
+    assert resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    assert resolve_backend("sdpa", "cuda") == "sdpa" and resolve_backend("flex", "cpu") == "flex"
+
+
+def test_sdpa_on_cuda_expands_masked_gqa_instead_of_enable_gqa():
+    q, k, v = torch.randn(1, 8, 5, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    k2, v2, gqa = sdpa_kv(q, k, v, masked=True, device_type="cuda")
+    assert gqa is False and k2.shape == v2.shape == (1, 8, 5, 4)  # full heads: fused kernels accept it
+    k2, v2, gqa = sdpa_kv(q, k, v, masked=True, device_type="cpu")
+    assert gqa is True and k2 is k and v2 is v  # CPU: no copy
+    k2, v2, gqa = sdpa_kv(q, k, v, masked=False, device_type="cuda")
+    assert gqa is True and k2 is k  # unmasked GQA has a fused (flash) kernel
+    _, _, gqa = sdpa_kv(q, q, q, masked=True, device_type="cuda")
+    assert gqa is False  # no GQA at all
+
+
+def test_expanded_kv_equals_enable_gqa():
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, s, 7, 4, generator=g) for s in (6, 2, 2))
+    mask = torch.rand(2, 1, 7, 7, generator=g) > 0.3
+    mask[..., 0] = True
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    expanded = F.scaled_dot_product_attention(q, expand_kv(k, 3), expand_kv(v, 3), attn_mask=mask)
+    torch.testing.assert_close(expanded, reference, atol=1e-6, rtol=1e-6)
+    assert torch.equal(expand_kv(k, 3)[:, 4], k[:, 1])  # query head 4 of 6 reads kv head 4 // 3
+
+
+def test_flex_sampling_does_not_recompile_per_step():
+    """Denoising steps and text decoding with a growing cache reuse the compiled flex kernel: the
+    offset is a tensor and the key length is padded to 128-key buckets (issue 22)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from lmfusion_cli.model import image_segment, left_pad, text_segment
+
+    model = tiny_model("llama3", attention_backend="flex")
+    N = model.num_image_tokens
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        cache = model.forward_segment(left_pad([[1, 5, 6, 7, model.boi_id], [1, model.boi_id]]),
+                                      update_cache=True).cache
+        x_t = torch.randn(2, 4, 8, 8)
+
+        def denoise(cache):
+            return model.forward_segment(image_segment(cache.next_positions, N), x_t, torch.tensor([500.0, 500.0]),
+                                         cache=cache).image_prediction
+
+        def decode(cache, token):
+            ids = torch.full((2, 1), token)
+            return model.forward_segment(text_segment(ids, cache.next_positions[:, None]), cache=cache,
+                                         update_cache=True).cache
+
+        for _ in range(2):  # warm-up: the first compiles
+            denoise(cache)
+            cache = decode(cache, 9)
+        compiled = counters["stats"]["unique_graphs"]
+        for step in range(6):
+            denoise(cache)
+            cache = decode(cache, 10 + step)
+    assert compiled >= 1
+    assert counters["stats"]["unique_graphs"] == compiled, dict(counters["recompiles"] or counters["stats"])
