@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.model.attention import Attention, MaskInfo
@@ -125,6 +126,9 @@ class LMFusionModel(nn.Module):
                 module.to(dtype=dtype)
         if config.freeze_text and not config.from_scratch:
             base.requires_grad_(False)
+        self.checkpoint_every = 0
+        """Activation checkpointing (set by training): recompute every k-th routed layer in the backward
+        (non-reentrant); 0 = none, 1 = every layer."""
 
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
@@ -203,7 +207,11 @@ class LMFusionModel(nn.Module):
         for i, text_layer in enumerate(self.base.model.layers):
             expert = self.image_experts[i] if self.image_experts is not None else None
             past_kv = None if cache is None else (cache.keys[i], cache.values[i])
-            hidden, kv = routed_layer(text_layer, expert, hidden, routes, (B, T), rope, attention, past_kv)
+            args = (text_layer, expert, hidden, routes, (B, T), rope, attention, past_kv)
+            if self.checkpoint_every and torch.is_grad_enabled() and i % self.checkpoint_every == 0:
+                hidden, kv = checkpoint(routed_layer, *args, use_reentrant=False)
+            else:
+                hidden, kv = routed_layer(*args)
             new_kv.append(kv)
         return hidden, routes, new_kv
 

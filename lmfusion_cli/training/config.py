@@ -123,6 +123,17 @@ class TrainConfig:
     """Stop this invocation (with a checkpoint) after this optimizer step; 0 = run to schedule.steps."""
     threads: int = 0
     """torch intra-op threads per process on CPU; 0 = leave torch's default."""
+    activation_checkpointing: str = "none"
+    """Recompute routed layers in the backward instead of keeping their activations: `none`, `layers`
+    (every layer) or `every-K` (every K-th layer, e.g. `every-2`); non-reentrant."""
+    frozen_bf16: bool = False
+    """Store the frozen text weights in bf16 (no gradients, no optimizer state); trainable weights stay fp32."""
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Layers between checkpointed ones: 0 = none, 1 = every layer, K for `every-K`."""
+        mode = self.activation_checkpointing
+        return 0 if mode == "none" else 1 if mode == "layers" else int(mode.removeprefix("every-"))
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -139,6 +150,11 @@ class TrainConfig:
                              "train.threads and train.stop_at >= 0")
         if not self.resume:
             raise ValueError("train.resume must be `auto`, `never` or a checkpoint folder")
+        mode = self.activation_checkpointing
+        every = mode.removeprefix("every-")
+        if mode not in ("none", "layers") and not (mode.startswith("every-") and every.isdigit() and int(every) >= 1):
+            raise ValueError(f"train.activation_checkpointing must be none, layers or every-K (K >= 1, e.g. "
+                             f"every-2); got {mode!r}")
 
 
 @dataclass(frozen=True)

@@ -225,4 +225,5 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     log.info("model: %s + image experts, %.2f M trainable of %.2f M parameters", base,
              sum(p.numel() for p in model.trainable_parameters()) / 1e6,
              sum(p.numel() for p in model.parameters()) / 1e6)
+    model.checkpoint_every = config.train.checkpoint_every
     return LMFusionWorkload(model.to(device), tokenizer, config.data.seq_len, manifest.get("vae"))
