@@ -44,9 +44,13 @@ class Routes:
         )
 
     def merge(self, text_rows: torch.Tensor, image_rows: torch.Tensor) -> torch.Tensor:
-        """Scatter each expert's rows back to their positions: (N_text, F), (N_image, F) → (B·T, F)."""
-        out = text_rows.new_zeros(self.num_positions, text_rows.shape[-1])
-        return out.index_copy(0, self.text, text_rows).index_copy(0, self.image, image_rows)
+        """Scatter each expert's rows back to their positions: (N_text, F), (N_image, F) → (B·T, F).
+
+        Under autocast or with bf16-stored frozen text the two experts' rows may differ in dtype: the
+        result has the wider one."""
+        dtype = torch.promote_types(text_rows.dtype, image_rows.dtype)
+        out = text_rows.new_zeros(self.num_positions, text_rows.shape[-1], dtype=dtype)
+        return out.index_copy(0, self.text, text_rows.to(dtype)).index_copy(0, self.image, image_rows.to(dtype))
 
 
 class ImageExpert(nn.Module):

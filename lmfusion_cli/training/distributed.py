@@ -6,6 +6,10 @@
 - `wrap_model`: FSDP2 `fully_shard` on every unit the workload names (decoder layers) and then the
   root, so frozen text weights are sharded too; the optimiser is built afterwards over the trainable
   parameters only, so frozen weights get no optimiser state. DDP and `none` are the alternatives.
+- Mixed precision (`bf16_compute`, `compute_context`, `store_frozen_bf16_`): FSDP2 gets
+  `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)` (parameters all-gathered in bf16,
+  gradients reduced in fp32, fp32 master weights and optimiser state); DDP and one process use
+  autocast. Frozen weights may be stored in bf16 (no gradient, no optimiser state).
 - Small collectives that are no-ops in one process.
 
 This file knows nothing about the model's insides; the workload says which modules are units.
@@ -13,6 +17,7 @@ This file knows nothing about the model's insides; the workload says which modul
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shlex
@@ -120,25 +125,57 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def bf16_compute(precision: str, device: torch.device) -> bool:
+    """train.precision → compute in bf16? `auto` = on CUDA devices that support it."""
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def uses_fsdp(strategy: str, ctx: DistContext) -> bool:
+    return ctx.distributed and strategy == "fsdp"
+
+
+def compute_context(precision: str, strategy: str, ctx: DistContext) -> contextlib.AbstractContextManager | None:
+    """The autocast of a micro-step: bf16 autocast for one process and DDP; None under FSDP (its
+    `MixedPrecisionPolicy` casts the parameters instead) and in fp32."""
+    if not bf16_compute(precision, ctx.device) or uses_fsdp(strategy, ctx):
+        return None
+    return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
+
+
+def store_frozen_bf16_(model: nn.Module) -> int:
+    """Store every frozen parameter in bf16 (in place); returns how many. Trainable ones stay as they are."""
+    count = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != torch.bfloat16:
+            p.data = p.data.to(torch.bfloat16)
+            count += 1
+    return count
+
+
 def wrap_model(model: nn.Module, units: Iterable[nn.Module | list[nn.Module]], strategy: str,
-               ctx: DistContext) -> nn.Module:
+               ctx: DistContext, bf16: bool = False) -> nn.Module:
     """Shard or replicate `model` across processes. `requires_grad` must already be final.
 
     fsdp: `fully_shard` each unit (a module, or a list of modules sharded as one communication group;
-    frozen or not), then the root. ddp: DistributedDataParallel
-    (unused trainable parameters allowed). none / one process: the model itself."""
+    frozen or not), then the root; with `bf16`, a MixedPrecisionPolicy (bf16 parameters in forward and
+    backward, fp32 gradient reduction; the sharded master weights keep their dtype). ddp:
+    DistributedDataParallel (unused trainable parameters allowed). none / one process: the model itself."""
     if not ctx.distributed or strategy == "none":
         if ctx.distributed:
             raise UserError("dist.strategy=none cannot run on several processes; use fsdp or ddp.")
         return model
     if strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
+                                      reduce_dtype=torch.float32 if bf16 else None)
         for unit in units:
-            fully_shard(unit, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+            fully_shard(unit, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
         return model
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel

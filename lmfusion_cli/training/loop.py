@@ -28,8 +28,9 @@ from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import write_manifest
 from lmfusion_cli.training import checkpointing as ckpt
 from lmfusion_cli.training.config import RESUME_FIXED_KEYS, TrainRunConfig
-from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, broadcast_object,
-                                               init_distributed, shutdown, unwrap, wrap_model)
+from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, bf16_compute, broadcast_object,
+                                               compute_context, init_distributed, shutdown, store_frozen_bf16_,
+                                               unwrap, wrap_model)
 from lmfusion_cli.training.loader import LatentSource, SampleStream
 from lmfusion_cli.training.logging import TrainLogger, memory_mb
 from lmfusion_cli.training.optim import build_optimizer, build_scheduler
@@ -131,8 +132,13 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     val_source = source_factory(config.data.latents, config.data.val_split) if config.data.val_split else None
     torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
     workload = workload_factory(config, source, ctx.device)
+    bf16 = bf16_compute(config.train.precision, ctx.device)
+    if config.train.frozen_bf16:
+        if not bf16:
+            raise UserError("train.frozen_bf16 needs bf16 compute; set train.precision=bf16 (or auto on a GPU).")
+        store_frozen_bf16_(workload.model)
     model = wrap_model(workload.model, workload.shard_units() if config.dist.strategy == "fsdp" else [],
-                       config.dist.strategy, ctx)
+                       config.dist.strategy, ctx, bf16=bf16)
     if config.train.compile:
         _compile(workload)
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
@@ -162,7 +168,7 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     logger = TrainLogger(run.run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard)
     if run.resumed_from:
         logger.write({"event": "resume", "step": state.step, "from": run.resumed_from, "world_size": ctx.world_size})
-    autocast = _autocast(config, ctx)
+    autocast = compute_context(config.train.precision, config.dist.strategy, ctx)
     stop = _SignalFlag()
     losses: list[float] = []
     flops, flops_steps = 0.0, 0  # counted FLOPs of this process since the last record, over this many steps
@@ -240,9 +246,10 @@ def _count_finite(run: _Run, result: Any, logger: TrainLogger) -> None:
 
 
 def _validate(run: _Run, logger: TrainLogger) -> None:
-    logger.write({"event": "val", "step": run.state.step,
-                  **validate(run.model, run.workload, run.val_source, run.config.log,
-                             run.config.train.micro_batch_size, run.ctx)})
+    with compute_context(run.config.train.precision, run.config.dist.strategy, run.ctx) or contextlib.nullcontext():
+        values = validate(run.model, run.workload, run.val_source, run.config.log,
+                          run.config.train.micro_batch_size, run.ctx)
+    logger.write({"event": "val", "step": run.state.step, **values})
 
 
 def _save(run: _Run) -> None:
@@ -297,12 +304,6 @@ def _check_batch(config: TrainRunConfig, ctx: DistContext) -> None:
         raise UserError(
             f"train.batch_size={config.train.batch_size} is not a multiple of train.micro_batch_size × processes "
             f"= {config.train.micro_batch_size} × {ctx.world_size}; change one of them so the global batch is kept.")
-
-
-def _autocast(config: TrainRunConfig, ctx: DistContext) -> contextlib.AbstractContextManager | None:
-    bf16 = config.train.precision == "bf16" or (
-        config.train.precision == "auto" and ctx.device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(ctx.device.type, dtype=torch.bfloat16) if bf16 else None
 
 
 def _refuse_newer_checkpoints(run_dir: Path, resume_from: Path) -> None:
