@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmfusion_cli import __version__
-from lmfusion_cli.commands import encode_latents, evaluate, prepare, sample, train
+from lmfusion_cli.commands import encode_latents, evaluate, plan, prepare, sample, train
 from lmfusion_cli.common.errors import UserError
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ def _global(
 app.command("prepare")(prepare.command)
 app.command("encode-latents")(encode_latents.command)
 app.command("train")(train.command)
+app.command("plan")(plan.command)
 app.command("sample")(sample.command)
 app.command("evaluate")(evaluate.command)
 

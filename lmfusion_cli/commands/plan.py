@@ -1,0 +1,47 @@
+"""`lmfusion plan`: per-GPU memory, FLOPs and step time of a training config (issue 22)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lmfusion_cli.commands.common import ConfigOption, SetOption
+
+
+def command(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    gpus: Annotated[Optional[int], typer.Option(help="GPUs per node (default: the config's dist.gpus).")] = None,
+    nodes: Annotated[Optional[int], typer.Option(help="Nodes (default: the config's dist.nodes).")] = None,
+    gpu_memory: Annotated[str, typer.Option(help="Memory of one GPU, e.g. 80GiB.")] = "80GiB",
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed for the step time.")] = 0.40,
+    peak_tflops: Annotated[float, typer.Option(help="Peak dense bf16 TFLOP/s of one GPU (H100 SXM: 989).")] = 989.0,
+    caption_tokens: Annotated[int, typer.Option(help="Assumed caption length in tokens.")] = 36,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+) -> None:
+    """Say per-GPU memory, FLOPs per step and step time of a training config before renting GPUs.
+
+    Examples:
+
+      lmfusion plan -c pipelines/configs/paper-llama3-8b.yaml --gpus 8 --nodes 4 --gpu-memory 80GiB
+
+      lmfusion plan -c pipelines/configs/coco-llama3-1b.yaml --set train.activation_checkpointing=none --json
+    """
+    from lmfusion_cli.common.errors import UserError
+    from lmfusion_cli.config import resolve_config
+    from lmfusion_cli.training.config import TrainRunConfig
+    from lmfusion_cli.training.plan import PlanOptions, format_plan, make_plan, parse_bytes
+
+    if config is not None and not Path(config).is_file():
+        raise UserError(f"--config {config} does not exist; pass a YAML file such as pipelines/configs/tiny.yaml.")
+    cfg = resolve_config(TrainRunConfig, config, overrides, {
+        "dist.gpus": gpus, "dist.nodes": nodes, "train.out": "plan", "data.latents": None})
+    if mfu <= 0 or mfu > 1 or peak_tflops <= 0 or caption_tokens < 0:
+        raise UserError("--mfu must be in (0, 1], --peak-tflops > 0 and --caption-tokens >= 0.")
+    options = PlanOptions(gpus=cfg.dist.gpus, nodes=cfg.dist.nodes, gpu_memory=parse_bytes(gpu_memory), mfu=mfu,
+                          peak_tflops=peak_tflops, caption_tokens=caption_tokens)
+    plan = make_plan(cfg, options)
+    typer.echo(json.dumps(plan, indent=2) if as_json else format_plan(plan))

@@ -1,0 +1,385 @@
+"""`make_plan`: per-GPU memory, FLOPs and step time of a training config, before any GPU is rented.
+
+- Parameters are counted exactly: the base is built from its config.json on the meta device (a local
+  folder's, a shipped copy for the hub ids of our GPU configs in `assets/base-configs/`, or the hub's
+  config when online) and wrapped in `LMFusionModel`, so image experts, patcher and BOI/EOI rows are
+  counted by the same code that trains.
+- Activations are *measured*, not guessed: one routed decoder layer of the real width runs forward under
+  `FakeTensorMode` (no memory is used) on the config's text/image mix, and every tensor autograd saves
+  for the backward is counted (parameters excluded). Two token counts are measured and differenced, so
+  the per-token cost is exact and weights cancel; a dense (Tq, Tk) mask is reported as attention
+  workspace. The patcher is measured the same way per image.
+- Memory per GPU (FSDP2 over all processes): sharded parameters (frozen in their stored dtype,
+  trainable fp32), fp32 gradients and AdamW moments of the trainable ones, FSDP's unsharded working set
+  (root + two layer groups in the compute dtype), activations of one micro-batch (with and without
+  activation checkpointing), attention workspace, a reserve (CUDA context + allocator fragmentation),
+  and the headroom left.
+- FLOPs per step are counted per token and layer (2·P forward; backward 4·P for tokens with trainable
+  weights, 2·P for frozen text that still needs input gradients, 0 for a detached caption prefix),
+  plus attention scores per document, the LM head at its targets and the patcher (FlopCounterMode).
+
+This file reads configs and builds meta/fake modules; it never loads weights or touches a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.training.config import TrainRunConfig
+
+GiB = 2**30
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "base-configs"
+CUDA_CONTEXT_BYTES = 1 * GiB
+"""Reserve for the CUDA context and NCCL buffers on a GPU."""
+FRAGMENTATION = 0.05
+"""Reserve for allocator fragmentation, as a fraction of the tensors' bytes (GPU only)."""
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    gpus: int = 8
+    """GPUs per node."""
+    nodes: int = 1
+    """Nodes."""
+    gpu_memory: int = 80 * GiB
+    """Memory of one GPU in bytes."""
+    mfu: float = 0.40
+    """Model FLOPs utilisation assumed for the step time."""
+    peak_tflops: float = 989.0
+    """Peak dense bf16 TFLOP/s of one GPU (H100 SXM: 989; A100: 312)."""
+    caption_tokens: int = 36
+    """Assumed caption length in tokens (with bos/eos/BOI/EOI and 256 image tokens ≈ 296 per example)."""
+    device: str = "cuda"
+    """Where the run will go: `cuda` (bf16 per train.precision=auto) or `cpu` (fp32, no reserve)."""
+
+    @property
+    def world(self) -> int:
+        return self.gpus * self.nodes
+
+
+def base_config(path: str):
+    """The base's transformers config: local folder, shipped shapes for a known hub id, or the hub."""
+    from transformers import AutoConfig
+
+    from lmfusion_cli.training.lmfusion_workload import resolve_base_path
+
+    local = Path(resolve_base_path(path))
+    shipped = SHIPPED_CONFIGS / path.replace("/", "--")
+    for folder in (local, shipped):
+        if (folder / "config.json").is_file():
+            return AutoConfig.from_pretrained(str(folder))
+    try:
+        return AutoConfig.from_pretrained(path)  # a hub id: fetches config.json only, when online
+    except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
+        raise UserError(f"Cannot read the config.json of base {path}; pass a local folder with a config.json "
+                        f"(--set base.path=DIR) or go online for the hub id.") from e
+
+
+def lmfusion_config(config: TrainRunConfig):
+    """The model section with latent sizes from the latent manifest if present, else the config or 4×32×32."""
+    from lmfusion_cli.model import LMFusionConfig
+
+    options = dict(config.model)
+    manifest = Path(config.data.latents) / "manifest.json"
+    if manifest.is_file():
+        shape = json.loads(manifest.read_text()).get("latent_shape")
+        if shape:
+            options.setdefault("latent_channels", shape[0])
+            options.setdefault("latent_size", shape[1])
+    options.setdefault("latent_channels", 4)
+    options.setdefault("latent_size", 32)  # 256×256 images through an 8×-down VAE (the paper's)
+    try:
+        return LMFusionConfig.from_dict(options)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"Invalid model section: {e}.") from e
+
+
+def meta_model(base_cfg, lm_cfg):
+    """LMFusionModel with every tensor on the meta device (no memory, no download)."""
+    from transformers import AutoModelForCausalLM
+
+    from lmfusion_cli.model import LMFusionModel
+
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(base_cfg)
+        return LMFusionModel(base, lm_cfg, "plan")
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Exact counts by role (tied weights once)."""
+    counts = {"text_frozen": 0, "text_trainable": 0, "image_experts": 0, "image_other": 0}
+    for name, p in model.named_parameters():
+        if name.startswith("base."):
+            counts["text_trainable" if p.requires_grad else "text_frozen"] += p.numel()
+        elif name.startswith("image_experts."):
+            counts["image_experts"] += p.numel()
+        else:
+            counts["image_other"] += p.numel()
+    counts["total"] = sum(counts.values())
+    counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    counts["per_layer_group"] = sum(p.numel() for p in model.base.model.layers[0].parameters()) + (
+        sum(p.numel() for p in model.image_experts[0].parameters()) if model.image_experts is not None else 0)
+    counts["text_layer"] = sum(p.numel() for p in model.base.model.layers[0].parameters())
+    return counts
+
+
+def _saved_bytes(fn, params: list[torch.Tensor], square: int | None = None) -> tuple[int, int]:
+    """(bytes autograd saves while `fn()` runs, of which (.., T, T) masks) excluding parameters."""
+    keep = {p.untyped_storage()._cdata for p in params}
+    seen: dict[int, tuple[int, bool]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in keep:
+            is_mask = square is not None and t.dim() == 4 and t.shape[-1] == t.shape[-2] == square
+            seen[storage._cdata] = (storage.nbytes(), is_mask)
+        return t
+
+    with warnings.catch_warnings():  # FakeTensor's storage nbytes goes through a deprecated data_ptr check
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+    return sum(n for n, _ in seen.values()), sum(n for n, m in seen.values() if m)
+
+
+def measure_layer(base_cfg, lm_cfg, image_fraction: float, dtype: torch.dtype, tokens: int,
+                  backend: str, text_trainable: bool) -> tuple[float, float]:
+    """(saved bytes per token, dense-mask bytes) of one routed layer at `tokens` positions (one row).
+
+    Runs the real `routed_layer` on fake tensors of the base's width in `dtype`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import AutoModelForCausalLM
+
+    from lmfusion_cli.model.attention import Attention, MaskInfo
+    from lmfusion_cli.model.layers import ImageExpert, Routes, routed_layer
+
+    small = base_cfg.__class__.from_dict({**base_cfg.to_dict(), "num_hidden_layers": 1, "vocab_size": 8,
+                                          "bos_token_id": None, "eos_token_id": None, "pad_token_id": None})
+
+    def one(T: int) -> tuple[int, int]:
+        n_image = int(round(T * image_fraction))
+        modality = torch.zeros(1, T, dtype=torch.long)
+        modality[0, T - n_image:] = 1
+        routes = Routes.from_modality(modality, 0, 1)
+        docs, images = torch.zeros(1, T, dtype=torch.long), torch.full((1, T), -1)
+        images[0, T - n_image:] = 0
+        attention = Attention(MaskInfo(images, images, docs, docs, 0), "sdpa")  # flex saves the same (q, k, v, out, lse)
+        positions = torch.arange(T)[None]
+        default = torch.get_default_dtype()
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            torch.set_default_dtype(dtype)
+            try:
+                base = AutoModelForCausalLM.from_config(small)
+            finally:
+                torch.set_default_dtype(default)
+            layer = base.model.layers[0].requires_grad_(text_trainable)
+            expert = ImageExpert(layer, lm_cfg.experts).requires_grad_(True) if lm_cfg.experts != "none" else None
+            hidden = torch.randn(T, small.hidden_size, dtype=dtype, requires_grad=True)
+            rope = base.model.rotary_emb(hidden.view(1, T, -1), positions)
+            params = list(base.parameters()) + (list(expert.parameters()) if expert is not None else [])
+            return _saved_bytes(lambda: routed_layer(layer, expert, hidden, routes, (1, T), rope, attention),
+                                params, square=T)
+
+    t1, t2 = 256, 512
+    (b1, m1), (b2, m2) = one(t1), one(t2)
+    per_token = ((b2 - m2) - (b1 - m1)) / (t2 - t1)
+    mask_bytes_per_pos2 = m2 / (t2 * t2)
+    return per_token, mask_bytes_per_pos2
+
+
+def measure_patcher(lm_cfg, hidden: int, dtype: torch.dtype) -> tuple[float, float]:
+    """(saved activation bytes, forward FLOPs) of the patcher's encode + decode, per image."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lmfusion_cli.model.image_io import make_patcher
+
+    results = []
+    for n in (1, 2):
+        default = torch.get_default_dtype()
+        with FakeTensorMode():
+            torch.set_default_dtype(dtype)
+            try:
+                patcher = make_patcher(lm_cfg, hidden)
+            finally:
+                torch.set_default_dtype(default)
+            latents = torch.randn(n, lm_cfg.latent_channels, lm_cfg.latent_size, lm_cfg.latent_size, dtype=dtype)
+            t = torch.full((n,), 500.0)
+            counter = FlopCounterMode(display=False)
+
+            def run():
+                tokens, skips = patcher.encode(latents, t)
+                patcher.decode(tokens, t, skips)
+
+            with counter:
+                saved, _ = _saved_bytes(run, list(patcher.parameters()))
+            results.append((saved, counter.get_total_flops()))
+    return results[1][0] - results[0][0], results[1][1] - results[0][1]
+
+
+def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
+    """The plan as a JSON-ready dict (see the module docstring for what each part means)."""
+    base_cfg = base_config(config.base.path)
+    lm_cfg = lmfusion_config(config)
+    model = meta_model(base_cfg, lm_cfg)
+    counts = parameter_counts(model)
+    world = options.world
+    gpu = options.device == "cuda"
+    bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and gpu)
+    compute = torch.bfloat16 if bf16 else torch.float32
+    compute_bytes = 2 if bf16 else 4
+    frozen_bytes = 2 if (config.train.frozen_bf16 or config.model.get("dtype") == "bfloat16") else 4
+    sharded = config.dist.strategy == "fsdp" and world > 1
+    share = world if sharded else 1
+    backend = config.model.get("attention_backend", "auto")
+    backend = ("flex" if gpu else "sdpa") if backend == "auto" else backend
+
+    # ---- tokens ---------------------------------------------------------------------------------
+    N = model.num_image_tokens
+    example_text = options.caption_tokens + 4  # bos, BOI, EOI, eos
+    example = N + example_text
+    micro = config.train.micro_batch_size
+    micro_tokens = micro * example
+    rows = math.ceil(micro_tokens / config.data.seq_len) if config.data.seq_len else micro
+    row_length = config.data.seq_len or example
+    positions = rows * row_length
+    per_process_micros = config.train.batch_size // (micro * world)
+    tokens_per_step = config.train.batch_size * example
+
+    # ---- parameters, gradients, optimizer -------------------------------------------------------
+    hidden, layers = base_cfg.hidden_size, base_cfg.num_hidden_layers
+    frozen = counts["text_frozen"]
+    trainable = counts["trainable"]
+    memory: dict[str, float] = {
+        "params_frozen": frozen * frozen_bytes / share,
+        "params_trainable": trainable * 4 / share,
+        "grads": trainable * 4 / share,
+        "optimizer": trainable * 8 / share,
+    }
+    if sharded:  # unsharded root + the current and prefetched layer group in the compute dtype
+        root = counts["total"] - layers * counts["per_layer_group"]
+        memory["fsdp_unsharded"] = (root + 2 * counts["per_layer_group"]) * compute_bytes
+    elif bf16 and frozen_bytes == 4:  # autocast keeps bf16 copies of the weights of the running layer
+        memory["fsdp_unsharded"] = counts["per_layer_group"] * 2
+    else:
+        memory["fsdp_unsharded"] = 0.0
+
+    # ---- activations (measured) -----------------------------------------------------------------
+    text_trainable = counts["text_trainable"] > 0
+    per_token, mask_per_pos2 = measure_layer(base_cfg, lm_cfg, N / example, compute, 512, backend, text_trainable)
+    patcher_bytes, patcher_flops = measure_patcher(lm_cfg, hidden, compute)
+    layer_bytes = per_token * micro_tokens
+    residual = micro_tokens * hidden * (compute_bytes if sharded else 4)  # a checkpointed layer's input
+    targets = micro * options.caption_tokens * (1 - config.data.generation_fraction) + micro
+    vocab = base_cfg.vocab_size
+    head_bytes = targets * vocab * (compute_bytes + 4 + 4)  # logits, fp32 upcast, softmax of the CE
+    embed_bytes = positions * hidden * 4 * 2  # embeddings and the final hidden state (fp32)
+    other = head_bytes + embed_bytes + patcher_bytes * micro
+    every = config.train.checkpoint_every
+    checkpointed = math.ceil(layers / every) if every else layers
+    activations_off = layers * layer_bytes + other
+    activations_on = checkpointed * residual + (layers - checkpointed) * layer_bytes + layer_bytes + other
+    memory["activations"] = activations_on if every else activations_off
+    if backend == "sdpa":
+        memory["attention_workspace"] = rows * row_length * row_length * (1 + compute_bytes) + (
+            mask_per_pos2 * row_length * row_length * rows * (layers if not every else 1))
+    else:  # flex: block mask only (int32 block indexes per 128×128 block)
+        blocks = math.ceil(row_length / 128)
+        memory["attention_workspace"] = rows * blocks * blocks * 4 * 4
+    tensors = sum(memory.values())
+    memory["reserve"] = (CUDA_CONTEXT_BYTES + FRAGMENTATION * tensors) if gpu else 0.0
+    total = sum(memory.values())
+    headroom = options.gpu_memory - total
+
+    # ---- FLOPs ----------------------------------------------------------------------------------
+    P = counts["text_layer"] - 2 * hidden  # matmul weights of one expert path (norm scales excluded)
+    caption_first = config.data.generation_fraction
+    text_tokens = example_text * config.train.batch_size
+    image_tokens = N * config.train.batch_size
+    detached = caption_first * (options.caption_tokens + 2) * config.train.batch_size if not text_trainable else 0
+    text_bwd = 4 if text_trainable else 2
+    layer_flops = layers * 2 * P * (3 * image_tokens + (1 + text_bwd / 2) * (text_tokens - detached) + detached)
+    heads = base_cfg.num_attention_heads * (getattr(base_cfg, "head_dim", None) or hidden // base_cfg.num_attention_heads)
+    attention_flops = layers * 4 * example * example * heads * 3 * config.train.batch_size
+    head_flops = 2 * hidden * vocab * 2 * targets * config.train.batch_size / micro
+    flops = layer_flops + attention_flops + head_flops + 3 * patcher_flops * config.train.batch_size
+    step_seconds = flops / (world * options.peak_tflops * 1e12 * options.mfu)
+    return {
+        "config": {"base": config.base.path, "gpus": options.gpus, "nodes": options.nodes, "world": world,
+                   "strategy": config.dist.strategy, "compute_dtype": str(compute).removeprefix("torch."),
+                   "frozen_dtype": "bfloat16" if frozen_bytes == 2 else "float32", "attention": backend,
+                   "activation_checkpointing": config.train.activation_checkpointing,
+                   "gpu_memory_bytes": options.gpu_memory, "device": options.device},
+        "params": {"total": counts["total"], "trainable": trainable, "frozen": frozen,
+                   "by_role": {k: counts[k] for k in ("text_frozen", "text_trainable", "image_experts", "image_other")}},
+        "tokens": {"per_example": example, "image_per_example": N, "per_micro_batch": micro_tokens,
+                   "rows_per_micro_batch": rows, "micro_batches_per_process": per_process_micros},
+        "tokens_per_step": tokens_per_step,
+        "memory": {"per_gpu_bytes": total, "parts": memory, "headroom_bytes": headroom,
+                   "activations_checkpointing_off": activations_off, "activations_checkpointing_on": activations_on,
+                   "layer_activation_bytes_per_token": per_token},
+        "fits": headroom >= 0,
+        "flops_per_step": flops,
+        "mfu": options.mfu, "peak_tflops": options.peak_tflops,
+        "step_seconds": step_seconds,
+        "tokens_per_second_per_gpu": tokens_per_step / step_seconds / world,
+    }
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The human-readable breakdown."""
+    c, p, m = plan["config"], plan["params"], plan["memory"]
+    gib = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
+    lines = [
+        f"plan: {c['base']} on {c['nodes']} node(s) × {c['gpus']} GPU(s) ({c['strategy']}, {c['world']} processes), "
+        f"compute {c['compute_dtype']}, frozen text stored {c['frozen_dtype']}, attention {c['attention']}, "
+        f"activation checkpointing {c['activation_checkpointing']}",
+        f"parameters: {p['total'] / 1e9:.3f} B total, {p['trainable'] / 1e9:.3f} B trainable "
+        f"(text frozen {p['by_role']['text_frozen'] / 1e9:.3f} B, image experts {p['by_role']['image_experts'] / 1e9:.3f} B, "
+        f"patcher/norm/BOI-EOI {p['by_role']['image_other'] / 1e6:.1f} M)",
+        f"tokens: {plan['tokens']['per_example']} per example, {plan['tokens']['per_micro_batch']} per micro-batch "
+        f"({plan['tokens']['rows_per_micro_batch']} row(s)), {plan['tokens_per_step']:,} per step",
+        "memory per GPU:",
+    ]
+    names = {"params_frozen": f"parameters, frozen ({c['frozen_dtype']}, sharded)",
+             "params_trainable": "parameters, trainable (fp32 master, sharded)", "grads": "gradients (fp32, sharded)",
+             "optimizer": "AdamW moments (fp32, sharded)", "fsdp_unsharded": "unsharded working set (gathered)",
+             "activations": "activations (one micro-batch)", "attention_workspace": "attention workspace",
+             "reserve": "CUDA context + fragmentation"}
+    for key, value in m["parts"].items():
+        lines.append(f"  {names.get(key, key):46s}{gib(value)}")
+    lines += [
+        f"  {'total':46s}{gib(m['per_gpu_bytes'])}   of {c['gpu_memory_bytes'] / GiB:.0f} GiB",
+        f"  {'headroom':46s}{gib(m['headroom_bytes'])}",
+        f"  activations with checkpointing off / on: {m['activations_checkpointing_off'] / GiB:.2f} / "
+        f"{m['activations_checkpointing_on'] / GiB:.2f} GiB "
+        f"(one routed layer: {m['layer_activation_bytes_per_token'] / 1024:.1f} KiB per token, measured)",
+        f"FLOPs per step: {plan['flops_per_step']:.3e}; at {plan['mfu']:.0%} MFU of {plan['peak_tflops']:g} TFLOP/s "
+        f"per GPU: {plan['step_seconds']:.2f} s per step, {plan['tokens_per_second_per_gpu']:,.0f} tokens/s per GPU",
+    ]
+    if not plan["fits"]:
+        lines.append(f"warning: this configuration does not fit: it needs {m['per_gpu_bytes'] / GiB:.1f} GiB per GPU "
+                     f"but has {c['gpu_memory_bytes'] / GiB:.0f} GiB; turn on train.activation_checkpointing, lower "
+                     "train.micro_batch_size or use more GPUs.")
+    return "\n".join(lines)
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '80GB', '81920MiB', '8e10' → bytes."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+             "tb": 10**12, "b": 1, "": 1}
+    s = text.strip().lower().replace(" ", "")
+    number = s.rstrip("kmgtib")
+    unit = s[len(number):]
+    try:
+        return int(float(number) * units[unit])
+    except (KeyError, ValueError):
+        raise UserError(f"--gpu-memory {text!r} is not a size; write e.g. 80GiB or 40GB.") from None
