@@ -72,6 +72,16 @@ class LMFusionWorkload:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._outside_groups: set[str] | None = None
+        self.pending_load: tuple[dict[str, torch.Tensor], torch.device] | None = None
+        """(kept values, device) while the model is a meta-built skeleton waiting for `load_after_sharding`."""
+
+    def load_after_sharding(self, model: nn.Module) -> None:
+        """Read this process's shards of the base into the (sharded) meta-built model (issue 22)."""
+        if self.pending_load is not None:
+            from lmfusion_cli.training.sharded_load import load_into_shards
+
+            load_into_shards(model, *self.pending_load)
+            self.pending_load = None
 
     # ---- sharding ----------------------------------------------------------------------------------
     def shard_units(self) -> list[list[nn.Module]]:
@@ -201,6 +211,7 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     from transformers import AutoTokenizer
 
     from lmfusion_cli.model import LMFusionConfig, LMFusionModel, resolve_boi_eoi
+    from lmfusion_cli.training.sharded_load import build_meta_model, can_load_sharded
 
     base = resolve_base_path(config.base.path)
     if not Path(base).exists() and "/" not in base:
@@ -220,10 +231,18 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
         model_config = LMFusionConfig.from_dict(options)
     except (TypeError, ValueError) as e:
         raise UserError(f"Invalid model section: {e}.") from e
-    model = LMFusionModel.from_base(base, model_config)
+    sharded = (config.dist.strategy == "fsdp" and torch.distributed.is_initialized()
+               and torch.distributed.get_world_size() > 1 and can_load_sharded(base, options))
+    if sharded:  # meta now, each process's shards read after `wrap_model` (issue 22)
+        model, kept = build_meta_model(base, model_config)
+    else:
+        model = LMFusionModel.from_base(base, model_config)
     manifest = getattr(source, "manifest", None) or {}
     log.info("model: %s + image experts, %.2f M trainable of %.2f M parameters", base,
              sum(p.numel() for p in model.trainable_parameters()) / 1e6,
              sum(p.numel() for p in model.parameters()) / 1e6)
     model.checkpoint_every = config.train.checkpoint_every
-    return LMFusionWorkload(model.to(device), tokenizer, config.data.seq_len, manifest.get("vae"))
+    workload = LMFusionWorkload(model if sharded else model.to(device), tokenizer, config.data.seq_len,
+                                manifest.get("vae"))
+    workload.pending_load = (kept, device) if sharded else None
+    return workload

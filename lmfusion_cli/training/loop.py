@@ -139,6 +139,8 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
         store_frozen_bf16_(workload.model)
     model = wrap_model(workload.model, workload.shard_units() if config.dist.strategy == "fsdp" else [],
                        config.dist.strategy, ctx, bf16=bf16)
+    if hasattr(workload, "load_after_sharding"):  # a meta-built model reads its shards now (issue 22)
+        workload.load_after_sharding(model)
     if config.train.compile:
         _compile(workload)
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
