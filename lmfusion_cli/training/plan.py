@@ -311,7 +311,11 @@ def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
     attention_flops = layers * 4 * example * example * heads * 3 * config.train.batch_size
     head_flops = 2 * hidden * vocab * 2 * targets * config.train.batch_size / micro
     flops = layer_flops + attention_flops + head_flops + 3 * patcher_flops * config.train.batch_size
-    step_seconds = flops / (world * options.peak_tflops * 1e12 * options.mfu)
+    forward_layer_flops = layers * 2 * P * (image_tokens + text_tokens) + attention_flops / 3
+    recompute_flops = forward_layer_flops * (checkpointed / layers if every else 0.0)
+    step_seconds = (flops + recompute_flops) / (world * options.peak_tflops * 1e12 * options.mfu)
+    # FSDP2 all-gathers every parameter in the compute dtype in each micro-step's forward and backward
+    gathered = 2 * per_process_micros * counts["total"] * compute_bytes * (world - 1) / world if sharded else 0.0
     return {
         "config": {"base": config.base.path, "gpus": options.gpus, "nodes": options.nodes, "world": world,
                    "strategy": config.dist.strategy, "compute_dtype": str(compute).removeprefix("torch."),
@@ -328,6 +332,9 @@ def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
                    "layer_activation_bytes_per_token": per_token},
         "fits": headroom >= 0,
         "flops_per_step": flops,
+        "recompute_flops_per_step": recompute_flops,
+        "fsdp_gather_bytes_per_gpu_per_step": gathered,
+        "fsdp_gather_seconds_at_50GBps": gathered / 50e9,
         "mfu": options.mfu, "peak_tflops": options.peak_tflops,
         "step_seconds": step_seconds,
         "tokens_per_second_per_gpu": tokens_per_step / step_seconds / world,
@@ -362,9 +369,15 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"  activations with checkpointing off / on: {m['activations_checkpointing_off'] / GiB:.2f} / "
         f"{m['activations_checkpointing_on'] / GiB:.2f} GiB "
         f"(one routed layer: {m['layer_activation_bytes_per_token'] / 1024:.1f} KiB per token, measured)",
-        f"FLOPs per step: {plan['flops_per_step']:.3e}; at {plan['mfu']:.0%} MFU of {plan['peak_tflops']:g} TFLOP/s "
-        f"per GPU: {plan['step_seconds']:.2f} s per step, {plan['tokens_per_second_per_gpu']:,.0f} tokens/s per GPU",
+        f"FLOPs per step: {plan['flops_per_step']:.3e} (model) + {plan['recompute_flops_per_step']:.3e} (checkpoint "
+        f"recompute); at {plan['mfu']:.0%} MFU of {plan['peak_tflops']:g} TFLOP/s per GPU: {plan['step_seconds']:.2f} s "
+        f"per step, {plan['tokens_per_second_per_gpu']:,.0f} tokens/s per GPU",
     ]
+    if plan["fsdp_gather_bytes_per_gpu_per_step"]:
+        lines.append(f"FSDP all-gathers per GPU and step: {plan['fsdp_gather_bytes_per_gpu_per_step'] / 1e9:.0f} GB "
+                     f"({plan['tokens']['micro_batches_per_process']} micro-step(s)); at 50 GB/s "
+                     f"{plan['fsdp_gather_seconds_at_50GBps']:.2f} s, to hide behind compute (fewer, larger "
+                     "micro-batches gather less)")
     if not plan["fits"]:
         lines.append(f"warning: this configuration does not fit: it needs {m['per_gpu_bytes'] / GiB:.1f} GiB per GPU "
                      f"but has {c['gpu_memory_bytes'] / GiB:.0f} GiB; turn on train.activation_checkpointing, lower "
