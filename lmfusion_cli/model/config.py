@@ -19,6 +19,7 @@ _CHOICES = {
     "attention_backend": ("auto", "sdpa", "flex"),
     "experts": ("deep", "ffn-only", "none"),
     "dtype": ("float32", "bfloat16", "float16"),
+    "understanding_image_loss": ("diffusion", "none"),
 }
 
 
@@ -54,6 +55,10 @@ class LMFusionConfig:
     """λ weighting the latent loss against the LM loss (dimensionless; 5 in Transfusion/LMFusion)."""
     understanding_max_timestep_fraction: float = 0.5
     """Cap on the noise of images that condition a caption, as a fraction of the schedule (0 = clean)."""
+    understanding_image_loss: str = "diffusion"
+    """Loss on the image of an image→caption example: `diffusion` (Transfusion §4.3: an unconditional
+    diffusion target, t drawn up to `understanding_max_timestep_fraction`; none when that is 0) or `none`
+    (the image only conditions the caption)."""
     attention_backend: str = "auto"
     """Attention kernel: `auto` (flex on CUDA, sdpa elsewhere), `sdpa` with a dense bool mask (reference,
     trains on CPU; on CUDA masked GQA expands K/V instead of reaching the math kernel) or `flex`
@@ -65,9 +70,11 @@ class LMFusionConfig:
     from_scratch: bool = False
     """Re-initialise every base weight randomly and train everything (Transfusion baseline)."""
     boi_id: int | None = None
-    """Token id of begin-of-image (from `resolve_boi_eoi`); None = a new row after the vocabulary."""
+    """Token id of begin-of-image: None (default) = a new trainable row after the vocabulary (id V); an id
+    inside the vocabulary is the legacy layout of checkpoints made before issue 18 (a reserved token
+    whose logit row is the frozen base row: such a model cannot learn to open an image)."""
     eoi_id: int | None = None
-    """Token id of end-of-image (from `resolve_boi_eoi`); None = a new row after the vocabulary."""
+    """Token id of end-of-image: None (default) = a new row after the vocabulary (id V+1); see boi_id."""
     dtype: str = "float32"
     """Parameter dtype used when the base is loaded from a path or hub id."""
 

@@ -28,7 +28,8 @@ from lmfusion_cli.model.config import LMFusionConfig
 from lmfusion_cli.model.diffusion import Diffusion
 from lmfusion_cli.model.image_io import make_patcher
 from lmfusion_cli.model.layers import LAYER_PARTS, ImageExpert, Routes, reinitialise_, routed_layer
-from lmfusion_cli.model.sequence import IGNORE, IMAGE, TEXT, MixedBatch, text_segment
+from lmfusion_cli.model.sequence import IMAGE, TEXT, MixedBatch, text_segment
+from lmfusion_cli.model.targets import frozen_context, learnable_targets
 
 
 @dataclass
@@ -38,11 +39,11 @@ class FusionOutput:
     loss: torch.Tensor
     """text_loss + lambda_image · image_loss."""
     text_loss: torch.Tensor
-    """Mean next-token cross-entropy over text targets (0 when there are none)."""
+    """Mean next-token cross-entropy over the learnable text targets (0 when there are none)."""
     image_loss: torch.Tensor
-    """Mean diffusion MSE over generation images (0 when there are none)."""
+    """Mean diffusion MSE over images with a diffusion loss (`image_targets`; 0 when there are none)."""
     num_text_targets: torch.Tensor
-    """() long: positions with an LM target."""
+    """() long: learnable LM targets (`target_masks`), the ones averaged in `text_loss`."""
     num_image_targets: torch.Tensor
     """() long: images with a diffusion loss."""
     example_loss: torch.Tensor
@@ -91,7 +92,10 @@ class LMFusionModel(nn.Module):
         self.vocab_size, hidden = head.weight.shape
         self.num_image_tokens = config.num_image_tokens
 
-        # BOI/EOI: existing rows (reserved tokens) or two new rows after the vocabulary
+        # BOI/EOI: their own trainable input and logit rows, new ids V, V+1 after the vocabulary, started
+        # at the mean embedding / head row (a separate parameter: never tied to a base row). Legacy
+        # checkpoints that reused reserved ids keep that layout (trainable input rows, the base's frozen
+        # logit rows), so they load unchanged; new models never get it (issue 18).
         ids = (config.boi_id, config.eoi_id) if config.boi_id is not None else (self.vocab_size, self.vocab_size + 1)
         self.boi_id, self.eoi_id = ids
         self.new_special_rows = min(ids) >= self.vocab_size
@@ -168,6 +172,39 @@ class LMFusionModel(nn.Module):
         if self.special_head is not None:
             logits = torch.cat([logits, hidden @ self.special_head.T], dim=-1)
         return logits
+
+    def _constant_context_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`_text_head` for positions in a frozen context: (M, D) → (M, V+2), the base's logits as constants.
+
+        Exactly the values of `_text_head`; only the new BOI/EOI logit rows get a gradient (through the
+        softmax normaliser), so the (M, V) base logits are computed without a graph."""
+        with torch.no_grad():
+            normed = self.base.model.norm(hidden)
+            logits = self.base.get_output_embeddings()(normed)
+        return torch.cat([logits, normed @ self.special_head.T], dim=-1)
+
+    def target_masks(self, batch: MixedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(learnable, frozen), both (B, T) bool: the LM targets that enter the loss, and the positions
+        whose hidden state depends on no trainable parameter (all False when text trains). See
+        `model/targets.py` for the rules."""
+        text_trainable = not self.config.freeze_text or self.config.from_scratch
+        specials = (self.boi_id, self.eoi_id)
+        learnable = learnable_targets(
+            batch, text_trainable=text_trainable, trainable_ids=specials,
+            trainable_label_ids=specials if self.special_head is not None else (),
+            trainable_logit_rows=self.special_head is not None,
+        )
+        if text_trainable:
+            return learnable, torch.zeros_like(learnable)
+        return learnable, frozen_context(batch, specials)
+
+    def image_targets(self, batch: MixedBatch) -> torch.Tensor:
+        """(num_images,) bool: images with a diffusion loss. Generation images always; understanding
+        images with `understanding_image_loss: diffusion` and a noise cap above 0 (a clean image is
+        no diffusion target)."""
+        understanding = (self.config.understanding_image_loss == "diffusion"
+                         and self.config.understanding_max_timestep_fraction > 0)
+        return batch.image_generate | understanding
 
     def _transformer(
         self, batch: MixedBatch, image_tokens: torch.Tensor | None, cache: KVCache | None
@@ -279,22 +316,33 @@ class LMFusionModel(nn.Module):
             timesteps = torch.zeros(0, device=batch.input_ids.device)
         hidden, routes, _ = self._transformer(batch, image_tokens, cache=None)
 
-        # text: next-token cross-entropy at positions with a label (logits only there)
+        # text: next-token cross-entropy over the learnable targets only (model/targets.py); logits of
+        # targets in a frozen context are constants (no graph), those of unlearnable ones are not computed
+        learnable, frozen = self.target_masks(batch)
         labels = batch.labels.reshape(-1)
-        targets = (labels != IGNORE).nonzero().squeeze(1)
-        logits = self._text_head(hidden[targets])  # (N_targets, V)
-        token_loss = F.cross_entropy(logits.float(), labels[targets], reduction="none")  # (N_targets,)
+        targets = learnable.reshape(-1).nonzero().squeeze(1)  # (N_targets,) flat positions
+        constant = frozen.reshape(-1)[targets]
+        targets = torch.cat([targets[~constant], targets[constant]])  # live targets first
+        num_live = int((~constant).sum())
+        logits = self._text_head(hidden[targets[:num_live]])  # (N_live, V[+2])
+        token_loss = F.cross_entropy(logits.float(), labels[targets[:num_live]], reduction="none")
+        if num_live < targets.shape[0]:
+            logits = self._constant_context_logits(hidden[targets[num_live:]])
+            token_loss = torch.cat([token_loss, F.cross_entropy(logits.float(), labels[targets[num_live:]],
+                                                                reduction="none")])  # (N_targets,)
         num_text = torch.tensor(targets.shape[0], device=hidden.device)
         text_loss = token_loss.sum() / num_text.clamp(min=1)
 
-        # images: diffusion MSE on generation images only
+        # images: diffusion MSE on generation images, and on understanding images too unless
+        # `understanding_image_loss: none` (Transfusion §4.3: an unconditional target, noise capped)
         docs = batch.document_ids.reshape(-1)
         E = batch.num_examples
         example_loss = hidden.new_zeros(E, dtype=torch.float32)
-        if num_images and batch.image_generate.any():
-            keep = batch.image_generate.nonzero().squeeze(1)
+        with_loss = self.image_targets(batch)  # (num_images,) bool
+        if with_loss.any():
+            keep = with_loss.nonzero().squeeze(1)
             prediction = self._image_out(hidden, routes, batch, num_images, timesteps, skips, keep)
-            image_losses = self.diffusion.loss_per_image(prediction, latents[keep], noise[keep])  # (n_gen,)
+            image_losses = self.diffusion.loss_per_image(prediction, latents[keep], noise[keep])  # (n_loss,)
             image_loss = image_losses.mean()
             image_doc = torch.full((num_images,), -1, dtype=torch.long, device=docs.device)
             image_doc = image_doc.scatter_reduce(0, batch.image_index.reshape(-1)[routes.image], docs[routes.image], "amax")
@@ -307,7 +355,7 @@ class LMFusionModel(nn.Module):
             text_loss=text_loss,
             image_loss=image_loss,
             num_text_targets=num_text,
-            num_image_targets=batch.image_generate.sum(),
+            num_image_targets=with_loss.sum(),
             example_loss=example_loss,
             timesteps=timesteps,
         )

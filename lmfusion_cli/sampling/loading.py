@@ -172,7 +172,7 @@ def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokeni
         tok = AutoTokenizer.from_pretrained(tok_spec)
     except (OSError, ValueError) as e:
         raise UserError(f"Cannot load the tokenizer {tok_spec} ({type(e).__name__}); pass it with --tokenizer.") from e
-    if resolve_boi_eoi(tok) != (model.boi_id, model.eoi_id):
+    if not model.new_special_rows and resolve_boi_eoi(tok) != (model.boi_id, model.eoi_id):  # legacy ids
         raise UserError(f"The tokenizer {tok_spec} has other image-token ids than checkpoint {resolved.model_dir}; "
                         f"pass the tokenizer it was trained with (--tokenizer).")
     if tok.eos_token_id is None:

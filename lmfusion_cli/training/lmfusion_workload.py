@@ -1,7 +1,7 @@
 """The LMFusion workload: base LM + tokenizer + latent cache → `LMFusionModel` and its micro-batches.
 
-- Builds the model with `LMFusionModel.from_base`, taking the latent sizes from the cache manifest
-  and BOI/EOI from the tokenizer (`sequence.resolve_boi_eoi`), never from literals.
+- Builds the model with `LMFusionModel.from_base`, taking the latent sizes from the cache manifest,
+  never from literals; BOI/EOI are the model's own new rows (ids V, V+1), not tokenizer tokens.
 - Lays out each sample with the model package's builders: generation = `[bos] caption BOI image EOI
   [eos]`, understanding = `[bos] BOI image EOI caption [eos]`; packs rows of `data.seq_len` tokens
   (`sequence.pack`) or one example per row (`sequence.collate`).
@@ -127,8 +127,8 @@ class LMFusionWorkload:
             batch, latents = sequence.collate(examples, pad_id=self.pad_id)
         return MicroBatch(inputs=(batch.to(device), latents.to(device), _image_documents(batch)),
                           keys=[s.key for s in samples],
-                          text_targets=int((batch.labels != sequence.IGNORE).sum()),
-                          generated_images=int(batch.image_generate.sum()),
+                          text_targets=int(unwrap(self.model).target_masks(batch)[0].sum()),
+                          generated_images=int(unwrap(self.model).image_targets(batch).sum()),
                           tokens=int((batch.modality != sequence.PAD).sum()), images=batch.num_images)
 
     def _noise(self, micro: MicroBatch, noise_seeds: list[int], fraction: float | None):
@@ -142,10 +142,9 @@ class LMFusionWorkload:
             if fraction is None:
                 limit = 1.0 if bool(batch.image_generate[image]) else cap
                 t = core.diffusion.sample_timesteps(torch.tensor([limit]), g)
-            else:
-                t = torch.tensor([fraction * core.config.num_train_timesteps]).floor()
-                if not bool(batch.image_generate[image]):
-                    t = torch.zeros(1)
+            else:  # understanding images: the same level, within their cap
+                limit = fraction if bool(batch.image_generate[image]) else min(fraction, cap)
+                t = torch.tensor([limit * core.config.num_train_timesteps]).floor()
             timesteps.append(t)
             noise.append(torch.randn(latents.shape[1:], generator=g))
         return torch.cat(timesteps).to(latents.device), torch.stack(noise).to(latents.device, latents.dtype)
@@ -210,14 +209,13 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     """Load the base and tokenizer, size the model from the cache, move it to `device`."""
     from transformers import AutoTokenizer
 
-    from lmfusion_cli.model import LMFusionConfig, LMFusionModel, resolve_boi_eoi
+    from lmfusion_cli.model import LMFusionConfig, LMFusionModel
     from lmfusion_cli.training.sharded_load import build_meta_model, can_load_sharded
 
     base = resolve_base_path(config.base.path)
     if not Path(base).exists() and "/" not in base:
         raise UserError(f"Base model {base} is neither a folder nor a hub id; check base.path (or pass --base).")
     tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
-    boi_id, eoi_id = resolve_boi_eoi(tokenizer)
     channels, side = latent_geometry(source)
     options = dict(config.model)
     for key, value in (("latent_channels", channels), ("latent_size", side)):
@@ -225,8 +223,6 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
             raise UserError(f"model.{key}={options[key]} does not match the latent cache ({value}); "
                             f"remove model.{key} from the config (it comes from the cache).")
         options[key] = value
-    options.setdefault("boi_id", boi_id)
-    options.setdefault("eoi_id", eoi_id)
     try:
         model_config = LMFusionConfig.from_dict(options)
     except (TypeError, ValueError) as e:

@@ -91,24 +91,58 @@ def test_training_uses_real_timestep_embedding():
         assert not torch.allclose(a, b)
 
 
-def test_understanding_images_are_capped_or_clean():
+@pytest.mark.parametrize("understanding_loss", ["diffusion", "none"])
+def test_understanding_images_are_capped_or_clean(understanding_loss):
+    """Image→caption images: noise capped at the fraction (clean at 0). With `diffusion` (Transfusion
+    §4.3) each is also a diffusion target whose loss is the plain MSE of its prediction; with `none`, or
+    clean at cap 0, it carries no diffusion loss."""
     from lmfusion_cli.model import collate, image_to_caption
 
     from .helpers import tiny_model
 
     for cap in (0.5, 0.0):
-        model = tiny_model("llama3", understanding_max_timestep_fraction=cap)
+        model = tiny_model("llama3", understanding_max_timestep_fraction=cap, understanding_image_loss=understanding_loss)
         kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id)
         batch, latents = collate([image_to_caption([5, 6], latents=torch.randn(1, 4, 8, 8), **kw) for _ in range(64)])
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             a, b = model(batch, latents, generator=g), model(batch, latents, generator=g)
-        assert a.num_image_targets == 0 and a.image_loss == 0
+        with_loss = understanding_loss == "diffusion" and cap > 0
+        assert int(a.num_image_targets) == (64 if with_loss else 0)
+        assert (a.image_loss > 0) == with_loss
         if cap:
             assert a.timesteps.max() < 500 and a.timesteps.unique().numel() > 10
             assert not torch.equal(a.text_loss, b.text_loss)  # noise differs between draws
         else:
             assert (a.timesteps == 0).all() and torch.equal(a.text_loss, b.text_loss)  # clean latents
+
+
+@pytest.mark.parametrize("understanding_loss", ["diffusion", "none"])
+def test_understanding_image_loss_is_the_mse_of_its_prediction(understanding_loss):
+    """The understanding image's loss equals the objective's MSE recomputed from `forward_segment` on the
+    same noisy latents (unconditional: only BOS precedes it), and its gradient reaches the patcher's
+    output path only with `diffusion`."""
+    from lmfusion_cli.model import collate, image_to_caption
+
+    from .helpers import tiny_model
+
+    model = tiny_model("llama3", understanding_image_loss=understanding_loss)
+    kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id, bos_id=1, eos_id=2)
+    batch, latents = collate([image_to_caption([5, 6, 7], latents=torch.randn(1, 4, 8, 8), **kw)])
+    t, noise = torch.tensor([300.0]), torch.randn(1, 4, 8, 8)
+    out = model(batch, latents, timesteps=t, noise=noise)
+    out.loss.backward()
+    decoder_grad = model.patcher.conv_out.weight.grad
+    if understanding_loss == "none":
+        assert int(out.num_image_targets) == 0 and float(out.image_loss) == 0
+        assert decoder_grad is None or not decoder_grad.any()
+        return
+    noisy = model.diffusion.add_noise(latents, noise, t)
+    with torch.no_grad():
+        pred = model.forward_segment(batch, noisy, t).image_prediction
+    reference = model.diffusion.loss_per_image(pred, latents, noise)
+    torch.testing.assert_close(out.image_loss.detach(), reference[0], rtol=1e-5, atol=1e-6)
+    assert decoder_grad is not None and decoder_grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("objective", ["flow", "ddpm-eps"])

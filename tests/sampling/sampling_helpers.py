@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lmfusion_cli.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES
-from lmfusion_cli.model import LMFusionModel, resolve_boi_eoi
+from lmfusion_cli.model import LMFusionModel
 from lmfusion_cli.sampling.vae import LatentCodec
 
 torch.set_num_threads(1)  # 2 cores shared by several engineers; the tiny models do not need more
@@ -51,9 +51,9 @@ def make_base(vocab_size: int, seed: int = 0) -> transformers.LlamaForCausalLM:
 
 
 def make_model(tokenizer, seed: int = 0, **options) -> LMFusionModel:
-    boi, eoi = resolve_boi_eoi(tokenizer)
-    options = {"latent_size": 8, "latent_channels": 4, "patch_size": 2, "unet_channels": (16, 32),
-               "boi_id": boi, "eoi_id": eoi, **options}
+    """BOI/EOI on new rows after the vocabulary (the default); pass `boi_id`/`eoi_id` (e.g.
+    `resolve_boi_eoi(tokenizer)`) for the legacy reserved-id layout."""
+    options = {"latent_size": 8, "latent_channels": 4, "patch_size": 2, "unet_channels": (16, 32), **options}
     model = LMFusionModel.from_base(make_base(len(tokenizer), seed), **options)
     torch.manual_seed(seed + 1)
     with torch.no_grad():  # copied experts start equal to the text modules; make them differ

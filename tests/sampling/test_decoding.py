@@ -16,10 +16,14 @@ PROMPTS = [[1, 6, 14, 9], [1, 20, 7], [1, 30]]
 
 @pytest.fixture(scope="module")
 def text_model(tokenizer):
-    """A fused model whose BOI/EOI input rows equal the base's, so on any text it *is* the base."""
+    """A fused model on the legacy reserved BOI/EOI ids (no extra logit rows) whose BOI/EOI input rows
+    equal the base's, so on any text it *is* the base."""
     from sampling_helpers import make_model
 
-    m = make_model(tokenizer, seed=5)
+    from lmfusion_cli.model import resolve_boi_eoi
+
+    boi, eoi = resolve_boi_eoi(tokenizer)
+    m = make_model(tokenizer, seed=5, boi_id=boi, eoi_id=eoi)
     with torch.no_grad():
         m.special_embed.copy_(m.base.model.embed_tokens.weight[[m.boi_id, m.eoi_id]])
     return m

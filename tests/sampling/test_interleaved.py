@@ -13,13 +13,27 @@ from lmfusion_cli.sampling.interleaved import generate_document, generate_interl
 
 @pytest.fixture(scope="module")
 def chatty_model(tokenizer):
-    """A model that often opens images: BOI's (frozen) logit row made to follow a frequent token's."""
+    """A model that learned, in a few optimizer steps, to open an image after the prompt `6 14 9` and to
+    write `9 2` after it: nothing is edited by hand (the mechanics test; the trained tiny model's
+    figures are in docs/sampling.md)."""
     from sampling_helpers import make_model
 
+    from lmfusion_cli.model import ImagePart, TextPart, build_example, collate
+
     m = make_model(tokenizer, seed=7)
-    with torch.no_grad():
-        m.base.lm_head.weight[m.boi_id] += 1.2 * m.base.lm_head.weight[19]
-    return m
+    N, C, S = m.num_image_tokens, m.config.latent_channels, m.config.latent_size
+    g = torch.Generator().manual_seed(0)
+    docs = [build_example([TextPart([1, 6, 14, 9]), ImagePart(True), TextPart([9, 2])], num_image_tokens=N,
+                          boi_id=m.boi_id, eoi_id=m.eoi_id, latents=torch.randn(1, C, S, S, generator=g))
+            for _ in range(4)]
+    batch, latents = collate(docs)
+    optimizer = torch.optim.AdamW(m.trainable_parameters(), lr=3e-2)
+    m.train()
+    for _ in range(30):
+        m(batch, latents, generator=g).text_loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return m.eval()
 
 
 def _doc(model, use_cache, **kw):

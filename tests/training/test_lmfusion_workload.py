@@ -44,14 +44,15 @@ def test_layouts_packing_and_per_sample_noise(base, tmp_path):
     torch.manual_seed(0)
     workload = build_lmfusion_workload(make(base, tmp_path, data={"seq_len": 80}), source("", "train"),
                                        torch.device("cpu"))
-    assert workload.model.boi_id == 4 and workload.model.eoi_id == 5  # the tokenizer's own BOI/EOI
+    vocab = workload.model.vocab_size  # BOI/EOI: the model's own new rows, not the tokenizer's tokens 4/5
+    assert (workload.model.boi_id, workload.model.eoi_id) == (vocab, vocab + 1)
     stream = SampleStream(source("", "train"), seed=0, generation_fraction=0.5, caption_dropout=0.0)
     samples = stream.next_step(4)
     assert {s.task for s in samples} == {"generation", "understanding"}
     micro = workload.make_micro_batch(samples, torch.device("cpu"))
     batch, latents, docs = micro.inputs
     assert batch.input_ids.shape[0] < 4 and batch.input_ids.shape[1] == 80  # packed: fewer rows than samples
-    assert micro.generated_images == sum(s.task == "generation" for s in samples) and micro.images == 4
+    assert micro.generated_images == 4 and micro.images == 4  # understanding images are diffusion targets too
     seeds = [s.noise_seed for s in samples]
     t_all, noise_all = workload._noise(micro, seeds, None)
     for i, s in enumerate(samples):  # the same sample alone gets the same timestep and noise
