@@ -130,6 +130,9 @@ class LMFusionModel(nn.Module):
                 module.to(dtype=dtype)
         if config.freeze_text and not config.from_scratch:
             base.requires_grad_(False)
+        self.detach_frozen_prefix = True
+        """Training with frozen text: run text positions whose context holds no trainable input (a
+        caption before its image) forward only, without a graph (issue 22); False = the full graph."""
         self.checkpoint_every = 0
         """Activation checkpointing (set by training): recompute every k-th routed layer in the backward
         (non-reentrant); 0 = none, 1 = every layer."""
@@ -207,9 +210,11 @@ class LMFusionModel(nn.Module):
         return batch.image_generate | understanding
 
     def _transformer(
-        self, batch: MixedBatch, image_tokens: torch.Tensor | None, cache: KVCache | None
+        self, batch: MixedBatch, image_tokens: torch.Tensor | None, cache: KVCache | None,
+        frozen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Routes, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Embed, run all routed layers. image_tokens: (num_images, N, D) from the patcher.
+        frozen: (B, T) bool, text positions to run forward only (see `Routes.frozen`).
 
         Returns flat hidden states (B·T, D), the routes and each layer's new (keys, values).
         """
@@ -224,6 +229,8 @@ class LMFusionModel(nn.Module):
             image_rows = text_rows.new_zeros(0, text_rows.shape[-1])
         hidden = routes.merge(text_rows, image_rows)  # (B·T, D)
         rope = self.base.model.rotary_emb(hidden.view(B, T, -1), batch.position_ids)  # (B, T, hd) ×2
+        if frozen is not None and torch.is_grad_enabled():
+            routes = routes.with_frozen(frozen.reshape(-1))
 
         past = 0 if cache is None else cache.length
         if self.sliding_window is not None and past + T > self.sliding_window:
@@ -314,11 +321,12 @@ class LMFusionModel(nn.Module):
             image_tokens, skips = self.patcher.encode(noisy.to(self._patcher_dtype), timesteps)
         else:
             timesteps = torch.zeros(0, device=batch.input_ids.device)
-        hidden, routes, _ = self._transformer(batch, image_tokens, cache=None)
+        learnable, frozen = self.target_masks(batch)
+        prefix = frozen if self.detach_frozen_prefix and frozen.any() else None
+        hidden, routes, _ = self._transformer(batch, image_tokens, cache=None, frozen=prefix)
 
         # text: next-token cross-entropy over the learnable targets only (model/targets.py); logits of
         # targets in a frozen context are constants (no graph), those of unlearnable ones are not computed
-        learnable, frozen = self.target_masks(batch)
         labels = batch.labels.reshape(-1)
         targets = learnable.reshape(-1).nonzero().squeeze(1)  # (N_targets,) flat positions
         constant = frozen.reshape(-1)[targets]

@@ -28,11 +28,18 @@ LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"
 
 @dataclass
 class Routes:
-    """Flat position indexes (into B·T) of each modality, computed once per forward."""
+    """Flat position indexes (into B·T) of each modality, computed once per forward.
+
+    `frozen` (training with frozen text, issue 22): text positions whose causal context holds no
+    trainable input (no image, no BOI/EOI row: a caption before its image). Their hidden states are a
+    fixed function of the frozen base, so they run forward only, without a graph; their keys and values
+    still feed the later tokens, as constants. `text` then holds the other text positions.
+    """
 
     text: torch.Tensor  # (N_text,) long
     image: torch.Tensor  # (N_image,) long
     num_positions: int  # B·T
+    frozen: torch.Tensor | None = None  # (N_frozen,) long, disjoint from `text`
 
     @classmethod
     def from_modality(cls, modality: torch.Tensor, text_code: int, image_code: int) -> Routes:
@@ -43,14 +50,24 @@ class Routes:
             num_positions=flat.shape[0],
         )
 
-    def merge(self, text_rows: torch.Tensor, image_rows: torch.Tensor) -> torch.Tensor:
+    def with_frozen(self, frozen: torch.Tensor) -> Routes:
+        """Move the text positions where `frozen` (B·T,) bool is True to the forward-only route."""
+        is_frozen = frozen[self.text]
+        return Routes(text=self.text[~is_frozen], image=self.image, num_positions=self.num_positions,
+                      frozen=self.text[is_frozen])
+
+    def merge(self, text_rows: torch.Tensor, image_rows: torch.Tensor,
+              frozen_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Scatter each expert's rows back to their positions: (N_text, F), (N_image, F) → (B·T, F).
 
         Under autocast or with bf16-stored frozen text the two experts' rows may differ in dtype: the
         result has the wider one."""
         dtype = torch.promote_types(text_rows.dtype, image_rows.dtype)
         out = text_rows.new_zeros(self.num_positions, text_rows.shape[-1], dtype=dtype)
-        return out.index_copy(0, self.text, text_rows.to(dtype)).index_copy(0, self.image, image_rows.to(dtype))
+        out = out.index_copy(0, self.text, text_rows.to(dtype)).index_copy(0, self.image, image_rows.to(dtype))
+        if frozen_rows is not None:
+            out = out.index_copy(0, self.frozen, frozen_rows.to(dtype))
+        return out
 
 
 class ImageExpert(nn.Module):
@@ -102,11 +119,14 @@ def routed_layer(
     image = image_expert if image_expert is not None else text_layer
     image_attn = getattr(image, "self_attn", text_attn)
 
-    # attention block: each expert normalises and projects its own tokens
+    frozen = routes.frozen is not None
+    # attention block: each expert normalises and projects its own tokens; a frozen prefix without a graph
     x_text = text_layer.input_layernorm(hidden[routes.text])  # (N_text, D)
     x_image = image.input_layernorm(hidden[routes.image])  # (N_image, D)
+    x_frozen = _forward_only(text_layer.input_layernorm, hidden[routes.frozen]) if frozen else None  # (N_frozen, D)
     q, k, v = (
-        routes.merge(_project(text_attn, name, x_text), _project(image_attn, name, x_image))  # (B·T, H·hd)
+        routes.merge(_project(text_attn, name, x_text), _project(image_attn, name, x_image),
+                     _forward_only(_project, text_attn, name, x_frozen) if frozen else None)  # (B·T, H·hd)
         .view(B, T, -1, text_attn.head_dim)
         .transpose(1, 2)  # (B, H, T, hd)
         for name in ("q", "k", "v")
@@ -119,13 +139,22 @@ def routed_layer(
     attended = attention(q, k, v, scale=text_attn.scaling)  # (B, Hq, T, hd)
     attended = attended.transpose(1, 2).reshape(B * T, -1)  # (B·T, Hq·hd)
     hidden = hidden + routes.merge(
-        text_attn.o_proj(attended[routes.text]), image_attn.o_proj(attended[routes.image])
+        text_attn.o_proj(attended[routes.text]), image_attn.o_proj(attended[routes.image]),
+        _forward_only(text_attn.o_proj, attended[routes.frozen]) if frozen else None,
     )
 
     # feed-forward block
-    h_text = text_layer.mlp(text_layer.post_attention_layernorm(hidden[routes.text]))
+    text_ffn = lambda x: text_layer.mlp(text_layer.post_attention_layernorm(x))  # noqa: E731
+    h_text = text_ffn(hidden[routes.text])
     h_image = image.mlp(image.post_attention_layernorm(hidden[routes.image]))
-    return hidden + routes.merge(h_text, h_image), new_kv
+    h_frozen = _forward_only(text_ffn, hidden[routes.frozen]) if frozen else None
+    return hidden + routes.merge(h_text, h_image, h_frozen), new_kv
+
+
+def _forward_only(fn: Callable, *args):
+    """`fn(*args)` without a graph: for a frozen prefix, whose values depend on no trainable weight."""
+    with torch.no_grad():
+        return fn(*args)
 
 
 def reinitialise_(module: nn.Module, std: float) -> None:
