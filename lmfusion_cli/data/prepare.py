@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{5}\.tar$")
 _RUN_ONLY_FIELDS = ("workers", "overwrite")  # do not change the output bytes
+# Fields added by issue 17: left out of the hash at their defaults, so earlier outputs keep their hash.
+_HASHED_WHEN_CHANGED = {"max_pixels": 64_000_000, "max_caption_chars": 2000, "allow_outside_root": False}
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class ShardTask:
 
 def output_config_hash(cfg: PrepareConfig) -> str:
     """Hash of the fields that decide the output bytes (not workers/overwrite)."""
-    data = {k: v for k, v in config_to_dict(cfg).items() if k not in _RUN_ONLY_FIELDS}
+    data = {k: v for k, v in config_to_dict(cfg).items() if k not in _RUN_ONLY_FIELDS
+            and not (k in _HASHED_WHEN_CHANGED and v == _HASHED_WHEN_CHANGED[k])}
     return sha256_json(data)[:16]
 
 
@@ -129,6 +132,9 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     cfg_hash = output_config_hash(cfg)
     specs, listing_log = list_items(cfg)  # first: a missing input is refused before `out` is touched
+    if not specs:
+        raise UserError(f"{cfg.input or cfg.source} holds no usable image/caption items ({listing_log.summary()}); "
+                        f"check --input and --source (a 0-item output would look complete downstream)")
     finished = start_output(out, "shards", cfg_hash, cfg.overwrite, _SHARD_RE, "prepare")
     if finished is not None:
         log.info("%s is already complete (same config); pass --overwrite to rebuild it", out)
@@ -163,7 +169,8 @@ def _write_prepare_manifest(out: Path, cfg: PrepareConfig, cfg_hash: str, tasks:
         inputs={"source": cfg.source, "input": cfg.input, "karpathy_split": cfg.karpathy_split},
         config=config_to_dict(cfg), output_config_hash=cfg_hash,
         resolution=cfg.resolution, image_format=cfg.image_format, seed=cfg.seed,
-        splits=splits, shards=shards,
+        splits=splits, shards=shards, captions_truncated=getattr(listing_log, "truncated", 0),
+        max_caption_chars=cfg.max_caption_chars,
         files={t.name: parts[t.name]["file"] for t in tasks},
         **skips.to_dict(),
     )
