@@ -27,6 +27,7 @@ from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file, sha256_json
 from lmfusion_cli.common.manifest import SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.output_folder import output_lock
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import EncodeConfig
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
@@ -221,7 +222,14 @@ def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], lis
 
 
 def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
-    """Make (or finish, or reuse) the latent cache `cfg.out` from the shards in `cfg.data`; return its manifest."""
+    """Make (or finish, or reuse) the latent cache `cfg.out` from the shards in `cfg.data`; return its manifest.
+    One process at a time per `cfg.out` (issue 17: `output_lock`)."""
+    read_manifest(Path(cfg.data), "shards", what="data")  # a bad --data is refused before the lock file
+    with output_lock(cfg.out, "encode-latents"):
+        return _run_encode(cfg)
+
+
+def _run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     data, out = Path(cfg.data), Path(cfg.out)
     data_manifest = read_manifest(data, "shards", what="data")
     resolution = cfg.resolution or data_manifest["resolution"]

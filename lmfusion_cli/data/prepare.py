@@ -26,6 +26,7 @@ from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
 from lmfusion_cli.common.manifest import SkipLog, file_entry, write_manifest
+from lmfusion_cli.common.output_folder import output_lock
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.images import BadImage, encode_image, resize_center_crop
@@ -135,6 +136,12 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if not specs:
         raise UserError(f"{cfg.input or cfg.source} holds no usable image/caption items ({listing_log.summary()}); "
                         f"check --input and --source (a 0-item output would look complete downstream)")
+    with output_lock(out, "prepare"):  # one process at a time per output folder (issue 17)
+        return _prepare_locked(cfg, out, cfg_hash, specs, listing_log)
+
+
+def _prepare_locked(cfg: PrepareConfig, out: Path, cfg_hash: str, specs: list[ItemSpec],
+                    listing_log: SkipLog) -> dict[str, Any]:
     finished = start_output(out, "shards", cfg_hash, cfg.overwrite, _SHARD_RE, "prepare")
     if finished is not None:
         log.info("%s is already complete (same config); pass --overwrite to rebuild it", out)

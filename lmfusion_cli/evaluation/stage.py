@@ -44,6 +44,7 @@ from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
+from lmfusion_cli.common.output_folder import output_lock
 from lmfusion_cli.evaluation.config import EvaluateConfig
 from lmfusion_cli.evaluation import report
 from lmfusion_cli.evaluation.report import Section
@@ -298,7 +299,13 @@ def _write_results(out: Path, cfg: EvaluateConfig, loaded, suites: list[str],
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Run the suites `cfg` asks for and write `cfg.out` (see the module docstring); return the metrics."""
+    """Run the suites `cfg` asks for and write `cfg.out` (see the module docstring); return the metrics.
+    One process at a time per `cfg.out` (issue 17: `output_lock`)."""
+    with output_lock(cfg.out, "evaluate"):
+        return _run_evaluate(cfg)
+
+
+def _run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     suites = cfg.suites()
     from lmfusion_cli.sampling.stage import resolve_device

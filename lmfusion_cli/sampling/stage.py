@@ -27,6 +27,7 @@ from lmfusion_cli.common.atomic import TMP_MARK, atomic_dir, atomic_write_text
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
+from lmfusion_cli.common.output_folder import output_lock
 from lmfusion_cli.sampling.config import SampleConfig
 from lmfusion_cli.sampling.io import jsonl_text, list_images, make_grid, png_bytes, read_prompts
 
@@ -128,7 +129,13 @@ TASKS = {"t2i": _t2i, "caption": _caption, "interleaved": _interleaved}
 
 
 def run_sample(cfg: SampleConfig) -> dict[str, Any]:
-    """Run `cfg.task` and write `cfg.out` (see the module docstring); returns the output manifest."""
+    """Run `cfg.task` and write `cfg.out` (see the module docstring); returns the output manifest.
+    One process at a time per `cfg.out` (issue 17: `output_lock`)."""
+    with output_lock(cfg.out, "sample"):
+        return _run_sample(cfg)
+
+
+def _run_sample(cfg: SampleConfig) -> dict[str, Any]:
     from lmfusion_cli.sampling.loading import load_for_sampling
 
     out = Path(cfg.out)

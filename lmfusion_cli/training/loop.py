@@ -26,6 +26,7 @@ from lmfusion_cli.common.atomic import atomic_write_text
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import write_manifest
+from lmfusion_cli.common.output_folder import output_lock, refuse_foreign
 from lmfusion_cli.training import checkpointing as ckpt
 from lmfusion_cli.training.config import RESUME_FIXED_KEYS, TrainRunConfig
 from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, broadcast_object,
@@ -76,9 +77,31 @@ def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | Non
     """Train per `config` in this process (one of several under torchrun); return what happened."""
     ctx = init_distributed(config.dist)
     try:
-        return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
+        refuse_foreign(config.train.out, "training-run", RUN_FOLDER_ENTRIES)  # a latent cache, shards, a file
+        with _rank0_lock(config, ctx):
+            return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
     finally:
         shutdown(ctx)
+
+
+RUN_FOLDER_ENTRIES = ("config.yaml", "checkpoints", "logs")
+"""What a run folder holds besides its manifest (`refuse_foreign` refuses any other entry)."""
+
+
+@contextlib.contextmanager
+def _rank0_lock(config: TrainRunConfig, ctx: DistContext):
+    """Rank 0 holds the run folder's lock for the whole run; every process learns if it was refused."""
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(output_lock(config.train.out, "train"))
+            except UserError as e:
+                problem = str(e)
+        problem = broadcast_object(problem, ctx)
+        if problem:
+            raise UserError(problem)
+        yield
 
 
 def _default_source(path: str, split: str) -> LatentSource:
