@@ -47,6 +47,20 @@ def _prompts(cfg: SampleConfig) -> list[str]:
     return [cfg.prompt] if cfg.prompt is not None else read_prompts(cfg.prompts)
 
 
+def check_prompt_lengths(prompts: list[str], model, tokenizer) -> None:
+    """Refuse (one sentence) a prompt that cannot fit the model's positions beside one image and its
+    BOI/EOI/bos/eos; issue 17: it used to run past the positions with only a warning."""
+    positions = getattr(model.base.config, "max_position_embeddings", None)
+    if not positions:
+        return
+    room = positions - model.num_image_tokens - 4
+    for number, prompt in enumerate(prompts, start=1):
+        n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if n > room:
+            raise UserError(f"Prompt {number} is {n} tokens, but the model has room for {room} beside an image "
+                            f"({positions} positions, {model.num_image_tokens} image tokens); shorten it")
+
+
 def _write_images(folder: Path, names: list[str], images: list, columns: int) -> None:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for name, image in zip(names, images):
@@ -146,6 +160,8 @@ def _run_sample(cfg: SampleConfig) -> dict[str, Any]:
         _prompts(cfg)  # an empty or broken prompt file fails before the model loads
     loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae,
                                device=resolve_device(cfg.device))
+    if cfg.task != "caption":
+        check_prompt_lengths(_prompts(cfg), loaded.model, loaded.tokenizer)
     source = {"checkpoint": str(loaded.checkpoint.model_dir), "step": loaded.checkpoint.step}
     log.info("sampling %s from %s (step %s)", cfg.task, loaded.checkpoint.model_dir, loaded.checkpoint.step)
     with atomic_dir(out, overwrite=True) as tmp:
