@@ -10,9 +10,11 @@ on kill -9, so a leftover file never blocks anyone. This module knows no stage."
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -57,11 +59,34 @@ def output_lock(out: str | os.PathLike, command: str) -> Iterator[Path]:
                             "another --out") from None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:  # the record only names the holder; a full disk must not stop the stage's own disk-full message
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+        except OSError:
+            pass
         yield path
     finally:
         os.close(fd)  # releases the flock
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC as an OSError, or as the text of a library's own error (safetensors, torch's zip writer)."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+def disk_full_error(out: str | os.PathLike, command: str, need_bytes: int | None = None,
+                    kept: str = "the previous output is intact") -> UserError:
+    """The one sentence for a full disk: the folder, the space needed (when known) and free, what was kept."""
+    out = Path(out)
+    probe = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free / 2**20
+    need = f"about {need_bytes / 2**20:.1f} MiB more are needed, " if need_bytes else ""
+    return UserError(f"No space left on the device of {out} ({need}{free:.1f} MiB are free); {kept}: free space "
+                     f"and rerun {command}")
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else 0
 
 
 def refuse_foreign(out: str | os.PathLike, kind: str, own: Iterable[str], option: str = "--out") -> None:

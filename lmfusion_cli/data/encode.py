@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +103,14 @@ def _write_job(out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int
         records = [{"key": s.key, "caption": s.caption, "meta": s.meta} for s in (job.samples[r[0]] for r in rows)]
         try:
             write_latent_shard(out, job.stem, tensors, records)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise UserError(f"No space left on the device while writing {out / job.stem}.safetensors; free "
-                                f"space and rerun encode-latents (finished shards are kept, only the rest is redone).") from e
-            raise
+        except Exception as e:  # safetensors reports a full disk as a SafetensorError (issue 17)
+            if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)):
+                raise
+            need = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+            free = shutil.disk_usage(out).free / 2**20
+            raise UserError(f"No space left on the device of {out} while writing {job.stem}.safetensors (it needs "
+                            f"about {need:.1f} MiB, {free:.1f} MiB are free); free space and rerun encode-latents "
+                            "(finished shards are kept, only the rest is redone)") from None
         files = {f"{job.stem}.{ext}": file_entry(out / f"{job.stem}.{ext}") for ext in ("safetensors", "jsonl")}
     part = {"stem": job.stem, "split": job.split, "count": len(rows), "files": files, **skips.to_dict()}
     write_part(out, job.stem, part)

@@ -44,7 +44,7 @@ from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
-from lmfusion_cli.common.output_folder import output_lock
+from lmfusion_cli.common.output_folder import disk_full_error, is_disk_full, output_lock
 from lmfusion_cli.evaluation.config import EvaluateConfig
 from lmfusion_cli.evaluation import report
 from lmfusion_cli.evaluation.report import Section
@@ -302,7 +302,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run the suites `cfg` asks for and write `cfg.out` (see the module docstring); return the metrics.
     One process at a time per `cfg.out` (issue 17: `output_lock`)."""
     with output_lock(cfg.out, "evaluate"):
-        return _run_evaluate(cfg)
+        try:
+            return _run_evaluate(cfg)
+        except OSError as e:  # a full disk: its own temp files go, finished generations stay for the rerun
+            if not is_disk_full(e):
+                raise
+            remove_stale_temps(cfg.out)
+            for sub in Path(cfg.out).rglob("*"):
+                if sub.is_dir():
+                    remove_stale_temps(sub)
+            raise disk_full_error(cfg.out, "evaluate (finished generations are reused)", None,
+                                  "its finished generations are kept") from None
 
 
 def _run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from lmfusion_cli.common.atomic import TMP_MARK, atomic_dir, atomic_write_text
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
-from lmfusion_cli.common.output_folder import output_lock
+from lmfusion_cli.common.output_folder import disk_full_error, folder_bytes, is_disk_full, output_lock
 from lmfusion_cli.sampling.config import SampleConfig
 from lmfusion_cli.sampling.io import jsonl_text, list_images, make_grid, png_bytes, read_prompts
 
@@ -164,12 +164,18 @@ def _run_sample(cfg: SampleConfig) -> dict[str, Any]:
         check_prompt_lengths(_prompts(cfg), loaded.model, loaded.tokenizer)
     source = {"checkpoint": str(loaded.checkpoint.model_dir), "step": loaded.checkpoint.step}
     log.info("sampling %s from %s (step %s)", cfg.task, loaded.checkpoint.model_dir, loaded.checkpoint.step)
-    with atomic_dir(out, overwrite=True) as tmp:
-        skips = TASKS[cfg.task](cfg, loaded, tmp, source)
-        atomic_write_text(tmp / "config.yaml", dump_yaml(cfg))
-        files = {p.relative_to(tmp).as_posix(): file_entry(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = write_manifest(tmp, "samples", task=cfg.task, inputs=loaded.describe(),
-                                  config=config_to_dict(cfg), config_hash=config_hash(cfg), files=files,
-                                  **skips.to_dict())
+    with atomic_dir(out, overwrite=True) as tmp:  # on any error the temp folder is removed
+        try:
+            skips = TASKS[cfg.task](cfg, loaded, tmp, source)
+            atomic_write_text(tmp / "config.yaml", dump_yaml(cfg))
+            files = {p.relative_to(tmp).as_posix(): file_entry(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            manifest = write_manifest(tmp, "samples", task=cfg.task, inputs=loaded.describe(),
+                                      config=config_to_dict(cfg), config_hash=config_hash(cfg), files=files,
+                                      **skips.to_dict())
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise disk_full_error(out, "sample", folder_bytes(tmp),  # at least what it had written
+                                  "nothing was written to it (the previous folder, if any, is intact)") from None
     log.info("wrote %s: %s", out / MANIFEST_NAME, skips.summary())
     return manifest

@@ -11,6 +11,7 @@ This file does not know the model: `workload_factory` builds it (LMFusion by def
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -80,6 +81,11 @@ def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | Non
         refuse_foreign(config.train.out, "training-run", RUN_FOLDER_ENTRIES)  # a latent cache, shards, a file
         with _rank0_lock(config, ctx):
             return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
+    except OSError as e:  # a full disk outside a checkpoint save (logs, run files); saves say more themselves
+        if e.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"No space left on the device of {config.train.out} (writing {e.filename or 'the run files'}); "
+                        "free space and rerun with --resume auto (complete checkpoints are kept)") from None
     finally:
         shutdown(ctx)
 
@@ -226,7 +232,11 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
             interrupted = stop.agreed(ctx)
             due = last or interrupted or (config.train.save_every and state.step % config.train.save_every == 0)
             if due and state.bad_in_row == 0:  # never save right after a poisoned step
-                _save(run)
+                try:
+                    _save(run)
+                except BaseException:  # a full disk: the log file is closed before the one-line error
+                    logger.close()
+                    raise
             if interrupted:
                 signalled = True
                 log.warning("stopped by a signal at step %d; checkpoint %s; rerun with --resume auto to continue",
