@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,15 @@ from torch.utils.data import DataLoader, Dataset
 from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file, sha256_json
-from lmfusion_cli.common.manifest import SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.atomic import atomic_write_json
+from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, verify_files, write_manifest
 from lmfusion_cli.common.output_folder import output_lock
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import EncodeConfig
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
 from lmfusion_cli.data.latents import DTYPES, KIND, write_latent_shard
-from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output, write_part
+from lmfusion_cli.data.restart import (exit_with_parent, finish_output, overwrite_folder, read_part, start_output,
+                                      swap_in, write_part)
 from lmfusion_cli.data.shards import SampleRef, ShardScan, read_image_bytes, scan_shard
 from lmfusion_cli.data.vae import encode_posterior, load_vae, resolve_vae, vae_identity
 
@@ -228,9 +230,25 @@ def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], lis
 def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     """Make (or finish, or reuse) the latent cache `cfg.out` from the shards in `cfg.data`; return its manifest.
     One process at a time per `cfg.out` (issue 17: `output_lock`)."""
-    read_manifest(Path(cfg.data), "shards", what="data")  # a bad --data is refused before the lock file
-    with output_lock(cfg.out, "encode-latents"):
-        return _run_encode(cfg)
+    data, out = Path(cfg.data), Path(cfg.out)
+    data_manifest = read_manifest(data, "shards", what="data")  # a bad --data is refused before the lock file
+    _verify_shards(data, data_manifest)
+    with output_lock(out, "encode-latents"):
+        if not (cfg.overwrite and (out / MANIFEST_NAME).is_file()):
+            return _run_encode(cfg)
+        work = overwrite_folder(out)  # build beside the old cache, then swap (issue 17)
+        manifest = _run_encode(replace(cfg, out=str(work)))
+        manifest["config"]["out"] = str(out)  # the cache records where it lives, not where it was built
+        atomic_write_json(work / MANIFEST_NAME, manifest)
+        swap_in(work, out)
+        return manifest
+
+
+def _verify_shards(data: Path, manifest: dict[str, Any]) -> None:
+    """Every shard against prepare's SHA-256 (issue 17: a flipped caption byte went unnoticed)."""
+    problems = verify_files(data, manifest)
+    if problems:
+        raise UserError(problems[0].rstrip(".") + "; rerun prepare into a new folder or restore the file")
 
 
 def _run_encode(cfg: EncodeConfig) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,13 @@ from typing import Any
 from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
-from lmfusion_cli.common.manifest import SkipLog, file_entry, write_manifest
+from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
 from lmfusion_cli.common.output_folder import output_lock
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.images import BadImage, encode_image, resize_center_crop
-from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output, write_part
+from lmfusion_cli.data.restart import (exit_with_parent, finish_output, overwrite_folder, read_part, start_output,
+                                      swap_in, write_part)
 from lmfusion_cli.data.shards import Sample, shard_name, write_shard
 from lmfusion_cli.data.sources import ItemSpec, list_items, load_image
 
@@ -137,11 +138,17 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
         raise UserError(f"{cfg.input or cfg.source} holds no usable image/caption items ({listing_log.summary()}); "
                         f"check --input and --source (a 0-item output would look complete downstream)")
     with output_lock(out, "prepare"):  # one process at a time per output folder (issue 17)
+        if cfg.overwrite and (out / MANIFEST_NAME).is_file():  # build beside the old output, then swap
+            work = overwrite_folder(out)
+            manifest = _prepare_locked(cfg, work, cfg_hash, specs, listing_log)
+            swap_in(work, out)
+            return manifest
         return _prepare_locked(cfg, out, cfg_hash, specs, listing_log)
 
 
 def _prepare_locked(cfg: PrepareConfig, out: Path, cfg_hash: str, specs: list[ItemSpec],
                     listing_log: SkipLog) -> dict[str, Any]:
+    """Build the shards in `out` (`cfg.out`, or the overwrite folder beside it); the manifest records `cfg`."""
     finished = start_output(out, "shards", cfg_hash, cfg.overwrite, _SHARD_RE, "prepare")
     if finished is not None:
         log.info("%s is already complete (same config); pass --overwrite to rebuild it", out)
@@ -152,7 +159,7 @@ def _prepare_locked(cfg: PrepareConfig, out: Path, cfg_hash: str, specs: list[It
     if parts:
         log.info("resuming: %d of %d shards already done", len(parts), len(tasks))
     done_items = sum(len(t.items) for t in tasks if t.name in parts)
-    for part in _run_tasks(pending, cfg, len(specs), done_items):
+    for part in _run_tasks(pending, replace(cfg, out=str(out)), len(specs), done_items):
         parts[part["name"]] = part
     manifest = _write_prepare_manifest(out, cfg, cfg_hash, tasks, parts, listing_log)
     finish_output(out)

@@ -145,10 +145,12 @@ def _disk_full(root: Path, need: int) -> bool:
 
 def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Checkpoint], need: int = 0) -> str:
     what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    space = "free space"
     if err.errno == errno.ENOSPC and need:
-        what += f"; a checkpoint needs about {need / 2**20:.1f} MiB, {shutil.disk_usage(root).free / 2**20:.1f} MiB are free"
+        space = (f"free about {need / 2**20:.1f} MiB (one checkpoint; {shutil.disk_usage(root).free / 2**20:.1f} MiB "
+                 "are free)")
     kept = f"the previous checkpoint {previous[-1].path.name} is intact" if previous else "no earlier checkpoint exists"
-    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: free space or fix "
+    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: {space} or fix "
             "the folder and rerun with --resume auto.")
 
 

@@ -368,7 +368,8 @@ def _resume(folder: Path, config: TrainRunConfig, model: torch.nn.Module, optimi
     for key in RESUME_FIXED_KEYS:
         if _lookup(saved["config"], key) != _lookup(now, key):
             raise UserError(f"Cannot resume from {folder}: config key '{key}' changed from "
-                            f"{_lookup(saved['config'], key)!r} to {_lookup(now, key)!r}; restore it or start a new --out.")
+                            f"{_lookup(saved['config'], key)!r} to {_lookup(now, key)!r}; restore it or start a new --out "
+                            "(a resume may change only schedule.steps, log.* and the checkpoint cadence).")
     try:
         stream.load_state_dict(saved["data"])
     except ValueError as e:
