@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from lmfusion_cli.common.atomic import TMP_MARK, fsync_dir
 from lmfusion_cli.common.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
@@ -67,6 +68,23 @@ def output_lock(out: str | os.PathLike, command: str) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # releases the flock
+
+
+def overwrite_folder(out: Path) -> Path:
+    """Where `--overwrite` builds the new output, beside the old one (issue 17: a kill during an
+    overwrite used to leave a half-deleted output)."""
+    return out.with_name(out.name + TMP_MARK + "overwrite")
+
+
+def swap_in(work: Path, out: Path) -> None:
+    """Replace `out` by the finished `work` folder: two renames, then the old one is deleted."""
+    old = out.with_name(out.name + TMP_MARK + "old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(work, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -26,12 +26,11 @@ from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
-from lmfusion_cli.common.output_folder import output_lock
+from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.images import BadImage, encode_image, resize_center_crop
-from lmfusion_cli.data.restart import (exit_with_parent, finish_output, overwrite_folder, read_part, start_output,
-                                      swap_in, write_part)
+from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output, write_part
 from lmfusion_cli.data.shards import Sample, shard_name, write_shard
 from lmfusion_cli.data.sources import ItemSpec, list_items, load_image
 

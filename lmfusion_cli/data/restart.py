@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmfusion_cli.common.atomic import TMP_MARK, atomic_write_json, fsync_dir, remove_stale_temps
+from lmfusion_cli.common.atomic import atomic_write_json, remove_stale_temps
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, read_manifest
 
@@ -64,23 +64,6 @@ def start_output(out: Path, kind: str, cfg_hash: str, overwrite: bool, ours: re.
     remove_stale_temps(out / PARTS_DIR)
     atomic_write_json(state, {"output_config_hash": cfg_hash})
     return None
-
-
-def overwrite_folder(out: Path) -> Path:
-    """Where `--overwrite` builds the new output, beside the old one (issue 17: a kill during an
-    overwrite used to leave a half-deleted output)."""
-    return out.with_name(out.name + TMP_MARK + "overwrite")
-
-
-def swap_in(work: Path, out: Path) -> None:
-    """Replace `out` by the finished `work` folder: two renames, then the old one is deleted."""
-    old = out.with_name(out.name + TMP_MARK + "old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(work, out)
-    fsync_dir(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def part_path(out: Path, name: str) -> Path:

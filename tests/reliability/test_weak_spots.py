@@ -106,3 +106,29 @@ def test_overwrite_of_a_finished_encode_swaps_whole(tmp_path, flag):
     assert cli("encode-latents", "--data", shards, "--out", tmp_path / "lat", "--vae", vae, "--dtype", "fp32", flag) == 0
     assert json.loads((tmp_path / "lat" / "manifest.json").read_text())["dtype"] == "fp32"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_evaluate_overwrite_builds_beside_and_a_failure_keeps_the_old_one(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "evaluation"))
+    from fake_run import build_fake_run
+
+    from lmfusion_cli.evaluation import stage
+
+    run = build_fake_run(tmp_path / "fake")
+    items = tmp_path / "mc.jsonl"
+    items.write_text('{"id": "q", "context": "a red circle on a", "choices": ["blue background", "left"], "label": 0}\n')
+    out = tmp_path / "eval"
+    args = ["evaluate", "--suite", "text", "--checkpoint", run, "--text-items", items, "--out", out]
+    assert cli(*args) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the process dies after the new evaluation started writing
+    monkeypatch.setattr(stage, "_write_results", killed)
+    assert cli(*args, "--overwrite") == 130
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+    assert cli(*args, "--overwrite") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["config"]["out"] == str(out)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
