@@ -39,6 +39,34 @@ def _holder(path: Path) -> str:
         return "another process"
 
 
+def _holder_is_dead(path: Path) -> bool:
+    """The recorded holder is a process of this host that no longer exists (its forked workers may
+    still hold the lock for the second or two they take to notice)."""
+    try:
+        info = json.loads(path.read_text())
+        if info["host"] != socket.gethostname():
+            return False
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return False
+
+
+def _acquire(fd: int, path: Path, orphan_wait_s: float = 15.0) -> bool:
+    """Take the lock now, or within `orphan_wait_s` when only a dead holder's workers still keep it."""
+    deadline = time.monotonic() + orphan_wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if not _holder_is_dead(path) or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def output_lock(out: str | os.PathLike, command: str) -> Iterator[Path]:
     """Hold the lock of output folder `out` for the block; a second holder gets one UserError
@@ -53,9 +81,7 @@ def output_lock(out: str | os.PathLike, command: str) -> Iterator[Path]:
     except OSError as e:
         raise UserError(f"Cannot create the lock file {path} ({e.strerror}); choose a writable --out") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _acquire(fd, path):
             raise UserError(f"{out} is being written by {_holder(path)}; wait for it to finish or choose "
                             "another --out") from None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,

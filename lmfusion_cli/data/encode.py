@@ -28,7 +28,7 @@ from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file, sha256_json
 from lmfusion_cli.common.atomic import atomic_write_json
-from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, verify_files, write_manifest
+from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, write_manifest
 from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import EncodeConfig
@@ -207,12 +207,28 @@ def _run_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, vae_spec: str, resol
                         f"remaining shards.")
 
 
+def _damaged(data: Path, name: str, manifest: dict[str, Any]) -> ShardScan | None:
+    """A shard of full size whose bytes are not the ones prepare recorded: skipped whole and counted
+    as `damaged-shard` (issue 17: a flipped caption byte went unnoticed). A shorter one is left to the
+    reader, which keeps the members before the cut and counts `truncated-shard`."""
+    entry = (manifest.get("files") or {}).get(name)
+    path = data / name
+    if not entry or not path.is_file() or path.stat().st_size < entry.get("bytes", 0):
+        return None
+    if sha256_file(path) == entry.get("sha256"):
+        return None
+    log.warning("skipping %s: it does not match its SHA-256 in %s (damaged-shard)", path, MANIFEST_NAME)
+    scan = ShardScan(path)
+    scan.log.skip(name, "damaged-shard", "SHA-256 differs from prepare's manifest")
+    return scan
+
+
 def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], list[ShardScan]]:
     """Index every source shard; drop keys already seen in an earlier shard (counted)."""
     seen: set[str] = set()
     jobs, scans = [], []
     for shard in manifest["shards"]:
-        scan = scan_shard(data / shard["name"])
+        scan = _damaged(data, shard["name"], manifest) or scan_shard(data / shard["name"])
         kept = []
         for s in scan.samples:
             if s.key in seen:
@@ -230,8 +246,7 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     """Make (or finish, or reuse) the latent cache `cfg.out` from the shards in `cfg.data`; return its manifest.
     One process at a time per `cfg.out` (issue 17: `output_lock`)."""
     data, out = Path(cfg.data), Path(cfg.out)
-    data_manifest = read_manifest(data, "shards", what="data")  # a bad --data is refused before the lock file
-    _verify_shards(data, data_manifest)
+    read_manifest(data, "shards", what="data")  # a bad --data is refused before the lock file
     with output_lock(out, "encode-latents"):
         if not (cfg.overwrite and (out / MANIFEST_NAME).is_file()):
             return _run_encode(cfg)
@@ -241,13 +256,6 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
         atomic_write_json(work / MANIFEST_NAME, manifest)
         swap_in(work, out)
         return manifest
-
-
-def _verify_shards(data: Path, manifest: dict[str, Any]) -> None:
-    """Every shard against prepare's SHA-256 (issue 17: a flipped caption byte went unnoticed)."""
-    problems = verify_files(data, manifest)
-    if problems:
-        raise UserError(problems[0].rstrip(".") + "; rerun prepare into a new folder or restore the file")
 
 
 def _run_encode(cfg: EncodeConfig) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def test_a_kill_during_overwrite_leaves_the_old_output_whole(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-def test_encode_latents_checks_each_shard_against_prepares_manifest(tmp_path, capsys):
+def test_encode_latents_checks_each_shard_against_prepares_manifest(tmp_path):
     shards = tmp_path / "shards"
     assert cli(*_prepare(shards, 8)) == 0
     tar = next(iter(sorted(shards.glob("train-*.tar"))))
@@ -90,11 +90,10 @@ def test_encode_latents_checks_each_shard_against_prepares_manifest(tmp_path, ca
             import io
 
             t.addfile(m, io.BytesIO(data))
-    capsys.readouterr()
-    assert cli("encode-latents", "--data", shards, "--out", tmp_path / "lat", "--vae", "lmfusion_cli/assets/tiny-vae") == 2
-    line = error_line(capsys)
-    assert tar.name in line and "SHA-256" in line
-    assert not (tmp_path / "lat").exists()
+    assert cli("encode-latents", "--data", shards, "--out", tmp_path / "lat", "--vae", "lmfusion_cli/assets/tiny-vae") == 0
+    manifest = json.loads((tmp_path / "lat" / "manifest.json").read_text())
+    assert manifest["counts"]["skipped"] == {"damaged-shard": 1}  # skipped whole and counted, never trained on
+    assert [i["key"] for i in manifest["skipped_items"]] == [tar.name]
 
 
 @pytest.mark.parametrize("flag", ["--overwrite"])
