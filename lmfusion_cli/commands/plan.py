@@ -37,8 +37,13 @@ def command(
 
     if config is not None and not Path(config).is_file():
         raise UserError(f"--config {config} does not exist; pass a YAML file such as pipelines/configs/tiny.yaml.")
-    cfg = resolve_config(TrainRunConfig, config, overrides, {
-        "dist.gpus": gpus, "dist.nodes": nodes, "train.out": "plan", "data.latents": None})
+    from lmfusion_cli.common.configs import read_yaml
+
+    given = read_yaml(config) if config is not None else {}
+    needs_latents = not (given.get("data") or {}).get("latents") and not any(
+        o.startswith("data.latents=") for o in overrides or [])
+    cfg = resolve_config(TrainRunConfig, config, overrides, {  # plan reads no data: a latent cache is optional
+        "dist.gpus": gpus, "dist.nodes": nodes, "train.out": "plan", "data.latents": "none" if needs_latents else None})
     if mfu <= 0 or mfu > 1 or peak_tflops <= 0 or caption_tokens < 0:
         raise UserError("--mfu must be in (0, 1], --peak-tflops > 0 and --caption-tokens >= 0.")
     options = PlanOptions(gpus=cfg.dist.gpus, nodes=cfg.dist.nodes, gpu_memory=parse_bytes(gpu_memory), mfu=mfu,

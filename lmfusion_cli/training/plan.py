@@ -274,8 +274,10 @@ def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
 
     # ---- activations (measured) -----------------------------------------------------------------
     text_trainable = counts["text_trainable"] > 0
-    per_token, mask_per_pos2 = measure_layer(base_cfg, lm_cfg, N / example, compute, 512, backend, text_trainable)
-    patcher_bytes, patcher_flops = measure_patcher(lm_cfg, hidden, compute)
+    with warnings.catch_warnings():  # FakeTensor storages go through a deprecated data_ptr check
+        warnings.simplefilter("ignore", UserWarning)
+        per_token, mask_per_pos2 = measure_layer(base_cfg, lm_cfg, N / example, compute, 512, backend, text_trainable)
+        patcher_bytes, patcher_flops = measure_patcher(lm_cfg, hidden, compute)
     layer_bytes = per_token * micro_tokens
     residual = micro_tokens * hidden * (compute_bytes if sharded else 4)  # a checkpointed layer's input
     targets = micro * options.caption_tokens * (1 - config.data.generation_fraction) + micro
