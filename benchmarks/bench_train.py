@@ -75,62 +75,69 @@ def build_base(folder: Path, hidden: int, layers: int) -> Path:
     return folder
 
 
-def measure(variant: str, base: Path, args) -> tuple[float, int, int, int, float]:
-    """Best-of-repeats tokens/s of `train_step` for one variant; also text and image tokens per step, the
-    non-embedding parameters of one expert path and the counted FLOPs of one step (forward + backward)."""
-    from torch.utils.flop_counter import FlopCounterMode
+class Variant:
+    """One variant's workload, optimizer and sample stream; `time_once` times `args.steps` real train steps.
 
-    from tiny_base import FakeLatentCache
+    The variants' timed repeats are interleaved (round robin) by `main`, so a load change on a shared
+    machine hits them alike; the best repeat of each is kept."""
 
-    import lmfusion_cli.model.fusion as fusion
-    from lmfusion_cli.common.configs import build_config
-    from lmfusion_cli.model.layers import routed_layer
-    from lmfusion_cli.training.config import TrainRunConfig
-    from lmfusion_cli.training.distributed import DistContext
-    from lmfusion_cli.training.lmfusion_workload import build_lmfusion_workload
-    from lmfusion_cli.training.loader import SampleStream
-    from lmfusion_cli.training.optim import build_optimizer
-    from lmfusion_cli.training.step import train_step
+    def __init__(self, variant: str, base: Path, args):
+        from tiny_base import FakeLatentCache
+        from torch.utils.flop_counter import FlopCounterMode
 
-    model_options = {"patcher": "linear", "patch_size": 2, "freeze_text": variant != "full-finetune"}
-    config = build_config(TrainRunConfig, {
-        "base": {"path": str(base)}, "model": model_options, "data": {"latents": "fake"},
-        "train": {"out": "unused", "batch_size": args.batch, "micro_batch_size": args.batch}})
-    source = FakeLatentCache(num_items=256, shape=(4, args.latent, args.latent))
-    torch.manual_seed(0)
-    workload = build_lmfusion_workload(config, source, torch.device(args.device))
-    workload.model.detach_frozen_prefix = variant != "routed-graph"
-    named = [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad]
-    optimizer = build_optimizer(named, config.optim)
-    stream = SampleStream(source, 0, generation_fraction=0.8, caption_dropout=0.1)
-    fusion.routed_layer = both_experts_layer if variant == "both-experts" else routed_layer
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else None
-    try:
-        best = float("inf")
-        micro = workload.make_micro_batch(stream.next_step(args.batch), torch.device("cpu"))
-        batch = micro.inputs[0]
-        n_image = int((batch.modality == 1).sum())
-        n_text = int((batch.modality == 0).sum())
+        from lmfusion_cli.common.configs import build_config
+        from lmfusion_cli.training.config import TrainRunConfig
+        from lmfusion_cli.training.lmfusion_workload import build_lmfusion_workload
+        from lmfusion_cli.training.loader import SampleStream
+        from lmfusion_cli.training.optim import build_optimizer
+
+        self.variant, self.args = variant, args
+        model_options = {"patcher": "linear", "patch_size": 2, "freeze_text": variant != "full-finetune"}
+        config = build_config(TrainRunConfig, {
+            "base": {"path": str(base)}, "model": model_options, "data": {"latents": "fake"},
+            "train": {"out": "unused", "batch_size": args.batch, "micro_batch_size": args.batch}})
+        source = FakeLatentCache(num_items=256, shape=(4, args.latent, args.latent))
+        torch.manual_seed(0)
+        self.workload = build_lmfusion_workload(config, source, torch.device(args.device))
+        self.workload.model.detach_frozen_prefix = variant != "routed-graph"
+        named = [(n, p) for n, p in self.workload.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.optimizer = build_optimizer(named, config.optim)
+        self.stream = SampleStream(source, 0, generation_fraction=0.8, caption_dropout=0.1)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else None
+        batch = self.workload.make_micro_batch(self.stream.next_step(args.batch), torch.device("cpu")).inputs[0]
+        self.n_image, self.n_text = int((batch.modality == 1).sum()), int((batch.modality == 0).sum())
         counter = FlopCounterMode(display=False)
         with counter:  # warm-up, counted
-            train_step(workload.model, workload, optimizer, [p for _, p in named], stream.next_step(args.batch),
-                       args.batch, 1.0, autocast, DistContext(device=torch.device(args.device)))
-        flops = counter.get_total_flops()
-        for _ in range(args.repeats):
-            samples = [stream.next_step(args.batch) for _ in range(args.steps)]
-            _sync(args.device)
-            t0 = time.perf_counter()
-            tokens = 0
-            for step_samples in samples:
-                result = train_step(workload.model, workload, optimizer, [p for _, p in named], step_samples,
-                                    args.batch, 1.0, autocast, DistContext(device=torch.device(args.device)))
-                tokens += result.tokens
-            _sync(args.device)
-            best = min(best, (time.perf_counter() - t0) / tokens)
-    finally:
-        fusion.routed_layer = routed_layer
-    path_params = sum(p.numel() for n, p in workload.model.base.model.layers.named_parameters())
-    return 1.0 / best, n_text, n_image, path_params, flops
+            self._step(self.stream.next_step(args.batch))
+        self.flops = counter.get_total_flops()
+        self.best = float("inf")  # seconds per token
+        self.path_params = sum(p.numel() for p in self.workload.model.base.model.layers.parameters())
+
+    def _step(self, samples):
+        import lmfusion_cli.model.fusion as fusion
+        from lmfusion_cli.model.layers import routed_layer
+        from lmfusion_cli.training.distributed import DistContext
+        from lmfusion_cli.training.step import train_step
+
+        fusion.routed_layer = both_experts_layer if self.variant == "both-experts" else routed_layer
+        try:
+            return train_step(self.workload.model, self.workload, self.optimizer, self.params, samples,
+                              self.args.batch, 1.0, self.autocast, DistContext(device=torch.device(self.args.device)))
+        finally:
+            fusion.routed_layer = routed_layer
+
+    def time_once(self) -> None:
+        samples = [self.stream.next_step(self.args.batch) for _ in range(self.args.steps)]
+        _sync(self.args.device)
+        t0 = time.perf_counter()
+        tokens = sum(self._step(step_samples).tokens for step_samples in samples)
+        _sync(self.args.device)
+        self.best = min(self.best, (time.perf_counter() - t0) / tokens)
+
+    @property
+    def rate(self) -> float:
+        return 1.0 / self.best
 
 
 def _sync(device: str) -> None:
@@ -141,7 +148,8 @@ def _sync(device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats per variant (best is kept)")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="timed repeats per variant, interleaved across variants (best is kept)")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16, help="examples per step")
@@ -153,9 +161,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         base = build_base(Path(tmp) / "base", args.hidden, args.layers)
-        rates, flops = {}, {}
-        for variant in ("routed-frozen", "routed-graph", "full-finetune", "both-experts"):
-            rates[variant], n_text, n_image, path_params, flops[variant] = measure(variant, base, args)
+        variants = {name: Variant(name, base, args)
+                    for name in ("routed-frozen", "routed-graph", "full-finetune", "both-experts")}
+        for _ in range(args.repeats):  # round robin: load changes hit every variant alike
+            for variant in variants.values():
+                variant.time_once()
+        rates = {name: v.rate for name, v in variants.items()}
+        flops = {name: v.flops for name, v in variants.items()}
+        first = variants["routed-frozen"]
+        n_text, n_image, path_params = first.n_text, first.n_image, first.path_params
     n = n_text + n_image
     routed_cost = 2 * n_text + 3 * n_image
     predicted_full, predicted_both = 3 * n / routed_cost, 5 * n / routed_cost
