@@ -63,6 +63,13 @@ class SegmentOutput:
     """The cache extended by this segment (update_cache=True), else the cache passed in."""
 
 
+def base_load_error(name: str, error: BaseException) -> str:
+    """One sentence for a base (or its tokenizer) that `transformers` could not load."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+    return (f"The base model {name} cannot be loaded ({reason}); pass a local Hugging Face folder with --base, "
+            "or a hub id that is downloaded already or reachable online.")
+
+
 def _check_llama_layout(base: nn.Module, name: str) -> None:
     decoder = getattr(base, "model", None)
     layer = getattr(decoder, "layers", [None])[0]
@@ -141,7 +148,10 @@ class LMFusionModel(nn.Module):
             from transformers import AutoModelForCausalLM
 
             base_id = str(base)
-            base = AutoModelForCausalLM.from_pretrained(base_id, dtype=getattr(torch, config.dtype))
+            try:
+                base = AutoModelForCausalLM.from_pretrained(base_id, dtype=getattr(torch, config.dtype))
+            except (OSError, ValueError) as e:  # not found, offline, not a causal LM (issue 16)
+                raise UserError(base_load_error(base_id, e)) from e
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)

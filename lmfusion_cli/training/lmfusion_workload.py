@@ -201,11 +201,15 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     from transformers import AutoTokenizer
 
     from lmfusion_cli.model import LMFusionConfig, LMFusionModel, resolve_boi_eoi
+    from lmfusion_cli.model.fusion import base_load_error
 
     base = resolve_base_path(config.base.path)
     if not Path(base).exists() and "/" not in base:
         raise UserError(f"Base model {base} is neither a folder nor a hub id; check base.path (or pass --base).")
-    tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
+    except (OSError, ValueError) as e:
+        raise UserError(base_load_error(config.base.tokenizer or base, e)) from e
     boi_id, eoi_id = resolve_boi_eoi(tokenizer)
     channels, side = latent_geometry(source)
     options = dict(config.model)

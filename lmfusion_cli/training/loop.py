@@ -11,6 +11,8 @@ This file does not know the model: `workload_factory` builds it (LMFusion by def
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -27,7 +29,7 @@ from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import write_manifest
 from lmfusion_cli.training import checkpointing as ckpt
-from lmfusion_cli.training.config import RESUME_FIXED_KEYS, TrainRunConfig
+from lmfusion_cli.training.config import RESUME_FIXED_KEYS, ScheduleConfig, TrainRunConfig
 from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, broadcast_object,
                                                init_distributed, shutdown, unwrap, wrap_model)
 from lmfusion_cli.training.loader import LatentSource, SampleStream
@@ -86,7 +88,9 @@ def _default_source(path: str, split: str) -> LatentSource:
 
     cache = open_latent_cache(path, splits=split)
     if len(cache) == 0:
-        raise UserError(f"The latent cache {path} has no items in split '{split}'; pick another data split.")
+        raise UserError(f"The latent cache {path} has no items in split '{split}'; pick another split with "
+                        "--set data.train_split=NAME / --set data.val_split=NAME (or data.val_split=null: no "
+                        "validation), or re-run prepare with a larger --val-fraction.")
     return cache
 
 
@@ -124,20 +128,20 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     _check_batch(config, ctx)
     found = ckpt.find_resume_point(run_dir, config.train.resume)
     resume_from = broadcast_object(str(found) if found else None, ctx)  # rank 0's view wins
-    ckpt.prepare_root(run_dir / "checkpoints", ctx)
     if resume_from:
         _refuse_newer_checkpoints(run_dir, Path(resume_from))
     source = source_factory(config.data.latents, config.data.train_split)
     val_source = source_factory(config.data.latents, config.data.val_split) if config.data.val_split else None
     torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
     workload = workload_factory(config, source, ctx.device)
+    ckpt.prepare_root(run_dir / "checkpoints", ctx)  # the first write: a base that fails to load leaves no folder
     model = wrap_model(workload.model, workload.shard_units() if config.dist.strategy == "fsdp" else [],
                        config.dist.strategy, ctx)
     if config.train.compile:
         _compile(workload)
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
                                 config.optim, getattr(workload, "text_parameter_prefix", ""))
-    scheduler = build_scheduler(optimizer, config.optim, config.schedule)
+    scheduler = build_scheduler(optimizer, config.optim, _schedule_to_follow(config, resume_from))
     stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout)
     state = TrainState()
     if resume_from:
@@ -325,6 +329,22 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         data = data.get(part, {}) if isinstance(data, dict) else None
     return data
+
+
+def _schedule_to_follow(config: TrainRunConfig, resume_from: str | None) -> ScheduleConfig:
+    """The LR schedule of this invocation: on resume, the saved run's, so a changed `schedule.steps`
+    cannot make the learning rate jump (issue 16: 1.5e-5 → 1.3e-4 mid-run). Training still runs to the
+    new `schedule.steps`; past the saved end the rate stays at `schedule.min_lr`."""
+    if not resume_from:
+        return config.schedule
+    saved = _lookup(json.loads((Path(resume_from) / "trainer.json").read_text()).get("config", {}), "schedule")
+    if not isinstance(saved, dict) or saved.get("steps", config.schedule.steps) == config.schedule.steps:
+        return config.schedule
+    log.warning("schedule.steps changed from %d to %d on resume: the learning rate keeps the saved %d-step "
+                "schedule (min_lr %g after step %d); start a new --out for a schedule over %d steps",
+                saved["steps"], config.schedule.steps, saved["steps"], config.schedule.min_lr, saved["steps"],
+                config.schedule.steps)
+    return dataclasses.replace(config.schedule, steps=int(saved["steps"]))
 
 
 def _resume(folder: Path, config: TrainRunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
