@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from lmfusion_cli.common.errors import UserError
@@ -82,7 +83,12 @@ def _check_llama_layout(base: nn.Module, name: str) -> None:
         raise UserError(f"Base model {name} has decoder-layer modules {sorted(extra)} outside the Llama layout; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint.")
 
 
-class LMFusionModel(nn.Module):
+class LMFusionModel(
+    nn.Module, PyTorchModelHubMixin, library_name="lmfusion", tags=["lmfusion", "text-to-image", "image-to-text"],
+    paper_url="https://arxiv.org/abs/2412.15188", pipeline_tag="text-to-image",
+):
+    """save_pretrained / from_pretrained / push_to_hub come from the Hub mixin; see `model/hub.py`."""
+
     def __init__(self, base: nn.Module, config: LMFusionConfig, base_id: str):
         """Wrap an already-loaded causal LM (it is modified in place: frozen or re-initialised)."""
         super().__init__()
@@ -155,6 +161,19 @@ class LMFusionModel(nn.Module):
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)
+
+    def _save_pretrained(self, save_directory) -> None:
+        from lmfusion_cli.model.hub import save_folder
+
+        save_folder(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
+                         local_files_only=False, token=None, **unused) -> LMFusionModel:
+        from lmfusion_cli.model.hub import load_folder
+
+        return load_folder(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                           local_files_only=local_files_only, token=token)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Image experts, patcher, image final norm, BOI/EOI rows (plus text modules if unfrozen)."""
