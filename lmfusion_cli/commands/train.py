@@ -68,3 +68,4 @@ def command(
         last = result.last_checkpoint.name if result.last_checkpoint else "none"
         typer.echo(f"train {how}: step {result.step}, {result.skipped_steps} skipped step(s), "
                    f"last checkpoint {last}, run folder {result.run_dir}")
+        typer.echo(result.summary)

@@ -36,6 +36,7 @@ from lmfusion_cli.training.loader import LatentSource, SampleStream
 from lmfusion_cli.training.logging import TrainLogger, memory_mb
 from lmfusion_cli.training.optim import build_optimizer, build_scheduler
 from lmfusion_cli.training.step import train_step
+from lmfusion_cli.training.trackers import flatten
 from lmfusion_cli.training.validation import validate
 from lmfusion_cli.training.workload import Workload
 
@@ -71,6 +72,8 @@ class TrainResult:
     stopped_by_signal: bool
     last_checkpoint: Path | None
     skipped_steps: int
+    summary: str = ""
+    """One line: step, last train loss, last validation losses, wall time (printed by `lmfusion train`)."""
 
 
 def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | None = None,
@@ -126,6 +129,10 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     run_dir = Path(config.train.out)
     _set_determinism(config)
     _check_batch(config, ctx)
+    if ctx.is_main:
+        from lmfusion_cli.training.trackers import check_available
+
+        check_available(config.log.trackers())  # a missing tracker package: one sentence, nothing written
     found = ckpt.find_resume_point(run_dir, config.train.resume)
     resume_from = broadcast_object(str(found) if found else None, ctx)  # rank 0's view wins
     if resume_from:
@@ -163,7 +170,10 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     log.info("training %s: steps %d → %d, %d process(es), global batch %d, run folder %s",
              run.workload.describe().get("base", "?"), state.step, end, ctx.world_size,
              config.train.batch_size, run.run_dir)
-    logger = TrainLogger(run.run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard)
+    started = time.perf_counter()
+    logger = TrainLogger(run.run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard,
+                         report_to=config.log.trackers(), params=flatten(config_to_dict(config)),
+                         project=config.log.project)
     if run.resumed_from:
         logger.write({"event": "resume", "step": state.step, "from": run.resumed_from, "world_size": ctx.world_size})
     autocast = _autocast(config, ctx)
@@ -214,11 +224,25 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
                             state.step, run.last_ckpt.name if run.last_ckpt else "none")
                 break
     logger.close()
+    summary = _summary(state.step, config.schedule.steps, losses, logger.last_val, time.perf_counter() - started)
+    if ctx.is_main:
+        log.info("%s", summary)
     finished = state.step >= config.schedule.steps
     if ctx.is_main:
         _write_run_files(run.run_dir, config, run.workload, state, complete=finished and run.saved_step == state.step)
     return TrainResult(run_dir=run.run_dir, step=state.step, losses=losses, stopped_by_signal=signalled,
-                       last_checkpoint=run.last_ckpt, skipped_steps=state.skipped_steps)
+                       last_checkpoint=run.last_ckpt, skipped_steps=state.skipped_steps, summary=summary)
+
+
+def _summary(step: int, total: int, losses: list[float], last_val: dict[str, Any] | None, seconds: float) -> str:
+    """`run summary: step 12/12, train loss 1.234, val_loss 1.1 (step 12), val_caption_loss …, wall 63 s`."""
+    parts = [f"run summary: step {step}/{total}",
+             f"train loss {losses[-1]:.4g}" if losses else "no step run"]
+    if last_val:
+        parts.append(", ".join(f"{k} {v:.4g}" for k, v in last_val.items()
+                               if k in ("val_loss", "val_caption_loss")) + f" (step {last_val['step']})")
+    parts.append(f"wall {seconds:.0f} s")
+    return ", ".join(parts)
 
 
 def _count_finite(run: _Run, result: Any, logger: TrainLogger) -> None:
@@ -247,6 +271,14 @@ def _validate(run: _Run, logger: TrainLogger) -> None:
     logger.write({"event": "val", "step": run.state.step,
                   **validate(run.model, run.workload, run.val_source, run.config.log,
                              run.config.train.micro_batch_size, run.ctx)})
+    cfg = run.config.log
+    # the validation grid: one process only (sampling is not sharded), for workloads that can draw
+    if cfg.grid_items and logger.wants_images and run.ctx.world_size == 1 and hasattr(run.workload, "validation_grid"):
+        run.model.eval()
+        grid = run.workload.validation_grid(run.val_source, cfg.grid_items, cfg.grid_steps, cfg.val_seed)
+        run.model.train()
+        if grid is not None:
+            logger.image("val/grid", grid, run.state.step)
 
 
 def _save(run: _Run) -> None:
