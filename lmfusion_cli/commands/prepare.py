@@ -26,6 +26,9 @@ def command(
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of items held out for validation (default 0.05; at least one item when 2+ are kept).")] = None,
     test_fraction: Annotated[Optional[float], typer.Option(help="Share of items held out for testing (default 0.05).")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Rewrite a finished output.")] = None,
+    allow_outside_root: Annotated[Optional[bool], typer.Option(
+        "--allow-outside-root", help="Read images outside the input's root (absolute, ../, symlinks).")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Skip images over this many pixels (too-large).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -48,6 +51,7 @@ def command(
         "source": source, "out": out, "input": input or coco_root, "karpathy_split": karpathy_split,
         "num_items": num_items, "seed": seed, "resolution": resolution, "shard_size": shard_size,
         "workers": workers, "overwrite": overwrite, "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "allow_outside_root": allow_outside_root, "max_pixels": max_pixels,
     })
     from lmfusion_cli.data.prepare import run_prepare
 

@@ -13,7 +13,6 @@ a truncated shard with one warning and counts nothing (issue 12)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re

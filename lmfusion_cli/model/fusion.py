@@ -162,6 +162,21 @@ class LMFusionModel(
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **hub_options) -> LMFusionModel:
+        """The Hub mixin's `from_pretrained` (a local folder or a hub id); a repository that cannot be
+        fetched (offline, missing, gated) is one sentence."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        from lmfusion_cli.model.hub import fetch_error
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **hub_options)
+        except (OSError, ValueError, HfHubHTTPError) as e:
+            if os.path.isdir(str(pretrained_model_name_or_path)):
+                raise
+            raise UserError(fetch_error(str(pretrained_model_name_or_path), e)) from e
+
     def _save_pretrained(self, save_directory) -> None:
         from lmfusion_cli.model.hub import save_folder
 

@@ -43,9 +43,12 @@ def local_folder(model_id: str, *, revision=None, cache_dir=None, force_download
                                       force_download=force_download, local_files_only=local_files_only,
                                       token=token))
     except Exception as e:  # offline, no such repo, gated: one sentence
-        raise UserError(f"Cannot fetch the LMFusion model {model_id} from the Hugging Face Hub "
-                        f"({type(e).__name__}); pass a local folder written by save_pretrained or "
-                        "`lmfusion export`.") from e
+        raise UserError(fetch_error(model_id, e)) from e
+
+
+def fetch_error(model_id: str, error: BaseException) -> str:
+    return (f"Cannot fetch the LMFusion model {model_id} from the Hugging Face Hub ({type(error).__name__}); "
+            "pass a local folder written by save_pretrained or `lmfusion export`, or log in / go online.")
 
 
 def load_folder(model_id: str | os.PathLike, **hub_options):

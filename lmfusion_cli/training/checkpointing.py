@@ -4,7 +4,7 @@ Layout of `RUN/checkpoints/step-00000100/`:
 
     dcp/                  torch.distributed.checkpoint shards: trainable weights + optimiser state
     model/                consolidated trainable weights for `lmfusion sample` (the workload writes it)
-    rng/rank-00000.pt     RNG states of every process
+    rng/rank-00000.pt     RNG states of every process, as tensors and numbers (read weights-only)
     trainer.json          step, data position, scheduler, counters, world size, resolved config, and
                           `trains`: the workload's `describe()` (base config hash, model config, the
                           latent cache's VAE), which a resume must match (`input_change`)
@@ -15,6 +15,9 @@ place, so a folder under a final name is complete by construction, and `--resume
 ignores any `step-*` folder without a complete manifest (a copy truncated by hand, a foreign tool).
 Older complete checkpoints are deleted only after a newer one is complete (keep the last M). A
 failed save (disk full) removes its temp folder and leaves every earlier checkpoint untouched.
+
+Nothing is unpickled beyond tensors, numbers and DCP's own metadata classes (`safe_load`): a
+checkpoint someone sent you cannot run code, whatever its manifest says.
 
 DCP options follow MEASURED-NOTES: `ignore_frozen_params=True` (frozen text weights are not stored;
 the checkpoint points at its base) and `strict=False` on load. `ignore_frozen_params` alone still keeps a
@@ -28,7 +31,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import random
 import re
 import shutil
 import warnings
@@ -36,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
@@ -51,6 +52,7 @@ from lmfusion_cli.common.atomic import TMP_MARK, atomic_file, atomic_write_json,
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, file_entry, verify_files, write_manifest
 from lmfusion_cli.training.distributed import DistContext, all_reduce, barrier, broadcast_object, unwrap
+from lmfusion_cli.training.safe_load import load_dcp, load_rng, save_rng, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -135,30 +137,32 @@ def prepare_root(root: Path, ctx: DistContext) -> None:
     barrier(ctx)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _write_rng(folder: Path, rank: int) -> None:
     with atomic_file(folder / "rng" / f"rank-{rank:05d}.pt") as tmp:
-        torch.save(rng_state(), tmp)
+        save_rng(tmp)
 
 
-def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Checkpoint]) -> str:
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def _disk_full(root: Path, need: int) -> bool:
+    """Whether `root`'s file system has no room for `need` bytes (nor 1 MiB): torch's zip writer
+    reports a full disk as a RuntimeError ("unexpected pos"), not as an OSError (issue 17)."""
+    try:
+        return shutil.disk_usage(root).free < max(need, 1 << 20)
+    except OSError:
+        return False
+
+
+def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Checkpoint], need: int = 0) -> str:
     what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    space = "free space"
+    if err.errno == errno.ENOSPC and need:
+        space = (f"free about {need / 2**20:.1f} MiB (one checkpoint; {shutil.disk_usage(root).free / 2**20:.1f} MiB "
+                 "are free)")
     kept = f"the previous checkpoint {previous[-1].path.name} is intact" if previous else "no earlier checkpoint exists"
-    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: free space or fix "
+    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: {space} or fix "
             "the folder and rerun with --resume auto.")
 
 
@@ -168,6 +172,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     final = root / step_dir_name(step)
     tmp = root / (final.name + TMP_MARK + "write")
     previous = list_checkpoints(root)
+    need = _folder_bytes(previous[-1].path) if previous else 0
     if ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -188,18 +193,23 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
                                                      "trains": workload.describe()})
     except OSError as e:
         error = e
-    except Exception as e:  # DCP wraps a rank's OSError in a CheckpointException
+    except BaseException as e:  # DCP wraps a rank's OSError in a CheckpointException (a BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
         cause = _find_oserror(e)
+        if cause is None and _disk_full(root, need):
+            cause = OSError(errno.ENOSPC, "No space left on device")
         if cause is None:
             raise
         error = cause
     failed = all_reduce(torch.tensor([1.0 if error else 0.0], dtype=torch.float64), ctx, op="max")
     if failed.item() > 0:
+        need = max(need, _folder_bytes(tmp))
         if ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         barrier(ctx)
         err = error or OSError(errno.EIO, "another process failed to write its part")
-        raise UserError(_disk_error_sentence(step, root, err, previous)) from error
+        raise UserError(_disk_error_sentence(step, root, err, previous, need)) from None
     if ctx.is_main:
         _finish(tmp, final, step, ctx, root, previous, keep_last)
     barrier(ctx)
@@ -235,8 +245,9 @@ def _finish(tmp: Path, final: Path, step: int, ctx: DistContext, root: Path,
         tmp.rename(final)
         fsync_dir(root)
     except OSError as e:
+        need = _folder_bytes(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(_disk_error_sentence(step, root, e, previous)) from e
+        raise UserError(_disk_error_sentence(step, root, e, previous, need)) from None
     complete = list_checkpoints(root)
     for old in complete[:-keep_last]:
         if old.path != final:
@@ -279,12 +290,12 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     state = {"model": trainable_only(model, model_sd), "optim": optim_sd}  # an older alias in the files is ignored
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(folder / "dcp"))
+        load_dcp(state, folder / "dcp")
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_SHARDED)
     rng_file = folder / "rng" / f"rank-{ctx.rank:05d}.pt"
     if trainer_state["world_size"] == ctx.world_size and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(load_rng(rng_file))
     return trainer_state
 
 
