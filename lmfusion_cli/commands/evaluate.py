@@ -17,7 +17,9 @@ def command(
     num_items: Annotated[Optional[int], typer.Option(help="shapes: held-out items to generate and caption.")] = None,
     shapes_seed: Annotated[Optional[int], typer.Option(help="shapes: seed of the held-out items (not the training data's).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="shapes: a prepared shapes set whose test split is used instead.")] = None,
-    text_items: Annotated[Optional[Path], typer.Option(help="text: multiple-choice JSONL file or datasets folder (default: the shipped tiny set).")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="text: lm-eval task names and/or task YAML paths, comma-separated, e.g. hellaswag,siqa,winogrande,piqa (default: the shipped tiny set).")] = None,
+    text_limit: Annotated[Optional[int], typer.Option(help="text: score only the first N documents of each task.")] = None,
+    text_items: Annotated[Optional[Path], typer.Option(help="text: instead of --tasks, a multiple-choice JSONL file or datasets folder.")] = None,
     text_split: Annotated[Optional[str], typer.Option(help="text: split of a DatasetDict folder.")] = None,
     coco_root: Annotated[Optional[Path], typer.Option(help="coco: folder with annotations/captions_val2014.json and val2014/.")] = None,
     karpathy_split: Annotated[Optional[Path], typer.Option(help="coco: Karpathy's dataset_coco.json (its test images are captioned).")] = None,
@@ -70,7 +72,7 @@ def command(
         "ptb_tokenizer": ptb_tokenizer, "base": base, "tokenizer": tokenizer, "vae": vae, "device": device,
         "overwrite": overwrite,
         "shapes.num_items": num_items, "shapes.seed": shapes_seed, "shapes.data": data,
-        "text.items": text_items, "text.split": text_split,
+        "text.tasks": _csv(tasks), "text.limit": text_limit, "text.items": text_items, "text.split": text_split,
         "coco.root": coco_root, "coco.karpathy_split": karpathy_split, "coco.num_caption_images": num_caption_images,
         "coco.num_prompts": num_prompts, "coco.seed": coco_seed, "coco.inception": inception,
         "coco.clip_arch": clip_arch, "coco.clip_weights": clip_weights, "coco.clip_config": clip_config,
@@ -81,3 +83,8 @@ def command(
     from lmfusion_cli.evaluation.stage import run_evaluate
 
     run_evaluate(cfg)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given)."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]

@@ -68,12 +68,25 @@ class ShapesEvalConfig:
 
 @dataclass(frozen=True)
 class TextEvalConfig:
+    tasks: tuple[str, ...] = ()
+    """lm-eval tasks: names (hellaswag, siqa, winogrande, piqa, ...; data fetched by `datasets` when online)
+    and/or paths of lm-eval task YAMLs (local data_files read against the YAML's folder); empty = the
+    shipped 257-item set (`evaluation/tasks/lmfusion_tiny_mc.yaml`, offline)."""
+    limit: Optional[int] = None
+    """Score only the first N documents of each task (quick runs; lm-eval's --limit); None = all."""
     items: Optional[str] = None
-    """Multiple-choice items: a JSONL file or a `datasets` folder (save_to_disk); None = the shipped tiny set."""
+    """Instead of `tasks`: multiple-choice items in a JSONL file or a `datasets` folder (save_to_disk), turned
+    into an lm-eval task (field names via `fields`; malformed items skipped and counted)."""
     split: Optional[str] = None
     """Split to read when `items` is a DatasetDict folder."""
     fields: FieldMap = field(default_factory=FieldMap)
     """Field names of context, choices (one list field or several), label (+ offset) and id."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"text.limit must be >= 1; got {self.limit}")
+        if self.items and self.tasks:
+            raise ValueError("text.items and text.tasks exclude each other; pass --text-items or --tasks")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
-from lmfusion_cli.evaluation.config import EvaluateConfig
 from lmfusion_cli.evaluation import report
+from lmfusion_cli.evaluation.config import EvaluateConfig
 from lmfusion_cli.evaluation.report import Section
 
 log = logging.getLogger(__name__)
@@ -111,16 +111,30 @@ def _weights_sha256(model_dir: Path) -> str:
 
 
 # ---- inputs checked before anything loads ----------------------------------------------------------
-def _text_items(cfg: EvaluateConfig) -> tuple[list, SkipLog, str]:
-    from lmfusion_cli.evaluation.text_data import TINY_MC_PATH
-    from lmfusion_cli.evaluation.text_suite import load_hf_disk, load_jsonl
+@dataclass
+class _TextInputs:
+    """The text suite's tasks, checked before the model loads (`--text-items` items are written as a task later)."""
 
-    path = Path(cfg.text.items) if cfg.text.items else TINY_MC_PATH
-    if path.is_dir():
-        items, skips = load_hf_disk(path, cfg.text.fields, cfg.text.split)
-    else:
-        items, skips = load_jsonl(path, cfg.text.fields)
-    return items, skips, str(path)
+    specs: list = field(default_factory=list)
+    """lm-eval task specs (names or config dicts) from `--tasks` / the shipped YAML."""
+    items: list | None = None
+    """`--text-items` items, when given."""
+    source: str = ""
+    """What the tasks are, for the manifest."""
+
+
+def _text_inputs(cfg: EvaluateConfig) -> tuple[_TextInputs, SkipLog]:
+    from lmfusion_cli.evaluation.text_suite import SHIPPED_TASK, load_hf_disk, load_jsonl, load_tasks, task_specs
+
+    t = cfg.text
+    if t.items:
+        path = Path(t.items)
+        items, skips = load_hf_disk(path, t.fields, t.split) if path.is_dir() else load_jsonl(path, t.fields)
+        return _TextInputs(items=items, source=str(path)), skips
+    names = list(t.tasks) or [str(SHIPPED_TASK)]
+    specs = task_specs(names)
+    load_tasks(specs)  # unknown names, unreadable YAML or data that cannot be fetched: refused now
+    return _TextInputs(specs=specs, source=", ".join(names)), SkipLog()
 
 
 def shapes_test_items(folder: str | Path) -> tuple[list, SkipLog]:
@@ -197,36 +211,36 @@ def _caption_fn(cfg: EvaluateConfig, loaded):
                          use_cache=s.cache)
 
 
-def _run_text(cfg: EvaluateConfig, out: Path, loaded, items: list, device: str) -> tuple[dict[str, Any], Section]:
-    from transformers import AutoModelForCausalLM
+def _run_text(cfg: EvaluateConfig, out: Path, loaded, inputs: _TextInputs, device: str) -> tuple[dict[str, Any], Section]:
+    from lmfusion_cli.evaluation.lm_eval_adapter import base_lm, fused_text_lm
+    from lmfusion_cli.evaluation.text_suite import items_task, load_tasks, run_text_suite
 
-    from lmfusion_cli.evaluation.suites import run_text_suite
-    from lmfusion_cli.evaluation.text_suite import hf_logits_fn
 
+    specs = inputs.specs
+    if inputs.items is not None:
+        specs = [items_task(inputs.items, out / "text" / "items.jsonl", f"lmfusion_items_{_task_slug(inputs.source)}")]
+    manager, _ = load_tasks(specs)
     model = loaded.model
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     try:
-        base = AutoModelForCausalLM.from_pretrained(model.base_id, dtype=model.base.dtype).to(device).eval()
+        base = base_lm(model.base_id, batch_size=cfg.batch_size, device=device, dtype=dtype)
     except OSError as e:
         raise UserError(f"The base model {model.base_id} cannot be loaded with transformers ({type(e).__name__}); "
                         f"pass its folder with --base.") from e
-    vocab, base_logits = model.vocab_size, hf_logits_fn(base)
-
-    def fused(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return model.text_logits(input_ids.to(device), attention_mask.to(device))[..., :vocab]  # (B, T, V_base)
-
-    def reference(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return base_logits(input_ids.to(device), attention_mask.to(device))  # (B, T, V_base)
-
+    fused = fused_text_lm(model, tokenizer=model.base_id, batch_size=cfg.batch_size)
     try:
-        metrics, section = run_text_suite(out, items, loaded.tokenizer, {"base": reference, "fused": fused},
-                                          batch_size=cfg.batch_size)
+        metrics, section = run_text_suite(out, specs, manager, {"base": base, "fused": fused}, limit=cfg.text.limit)
     finally:
         del base
         gc.collect()
-    metrics["base_model"] = model.base_id
-    section.text += (" The base LM is loaded on its own with `transformers` from the checkpoint's base pointer; "
-                     "the fused model's logits are compared over the base vocabulary.")
+    metrics.update(base_model=model.base_id, task_source=inputs.source, limit=cfg.text.limit)
+    section.text += (" The base is lm-eval's `hf` model loaded from the checkpoint's base pointer; the fused model "
+                     "is the same harness over its text path (`FusedTextLM`), logits over the base vocabulary.")
     return metrics, section
+
+
+def _task_slug(source: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in Path(source).stem)[:40] or "items"
 
 
 def _run_shapes(cfg: EvaluateConfig, out: Path, loaded, data_items: list | None) -> tuple[dict[str, Any], Section]:
@@ -260,8 +274,7 @@ def _run_coco(cfg: EvaluateConfig, out: Path, loaded, scorers: tuple[Any, str, A
 class _Inputs:
     """What the suites read, loaded (or checked) before the model: bad paths fail in seconds."""
 
-    text_items: list = field(default_factory=list)
-    text_source: str | None = None
+    text: _TextInputs = field(default_factory=_TextInputs)
     shapes_items: list | None = None
     coco_scorers: tuple[Any, str, Any] | None = None
     skips: SkipLog = field(default_factory=SkipLog)
@@ -270,7 +283,7 @@ class _Inputs:
 def _check_inputs(cfg: EvaluateConfig, suites: list[str], device: str) -> _Inputs:
     inputs = _Inputs()
     if "text" in suites:
-        inputs.text_items, text_skips, inputs.text_source = _text_items(cfg)
+        inputs.text, text_skips = _text_inputs(cfg)
         inputs.skips.merge(text_skips)
     if "shapes" in suites and cfg.shapes.data:
         inputs.shapes_items, shapes_skips = shapes_test_items(cfg.shapes.data)
@@ -305,12 +318,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     device = resolve_device(cfg.device)
     inputs = _check_inputs(cfg, suites, device)
-    from lmfusion_cli.sampling.loading import load_for_sampling, resolve_checkpoint  # after the quick checks
+    from lmfusion_cli.sampling.loading import (  # after the quick checks
+        load_for_sampling,
+        resolve_checkpoint,
+    )
 
     settings = _generation_settings(cfg, _weights_sha256(resolve_checkpoint(cfg.checkpoint).model_dir))
     _check_resume(out, _prepare_out(out, cfg.overwrite), settings)
     loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae, device=device)
-    described = {**loaded.describe(), "text_items": inputs.text_source, "shapes_data": cfg.shapes.data,
+    described = {**loaded.describe(), "text_tasks": inputs.text.source, "shapes_data": cfg.shapes.data,
                  "coco_root": cfg.coco.root}
     common = {"inputs": described, "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
               "generation_settings": settings}
@@ -322,7 +338,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     with torch.no_grad():
         for suite in suites:
             if suite == "text":
-                results[suite] = _run_text(cfg, out, loaded, inputs.text_items, device)
+                results[suite] = _run_text(cfg, out, loaded, inputs.text, device)
             elif suite == "shapes":
                 results[suite] = _run_shapes(cfg, out, loaded, inputs.shapes_items)
             else:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from lmfusion_cli.data import shapes
 from lmfusion_cli.evaluation.clip_score import load_clip
 from lmfusion_cli.evaluation.coco_suite import run_coco_suite
 from lmfusion_cli.evaluation.fid import load_inception
-from lmfusion_cli.evaluation.suites import generation_path, run_shapes_suite, run_text_suite, write_outputs
-from lmfusion_cli.evaluation.text_suite import MCItem
+from lmfusion_cli.evaluation.suites import generation_path, run_shapes_suite, write_outputs
 from stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
 
 N, SEED, RES = 24, 1000, 32
@@ -66,34 +64,6 @@ def test_shapes_suite_scores_resumes_and_reports(tmp_path):
     text = paths["report"].read_text()
     for rel, _ in section.images:
         assert f"]({rel})" in text and _valid_png(tmp_path / rel)
-
-
-def test_text_suite_base_vs_fused(tmp_path):
-    torch.manual_seed(0)
-    emb, head = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50)
-
-    class Tok:
-        pad_token_id, bos_token_id = 0, 1
-
-        def __call__(self, text, add_special_tokens=True):
-            ids = [2 + (hash(w) % 48) for w in text.split()]
-            return {"input_ids": ([1] if add_special_tokens else []) + ids}
-
-    def base(ids, mask):
-        return head(emb(ids).cumsum(1))
-
-    def fused(ids, mask):  # the same function by another route, as the fused model's text path must be
-        return head(torch.stack([emb(ids[:, : t + 1]).sum(1) for t in range(ids.shape[1])], 1))
-
-    items = [MCItem(str(i), f"item {i} says", ("yes", "no", "maybe"), i % 3) for i in range(9)]
-    with torch.no_grad():
-        metrics, section = run_text_suite(tmp_path, items, Tok(), {"base": base, "fused": base}, batch_size=4)
-        assert metrics["identical"] and metrics["models"]["base"] == metrics["models"]["fused"]
-        other, _ = run_text_suite(tmp_path, items, Tok(), {"base": base, "fused": fused}, batch_size=4)
-    assert other["max_abs_diff"] < 1e-4  # float reassociation only
-    assert _valid_png(tmp_path / "text" / "accuracy.png")
-    assert len((tmp_path / "text" / "per_item_fused.jsonl").read_text().splitlines()) == 9
-    assert "identical" in section.text
 
 
 def test_coco_suite_end_to_end_with_stand_in_weights(tmp_path):
