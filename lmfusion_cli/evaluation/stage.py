@@ -87,7 +87,8 @@ def _generation_settings(cfg: EvaluateConfig, weights_sha256: str) -> dict[str, 
     rerun with more items extends the set (COCO's prompt file refuses another draw itself)."""
     s = cfg.sampling
     return {"weights_sha256": weights_sha256, "base": cfg.base, "vae": cfg.vae, "tokenizer": cfg.tokenizer,
-            "cfg_scale": s.cfg_scale, "steps": s.steps, "sampler": s.sampler,
+            "cfg_scale": {suite: list(s.scales_for(suite)) for suite in ("shapes", "coco")}, "steps": s.steps,
+            "sampler": s.sampler,
             "shapes": {"seed": cfg.shapes.seed, "data": cfg.shapes.data, "resolution": cfg.shapes.resolution},
             "coco": {"root": cfg.coco.root, "seed": cfg.coco.seed}}
 
@@ -172,33 +173,41 @@ def shapes_test_items(folder: str | Path) -> tuple[list, SkipLog]:
     return items, skips
 
 
-def _coco_scorers(cfg: EvaluateConfig, device: str) -> tuple[Any, str, Any]:
-    """(FID extractor, its id, CLIP scorer) from local files, after checking the COCO layout."""
-    from lmfusion_cli.evaluation.clip_score import load_clip
-    from lmfusion_cli.evaluation.coco import find_layout, karpathy_ids
-    from lmfusion_cli.evaluation.fid import INCEPTION_URL, load_inception
+def _coco_scorers(cfg: EvaluateConfig, device: str) -> tuple[Any, str, Any, str]:
+    """(FID extractor, its id, CLIP scorer, its id), after checking the COCO layout and the prompt count.
 
-    find_layout(cfg.coco.root)
-    if cfg.coco.karpathy_split:
-        karpathy_ids(cfg.coco.karpathy_split)
-    if not cfg.coco.inception:
-        raise UserError(f"The COCO suite needs Inception weights for FID; download {INCEPTION_URL} and pass its "
-                        f"path with --inception.")
-    if not cfg.coco.clip_weights:
-        raise UserError(f"The COCO suite needs CLIP weights for the CLIP score; download the open_clip checkpoint "
-                        f"for {cfg.coco.clip_arch} and pass its path with --clip-weights.")
-    extractor = load_inception(cfg.coco.inception, device)
-    extractor_id = f"{Path(cfg.coco.inception).name}-{sha256_file(cfg.coco.inception)[:12]}"
-    scorer = load_clip(cfg.coco.clip_arch, cfg.coco.clip_weights, cfg.coco.clip_config, device)
-    return extractor, extractor_id, scorer
+    With no local file given, the weights come the libraries' own way: clean-fid's `InceptionV3W` and
+    open_clip's pretrained tag, each downloading into its cache when online (a `UserError` offline)."""
+    from lmfusion_cli.evaluation.clip_score import load_clip, load_clip_pretrained
+    from lmfusion_cli.evaluation.coco import find_layout, generation_images, karpathy_ids, make_prompts
+    from lmfusion_cli.evaluation.fid import cleanfid_inception, load_inception
+
+    c = cfg.coco
+    layout = find_layout(c.root)
+    if c.karpathy_split:
+        karpathy_ids(c.karpathy_split)
+    make_prompts(generation_images(layout)[0], c.num_prompts, c.seed)  # refuses more prompts than images now
+    if c.inception:
+        extractor = load_inception(c.inception, device)
+        inception_file = Path(c.inception)
+    else:
+        extractor, inception_file = cleanfid_inception(c.cleanfid_dir, device)
+    extractor_id = f"{inception_file.name}-{sha256_file(inception_file)[:12]}"
+    if c.clip_weights:
+        scorer = load_clip(c.clip_arch, c.clip_weights, c.clip_config, device)
+        clip_id = f"{c.clip_arch} ({Path(c.clip_weights).name}-{sha256_file(c.clip_weights)[:12]})"
+    else:
+        scorer = load_clip_pretrained(c.clip_arch, c.clip_pretrained, device, c.clip_cache_dir)
+        clip_id = f"{c.clip_arch} ({c.clip_pretrained})"
+    return extractor, extractor_id, scorer, clip_id
 
 
 # ---- the suites ------------------------------------------------------------------------------------
-def _generate_fn(cfg: EvaluateConfig, loaded):
+def _generate_fn(cfg: EvaluateConfig, loaded, cfg_scale: float):
     from lmfusion_cli.sampling import as_generate_fn
 
     s = cfg.sampling
-    return as_generate_fn(loaded.model, tokenizer=loaded.tokenizer, vae=loaded.codec, cfg_scale=s.cfg_scale,
+    return as_generate_fn(loaded.model, tokenizer=loaded.tokenizer, vae=loaded.codec, cfg_scale=cfg_scale,
                           steps=s.steps, sampler=s.sampler, batch_size=cfg.batch_size, use_cache=s.cache)
 
 
@@ -247,8 +256,9 @@ def _run_shapes(cfg: EvaluateConfig, out: Path, loaded, data_items: list | None)
     from lmfusion_cli.evaluation.suites import run_shapes_suite
 
     resolution = cfg.shapes.resolution or loaded.codec.image_size
+    (scale,) = cfg.sampling.scales_for("shapes")
     metrics, section = run_shapes_suite(out, cfg.shapes.num_items, cfg.shapes.seed, resolution,
-                                        generate_fn=_generate_fn(cfg, loaded), caption_fn=_caption_fn(cfg, loaded),
+                                        generate_fn=_generate_fn(cfg, loaded, scale), caption_fn=_caption_fn(cfg, loaded),
                                         batch_size=cfg.batch_size, tokenizer=cfg.ptb_tokenizer, items=data_items)
     metrics["items"] = f"test split of {cfg.shapes.data}" if data_items is not None else \
         f"shapes.make_item(i, seed={cfg.shapes.seed}), i < {cfg.shapes.num_items}"
@@ -256,17 +266,19 @@ def _run_shapes(cfg: EvaluateConfig, out: Path, loaded, data_items: list | None)
     return metrics, section
 
 
-def _run_coco(cfg: EvaluateConfig, out: Path, loaded, scorers: tuple[Any, str, Any]) -> tuple[dict[str, Any], Section]:
+def _run_coco(cfg: EvaluateConfig, out: Path, loaded, scorers: tuple[Any, str, Any, str]) -> tuple[dict[str, Any], Section]:
     from lmfusion_cli.evaluation.coco_suite import run_coco_suite
 
-    extractor, extractor_id, scorer = scorers
-    c = cfg.coco
+    extractor, extractor_id, scorer, clip_id = scorers
+    c, s = cfg.coco, cfg.sampling
     stats = Path(c.fid_stats_dir) if c.fid_stats_dir else out / "coco" / "fid_stats"
+    generate_fns = {scale: _generate_fn(cfg, loaded, scale) for scale in s.scales_for("coco")}
     return run_coco_suite(out, c.root, c.karpathy_split, c.num_caption_images, c.num_prompts, c.seed,
-                          loaded.codec.image_size, generate_fn=_generate_fn(cfg, loaded),
-                          caption_fn=_caption_fn(cfg, loaded), extractor=extractor, extractor_id=extractor_id,
-                          clip_scorer=scorer, stats_cache_dir=stats, caption_metrics=c.caption_metrics,
-                          batch_size=cfg.batch_size, tokenizer=cfg.ptb_tokenizer)
+                          loaded.codec.image_size, generate_fns=generate_fns, caption_fn=_caption_fn(cfg, loaded),
+                          extractor=extractor, extractor_id=extractor_id, clip_scorer=scorer, clip_id=clip_id,
+                          stats_cache_dir=stats, caption_metrics=c.caption_metrics, batch_size=cfg.batch_size,
+                          tokenizer=cfg.ptb_tokenizer, sampling={"sampler": s.sampler, "steps": s.steps,
+                                                                 "kv_cache": s.cache})
 
 
 # ---- the stage -------------------------------------------------------------------------------------
@@ -276,7 +288,7 @@ class _Inputs:
 
     text: _TextInputs = field(default_factory=_TextInputs)
     shapes_items: list | None = None
-    coco_scorers: tuple[Any, str, Any] | None = None
+    coco_scorers: tuple[Any, str, Any, str] | None = None
     skips: SkipLog = field(default_factory=SkipLog)
 
 
@@ -302,7 +314,7 @@ def _write_results(out: Path, cfg: EvaluateConfig, loaded, suites: list[str],
     sections = [section for _, section in results.values()]
     if skipped:
         sections.append(Section("suites not run", text="\n".join(
-            f"- **{name}**: {why}; pass `--coco-root DIR` (with `--inception` and `--clip-weights`) to run it."
+            f"- **{name}**: {why}; pass `--coco-root DIR` to run it (clean-fid and open_clip fetch their weights, or pass `--inception` and `--clip-weights`)."
             for name, why in skipped.items())))
     report.write_metrics(out, metrics)
     title = f"lmfusion evaluation: {loaded.checkpoint.model_dir} (step {loaded.checkpoint.step})"
