@@ -6,22 +6,23 @@ Output folder (written in place, so that a rerun resumes; every file is written 
     OUT/report.md                       one section per suite: metrics table, plots, image grid + prompts
     OUT/shapes/generations/NNNNN.png    raw generations (kept: a rerun only makes the missing ones)
     OUT/shapes/prompts.jsonl, captions.jsonl, *.png
-    OUT/text/per_item_{base,fused}.jsonl, accuracy.png
-    OUT/coco/prompts.jsonl, generations/, reference/, captions.jsonl, fid_stats/, *.png
+    OUT/text/per_item_{base,fused}.jsonl, accuracy.png (items.jsonl for --text-items)
+    OUT/coco/prompts.jsonl, generations/cfg-<s>/, captions.jsonl, fid_stats/, *.png
     OUT/config.yaml                     the resolved EvaluateConfig
     OUT/manifest.json                   kind "evaluation": inputs, generation settings, counts, file hashes;
                                         "complete": false while running, true at the end
 
 Resuming is safe only with the same generation settings: the manifest records them (checkpoint
 weights hash, guidance, steps, sampler, seeds, base/VAE overrides) and a rerun with others is refused
-unless `--overwrite` deletes the old evaluation. Every input a suite needs (COCO layout, Inception
-and CLIP weights, text items, a prepared shapes set) is checked before the model loads, so a bad
-path fails in seconds with one sentence.
+unless `--overwrite` deletes the old evaluation. Every input a suite needs (COCO layout and prompt
+count, Inception and CLIP weights — fetched by clean-fid / open_clip when not given —, lm-eval tasks
+and their data, text items, a prepared shapes set) is checked before the model loads, so a bad path
+fails in seconds with one sentence.
 
-The text suite scores the fused model and its base LM, loaded separately with plain `transformers`
-from the checkpoint's base pointer. The fused model's logits are restricted to the base vocabulary
-(the BOI/EOI rows a model may add are not text the base can write), so for a frozen-text model the
-per-item log-likelihoods must be identical. This file owns the orchestration; the suites
+The text suite runs lm-evaluation-harness on the fused model's text path and on its base, loaded as
+lm-eval's ordinary `hf` model from the checkpoint's base pointer. The fused model's logits are
+restricted to the base vocabulary (the BOI/EOI rows a model may add are not text the base can
+write), so for a frozen-text model every request's log-likelihood must be identical. This file owns the orchestration; the suites
 (`suites.py`, `coco_suite.py`), metrics and rendering are the other modules'."""
 
 from __future__ import annotations

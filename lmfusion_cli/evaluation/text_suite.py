@@ -16,6 +16,7 @@ The templated set for the shipped tiny LM (`data/tiny_mc.jsonl`) is made by `bui
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -214,10 +215,8 @@ def load_tasks(specs: Sequence[str | dict[str, Any]]) -> tuple[Any, list[str]]:
     """(lm-eval TaskManager, task names) with every task built now: unknown names and data that cannot be
     fetched are `UserError`s before any model loads. lm-eval's registry (~15k YAMLs, ~20 s to index) is
     read only when a task is named rather than given as a YAML."""
-    from lm_eval.tasks import TaskManager
-
     named = [s for s in specs if isinstance(s, str)]
-    manager = TaskManager(include_defaults=bool(named))
+    manager = _task_manager(bool(named))
     unknown = [n for n in named if n not in manager.all_tasks]
     if unknown:
         raise UserError(f"Unknown lm-eval task(s) {', '.join(unknown)}; pass names from `lm_eval ls tasks` "
@@ -233,6 +232,14 @@ def load_tasks(specs: Sequence[str | dict[str, Any]]) -> tuple[Any, list[str]]:
                             ) from e
         names.extend(loaded["tasks"])
     return manager, names
+
+
+@functools.lru_cache(maxsize=2)
+def _task_manager(include_defaults: bool) -> Any:
+    """lm-eval's task index, built once per process (with its registry: ~15k YAMLs, ~20 s)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=include_defaults)
 
 
 def _per_item_rows(task: str, result: Any) -> list[dict[str, Any]]:

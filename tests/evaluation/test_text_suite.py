@@ -215,3 +215,11 @@ def test_items_file_becomes_a_task_and_bad_tasks_are_user_errors(tmp_path):
     (tmp_path / "gone.yaml").write_text(WINO_YAML.replace("wino_style_local", "gone").replace("!function wino_funcs.", "!function nothere."))
     with pytest.raises(UserError, match="cannot be read"):
         task_specs([str(tmp_path / "gone.yaml")])
+
+
+def test_registered_tasks_unknown_names_and_offline_data_are_user_errors():
+    """Named lm-eval tasks: an unknown name, and (offline, as every test runs) data that is not cached."""
+    with pytest.raises(UserError, match="Unknown lm-eval task"):
+        load_tasks(task_specs(["hellaswag", "no_such_task_xyz"]))
+    with pytest.raises(UserError, match="task social_iqa cannot be loaded"):
+        load_tasks(task_specs(["siqa"]))
