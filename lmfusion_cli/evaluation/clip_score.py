@@ -43,7 +43,7 @@ def load_clip(arch: str, weights: str | Path, model_config: str | Path | None = 
     weights = Path(weights)
     if not weights.is_file():
         raise UserError(f"The CLIP weights file {weights} does not exist; download the open_clip checkpoint "
-                        f"for {arch} (e.g. open_clip_pytorch_model.bin from the hub) and put it at {weights}.")
+                        f"for {arch} (open_clip_pytorch_model.bin from the hub) and put it at {weights}.")
     if model_config is not None:
         config_path = Path(model_config)
         if not config_path.is_file():

@@ -189,18 +189,18 @@ def _coco_scorers(cfg: EvaluateConfig, device: str) -> tuple[Any, str, Any, str]
     if c.karpathy_split:
         karpathy_ids(c.karpathy_split)
     make_prompts(generation_images(layout)[0], c.num_prompts, c.seed)  # refuses more prompts than images now
-    if c.inception:
-        extractor = load_inception(c.inception, device)
-        inception_file = Path(c.inception)
-    else:
-        extractor, inception_file = cleanfid_inception(c.cleanfid_dir, device)
-    extractor_id = f"{inception_file.name}-{sha256_file(inception_file)[:12]}"
     if c.clip_weights:
         scorer = load_clip(c.clip_arch, c.clip_weights, c.clip_config, device)
         clip_id = f"{c.clip_arch} ({Path(c.clip_weights).name}-{sha256_file(c.clip_weights)[:12]})"
     else:
         scorer = load_clip_pretrained(c.clip_arch, c.clip_pretrained, device, c.clip_cache_dir)
         clip_id = f"{c.clip_arch} ({c.clip_pretrained})"
+    if c.inception:
+        extractor = load_inception(c.inception, device)
+        inception_file = Path(c.inception)
+    else:
+        extractor, inception_file = cleanfid_inception(c.cleanfid_dir, device)
+    extractor_id = f"{inception_file.name}-{sha256_file(inception_file)[:12]}"
     return extractor, extractor_id, scorer, clip_id
 
 

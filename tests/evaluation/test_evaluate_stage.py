@@ -255,13 +255,17 @@ def test_coco_input_errors_exit_2_with_one_sentence(run_dir, tmp_path, case):
     weights = ["--inception", inception, "--clip-weights", tmp_path / "clip.pt"]
     if case == "missing-inception":
         inception = tmp_path / "weights" / "inception-2015-12-05.pt"
-        weights = ["--inception", inception, "--clip-weights", tmp_path / "clip.pt"]
+        clip_config, clip_weights = save_tiny_clip(tmp_path)
+        weights = ["--inception", inception, "--clip-arch", "tiny-test-clip", "--clip-config", clip_config,
+                   "--clip-weights", clip_weights]
         named = str(inception)
     elif case == "wrong-layout":
         (root / "annotations" / "captions_val2014.json").rename(root / "captions_val2014.json")
         named = "annotations/captions_val2014.json"
     elif case == "offline-inception":  # no --inception: clean-fid's own InceptionV3W(download=True) in an empty folder
-        weights = ["--set", f"coco.cleanfid_dir={tmp_path / 'cleanfid'}"]
+        clip_config, clip_weights = save_tiny_clip(tmp_path)
+        weights = ["--clip-arch", "tiny-test-clip", "--clip-config", clip_config, "--clip-weights", clip_weights,
+                   "--set", f"coco.cleanfid_dir={tmp_path / 'cleanfid'}"]
         named = str(tmp_path / "cleanfid" / "inception-2015-12-05.pt")
     else:  # no --clip-weights: open_clip's pretrained tag, not in an empty Hugging Face cache
         weights = ["--inception", inception, "--set", f"coco.clip_cache_dir={tmp_path / 'clip-cache'}"]
