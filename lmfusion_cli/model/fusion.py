@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.errors import UserError, what_was_refused
 from lmfusion_cli.model.attention import Attention, MaskInfo
 from lmfusion_cli.model.cache import KVCache
 from lmfusion_cli.model.config import LMFusionConfig
@@ -158,6 +159,10 @@ class LMFusionModel(
                 base = AutoModelForCausalLM.from_pretrained(base_id, dtype=getattr(torch, config.dtype))
             except (OSError, ValueError) as e:  # not found, offline, not a causal LM (issue 16)
                 raise UserError(base_load_error(base_id, e)) from e
+            except pickle.UnpicklingError as e:  # a `.bin` transformers' weights-only load refuses (issue 17)
+                raise UserError(f"The base model {base_id} has a weights file that is not plain tensors (it holds "
+                                f"{what_was_refused(str(e))}); pass a base saved as safetensors (or a .bin you "
+                                "trust, re-saved as safetensors)") from None
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)
