@@ -12,11 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmfusion_cli import __version__
-<<<<<<< HEAD
-from lmfusion_cli.commands import encode_latents, evaluate, plan, prepare, sample, train
-=======
-from lmfusion_cli.commands import encode_latents, evaluate, export, prepare, sample, train
->>>>>>> main
+from lmfusion_cli.commands import encode_latents, evaluate, export, plan, prepare, sample, train
 from lmfusion_cli.common.errors import UserError
 
 app = typer.Typer(

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmfusion_cli.commands.common import ConfigOption, SetOption
+from lmfusion_cli.commands.common import ConfigOption, set_option
+
+SetOption = set_option("--set train.activation_checkpointing=none --set train.micro_batch_size=13")
 
 
 def command(

@@ -250,26 +250,17 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     """Load the base and tokenizer, size the model from the cache, move it to `device`."""
     from transformers import AutoTokenizer
 
-<<<<<<< HEAD
     from lmfusion_cli.model import LMFusionConfig, LMFusionModel
-    from lmfusion_cli.training.sharded_load import build_meta_model, can_load_sharded
-=======
-    from lmfusion_cli.model import LMFusionConfig, LMFusionModel, resolve_boi_eoi
     from lmfusion_cli.model.fusion import base_load_error
->>>>>>> main
+    from lmfusion_cli.training.sharded_load import build_meta_model, can_load_sharded
 
     base = resolve_base_path(config.base.path)
     if not Path(base).exists() and "/" not in base:
         raise UserError(f"Base model {base} is neither a folder nor a hub id; check base.path (or pass --base).")
-<<<<<<< HEAD
-    tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
-=======
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
     except (OSError, ValueError) as e:
         raise UserError(base_load_error(config.base.tokenizer or base, e)) from e
-    boi_id, eoi_id = resolve_boi_eoi(tokenizer)
->>>>>>> main
     channels, side = latent_geometry(source)
     options = dict(config.model)
     for key, value in (("latent_channels", channels), ("latent_size", side)):
