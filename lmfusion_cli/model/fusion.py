@@ -26,8 +26,9 @@ from lmfusion_cli.model.cache import KVCache
 from lmfusion_cli.model.config import LMFusionConfig
 from lmfusion_cli.model.diffusion import Diffusion
 from lmfusion_cli.model.image_io import make_patcher
+from lmfusion_cli.model import llava
 from lmfusion_cli.model.layers import LAYER_PARTS, ImageExpert, Routes, reinitialise_, routed_layer
-from lmfusion_cli.model.sequence import IGNORE, IMAGE, TEXT, MixedBatch, text_segment
+from lmfusion_cli.model.sequence import IGNORE, IMAGE, TEXT, VISION, MixedBatch, text_segment
 
 
 @dataclass
@@ -64,7 +65,7 @@ class SegmentOutput:
 
 
 def _check_llama_layout(base: nn.Module, name: str) -> None:
-    decoder = getattr(base, "model", None)
+    decoder = llava.text_decoder(base) if hasattr(base, "model") else None
     layer = getattr(decoder, "layers", [None])[0]
     missing = [p for p in LAYER_PARTS if not hasattr(layer, p)]
     parts = ("embed_tokens", "norm", "rotary_emb")
@@ -80,9 +81,12 @@ class LMFusionModel(nn.Module):
         """Wrap an already-loaded causal LM (it is modified in place: frozen or re-initialised)."""
         super().__init__()
         _check_llama_layout(base, base_id)
+        self.is_llava = llava.is_llava(base)  # LLaVAFusion: a frozen VLM's vision path feeds the text expert
+        if self.is_llava:
+            llava.check_llava_options(base, config.from_scratch, config.freeze_text, base_id)
         self.base, self.config, self.base_id = base, config, base_id
         self.base_config = base.config
-        decoder = base.model
+        decoder = llava.text_decoder(base)
         std = getattr(base.config, "initializer_range", 0.02)
         if config.from_scratch:
             reinitialise_(base, std)
@@ -140,11 +144,19 @@ class LMFusionModel(nn.Module):
         if isinstance(base, (str, os.PathLike)):
             from transformers import AutoModelForCausalLM
 
-            base_id = str(base)
-            base = AutoModelForCausalLM.from_pretrained(base_id, dtype=getattr(torch, config.dtype))
+            base_id, dtype = str(base), getattr(torch, config.dtype)
+            if llava.is_llava_checkpoint(base_id):
+                base = llava.load_vlm(base_id, dtype)
+            else:
+                base = AutoModelForCausalLM.from_pretrained(base_id, dtype=dtype)
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The base's Llama-layout decoder: the text expert (a VLM's language model for LLaVA)."""
+        return llava.text_decoder(self.base)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Image experts, patcher, image final norm, BOI/EOI rows (plus text modules if unfrozen)."""
@@ -153,13 +165,13 @@ class LMFusionModel(nn.Module):
     # ---- pieces of the forward --------------------------------------------------------------------
     def _embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """(M,) token ids → (M, D); BOI/EOI take the trainable rows, all others the frozen table."""
-        emb = self.base.model.embed_tokens(ids.clamp(max=self.vocab_size - 1))
+        emb = self.decoder.embed_tokens(ids.clamp(max=self.vocab_size - 1))
         emb = torch.where((ids == self.boi_id)[:, None], self.special_embed[0], emb)
         return torch.where((ids == self.eoi_id)[:, None], self.special_embed[1], emb)
 
     def _text_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final text norm + LM head (+ logits of new BOI/EOI rows): (..., D) → (..., V)."""
-        hidden = self.base.model.norm(hidden)
+        hidden = self.decoder.norm(hidden)
         logits = self.base.get_output_embeddings()(hidden)
         if self.special_head is not None:
             logits = torch.cat([logits, hidden @ self.special_head.T], dim=-1)
@@ -173,8 +185,12 @@ class LMFusionModel(nn.Module):
         Returns flat hidden states (B·T, D), the routes and each layer's new (keys, values).
         """
         B, T = batch.input_ids.shape
-        routes = Routes.from_modality(batch.modality, TEXT, IMAGE)
+        is_vision = batch.modality == VISION  # LLaVA vision rows take the text expert, as in LLaVA
+        routes = Routes.from_modality(batch.modality.masked_fill(is_vision, TEXT), TEXT, IMAGE)
         text_rows = self._embed_text(batch.input_ids.reshape(-1)[routes.text])  # (N_text, D)
+        if is_vision.any():
+            rows = llava.vision_features(self.base, batch.vision_pixels, batch.vision_sizes)  # (N_vision, D)
+            text_rows = llava.place_vision_rows(text_rows, is_vision.reshape(-1)[routes.text], rows)
         if image_tokens is not None:
             image_rows = image_tokens[
                 batch.image_index.reshape(-1)[routes.image], batch.patch_index.reshape(-1)[routes.image]
@@ -182,7 +198,7 @@ class LMFusionModel(nn.Module):
         else:
             image_rows = text_rows.new_zeros(0, text_rows.shape[-1])
         hidden = routes.merge(text_rows, image_rows)  # (B·T, D)
-        rope = self.base.model.rotary_emb(hidden.view(B, T, -1), batch.position_ids)  # (B, T, hd) ×2
+        rope = self.decoder.rotary_emb(hidden.view(B, T, -1), batch.position_ids)  # (B, T, hd) ×2
 
         past = 0 if cache is None else cache.length
         if self.sliding_window is not None and past + T > self.sliding_window:
@@ -200,7 +216,7 @@ class LMFusionModel(nn.Module):
         )
         attention = Attention(info, self.config.attention_backend)
         new_kv = []
-        for i, text_layer in enumerate(self.base.model.layers):
+        for i, text_layer in enumerate(self.decoder.layers):
             expert = self.image_experts[i] if self.image_experts is not None else None
             past_kv = None if cache is None else (cache.keys[i], cache.values[i])
             hidden, kv = routed_layer(text_layer, expert, hidden, routes, (B, T), rope, attention, past_kv)
