@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.model import llava
 from lmfusion_cli.model.attention import Attention, MaskInfo
 from lmfusion_cli.model.cache import KVCache
 from lmfusion_cli.model.config import LMFusionConfig
 from lmfusion_cli.model.diffusion import Diffusion
 from lmfusion_cli.model.image_io import make_patcher
-from lmfusion_cli.model import llava
 from lmfusion_cli.model.layers import LAYER_PARTS, ImageExpert, Routes, reinitialise_, routed_layer
 from lmfusion_cli.model.sequence import IGNORE, IMAGE, TEXT, VISION, MixedBatch, text_segment
 

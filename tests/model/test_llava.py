@@ -11,11 +11,18 @@ import pytest
 import torch
 
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.model import LMFusionModel, TextPart, build_example, collate
-from lmfusion_cli.model import llava
+from lmfusion_cli.model import LMFusionModel, TextPart, build_example, collate, llava
 from lmfusion_cli.model.sequence import VISION, VisionPart
 
-from .llava_helpers import IMAGE_TOKEN, VOCAB, image_processor, processed, random_image, tiny_llava_model, tiny_vlm
+from .llava_helpers import (
+    IMAGE_TOKEN,
+    VOCAB,
+    image_processor,
+    processed,
+    random_image,
+    tiny_llava_model,
+    tiny_vlm,
+)
 
 
 def _understanding_batch(model, kind, sizes=((20, 40), (28, 28))):
