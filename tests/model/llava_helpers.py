@@ -30,17 +30,17 @@ def _configs():
     return text, vision
 
 
-def tiny_vlm(kind: str = "llava_next", seed: int = 0):
+def tiny_vlm(kind: str = "llava_next", seed: int = 0, image_token: int = IMAGE_TOKEN):
     """A random `LlavaNextForConditionalGeneration` (kind 'llava_next') or `LlavaForConditionalGeneration`."""
     text, vision = _configs()
     torch.manual_seed(seed)
     if kind == "llava_next":
         config = transformers.LlavaNextConfig(
-            vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN, image_grid_pinpoints=PINPOINTS,
+            vision_config=vision, text_config=text, image_token_id=image_token, image_grid_pinpoints=PINPOINTS,
             vision_feature_layer=-2,
         )
         return transformers.LlavaNextForConditionalGeneration(config).eval()
-    config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
+    config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token,
                                       vision_feature_layer=-2)
     return transformers.LlavaForConditionalGeneration(config).eval()
 
@@ -74,3 +74,17 @@ def tiny_llava_model(kind: str = "llava_next", seed: int = 0, **options) -> LMFu
         for p in model.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return model
+
+
+def vlm_processor(kind: str, tokenizer):
+    """The VLM's full processor (tokenizer + image processor) at the tiny sizes; `<image>` expands to
+    one placeholder per vision row (CLIP's CLS dropped: 'default' strategy, 1 additional token)."""
+    cls = transformers.LlavaNextProcessor if kind == "llava_next" else transformers.LlavaProcessor
+    return cls(image_processor=image_processor(kind), tokenizer=tokenizer, patch_size=14,
+               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+def tokenizer_with_image_token(tokenizer):
+    """`tokenizer` plus LLaVA's `<image>` special token (the VLM's image token id is then its id)."""
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    return tokenizer

@@ -90,3 +90,94 @@ def test_vision_rows_must_match_vision_positions():
     batch.vision_pixels = processed("llava_next", [random_image(20, 40)])[0]
     with pytest.raises(ValueError, match="vision positions"):
         model.forward_segment(batch)
+
+
+def _mixed_llava_batch(model, kind="llava_next"):
+    """Packed: [bos 5 <image>×n 6 7 BOI gen-image EOI eos] (an understanding image, a caption, a
+    generated image in one document) and a plain caption→image example, with latents."""
+    from lmfusion_cli.model import ImagePart, caption_to_image, pack
+
+    pixels, size = processed(kind, [random_image(20, 40)])
+    n = llava.num_vision_tokens(model.base, pixels, tuple(size[0].tolist()))
+    kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id)
+    g = torch.Generator().manual_seed(0)
+    C, S = model.config.latent_channels, model.config.latent_size
+    first = build_example(
+        [TextPart([1, 5], loss=False), VisionPart(n, IMAGE_TOKEN), TextPart([6, 7, 8]), ImagePart(True), TextPart([2])],
+        latents=torch.randn(1, C, S, S, generator=g), vision_pixels=pixels, vision_sizes=size, **kw,
+    )
+    second = caption_to_image([9, 10, 11], bos_id=1, eos_id=2, latents=torch.randn(1, C, S, S, generator=g), **kw)
+    return pack([first, second], len(first) + len(second) + 2)
+
+
+@pytest.mark.parametrize("kind", ["llava_next", "llava"])
+def test_routed_equals_naive_with_vision_caption_and_generated_image(kind):
+    from lmfusion_cli.model import IMAGE
+
+    from .naive import naive_outputs
+
+    model = tiny_llava_model(kind)
+    batch, latents = _mixed_llava_batch(model, kind)
+    assert {int(m) for m in batch.modality.unique()} == {-1, 0, 1, 2}
+    timesteps = torch.tensor([300.0, 800.0])
+    text = batch.modality != IMAGE
+    text &= batch.modality >= 0
+
+    routed = model.forward_segment(batch, latents, timesteps)
+    routed_logits = routed.text_logits[text]
+    (routed_logits.square().mean() + routed.image_prediction.square().mean()).backward()
+    routed_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    naive_logits, naive_images = naive_outputs(model, batch, latents, timesteps)
+    (naive_logits[text].square().mean() + naive_images.square().mean()).backward()
+    naive_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    torch.testing.assert_close(routed_logits, naive_logits[text], atol=1e-5, rtol=0)
+    torch.testing.assert_close(routed.image_prediction, naive_images, atol=1e-5, rtol=0)
+    assert routed_grads.keys() == naive_grads.keys() and routed_grads
+    assert not any(name.startswith("base.") for name in routed_grads)  # the VLM stays frozen
+    for name, grad in routed_grads.items():
+        torch.testing.assert_close(grad, naive_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_training_forward_on_a_batch_with_vision_rows():
+    model = tiny_llava_model()
+    batch, latents = _mixed_llava_batch(model)
+    out = model(batch, latents, generator=torch.Generator().manual_seed(0))
+    assert out.num_image_targets == 2 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.base.parameters())
+
+
+def test_llava_image_experts_learn_generation():
+    """Generation-only training (the default LLaVAFusion mix) of the image experts of a frozen VLM:
+    the diffusion loss at fixed timesteps and noise drops, and the VLM's understanding is unchanged."""
+    from lmfusion_cli.model import caption_to_image
+
+    from .test_learning import shapes_set
+
+    model = LMFusionModel.from_base(tiny_vlm(), latent_size=8, unet_channels=(32, 64), lambda_image=1.0)
+    latents, captions = shapes_set(8, 4)
+    kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id, bos_id=1, eos_id=2)
+    every = collate([caption_to_image(c, latents=latents[i: i + 1], **kw) for i, c in enumerate(captions)])
+    g = torch.Generator().manual_seed(1)
+    eval_t, eval_noise = torch.linspace(0, 999, 64).round(), torch.randn(latents.shape, generator=g)
+    understanding, _ = _understanding_batch(model, "llava_next")
+    with torch.no_grad():
+        before = model(*every, timesteps=eval_t, noise=eval_noise).image_loss.item()
+        seen_before = model.forward_segment(understanding).text_logits[..., :VOCAB]
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(60):
+        rows = torch.randint(0, 64, (16,), generator=g).tolist()
+        loss = model(*collate([caption_to_image(captions[i], latents=latents[i: i + 1], **kw) for i in rows]),
+                     generator=g).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = model(*every, timesteps=eval_t, noise=eval_noise).image_loss.item()
+        seen_after = model.forward_segment(understanding).text_logits[..., :VOCAB]
+    print(f"LLaVAFusion diffusion loss {before:.3f} -> {after:.3f}")
+    assert after <= before / 2
+    assert torch.equal(seen_before, seen_after)  # frozen VLM: understanding untouched by training
