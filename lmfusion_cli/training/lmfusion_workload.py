@@ -72,6 +72,8 @@ class LMFusionWorkload:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._outside_groups: set[str] | None = None
+        # LLaVAFusion trains generation only: understanding through the frozen VLM teaches nothing
+        self.default_generation_fraction = 1.0 if getattr(model, "is_llava", False) else 0.8
 
     # ---- sharding ----------------------------------------------------------------------------------
     def shard_units(self) -> list[list[nn.Module]]:
@@ -79,10 +81,12 @@ class LMFusionWorkload:
 
         Grouped (`fully_shard([...])`), not one unit per module: with small units the backward order
         of q/k/v/o/MLP can differ between processes whose batches differ (a generation example on one,
-        an understanding example on the other), and the collectives would mismatch."""
+        an understanding example on the other), and the collectives would mismatch.
+        A LLaVA base's vision tower and projector form one more (frozen) unit."""
         groups: list[list[nn.Module]] = []
-        experts = self.model.image_experts or [None] * len(self.model.base.model.layers)
-        for text_layer, expert in zip(self.model.base.model.layers, experts):
+        layers = self.model.decoder.layers
+        experts = self.model.image_experts or [None] * len(layers)
+        for text_layer, expert in zip(layers, experts):
             group: list[nn.Module] = []
             for layer in (text_layer, expert):
                 if layer is None:
@@ -92,6 +96,8 @@ class LMFusionWorkload:
                 if attn is not None:
                     group += [m for m in attn.children()]  # q/k/v/o projections (+ q/k norms)
             groups.append(group)
+        if getattr(self.model, "is_llava", False):
+            groups.append([self.model.base.model.vision_tower, self.model.base.model.multi_modal_projector])
         return groups
 
     # ---- batches -----------------------------------------------------------------------------------
@@ -221,6 +227,10 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     except (TypeError, ValueError) as e:
         raise UserError(f"Invalid model section: {e}.") from e
     model = LMFusionModel.from_base(base, model_config)
+    if model.is_llava and config.data.generation_fraction not in (None, 1.0):
+        raise UserError(f"data.generation_fraction={config.data.generation_fraction} asks for understanding examples, "
+                        f"but the LLaVA base {base} keeps its understanding path frozen (they would teach nothing); "
+                        "set data.generation_fraction to 1 or leave it unset.")
     manifest = getattr(source, "manifest", None) or {}
     log.info("model: %s + image experts, %.2f M trainable of %.2f M parameters", base,
              sum(p.numel() for p in model.trainable_parameters()) / 1e6,

@@ -88,3 +88,27 @@ def tokenizer_with_image_token(tokenizer):
     """`tokenizer` plus LLaVA's `<image>` special token (the VLM's image token id is then its id)."""
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     return tokenizer
+
+
+def save_tiny_llava_next(folder, seed: int = 0):
+    """A saved tiny LLaVA-NeXT folder (weights, config, tokenizer, image processor, processor) whose
+    tokenizer is the embedded tiny LM's plus `<image>`; returns the folder. Loads with
+    `AutoModelForImageTextToText` / `AutoProcessor`, as a hub checkpoint would."""
+    from transformers import AutoTokenizer
+
+    from lmfusion_cli.assets import TINY_LM
+
+    tokenizer = tokenizer_with_image_token(AutoTokenizer.from_pretrained(TINY_LM))
+    text, vision = _configs()
+    text.vocab_size, text.bos_token_id, text.eos_token_id, text.pad_token_id = (
+        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    config = transformers.LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    vlm_processor("llava_next", tokenizer).save_pretrained(folder)
+    return folder
