@@ -40,15 +40,23 @@ def _vlm_greedy(folder, image_path, max_new_tokens):
     return new[: new.index(eos)] if eos in new else new
 
 
-@pytest.mark.slow
-def test_llava_next_base_end_to_end(tmp_path):
-    base = save_tiny_llava_next(tmp_path / "tiny-llava-next")
-    data, latents, run = tmp_path / "shapes", tmp_path / "latents", tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A saved tiny LLaVA-NeXT folder and a 2-step LLaVAFusion run on it (through the CLI)."""
+    tmp = tmp_path_factory.mktemp("llava-cli")
+    base = save_tiny_llava_next(tmp / "tiny-llava-next")
+    data, latents, run = tmp / "shapes", tmp / "latents", tmp / "run"
     lmfusion("prepare", "--source", "shapes", "--out", str(data), "--num-items", "24", "--workers", "1")
     lmfusion("encode-latents", "--data", str(data), "--out", str(latents), "--workers", "1")
     lmfusion("train", "--base", str(base), "--latents", str(latents), "--out", str(run), "--steps", "2",
              "--batch-size", "2", "--micro-batch-size", "2", "--set", "model.patcher=linear",
              "--set", "log.tensorboard=false", "--set", "log.val_items=2")
+    return base, run
+
+
+@pytest.mark.slow
+def test_llava_next_base_trains_samples_and_captions(trained, tmp_path):
+    base, run = trained
     records = [json.loads(line) for line in (run / "logs" / "train.jsonl").read_text().splitlines()]
     steps = [r for r in records if "event" not in r]
     assert [r["step"] for r in steps] == [1, 2]
@@ -58,7 +66,7 @@ def test_llava_next_base_end_to_end(tmp_path):
              "--out", str(tmp_path / "t2i"))
     assert (tmp_path / "t2i" / "images" / "00000.png").is_file()
 
-    images = sorted((tmp_path / "t2i").rglob("*.png"))[:1] + [tmp_path / "wide.png"]
+    images = [tmp_path / "t2i" / "images" / "00000.png", tmp_path / "wide.png"]
     Image.new("RGB", (40, 20), (200, 30, 30)).save(tmp_path / "wide.png")  # AnyRes: base crop + 2 tiles
     lmfusion("sample", "--task", "caption", "--checkpoint", str(run), "--images", str(images[0]),
              "--images", str(images[1]), "--max-new-tokens", "6", "--out", str(tmp_path / "captions"))
@@ -66,3 +74,30 @@ def test_llava_next_base_end_to_end(tmp_path):
     assert len(captions) == 2
     for record, image in zip(captions, images):
         assert record["token_ids"] == _vlm_greedy(base, image, 6)
+
+
+@pytest.mark.slow
+def test_coco_suite_captions_through_the_vlm_path(trained, tmp_path):
+    from tests.evaluation.stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
+
+    base, run = trained
+    root = make_coco_fixture(tmp_path / "coco")
+    clip_config, clip_weights = save_tiny_clip(tmp_path)
+    out = tmp_path / "eval"
+    lmfusion("evaluate", "--suite", "coco", "--checkpoint", str(run), "--out", str(out), "--coco-root", str(root),
+             "--karpathy-split", str(root / "dataset_coco.json"), "--num-prompts", "2", "--num-caption-images", "2",
+             "--inception", str(save_tiny_inception(tmp_path / "inception.pt")), "--clip-arch", "tiny-test-clip",
+             "--clip-weights", str(clip_weights), "--clip-config", str(clip_config),
+             "--fid-stats-dir", str(tmp_path / "stats"), "--set", "coco.caption_metrics=[cider]",
+             "--steps", "2", "--max-new-tokens", "4", "--decoding", "greedy", "--ptb-tokenizer", "python")
+    coco = json.loads((out / "metrics.json").read_text())["coco"]
+    assert "CIDEr" in coco["captioning"] and coco["generation"]["num_generated"] == 2
+    rows = [json.loads(line) for line in (out / "coco" / "captions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    for row in rows:  # the VLM's own greedy answer, as text
+        image = next((root / "val2014").glob(f"*{row['image_id']:012d}.jpg"))
+        expected = tokenizer.decode(_vlm_greedy(base, image, 4), skip_special_tokens=True).strip()
+        assert row["caption"] == expected
