@@ -101,3 +101,20 @@ def test_coco_suite_captions_through_the_vlm_path(trained, tmp_path):
         image = next((root / "val2014").glob(f"*{row['image_id']:012d}.jpg"))
         expected = tokenizer.decode(_vlm_greedy(base, image, 4), skip_special_tokens=True).strip()
         assert row["caption"] == expected
+
+
+def test_llavafusion_config_follows_the_paper():
+    from pathlib import Path
+
+    from lmfusion_cli.common.configs import load_config
+    from lmfusion_cli.model import LMFusionConfig
+    from lmfusion_cli.training.config import TrainRunConfig
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(TrainRunConfig, root / "pipelines/configs/llavafusion-8b.yaml")
+    paper = load_config(TrainRunConfig, root / "pipelines/configs/paper-llama3-8b.yaml")
+    LMFusionConfig.from_dict({**config.model, "latent_size": 32})
+    assert config.base.path == "llava-hf/llama3-llava-next-8b-hf"
+    assert config.data.generation_fraction is None  # = generation only for a LLaVA base
+    assert (config.optim, config.schedule, config.data.caption_dropout) == (paper.optim, paper.schedule, 0.1)
+    assert {k: v for k, v in paper.model.items() if k != "understanding_max_timestep_fraction"} == config.model
