@@ -198,14 +198,13 @@ def _caption_fn(cfg: EvaluateConfig, loaded):
 
 
 def _run_text(cfg: EvaluateConfig, out: Path, loaded, items: list, device: str) -> tuple[dict[str, Any], Section]:
-    from transformers import AutoModelForCausalLM
-
     from lmfusion_cli.evaluation.suites import run_text_suite
+    from lmfusion_cli.model.llava import load_base
     from lmfusion_cli.evaluation.text_suite import hf_logits_fn
 
     model = loaded.model
     try:
-        base = AutoModelForCausalLM.from_pretrained(model.base_id, dtype=model.base.dtype).to(device).eval()
+        base = load_base(model.base_id, model.base.dtype).to(device).eval()  # a causal LM or a LLaVA VLM
     except OSError as e:
         raise UserError(f"The base model {model.base_id} cannot be loaded with transformers ({type(e).__name__}); "
                         f"pass its folder with --base.") from e

@@ -142,13 +142,8 @@ class LMFusionModel(nn.Module):
         elif options:
             config = config.replace(**options)
         if isinstance(base, (str, os.PathLike)):
-            from transformers import AutoModelForCausalLM
-
-            base_id, dtype = str(base), getattr(torch, config.dtype)
-            if llava.is_llava_checkpoint(base_id):
-                base = llava.load_vlm(base_id, dtype)
-            else:
-                base = AutoModelForCausalLM.from_pretrained(base_id, dtype=dtype)
+            base_id = str(base)
+            base = llava.load_base(base_id, getattr(torch, config.dtype))  # a causal LM or a LLaVA VLM
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)

@@ -47,6 +47,15 @@ def load_vlm(base_id: str, dtype: torch.dtype) -> nn.Module:
     return AutoModelForImageTextToText.from_pretrained(base_id, dtype=dtype)
 
 
+def load_base(base_id: str, dtype: torch.dtype) -> nn.Module:
+    """A base by folder or hub id: a LLaVA-layout VLM with its own class, else a causal LM."""
+    if is_llava_checkpoint(base_id):
+        return load_vlm(base_id, dtype)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base_id, dtype=dtype)
+
+
 def image_token_id(base: nn.Module) -> int:
     """The VLM's placeholder token of one vision-feature row (inside its vocabulary)."""
     config = base.config

@@ -97,7 +97,7 @@ class LMFusionWorkload:
                     group += [m for m in attn.children()]  # q/k/v/o projections (+ q/k norms)
             groups.append(group)
         if getattr(self.model, "is_llava", False):
-            groups.append([self.model.base.model.vision_tower, self.model.base.model.multi_modal_projector])
+            groups.append(vision_unit(self.model.base))
         return groups
 
     # ---- batches -----------------------------------------------------------------------------------
@@ -193,6 +193,16 @@ class LMFusionWorkload:
 
         return {"base": self.model.base_id, "base_config_sha256": base_config_hash(self.model.base_config),
                 "lmfusion_config": self.model.config.to_dict(), "latent_vae": self.cache_vae}
+
+
+def vision_unit(vlm: nn.Module) -> list[nn.Module]:
+    """A LLaVA base's vision tower and projector as one frozen FSDP group.
+
+    The tower's *children* are sharded, not the tower: transformers 5 finds which hidden states a
+    model records by its class name, and `fully_shard` swaps a module's class (FSDP<Name>), after
+    which `get_image_features` would get no hidden states back (measured: a TypeError in FSDP2 runs)."""
+    inner = vlm.model
+    return [*inner.vision_tower.children(), inner.multi_modal_projector]
 
 
 def _image_documents(batch: Any) -> torch.Tensor:

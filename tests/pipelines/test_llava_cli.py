@@ -118,3 +118,18 @@ def test_llavafusion_config_follows_the_paper():
     assert config.data.generation_fraction is None  # = generation only for a LLaVA base
     assert (config.optim, config.schedule, config.data.caption_dropout) == (paper.optim, paper.schedule, 0.1)
     assert {k: v for k, v in paper.model.items() if k != "understanding_max_timestep_fraction"} == config.model
+
+
+@pytest.mark.slow
+def test_text_suite_on_a_llava_base_equals_the_vlm(trained, tmp_path):
+    """`evaluate --suite text` loads the LLaVA base on its own (its VLM class) and finds the fused model's
+    text logits identical to it."""
+    from pathlib import Path
+
+    base, run = trained
+    shipped = (Path(__file__).resolve().parents[2] / "lmfusion_cli/evaluation/data/tiny_mc.jsonl").read_text()
+    (tmp_path / "items.jsonl").write_text("\n".join(shipped.splitlines()[:4]) + "\n")
+    lmfusion("evaluate", "--suite", "text", "--checkpoint", str(run), "--out", str(tmp_path / "eval"),
+             "--text-items", str(tmp_path / "items.jsonl"))
+    text = json.loads((tmp_path / "eval" / "metrics.json").read_text())["text"]
+    assert text["num_items"] == 4 and text["identical"] is True

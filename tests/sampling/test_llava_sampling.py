@@ -71,3 +71,46 @@ def test_t2i_on_a_llava_base_cached_equals_uncached():
     uncached = _sample(model, PROMPTS, 4.0, use_cache=False)
     assert_close_scaled(cached, uncached)
     assert torch.isfinite(cached).all()
+
+
+def test_an_image_after_an_understanding_image_cached_equals_uncached():
+    """Interleaved on a LLaVA base: [prompt with a VLM-path image] BOI → denoise → image EOI → text.
+    Every step through the cache equals the recomputed sequence (vision rows included)."""
+    from lmfusion_cli.data.llava_inputs import vision_prompt_segment, vlm_prompt
+    from lmfusion_cli.model import llava
+    from lmfusion_cli.sampling.context import Branch, SequenceContext
+    from lmfusion_cli.sampling.schedulers import make_sampler
+    from lmfusion_cli.sampling.t2i import GuidedDenoiser, denoise
+
+    model, _, tok, processor = _setup("llava_next")
+    ids, pixels, sizes = vlm_prompt(processor, IMAGES[0], caption_prompt(processor, "draw it again"))
+    results = []
+    for use_cache in (True, False):
+        context = SequenceContext(model, vision_prompt_segment([ids], llava.image_token_id(model.base), pixels, sizes),
+                                  use_cache=use_cache)
+        context.add_tokens(torch.tensor([model.boi_id]))
+        sampler = make_sampler(model.config, "ddim", 3)
+        image = denoise(GuidedDenoiser(model, [context.branch()], 1, 1.0), sampler, (4, 8, 8),
+                        [torch.Generator().manual_seed(0)])
+        context.add_image(image, model.eoi_id)
+        results.append((image, context.logits()))
+    assert_close_scaled(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=0)
+    assert not torch.equal(results[0][0], torch.zeros_like(results[0][0]))
+
+
+def test_generate_document_takes_a_vision_prefix():
+    from lmfusion_cli.data.llava_inputs import vision_prompt_segment, vlm_prompt
+    from lmfusion_cli.model import llava
+    from lmfusion_cli.sampling.decoding import DecodingOptions
+    from lmfusion_cli.sampling.interleaved import generate_document
+
+    model, reference, tok, processor = _setup("llava_next")
+    ids, pixels, sizes = vlm_prompt(processor, IMAGES[1], caption_prompt(processor))
+    prefix = vision_prompt_segment([ids], llava.image_token_id(model.base), pixels, sizes)
+    segments, latents, reason = generate_document(model, [], bos_id=None, eos_id=2, prefix=prefix,
+                                                  options=DecodingOptions(max_new_tokens=5), steps=2, sampler="ddim")
+    text = [t for s in segments if s["type"] == "text" for t in s["token_ids"]]
+    # the text (up to any BOI, which the VLM's frozen head scores too) is the VLM's own greedy answer
+    assert text and text == _vlm_greedy(reference, processor, IMAGES[1], 5)[: len(text)]
+    assert reason in ("eos", "max-new-tokens", "image-limit")
