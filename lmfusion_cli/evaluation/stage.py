@@ -199,8 +199,8 @@ def _caption_fn(cfg: EvaluateConfig, loaded):
 
 def _run_text(cfg: EvaluateConfig, out: Path, loaded, items: list, device: str) -> tuple[dict[str, Any], Section]:
     from lmfusion_cli.evaluation.suites import run_text_suite
-    from lmfusion_cli.model.llava import load_base
     from lmfusion_cli.evaluation.text_suite import hf_logits_fn
+    from lmfusion_cli.model.llava import load_base
 
     model = loaded.model
     try:

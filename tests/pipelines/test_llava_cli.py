@@ -126,7 +126,7 @@ def test_text_suite_on_a_llava_base_equals_the_vlm(trained, tmp_path):
     text logits identical to it."""
     from pathlib import Path
 
-    base, run = trained
+    _, run = trained
     shipped = (Path(__file__).resolve().parents[2] / "lmfusion_cli/evaluation/data/tiny_mc.jsonl").read_text()
     (tmp_path / "items.jsonl").write_text("\n".join(shipped.splitlines()[:4]) + "\n")
     lmfusion("evaluate", "--suite", "text", "--checkpoint", str(run), "--out", str(tmp_path / "eval"),

@@ -78,11 +78,11 @@ def test_an_image_after_an_understanding_image_cached_equals_uncached():
     Every step through the cache equals the recomputed sequence (vision rows included)."""
     from lmfusion_cli.data.llava_inputs import vision_prompt_segment, vlm_prompt
     from lmfusion_cli.model import llava
-    from lmfusion_cli.sampling.context import Branch, SequenceContext
+    from lmfusion_cli.sampling.context import SequenceContext
     from lmfusion_cli.sampling.schedulers import make_sampler
     from lmfusion_cli.sampling.t2i import GuidedDenoiser, denoise
 
-    model, _, tok, processor = _setup("llava_next")
+    model, _, _, processor = _setup("llava_next")
     ids, pixels, sizes = vlm_prompt(processor, IMAGES[0], caption_prompt(processor, "draw it again"))
     results = []
     for use_cache in (True, False):
@@ -105,10 +105,10 @@ def test_generate_document_takes_a_vision_prefix():
     from lmfusion_cli.sampling.decoding import DecodingOptions
     from lmfusion_cli.sampling.interleaved import generate_document
 
-    model, reference, tok, processor = _setup("llava_next")
+    model, reference, _, processor = _setup("llava_next")
     ids, pixels, sizes = vlm_prompt(processor, IMAGES[1], caption_prompt(processor))
     prefix = vision_prompt_segment([ids], llava.image_token_id(model.base), pixels, sizes)
-    segments, latents, reason = generate_document(model, [], bos_id=None, eos_id=2, prefix=prefix,
+    segments, _, reason = generate_document(model, [], bos_id=None, eos_id=2, prefix=prefix,
                                                   options=DecodingOptions(max_new_tokens=5), steps=2, sampler="ddim")
     text = [t for s in segments if s["type"] == "text" for t in s["token_ids"]]
     # the text (up to any BOI, which the VLM's frozen head scores too) is the VLM's own greedy answer
