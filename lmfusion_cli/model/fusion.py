@@ -83,7 +83,7 @@ class LMFusionModel(nn.Module):
         _check_llama_layout(base, base_id)
         self.is_llava = llava.is_llava(base)  # LLaVAFusion: a frozen VLM's vision path feeds the text expert
         if self.is_llava:
-            llava.check_llava_options(base, config.from_scratch, config.freeze_text, base_id)
+            llava.check_llava_options(config.from_scratch, config.freeze_text, base_id)
         self.base, self.config, self.base_id = base, config, base_id
         self.base_config = base.config
         decoder = llava.text_decoder(base)

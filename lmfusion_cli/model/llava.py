@@ -58,9 +58,8 @@ def load_base(base_id: str, dtype: torch.dtype) -> nn.Module:
 
 def image_token_id(base: nn.Module) -> int:
     """The VLM's placeholder token of one vision-feature row (inside its vocabulary)."""
-    config = base.config
-    return int(getattr(config, "image_token_id", None) if getattr(config, "image_token_id", None) is not None
-               else config.image_token_index)
+    token = getattr(base.config, "image_token_id", None)
+    return int(token if token is not None else base.config.image_token_index)  # older configs: image_token_index
 
 
 def uses_image_sizes(base: nn.Module) -> bool:
@@ -112,7 +111,7 @@ def num_vision_tokens(base: nn.Module, pixels: torch.Tensor, size: tuple[int, in
     return int(vision_features(base, pixels, torch.tensor([size])).shape[0])
 
 
-def check_llava_options(base: nn.Module, from_scratch: bool, freeze_text: bool, name: str) -> None:
+def check_llava_options(from_scratch: bool, freeze_text: bool, name: str) -> None:
     """LLaVAFusion keeps the VLM frozen (paper §5); a re-initialised or trainable VLM is refused."""
     from lmfusion_cli.common.errors import UserError
 

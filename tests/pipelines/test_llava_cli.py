@@ -61,6 +61,13 @@ def test_llava_next_base_trains_samples_and_captions(trained, tmp_path):
     steps = [r for r in records if "event" not in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(r["image_loss"] > 0 for r in steps)  # generation-only mix: every example a diffusion target
+    from safetensors import safe_open
+
+    saved = sorted((run / "checkpoints").glob("step-*"))[-1] / "model" / "model.safetensors"
+    with safe_open(str(saved), framework="pt") as weights:
+        names = list(weights.keys())
+    assert any(n.startswith("image_experts.") for n in names)
+    assert not any(n.startswith("base.") for n in names)  # the frozen VLM (vision tower too) is never stored
 
     lmfusion("sample", "--checkpoint", str(run), "--prompt", "a red circle on a blue background", "--steps", "2",
              "--out", str(tmp_path / "t2i"))
