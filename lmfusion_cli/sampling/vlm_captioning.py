@@ -71,6 +71,9 @@ def caption_with_vlm(model, images: Sequence[str | Path | Image.Image], result, 
     """Caption `images` through the VLM path into `result` (a `captioning.Captions`), and return it.
 
     Row i's top-p draws use seed + i, as in `captioning.caption_images`."""
+    if options.strategy == "beam" and not use_cache:
+        raise UserError("Beam search over a LLaVA base's prompt runs with the KV cache; drop --no-cache "
+                        "(or decode with greedy / top-p).")
     processor = processor if processor is not None else load_processor(model.base_id)
     tokenizer, token_id = processor.tokenizer, llava.image_token_id(model.base)
     text = caption_prompt(processor, question)

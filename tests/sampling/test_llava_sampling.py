@@ -114,3 +114,20 @@ def test_generate_document_takes_a_vision_prefix():
     # the text (up to any BOI, which the VLM's frozen head scores too) is the VLM's own greedy answer
     assert text and text == _vlm_greedy(reference, processor, IMAGES[1], 5)[: len(text)]
     assert reason in ("eos", "max-new-tokens", "image-limit")
+
+
+def test_beam_captions_equal_the_vlms_beam_search():
+    from lmfusion_cli.common.errors import UserError
+
+    model, reference, tok, processor = _setup("llava_next")
+    result = caption_images(model, IMAGES[:2], tokenizer=tok, vae=None, processor=processor, decoding="beam",
+                            num_beams=2, max_new_tokens=6)
+    for record, image in zip(result.records, IMAGES):
+        inputs = processor(images=[image], text=[caption_prompt(processor)], return_tensors="pt")
+        out = reference.generate(**inputs, max_new_tokens=6, num_beams=2, do_sample=False, early_stopping=True,
+                                 pad_token_id=0, eos_token_id=tok.eos_token_id)
+        theirs = out[0, inputs["input_ids"].shape[1]:].tolist()
+        assert record["token_ids"] == (theirs[: theirs.index(2)] if 2 in theirs else theirs)
+    with pytest.raises(UserError, match="drop --no-cache"):
+        caption_images(model, IMAGES[:1], tokenizer=tok, vae=None, processor=processor, decoding="beam",
+                       use_cache=False)
