@@ -181,3 +181,22 @@ def test_llava_image_experts_learn_generation():
     print(f"LLaVAFusion diffusion loss {before:.3f} -> {after:.3f}")
     assert after <= before / 2
     assert torch.equal(seen_before, seen_after)  # frozen VLM: understanding untouched by training
+
+
+def test_understanding_costs_the_vlms_flops():
+    """Routing adds no work on the VLM path: an image + question costs the VLM's own forward FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, reference = tiny_llava_model(), tiny_vlm()
+    batch, ids = _understanding_batch(model, "llava_next", sizes=((20, 40),))
+    vlm_inputs = image_processor("llava_next")(images=[random_image(20, 40, seed=0)], return_tensors="pt")
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return counter.get_total_flops()
+
+    ours = flops(lambda: model.forward_segment(batch))
+    theirs = flops(lambda: reference(input_ids=torch.tensor(ids), **vlm_inputs))
+    print(f"understanding FLOPs: routed {ours}, VLM {theirs}")
+    assert abs(ours - theirs) <= 0.02 * theirs, (ours, theirs)
