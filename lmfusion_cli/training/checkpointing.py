@@ -20,7 +20,10 @@ Nothing is unpickled beyond tensors, numbers and DCP's own metadata classes (`sa
 checkpoint someone sent you cannot run code, whatever its manifest says.
 
 DCP options follow MEASURED-NOTES: `ignore_frozen_params=True` (frozen text weights are not stored;
-the checkpoint points at its base) and `strict=False` on load.
+the checkpoint points at its base) and `strict=False` on load. `ignore_frozen_params` alone still keeps a
+tied alias of a frozen weight (SmolLM2's and Llama-3.2's `lm_head.weight` is `embed_tokens.weight`:
+`named_parameters` lists it once, `state_dict` twice), so every model state dict is cut to the
+trainable parameters' own names (`trainable_only`) before it is saved or loaded (issue 16).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
 from lmfusion_cli.common.atomic import TMP_MARK, atomic_file, atomic_write_json, fsync_dir, remove_stale_temps
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, file_entry, verify_files, write_manifest
-from lmfusion_cli.training.distributed import DistContext, all_reduce, barrier, broadcast_object
+from lmfusion_cli.training.distributed import DistContext, all_reduce, barrier, broadcast_object, unwrap
 from lmfusion_cli.training.safe_load import load_dcp, load_rng, save_rng, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,15 @@ KIND = "training-checkpoint"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
 _SHARDED = StateDictOptions(ignore_frozen_params=True, strict=False)
 _FULL = StateDictOptions(ignore_frozen_params=True, strict=False, full_state_dict=True, cpu_offload=True)
+
+
+def trainable_only(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` without the parameters that are not trainable under their own name: frozen weights and
+    aliases of a tied weight (`lm_head.weight` when it is `embed_tokens.weight`). Buffers stay."""
+    module = unwrap(model)
+    params = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k not in params or k in trainable}
 
 
 def step_dir_name(step: int) -> str:
@@ -150,10 +162,11 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     error: OSError | None = None
     try:
         model_sd, optim_sd = get_state_dict(model, optimizer, options=_SHARDED)
+        model_sd = trainable_only(model, model_sd)
         with warnings.catch_warnings():  # one process: DCP warns that it saves without a process group
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
-        full = get_model_state_dict(model, options=_FULL)  # collective; rank 0 gets the tensors
+        full = trainable_only(model, get_model_state_dict(model, options=_FULL))  # collective; rank 0 gets them
         if ctx.is_main:
             workload.save_inference(full, tmp / "model")
         _write_rng(tmp, ctx.rank)
@@ -250,7 +263,7 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
         raise UserError(f"Cannot resume from {folder}: {change}; resume with the latent cache and base model the run "
                         "was trained on, or start a new --out.")
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_SHARDED)
-    state = {"model": model_sd, "optim": optim_sd}
+    state = {"model": trainable_only(model, model_sd), "optim": optim_sd}  # an older alias in the files is ignored
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         load_dcp(state, folder / "dcp")
