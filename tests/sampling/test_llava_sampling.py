@@ -131,3 +131,12 @@ def test_beam_captions_equal_the_vlms_beam_search():
     with pytest.raises(UserError, match="drop --no-cache"):
         caption_images(model, IMAGES[:1], tokenizer=tok, vae=None, processor=processor, decoding="beam",
                        use_cache=False)
+
+
+def test_a_llava_base_without_its_processor_is_one_sentence(tmp_path):
+    from lmfusion_cli.common.errors import UserError
+
+    model, _, tok, _ = _setup("llava_next")
+    model.base_id = str(tmp_path)  # a base folder that holds no processor files
+    with pytest.raises(UserError, match="processor of the LLaVA base"):
+        caption_images(model, IMAGES[:1], tokenizer=tok, vae=None)
