@@ -63,7 +63,7 @@ def test_llava_next_base_trains_samples_and_captions(trained, tmp_path):
     assert all(r["image_loss"] > 0 for r in steps)  # generation-only mix: every example a diffusion target
     from safetensors import safe_open
 
-    saved = sorted((run / "checkpoints").glob("step-*"))[-1] / "model" / "model.safetensors"
+    saved = max((run / "checkpoints").glob("step-*")) / "model" / "model.safetensors"
     with safe_open(str(saved), framework="pt") as weights:
         names = list(weights.keys())
     assert any(n.startswith("image_experts.") for n in names)
