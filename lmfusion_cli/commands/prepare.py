@@ -22,6 +22,9 @@ def command(
     shard_size: Annotated[Optional[int], typer.Option(help="Items per shard.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Rewrite a finished output.")] = None,
+    allow_outside_root: Annotated[Optional[bool], typer.Option(
+        "--allow-outside-root", help="Read images outside the input's root (absolute, ../, symlinks).")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Skip images over this many pixels (too-large).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -41,7 +44,8 @@ def command(
     cfg = resolve_config(PrepareConfig, config, overrides, {
         "source": source, "out": out, "input": input or coco_root, "karpathy_split": karpathy_split,
         "num_items": num_items, "seed": seed, "resolution": resolution, "shard_size": shard_size,
-        "workers": workers, "overwrite": overwrite,
+        "workers": workers, "overwrite": overwrite, "allow_outside_root": allow_outside_root,
+        "max_pixels": max_pixels,
     })
     from lmfusion_cli.data.prepare import run_prepare
 

@@ -15,8 +15,9 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file, sha256_json
-from lmfusion_cli.common.manifest import SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.atomic import atomic_write_json
+from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import EncodeConfig
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
@@ -101,11 +104,14 @@ def _write_job(out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int
         records = [{"key": s.key, "caption": s.caption, "meta": s.meta} for s in (job.samples[r[0]] for r in rows)]
         try:
             write_latent_shard(out, job.stem, tensors, records)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise UserError(f"No space left on the device while writing {out / job.stem}.safetensors; free "
-                                f"space and rerun encode-latents (finished shards are kept, only the rest is redone).") from e
-            raise
+        except Exception as e:  # safetensors reports a full disk as a SafetensorError (issue 17)
+            if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)):
+                raise
+            need = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+            free = shutil.disk_usage(out).free / 2**20
+            raise UserError(f"No space left on the device of {out} while writing {job.stem}.safetensors (it needs "
+                            f"about {need:.1f} MiB, {free:.1f} MiB are free); free space and rerun encode-latents "
+                            "(finished shards are kept, only the rest is redone)") from None
         files = {f"{job.stem}.{ext}": file_entry(out / f"{job.stem}.{ext}") for ext in ("safetensors", "jsonl")}
     part = {"stem": job.stem, "split": job.split, "count": len(rows), "files": files, **skips.to_dict()}
     write_part(out, job.stem, part)
@@ -201,12 +207,28 @@ def _run_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, vae_spec: str, resol
                         f"remaining shards.")
 
 
+def _damaged(data: Path, name: str, manifest: dict[str, Any]) -> ShardScan | None:
+    """A shard of full size whose bytes are not the ones prepare recorded: skipped whole and counted
+    as `damaged-shard` (issue 17: a flipped caption byte went unnoticed). A shorter one is left to the
+    reader, which keeps the members before the cut and counts `truncated-shard`."""
+    entry = (manifest.get("files") or {}).get(name)
+    path = data / name
+    if not entry or not path.is_file() or path.stat().st_size < entry.get("bytes", 0):
+        return None
+    if sha256_file(path) == entry.get("sha256"):
+        return None
+    log.warning("skipping %s: it does not match its SHA-256 in %s (damaged-shard)", path, MANIFEST_NAME)
+    scan = ShardScan(path)
+    scan.log.skip(name, "damaged-shard", "SHA-256 differs from prepare's manifest")
+    return scan
+
+
 def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], list[ShardScan]]:
     """Index every source shard; drop keys already seen in an earlier shard (counted)."""
     seen: set[str] = set()
     jobs, scans = [], []
     for shard in manifest["shards"]:
-        scan = scan_shard(data / shard["name"])
+        scan = _damaged(data, shard["name"], manifest) or scan_shard(data / shard["name"])
         kept = []
         for s in scan.samples:
             if s.key in seen:
@@ -221,7 +243,22 @@ def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], lis
 
 
 def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
-    """Make (or finish, or reuse) the latent cache `cfg.out` from the shards in `cfg.data`; return its manifest."""
+    """Make (or finish, or reuse) the latent cache `cfg.out` from the shards in `cfg.data`; return its manifest.
+    One process at a time per `cfg.out` (issue 17: `output_lock`)."""
+    data, out = Path(cfg.data), Path(cfg.out)
+    read_manifest(data, "shards", what="data")  # a bad --data is refused before the lock file
+    with output_lock(out, "encode-latents"):
+        if not (cfg.overwrite and (out / MANIFEST_NAME).is_file()):
+            return _run_encode(cfg)
+        work = overwrite_folder(out)  # build beside the old cache, then swap (issue 17)
+        manifest = _run_encode(replace(cfg, out=str(work)))
+        manifest["config"]["out"] = str(out)  # the cache records where it lives, not where it was built
+        atomic_write_json(work / MANIFEST_NAME, manifest)
+        swap_in(work, out)
+        return manifest
+
+
+def _run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     data, out = Path(cfg.data), Path(cfg.out)
     data_manifest = read_manifest(data, "shards", what="data")
     resolution = cfg.resolution or data_manifest["resolution"]

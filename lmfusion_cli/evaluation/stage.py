@@ -32,18 +32,19 @@ import json
 import logging
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from lmfusion_cli.common.atomic import atomic_write_text, remove_stale_temps
+from lmfusion_cli.common.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
+from lmfusion_cli.common.output_folder import disk_full_error, is_disk_full, output_lock, overwrite_folder, swap_in
 from lmfusion_cli.evaluation.config import EvaluateConfig
 from lmfusion_cli.evaluation import report
 from lmfusion_cli.evaluation.report import Section
@@ -297,7 +298,40 @@ def _write_results(out: Path, cfg: EvaluateConfig, loaded, suites: list[str],
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Run the suites `cfg` asks for and write `cfg.out` (see the module docstring); return the metrics."""
+    """Run the suites `cfg` asks for and write `cfg.out` (see the module docstring); return the metrics.
+    One process at a time per `cfg.out` (issue 17: `output_lock`)."""
+    with output_lock(cfg.out, "evaluate"):
+        try:
+            previous = _read_raw_manifest(Path(cfg.out)) if Path(cfg.out).is_dir() else None
+            if cfg.overwrite and previous is not None and previous.get("kind") == KIND:
+                return _overwrite_beside(cfg)
+            return _run_evaluate(cfg)
+        except OSError as e:  # a full disk: its own temp files go, finished generations stay for the rerun
+            if not is_disk_full(e):
+                raise
+            remove_stale_temps(cfg.out)
+            for sub in Path(cfg.out).rglob("*"):
+                if sub.is_dir():
+                    remove_stale_temps(sub)
+            raise disk_full_error(cfg.out, "evaluate (finished generations are reused)", None,
+                                  "its finished generations are kept") from None
+
+
+def _overwrite_beside(cfg: EvaluateConfig) -> dict[str, Any]:
+    """`--overwrite` of a finished evaluation: evaluate into a folder beside it, then swap (issue 17: a
+    kill used to leave a half-deleted evaluation)."""
+    out = Path(cfg.out)
+    work = overwrite_folder(out)
+    shutil.rmtree(work, ignore_errors=True)
+    metrics = _run_evaluate(replace(cfg, out=str(work), overwrite=False))
+    manifest = json.loads((work / MANIFEST_NAME).read_text())
+    manifest["config"]["out"] = str(out)  # where the evaluation lives, not where it was built
+    atomic_write_json(work / MANIFEST_NAME, manifest)
+    swap_in(work, out)
+    return metrics
+
+
+def _run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     suites = cfg.suites()
     from lmfusion_cli.sampling.stage import resolve_device

@@ -107,11 +107,13 @@ def load_jsonl(path: str | Path, fields: FieldMap = FieldMap()) -> tuple[list[MC
         raise UserError(f"The multiple-choice file {path} does not exist; pass a JSONL file with "
                         f'{{"context", "choices", "label"}} lines.')
     records, skips = [], SkipLog()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            records.append((f"{path.name}:{lineno}", json.loads(line)))
+            records.append((f"{path.name}:{lineno}", json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError as e:  # a binary file: every line is skipped, then refused as empty
+            skips.skip(f"{path.name}:{lineno}", "bad-encoding", str(e))
         except json.JSONDecodeError as e:
             skips.skip(f"{path.name}:{lineno}", "invalid-json", str(e))
     items, item_skips = _items_from_records(records, fields)

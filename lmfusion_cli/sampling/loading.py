@@ -34,6 +34,7 @@ MODEL_META = "lmfusion_model.json"
 """The model package's checkpoint metadata file (`model/checkpoint.py`)."""
 CHECKPOINT_KIND = "training-checkpoint"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_UNFINISHED_STEP_RE = re.compile(r"^step-\d+\.tmp-")
 
 
 @dataclass
@@ -89,9 +90,12 @@ def resolve_checkpoint(path: str | Path) -> ResolvedCheckpoint:
         raise UserError(f"Checkpoint {p} does not exist; pass a run folder, one of its checkpoints/step-N folders "
                         f"or a model folder.")
     if (p / MODEL_META).is_file():
+        if _UNFINISHED_STEP_RE.match(p.parent.name):  # issue 17: a step still being written, or cut by a kill
+            raise UserError(f"{p.parent} is an unfinished checkpoint (its save was interrupted or is still running); "
+                            "pass a complete checkpoint or the run folder")
         step_dir = p.parent if _step_of(p.parent) is not None else None
-        if step_dir is not None and (step_dir / MANIFEST_NAME).is_file():
-            _check_step(step_dir)
+        if step_dir is not None:
+            _check_step(step_dir)  # a step folder without its complete manifest is refused, not read
         run_dir = step_dir.parent.parent if step_dir is not None and step_dir.parent.name == "checkpoints" else None
         return ResolvedCheckpoint(p, _step_of(step_dir) if step_dir else None, run_dir)
     if (p / "model" / MODEL_META).is_file() or _step_of(p) is not None:
@@ -160,8 +164,13 @@ def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokeni
 
     resolved = resolve_checkpoint(checkpoint)
     manifest, config = _run_record(resolved.run_dir)
+    from safetensors import SafetensorError
+
     try:
         model = model_checkpoint.load(resolved.model_dir, base=base)
+    except SafetensorError as e:  # a truncated or damaged weights file in a bare model folder
+        raise UserError(f"The weights in {resolved.model_dir} cannot be read ({' '.join(str(e).split())}); pass a "
+                        "complete checkpoint (a step folder's hashes are checked first)") from None
     except OSError as e:
         meta = model_checkpoint.read_meta(resolved.model_dir)
         raise UserError(f"The base model {base or meta['base']} of checkpoint {resolved.model_dir} cannot be loaded "

@@ -142,10 +142,27 @@ def _write_rng(folder: Path, rank: int) -> None:
         save_rng(tmp)
 
 
-def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Checkpoint]) -> str:
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def _disk_full(root: Path, need: int) -> bool:
+    """Whether `root`'s file system has no room for `need` bytes (nor 1 MiB): torch's zip writer
+    reports a full disk as a RuntimeError ("unexpected pos"), not as an OSError (issue 17)."""
+    try:
+        return shutil.disk_usage(root).free < max(need, 1 << 20)
+    except OSError:
+        return False
+
+
+def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Checkpoint], need: int = 0) -> str:
     what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    space = "free space"
+    if err.errno == errno.ENOSPC and need:
+        space = (f"free about {need / 2**20:.1f} MiB (one checkpoint; {shutil.disk_usage(root).free / 2**20:.1f} MiB "
+                 "are free)")
     kept = f"the previous checkpoint {previous[-1].path.name} is intact" if previous else "no earlier checkpoint exists"
-    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: free space or fix "
+    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: {space} or fix "
             "the folder and rerun with --resume auto.")
 
 
@@ -155,6 +172,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     final = root / step_dir_name(step)
     tmp = root / (final.name + TMP_MARK + "write")
     previous = list_checkpoints(root)
+    need = _folder_bytes(previous[-1].path) if previous else 0
     if ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -175,18 +193,23 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
                                                      "trains": workload.describe()})
     except OSError as e:
         error = e
-    except Exception as e:  # DCP wraps a rank's OSError in a CheckpointException
+    except BaseException as e:  # DCP wraps a rank's OSError in a CheckpointException (a BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
         cause = _find_oserror(e)
+        if cause is None and _disk_full(root, need):
+            cause = OSError(errno.ENOSPC, "No space left on device")
         if cause is None:
             raise
         error = cause
     failed = all_reduce(torch.tensor([1.0 if error else 0.0], dtype=torch.float64), ctx, op="max")
     if failed.item() > 0:
+        need = max(need, _folder_bytes(tmp))
         if ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         barrier(ctx)
         err = error or OSError(errno.EIO, "another process failed to write its part")
-        raise UserError(_disk_error_sentence(step, root, err, previous)) from error
+        raise UserError(_disk_error_sentence(step, root, err, previous, need)) from None
     if ctx.is_main:
         _finish(tmp, final, step, ctx, root, previous, keep_last)
     barrier(ctx)
@@ -222,8 +245,9 @@ def _finish(tmp: Path, final: Path, step: int, ctx: DistContext, root: Path,
         tmp.rename(final)
         fsync_dir(root)
     except OSError as e:
+        need = _folder_bytes(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(_disk_error_sentence(step, root, e, previous)) from e
+        raise UserError(_disk_error_sentence(step, root, e, previous, need)) from None
     complete = list_checkpoints(root)
     for old in complete[:-keep_last]:
         if old.path != final:

@@ -40,6 +40,9 @@ class DataConfig:
     """Fraction of generation examples whose caption is emptied (classifier-free guidance)."""
     seq_len: int = 0
     """Packed row length in tokens; 0 = one example per row, padded to the longest in the micro-batch."""
+    max_caption_tokens: int = 0
+    """Captions are cut to this many tokens; 0 = what fits the base's positions (or `seq_len`) beside
+    the image tokens, BOI/EOI and bos/eos. A 50 KB caption once made a 20,480-token row (issue 17)."""
 
     def __post_init__(self) -> None:
         if not self.latents:
@@ -49,6 +52,8 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.seq_len < 0:
             raise ValueError(f"data.seq_len must be >= 0 tokens, got {self.seq_len}")
+        if self.max_caption_tokens < 0:
+            raise ValueError(f"data.max_caption_tokens must be >= 0 tokens, got {self.max_caption_tokens}")
 
 
 @dataclass(frozen=True)

@@ -55,13 +55,24 @@ def latent_geometry(source: LatentSource) -> tuple[int, int]:
     return int(channels), int(height)
 
 
+def caption_budget(model: nn.Module, seq_len: int, max_caption_tokens: int) -> int:
+    """Most caption tokens one example may hold: the row (`seq_len`, else the base's positions) less
+    the image tokens and BOI, EOI, bos, eos; and at most `max_caption_tokens` when that is set."""
+    config = getattr(model.base.config, "text_config", None) or model.base.config  # a LLaVA base: its LM's
+    positions = getattr(config, "max_position_embeddings", None) or 0
+    rows = [n for n in (seq_len, positions) if n]
+    room = max(min(rows) - model.num_image_tokens - 4, 1) if rows else 10**9
+    return min(room, max_caption_tokens) if max_caption_tokens else room
+
+
 class LMFusionWorkload:
     """`Workload` for `LMFusionModel` (see `training/workload.py` for the contract)."""
 
     text_parameter_prefix = "base."
     """Parameter names of the text modules (the loaded base LM): `optim.text_lr` applies to them when trained."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, seq_len: int, cache_vae: dict[str, Any] | None):
+    def __init__(self, model: nn.Module, tokenizer: Any, seq_len: int, cache_vae: dict[str, Any] | None,
+                 max_caption_tokens: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.seq_len = seq_len
@@ -72,6 +83,8 @@ class LMFusionWorkload:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._outside_groups: set[str] | None = None
+        self.caption_budget = caption_budget(model, seq_len, max_caption_tokens)
+        self.captions_cut = 0
         # LLaVAFusion trains generation only: understanding through the frozen VLM teaches nothing
         self.default_generation_fraction = 1.0 if getattr(model, "is_llava", False) else 0.8
 
@@ -103,9 +116,12 @@ class LMFusionWorkload:
     # ---- batches -----------------------------------------------------------------------------------
     def _caption_ids(self, caption: str) -> list[int]:
         ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"] if caption else []
-        if self.seq_len:
-            room = self.seq_len - self.num_image_tokens - 4  # BOI, EOI, bos, eos
-            ids = ids[: max(room, 0)]
+        if len(ids) > self.caption_budget:
+            self.captions_cut += 1
+            if self.captions_cut == 1:
+                log.warning("a caption of %d+ tokens was cut to %d (data.max_caption_tokens); later cuts are "
+                            "counted as captions_cut", len(ids), self.caption_budget)
+            ids = ids[: self.caption_budget]
         return ids
 
     def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch:
@@ -245,4 +261,5 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     log.info("model: %s + image experts, %.2f M trainable of %.2f M parameters", base,
              sum(p.numel() for p in model.trainable_parameters()) / 1e6,
              sum(p.numel() for p in model.parameters()) / 1e6)
-    return LMFusionWorkload(model.to(device), tokenizer, config.data.seq_len, manifest.get("vae"))
+    return LMFusionWorkload(model.to(device), tokenizer, config.data.seq_len, manifest.get("vae"),
+                            config.data.max_caption_tokens)

@@ -70,7 +70,9 @@ class TrainLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        dropped = truncate_jsonl(self.path, start_step)
+        # A fresh start (step 0) redoes everything, the step-0 validation included (issue 17: a kill
+        # before the first checkpoint left it twice); a resume at step S keeps the records up to S.
+        dropped = truncate_jsonl(self.path, start_step if start_step > 0 else -1)
         if dropped:
             log.info("dropped %d log records past step %d (they are redone after the resume)", dropped, start_step)
         self._file = open(self.path, "a", encoding="utf-8")

@@ -11,6 +11,7 @@ This file does not know the model: `workload_factory` builds it (LMFusion by def
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from lmfusion_cli.common.atomic import atomic_write_text
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import write_manifest
+from lmfusion_cli.common.output_folder import output_lock, refuse_foreign
 from lmfusion_cli.training import checkpointing as ckpt
 from lmfusion_cli.training.config import RESUME_FIXED_KEYS, TrainRunConfig
 from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, broadcast_object,
@@ -76,9 +78,36 @@ def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | Non
     """Train per `config` in this process (one of several under torchrun); return what happened."""
     ctx = init_distributed(config.dist)
     try:
-        return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
+        refuse_foreign(config.train.out, "training-run", RUN_FOLDER_ENTRIES)  # a latent cache, shards, a file
+        with _rank0_lock(config, ctx):
+            return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
+    except OSError as e:  # a full disk outside a checkpoint save (logs, run files); saves say more themselves
+        if e.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"No space left on the device of {config.train.out} (writing {e.filename or 'the run files'}); "
+                        "free space and rerun with --resume auto (complete checkpoints are kept)") from None
     finally:
         shutdown(ctx)
+
+
+RUN_FOLDER_ENTRIES = ("config.yaml", "checkpoints", "logs")
+"""What a run folder holds besides its manifest (`refuse_foreign` refuses any other entry)."""
+
+
+@contextlib.contextmanager
+def _rank0_lock(config: TrainRunConfig, ctx: DistContext):
+    """Rank 0 holds the run folder's lock for the whole run; every process learns if it was refused."""
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(output_lock(config.train.out, "train"))
+            except UserError as e:
+                problem = str(e)
+        problem = broadcast_object(problem, ctx)
+        if problem:
+            raise UserError(problem)
+        yield
 
 
 def _default_source(path: str, split: str) -> LatentSource:
@@ -205,7 +234,11 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
             interrupted = stop.agreed(ctx)
             due = last or interrupted or (config.train.save_every and state.step % config.train.save_every == 0)
             if due and state.bad_in_row == 0:  # never save right after a poisoned step
-                _save(run)
+                try:
+                    _save(run)
+                except BaseException:  # a full disk: the log file is closed before the one-line error
+                    logger.close()
+                    raise
             if interrupted:
                 signalled = True
                 log.warning("stopped by a signal at step %d; checkpoint %s; rerun with --resume auto to continue",
@@ -337,7 +370,8 @@ def _resume(folder: Path, config: TrainRunConfig, model: torch.nn.Module, optimi
     for key in RESUME_FIXED_KEYS:
         if _lookup(saved["config"], key) != _lookup(now, key):
             raise UserError(f"Cannot resume from {folder}: config key '{key}' changed from "
-                            f"{_lookup(saved['config'], key)!r} to {_lookup(now, key)!r}; restore it or start a new --out.")
+                            f"{_lookup(saved['config'], key)!r} to {_lookup(now, key)!r}; restore it or start a new --out "
+                            "(a resume may change only schedule.steps, log.* and the checkpoint cadence).")
     try:
         stream.load_state_dict(saved["data"])
     except ValueError as e:
