@@ -200,3 +200,10 @@ def test_understanding_costs_the_vlms_flops():
     theirs = flops(lambda: reference(input_ids=torch.tensor(ids), **vlm_inputs))
     print(f"understanding FLOPs: routed {ours}, VLM {theirs}")
     assert abs(ours - theirs) <= 0.02 * theirs, (ours, theirs)
+
+
+def test_caption_budget_reads_the_vlms_language_model_positions():
+    from lmfusion_cli.training.lmfusion_workload import caption_budget
+
+    model = tiny_llava_model()
+    assert caption_budget(model, 0, 0) == 512 - model.num_image_tokens - 4  # text_config.max_position_embeddings
