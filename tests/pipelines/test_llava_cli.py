@@ -1,13 +1,10 @@
-"""LLaVAFusion from the command line on a saved tiny LLaVA-NeXT folder (`--base FOLDER`):
+"""LLaVAFusion through the `lmfusion` command line on a saved tiny LLaVA-NeXT folder (`--base FOLDER`):
 prepare → encode-latents → train (2 steps) → sample t2i → sample caption, and the captions are the
 base VLM's own greedy answers (`transformers` `generate` on the same folder, image and prompt)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,12 +13,15 @@ from PIL import Image
 from tests.model.llava_helpers import save_tiny_llava_next
 
 
-def lmfusion(*args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LMFUSION_QUIET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lmfusion_cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+def lmfusion(*args):
+    """Run one `lmfusion` command in this process (the console script's own entry point: option parsing,
+    stage, exit code); in-process to spare seven interpreter and transformers start-ups."""
+    from lmfusion_cli.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        assert not e.code, f"lmfusion {' '.join(args[:1])} exited with {e.code}"
 
 
 def _vlm_greedy(folder, image_path, max_new_tokens):
@@ -48,13 +48,15 @@ def trained(tmp_path_factory):
     data, latents, run = tmp / "shapes", tmp / "latents", tmp / "run"
     lmfusion("prepare", "--source", "shapes", "--out", str(data), "--num-items", "24", "--workers", "1")
     lmfusion("encode-latents", "--data", str(data), "--out", str(latents), "--workers", "1")
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     lmfusion("train", "--base", str(base), "--latents", str(latents), "--out", str(run), "--steps", "2",
              "--batch-size", "2", "--micro-batch-size", "2", "--set", "model.patcher=linear",
              "--set", "log.tensorboard=false", "--set", "log.val_items=2")
-    return base, run
+    yield base, run
+    torch.set_num_threads(threads)  # training in this process set its own; later tests get theirs back
+    torch.use_deterministic_algorithms(deterministic)
 
 
-@pytest.mark.slow
 def test_llava_next_base_trains_samples_and_captions(trained, tmp_path):
     base, run = trained
     records = [json.loads(line) for line in (run / "logs" / "train.jsonl").read_text().splitlines()]
@@ -83,7 +85,6 @@ def test_llava_next_base_trains_samples_and_captions(trained, tmp_path):
         assert record["token_ids"] == _vlm_greedy(base, image, 6)
 
 
-@pytest.mark.slow
 def test_coco_suite_captions_through_the_vlm_path(trained, tmp_path):
     from tests.evaluation.stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
 
@@ -127,7 +128,6 @@ def test_llavafusion_config_follows_the_paper():
     assert {k: v for k, v in paper.model.items() if k != "understanding_max_timestep_fraction"} == config.model
 
 
-@pytest.mark.slow
 def test_text_suite_on_a_llava_base_equals_the_vlm(trained, tmp_path):
     """`evaluate --suite text` loads the LLaVA base on its own (its VLM class) and finds the fused model's
     text logits identical to it."""
