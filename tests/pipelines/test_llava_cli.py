@@ -97,9 +97,10 @@ def test_coco_suite_captions_through_the_vlm_path(trained, tmp_path):
              "--inception", str(save_tiny_inception(tmp_path / "inception.pt")), "--clip-arch", "tiny-test-clip",
              "--clip-weights", str(clip_weights), "--clip-config", str(clip_config),
              "--fid-stats-dir", str(tmp_path / "stats"), "--set", "coco.caption_metrics=[cider]",
-             "--steps", "2", "--max-new-tokens", "4", "--decoding", "greedy", "--ptb-tokenizer", "python")
+             "--steps", "2", "--cfg-scale", "1.5", "--max-new-tokens", "4", "--decoding", "greedy",
+             "--ptb-tokenizer", "python")
     coco = json.loads((out / "metrics.json").read_text())["coco"]
-    assert "CIDEr" in coco["captioning"] and coco["generation"]["num_generated"] == 2
+    assert "CIDEr" in coco["captioning"] and coco["generation"]["by_cfg_scale"]["cfg=1.5"]["num_generated"] == 2
     rows = [json.loads(line) for line in (out / "coco" / "captions.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     from transformers import AutoTokenizer
