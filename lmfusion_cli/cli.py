@@ -12,13 +12,13 @@ from typing import Annotated, Optional
 import typer
 
 from lmfusion_cli import __version__
-from lmfusion_cli.commands import encode_latents, evaluate, prepare, sample, train
+from lmfusion_cli.commands import encode_latents, evaluate, export, prepare, sample, train
 from lmfusion_cli.common.errors import UserError
 
 app = typer.Typer(
     name="lmfusion",
     help="Give a pretrained text-only LLM image understanding and generation (LMFusion).\n\n"
-    "Stages: prepare → encode-latents → train → sample → evaluate.",
+    "Stages: prepare → encode-latents → train → sample → evaluate → export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -53,6 +53,7 @@ app.command("encode-latents")(encode_latents.command)
 app.command("train")(train.command)
 app.command("sample")(sample.command)
 app.command("evaluate")(evaluate.command)
+app.command("export")(export.command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,7 +96,7 @@ class EncodeConfig:
 
     def __post_init__(self):
         if not self.data:
-            raise ValueError("data is required: pass --data DIR (a folder made by lmfusion prepare)")
+            raise ValueError("data is required: pass --data DIR (a folder made by lmfusion prepare) or shard URLs")
         if not self.out:
             raise ValueError("out is required: pass --out DIR")
         if self.resolution is not None and self.resolution < 8:

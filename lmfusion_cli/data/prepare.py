@@ -69,11 +69,27 @@ def assign_split(key: str, seed: int, val_fraction: float, test_fraction: float)
     return "val" if u < test_fraction + val_fraction else "train"
 
 
+def _at_least_one_val(by_split: dict[str, list[ItemSpec]], cfg: PrepareConfig) -> None:
+    """With 2+ items and val_fraction > 0, hold out at least one (issue 16: 5 % of 26 items gave none and
+    training then had no validation split): the train item nearest the val cut moves to val."""
+    movable = [s for s in by_split["train"] if s.split is None]  # a source's own split is kept
+    if by_split["val"] or cfg.val_fraction == 0 or len(movable) < 2:
+        return
+    def u(spec: ItemSpec) -> bytes:
+        return hashlib.sha256(f"{cfg.seed}:{spec.key}".encode("utf-8")).digest()[:8]
+    chosen = min(movable, key=u)
+    by_split["train"].remove(chosen)
+    by_split["val"].append(chosen)
+    log.info("held out %s for validation: val_fraction %g of %d items rounds to none", chosen.key,
+             cfg.val_fraction, sum(len(v) for v in by_split.values()))
+
+
 def plan_shards(specs: list[ItemSpec], cfg: PrepareConfig) -> list[ShardTask]:
     by_split: dict[str, list[ItemSpec]] = {s: [] for s in SPLITS}
     for spec in specs:
         split = spec.split or assign_split(spec.key, cfg.seed, cfg.val_fraction, cfg.test_fraction)
         by_split[split].append(spec)
+    _at_least_one_val(by_split, cfg)
     tasks = []
     for split in SPLITS:
         items = sorted(by_split[split], key=lambda s: s.key)

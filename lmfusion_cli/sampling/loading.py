@@ -3,7 +3,8 @@
 `--checkpoint` may name
 - a run folder (`RUN/`, with `checkpoints/`): its newest *complete* checkpoint is used;
 - a step folder (`RUN/checkpoints/step-00000100/`): used only when its manifest says complete;
-- a model folder (holding `lmfusion_model.json`: a step's `model/`, or a merged export).
+- a model folder (holding `lmfusion_model.json`: a step's `model/`, a merged folder, or an `lmfusion
+  export` folder, whose own tokenizer and VAE record are used).
 
 The model comes from `model.checkpoint.load` (trainable weights + the base they point at, whose
 config hash must match). The tokenizer is `--tokenizer`, else the run's `base.tokenizer`, else the
@@ -176,7 +177,11 @@ def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokeni
         raise UserError(f"The base model {base or meta['base']} of checkpoint {resolved.model_dir} cannot be loaded "
                         f"({type(e).__name__}); pass its folder with --base.") from e
     model = model.to(device).eval()
-    tok_spec = tokenizer or (config.get("base") or {}).get("tokenizer") or model.base_id
+    from lmfusion_cli.packaging.export import read_export
+
+    export = read_export(resolved.model_dir)  # `lmfusion export` folders carry tokenizer and VAE (issue 16)
+    tok_spec = tokenizer or (config.get("base") or {}).get("tokenizer") or (
+        str(resolved.model_dir) if export else model.base_id)
     try:
         tok = AutoTokenizer.from_pretrained(tok_spec)
     except (OSError, ValueError) as e:
@@ -186,6 +191,6 @@ def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokeni
                         f"pass the tokenizer it was trained with (--tokenizer).")
     if tok.eos_token_id is None:
         raise UserError(f"The tokenizer {tok_spec} has no EOS token; pass a tokenizer with one (--tokenizer).")
-    record = (manifest.get("trains") or {}).get("latent_vae")
+    record = (manifest.get("trains") or {}).get("latent_vae") or (export or {}).get("vae")
     codec = load_codec(vae, record, model.config.latent_size, model.config.latent_channels, device)
     return Loaded(model=model, tokenizer=tok, codec=codec, checkpoint=resolved)

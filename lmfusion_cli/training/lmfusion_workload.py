@@ -204,6 +204,32 @@ class LMFusionWorkload:
         folder.mkdir(parents=True, exist_ok=True)
         checkpoint._write(folder, self.model, trainable_state, self.model.base_id)
 
+    def validation_grid(self, source: Any, num_items: int, steps: int, seed: int):
+        """(H, W, 3) uint8 grid of images generated from the first `num_items` validation captions
+        (guidance 3, `steps` denoising steps), for the trackers; None when the cache's VAE cannot be
+        loaded (then a warning, once). Sampling's Python API, as evaluation uses it."""
+        import numpy as np
+
+        from lmfusion_cli.sampling.generate import generate_images
+        from lmfusion_cli.sampling.io import make_grid
+        from lmfusion_cli.sampling.loading import load_codec
+
+        if getattr(self, "_codec", False) is None:
+            return None
+        if not hasattr(self, "_codec"):
+            try:
+                self._codec = load_codec(None, self.cache_vae, self.model.config.latent_size,
+                                         self.model.config.latent_channels, str(next(self.model.parameters()).device))
+            except UserError as e:
+                log.warning("no validation image grid: %s", e)
+                self._codec = None
+                return None
+        captions = [source[i]["caption"] for i in range(min(num_items, len(source)))]
+        with torch.no_grad():
+            out = generate_images(self.model, captions, tokenizer=self.tokenizer, vae=self._codec, cfg_scale=3.0,
+                                  steps=steps, seed=seed, batch_size=len(captions))
+        return np.ascontiguousarray(make_grid(out.images))
+
     def describe(self) -> dict[str, Any]:
         from lmfusion_cli.model.checkpoint import base_config_hash
 
@@ -233,11 +259,15 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     from transformers import AutoTokenizer
 
     from lmfusion_cli.model import LMFusionConfig, LMFusionModel, resolve_boi_eoi
+    from lmfusion_cli.model.fusion import base_load_error
 
     base = resolve_base_path(config.base.path)
     if not Path(base).exists() and "/" not in base:
         raise UserError(f"Base model {base} is neither a folder nor a hub id; check base.path (or pass --base).")
-    tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
+    except (OSError, ValueError) as e:
+        raise UserError(base_load_error(config.base.tokenizer or base, e)) from e
     boi_id, eoi_id = resolve_boi_eoi(tokenizer)
     channels, side = latent_geometry(source)
     options = dict(config.model)

@@ -1,4 +1,4 @@
-"""Training logs: one JSON line per logged step, TensorBoard scalars, a progress bar with ETA.
+"""Training logs: one JSON line per logged step, the trackers' view of it (`trackers.py`), a progress bar.
 
 `RUN/logs/train.jsonl` holds records `{"step", "loss", "text_loss", "image_loss", "lr", "grad_norm",
 "tokens_per_s", "images_per_s", "memory_mb", "cpu_s" (this process's CPU seconds), "flops" (with
@@ -61,11 +61,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 class TrainLogger:
     """JSONL + TensorBoard + progress bar, all on rank 0."""
 
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool,
+                 report_to: tuple[str, ...] | None = None, params: dict[str, Any] | None = None,
+                 project: str = "lmfusion"):
+        """report_to: trackers (`trackers.py`); None = TensorBoard when `tensorboard`, as before issue 16."""
         self.enabled = enabled
         self.path = run_dir / "logs" / "train.jsonl"
         self._file = None
-        self._tb = None
+        self._trackers = None
         self._bar = None
         if not enabled:
             return
@@ -76,24 +79,34 @@ class TrainLogger:
         if dropped:
             log.info("dropped %d log records past step %d (they are redone after the resume)", dropped, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        from lmfusion_cli.training.trackers import Trackers
 
-            self._tb = SummaryWriter(str(run_dir / "logs" / "tb"), purge_step=start_step + 1)
+        names = report_to if report_to is not None else (("tensorboard",) if tensorboard else ())
+        self._trackers = Trackers(names, run_dir, start_step, params or {}, project)
         self._bar = progress(total=total_steps, initial=start_step, desc="train", unit="step")
 
+    last_val: dict[str, Any] | None = None
+    """The newest validation record written (for the run summary)."""
+
     def write(self, record: dict[str, Any]) -> None:
+        if record.get("event") == "val":
+            self.last_val = record
         if not self.enabled:
             return
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-        if self._tb is not None and "step" in record:
-            prefix = "val/" if record.get("event") == "val" else "train/"
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(prefix + k, v, record["step"])
-            self._tb.flush()
+        if self._trackers is not None:
+            self._trackers.record(record)
+
+    @property
+    def wants_images(self) -> bool:
+        return self._trackers is not None and self._trackers.wants_images
+
+    def image(self, name: str, array, step: int) -> None:
+        """An (H, W, 3) uint8 image to every tracker (the validation grid)."""
+        if self._trackers is not None:
+            self._trackers.image(name, array, step)
 
     def step_done(self, postfix: dict[str, float]) -> None:
         if self._bar is not None:
@@ -103,8 +116,8 @@ class TrainLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
+        if self._trackers is not None:
+            self._trackers.close()
         if self._file is not None:
             self._file.close()
-        self._file = self._tb = self._bar = None
+        self._file = self._trackers = self._bar = None

@@ -11,7 +11,9 @@ This file does not know the model: `workload_factory` builds it (LMFusion by def
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import json
 import logging
 import os
 import signal
@@ -29,13 +31,14 @@ from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import write_manifest
 from lmfusion_cli.common.output_folder import output_lock, refuse_foreign
 from lmfusion_cli.training import checkpointing as ckpt
-from lmfusion_cli.training.config import RESUME_FIXED_KEYS, TrainRunConfig
+from lmfusion_cli.training.config import RESUME_FIXED_KEYS, ScheduleConfig, TrainRunConfig
 from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, broadcast_object,
                                                init_distributed, shutdown, unwrap, wrap_model)
 from lmfusion_cli.training.loader import LatentSource, SampleStream
 from lmfusion_cli.training.logging import TrainLogger, memory_mb
 from lmfusion_cli.training.optim import build_optimizer, build_scheduler
 from lmfusion_cli.training.step import train_step
+from lmfusion_cli.training.trackers import flatten
 from lmfusion_cli.training.validation import validate
 from lmfusion_cli.training.workload import Workload
 
@@ -71,6 +74,8 @@ class TrainResult:
     stopped_by_signal: bool
     last_checkpoint: Path | None
     skipped_steps: int
+    summary: str = ""
+    """One line: step, last train loss, last validation losses, wall time (printed by `lmfusion train`)."""
 
 
 def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | None = None,
@@ -115,7 +120,9 @@ def _default_source(path: str, split: str) -> LatentSource:
 
     cache = open_latent_cache(path, splits=split)
     if len(cache) == 0:
-        raise UserError(f"The latent cache {path} has no items in split '{split}'; pick another data split.")
+        raise UserError(f"The latent cache {path} has no items in split '{split}'; pick another split with "
+                        "--set data.train_split=NAME / --set data.val_split=NAME (or data.val_split=null: no "
+                        "validation), or re-run prepare with a larger --val-fraction.")
     return cache
 
 
@@ -151,22 +158,26 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     run_dir = Path(config.train.out)
     _set_determinism(config)
     _check_batch(config, ctx)
+    if ctx.is_main:
+        from lmfusion_cli.training.trackers import check_available
+
+        check_available(config.log.trackers())  # a missing tracker package: one sentence, nothing written
     found = ckpt.find_resume_point(run_dir, config.train.resume)
     resume_from = broadcast_object(str(found) if found else None, ctx)  # rank 0's view wins
-    ckpt.prepare_root(run_dir / "checkpoints", ctx)
     if resume_from:
         _refuse_newer_checkpoints(run_dir, Path(resume_from))
     source = source_factory(config.data.latents, config.data.train_split)
     val_source = source_factory(config.data.latents, config.data.val_split) if config.data.val_split else None
     torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
     workload = workload_factory(config, source, ctx.device)
+    ckpt.prepare_root(run_dir / "checkpoints", ctx)  # the first write: a base that fails to load leaves no folder
     model = wrap_model(workload.model, workload.shard_units() if config.dist.strategy == "fsdp" else [],
                        config.dist.strategy, ctx)
     if config.train.compile:
         _compile(workload)
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
                                 config.optim, getattr(workload, "text_parameter_prefix", ""))
-    scheduler = build_scheduler(optimizer, config.optim, config.schedule)
+    scheduler = build_scheduler(optimizer, config.optim, _schedule_to_follow(config, resume_from))
     fraction = config.data.generation_fraction
     fraction = getattr(workload, "default_generation_fraction", 0.8) if fraction is None else fraction
     stream = SampleStream(source, config.train.seed, fraction, config.data.caption_dropout)
@@ -190,7 +201,10 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     log.info("training %s: steps %d → %d, %d process(es), global batch %d, run folder %s",
              run.workload.describe().get("base", "?"), state.step, end, ctx.world_size,
              config.train.batch_size, run.run_dir)
-    logger = TrainLogger(run.run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard)
+    started = time.perf_counter()
+    logger = TrainLogger(run.run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard,
+                         report_to=config.log.trackers(), params=flatten(config_to_dict(config)),
+                         project=config.log.project)
     if run.resumed_from:
         logger.write({"event": "resume", "step": state.step, "from": run.resumed_from, "world_size": ctx.world_size})
     autocast = _autocast(config, ctx)
@@ -245,11 +259,25 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
                             state.step, run.last_ckpt.name if run.last_ckpt else "none")
                 break
     logger.close()
+    summary = _summary(state.step, config.schedule.steps, losses, logger.last_val, time.perf_counter() - started)
+    if ctx.is_main:
+        log.info("%s", summary)
     finished = state.step >= config.schedule.steps
     if ctx.is_main:
         _write_run_files(run.run_dir, config, run.workload, state, complete=finished and run.saved_step == state.step)
     return TrainResult(run_dir=run.run_dir, step=state.step, losses=losses, stopped_by_signal=signalled,
-                       last_checkpoint=run.last_ckpt, skipped_steps=state.skipped_steps)
+                       last_checkpoint=run.last_ckpt, skipped_steps=state.skipped_steps, summary=summary)
+
+
+def _summary(step: int, total: int, losses: list[float], last_val: dict[str, Any] | None, seconds: float) -> str:
+    """`run summary: step 12/12, train loss 1.234, val_loss 1.1 (step 12), val_caption_loss …, wall 63 s`."""
+    parts = [f"run summary: step {step}/{total}",
+             f"train loss {losses[-1]:.4g}" if losses else "no step run"]
+    if last_val:
+        parts.append(", ".join(f"{k} {v:.4g}" for k, v in last_val.items()
+                               if k in ("val_loss", "val_caption_loss")) + f" (step {last_val['step']})")
+    parts.append(f"wall {seconds:.0f} s")
+    return ", ".join(parts)
 
 
 def _count_finite(run: _Run, result: Any, logger: TrainLogger) -> None:
@@ -278,6 +306,14 @@ def _validate(run: _Run, logger: TrainLogger) -> None:
     logger.write({"event": "val", "step": run.state.step,
                   **validate(run.model, run.workload, run.val_source, run.config.log,
                              run.config.train.micro_batch_size, run.ctx)})
+    cfg = run.config.log
+    # the validation grid: one process only (sampling is not sharded), for workloads that can draw
+    if cfg.grid_items and logger.wants_images and run.ctx.world_size == 1 and hasattr(run.workload, "validation_grid"):
+        run.model.eval()
+        grid = run.workload.validation_grid(run.val_source, cfg.grid_items, cfg.grid_steps, cfg.val_seed)
+        run.model.train()
+        if grid is not None:
+            logger.image("val/grid", grid, run.state.step)
 
 
 def _save(run: _Run) -> None:
@@ -360,6 +396,22 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         data = data.get(part, {}) if isinstance(data, dict) else None
     return data
+
+
+def _schedule_to_follow(config: TrainRunConfig, resume_from: str | None) -> ScheduleConfig:
+    """The LR schedule of this invocation: on resume, the saved run's, so a changed `schedule.steps`
+    cannot make the learning rate jump (issue 16: 1.5e-5 → 1.3e-4 mid-run). Training still runs to the
+    new `schedule.steps`; past the saved end the rate stays at `schedule.min_lr`."""
+    if not resume_from:
+        return config.schedule
+    saved = _lookup(json.loads((Path(resume_from) / "trainer.json").read_text()).get("config", {}), "schedule")
+    if not isinstance(saved, dict) or saved.get("steps", config.schedule.steps) == config.schedule.steps:
+        return config.schedule
+    log.warning("schedule.steps changed from %d to %d on resume: the learning rate keeps the saved %d-step "
+                "schedule (min_lr %g after step %d); start a new --out for a schedule over %d steps",
+                saved["steps"], config.schedule.steps, saved["steps"], config.schedule.min_lr, saved["steps"],
+                config.schedule.steps)
+    return dataclasses.replace(config.schedule, steps=int(saved["steps"]))
 
 
 def _resume(folder: Path, config: TrainRunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.errors import UserError, what_was_refused
 
 RNG_FORMAT = 2
 """Version of the RNG file layout: 2 = tensors and numbers only (1 = a pickled dict with numpy arrays)."""
@@ -107,19 +107,11 @@ def load_rng(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_array_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise _refusal(path, _what_was_refused(str(e))) from None
+        raise _refusal(path, what_was_refused(str(e))) from None
     if not isinstance(state, dict) or not {"torch", "numpy", "python"} <= set(state):
         raise UserError(f"{path} is not an lmfusion RNG file (keys {sorted(state) if isinstance(state, dict) else type(state).__name__}); "
                         "delete that checkpoint folder to resume from an earlier one")
     return state
-
-
-def _what_was_refused(message: str) -> str:
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(r"GLOBAL ([\w.]+)", message)
-    if m:
-        return f"a reference to the Python object {m.group(1)}"
-    m = re.search(r"Unsupported operand (\d+)", message)
-    return f"a pickle opcode that is not data ({m.group(0)})" if m else "Python objects other than tensors"
 
 
 # --------------------------------------------------------------------------------------- DCP metadata
@@ -166,7 +158,7 @@ def read_dcp_metadata(path: Path) -> Metadata:
         with open(path, "rb") as f:
             metadata = _MetadataUnpickler(f).load()
     except pickle.UnpicklingError as e:
-        raise _refusal(path, _what_was_refused(str(e))) from None
+        raise _refusal(path, what_was_refused(str(e))) from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise UserError(f"{path} is not a readable DCP metadata file ({type(e).__name__}); delete that "
                         "checkpoint folder to resume from an earlier one") from None
@@ -225,7 +217,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
-            raise _refusal(f"the DCP entry {read_item.dest_index.fqn}", _what_was_refused(str(e))) from None
+            raise _refusal(f"the DCP entry {read_item.dest_index.fqn}", what_was_refused(str(e))) from None
         if self.flatten_state_dict:
             from torch.distributed.checkpoint._traverse import set_element
 

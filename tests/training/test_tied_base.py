@@ -130,3 +130,87 @@ def test_real_smollm2_trains_samples_and_evaluates(tied_run):
                "--text-items", items) == 0
     text = json.loads((tied_run / "smol-eval" / "metrics.json").read_text())["text"]
     assert text["num_items"] == 2 and text["identical"] is True  # the fused model's text = SmolLM2's
+
+    from lmfusion_cli import LMFusionPipeline
+    from lmfusion_cli.model import LMFusionModel
+
+    export = tied_run / "smol-export"
+    assert cli("export", run, "--out", export, "--eval", tied_run / "smol-eval") == 0
+    assert (export / "chat_template.jinja").read_text() == (REAL_LM / "chat_template.jinja").read_text()
+    assert "identical" in (export / "README.md").read_text()  # the text suite's figures are quoted
+    model = LMFusionModel.from_pretrained(export)
+    assert model.base.lm_head.weight is model.base.model.embed_tokens.weight
+    pipe = LMFusionPipeline.from_pretrained(export)
+    images = pipe(PROMPTS[0], num_inference_steps=1, seed=0).images
+    assert len(images) == 1 and images[0].size == (64, 64) and len(pipe.caption(images, max_new_tokens=2)) == 1
+
+
+FRESH_PROCESS = r"""
+import json, sys
+import numpy as np
+import torch
+from lmfusion_cli import LMFusionPipeline
+from lmfusion_cli.model import LMFusionModel
+
+folder, out = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)
+model = LMFusionModel.from_pretrained(folder)
+pipe = LMFusionPipeline.from_pretrained(folder)
+same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), pipe.model.state_dict().values()))
+images = pipe(["a red circle on a blue background", "a small green square on a white background"],
+              num_inference_steps=2, guidance_scale=3, seed=0).images
+np.save(out + ".npy", np.stack([np.asarray(im) for im in images]))
+captions = pipe.caption(images, max_new_tokens=4)
+json.dump({"same_weights": same, "captions": captions, "type": type(images[0]).__name__},
+          open(out + ".json", "w"))
+"""
+
+
+def _sampled(tied_run: Path, checkpoint: Path, name: str):
+    """`lmfusion sample` of the two prompts (2 steps, guidance 3, seed 0) as a (2, H, W, 3) array."""
+    import numpy as np
+    from PIL import Image
+
+    torch.set_num_threads(1)  # as in the fresh process: CPU reductions depend on the thread count
+    prompts = tied_run / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tied_run / f"samples-{name}"
+    if not out.exists():
+        assert cli("sample", "--checkpoint", checkpoint, "--prompts", prompts, "--out", out, "--steps", 2,
+                   "--cfg-scale", 3, "--seed", 0) == 0  # no --vae / --tokenizer / --base
+    return np.stack([np.asarray(Image.open(out / "images" / f"{i:05d}.png")) for i in range(2)])
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["base-by-id", "merged"])
+def test_export_loads_in_a_fresh_process_and_matches_lmfusion_sample(tied_run, merged):
+    """Issue 16 acceptance: `lmfusion export` → `LMFusionModel.from_pretrained` and
+    `LMFusionPipeline.from_pretrained` in a fresh process; the pipeline's images equal `lmfusion sample`'s."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    export = tied_run / ("export-merged" if merged else "export")
+    assert cli("export", tied_run / "run", "--out", export, *(["--merged"] if merged else [])) == 0
+    assert {"lmfusion_model.json", "model.safetensors", "config.json", "README.md", "lmfusion_export.json",
+            "tokenizer_config.json"} <= {p.name for p in export.iterdir()}
+    assert (export / "vae" / "config.json").is_file() and (export / "base").is_dir() == merged
+    card = (export / "README.md").read_text()
+    for words in ("## Training data", "optimizer steps: 3", "validation loss at step 3", "## Intended use",
+                  "library_name: lmfusion"):
+        assert words in card, words
+    assert "base.lm_head.weight" not in load_file(str(export / "model.safetensors"))
+
+    from_run = _sampled(tied_run, tied_run / "run", "run")
+    from_export = _sampled(tied_run, export, export.name)
+    assert np.array_equal(from_export, from_run)
+
+    out = tied_run / f"fresh-{export.name}"
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(export), str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(Path(str(out) + ".json").read_text())
+    assert result["same_weights"] and result["type"] == "Image" and len(result["captions"]) == 2
+    assert np.array_equal(np.load(str(out) + ".npy"), from_run)  # pipeline == `lmfusion sample`, pixel for pixel
+    if not merged:
+        assert cli("evaluate", "--suite", "text", "--checkpoint", export, "--out", tied_run / "eval-export") == 0
