@@ -186,7 +186,9 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
                                 config.optim, getattr(workload, "text_parameter_prefix", ""))
     scheduler = build_scheduler(optimizer, config.optim, _schedule_to_follow(config, resume_from))
-    stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout)
+    fraction = config.data.generation_fraction
+    fraction = getattr(workload, "default_generation_fraction", 0.8) if fraction is None else fraction
+    stream = SampleStream(source, config.train.seed, fraction, config.data.caption_dropout)
     state = TrainState()
     if resume_from:
         state = _resume(Path(resume_from), config, model, optimizer, scheduler, stream, ctx, workload)

@@ -63,9 +63,12 @@ class SafetensorsRows:
 
 
 def can_load_sharded(base_path: str, lm_options: dict[str, Any]) -> bool:
-    """The scalable path needs a local folder with safetensors and experts copied from the text ones."""
+    """The scalable path needs a local causal-LM folder with safetensors and experts copied from the text ones."""
     folder = Path(base_path)
-    return (folder.is_dir() and any(folder.glob("*.safetensors")) and lm_options.get("image_init", "copy") == "copy"
+    if not (folder / "config.json").is_file() or "llava" in json.loads((folder / "config.json").read_text()).get(
+            "model_type", ""):  # a LLaVA base (vision tower, projector) loads through today's path
+        return False
+    return (any(folder.glob("*.safetensors")) and lm_options.get("image_init", "copy") == "copy"
             and not lm_options.get("from_scratch", False))
 
 
