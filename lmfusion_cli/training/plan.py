@@ -125,9 +125,9 @@ def parameter_counts(model) -> dict[str, int]:
             counts["image_other"] += p.numel()
     counts["total"] = sum(counts.values())
     counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    counts["per_layer_group"] = sum(p.numel() for p in model.base.model.layers[0].parameters()) + (
+    counts["per_layer_group"] = sum(p.numel() for p in model.decoder.layers[0].parameters()) + (
         sum(p.numel() for p in model.image_experts[0].parameters()) if model.image_experts is not None else 0)
-    counts["text_layer"] = sum(p.numel() for p in model.base.model.layers[0].parameters())
+    counts["text_layer"] = sum(p.numel() for p in model.decoder.layers[0].parameters())
     return counts
 
 

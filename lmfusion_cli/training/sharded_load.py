@@ -140,7 +140,7 @@ def load_into_shards(model: nn.Module, kept: dict[str, torch.Tensor], device: to
     for name, buffer in core.named_buffers():
         if name in kept:
             buffer.copy_(kept[name])
-    decoder = core.base.model
+    decoder = core.decoder
     decoder.rotary_emb = type(decoder.rotary_emb)(config=core.base_config).to(device)  # its buffers were meta
 
 

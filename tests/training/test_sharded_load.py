@@ -57,6 +57,9 @@ def _load(path: str, out: str) -> None:
     result = {"peak": _peak_rss_bytes(), "hashes": hashes, "tied": tied}
     Path(out, f"{path}-{ctx.rank}.json").write_text(json.dumps(result))
     del model
+    import gc
+
+    gc.collect()  # gloo threads otherwise may abort at exit (MEASURED-NOTES)
     dist.barrier()
     dist.destroy_process_group()
 
