@@ -17,6 +17,7 @@ def command(
     coco_root: Annotated[Optional[Path], typer.Option(help="COCO root (same as --input for --source coco).")] = None,
     karpathy_split: Annotated[Optional[Path], typer.Option(help="COCO: Karpathy split JSON.")] = None,
     num_items: Annotated[Optional[int], typer.Option(help="Shapes: number of items.")] = None,
+    interleaved: Annotated[Optional[bool], typer.Option("--interleaved", help="Shapes: add an interleaved document to each item.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of generation and split.")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(help="Items per shard.")] = None,
@@ -29,7 +30,7 @@ def command(
 
     Examples:
 
-      lmfusion prepare --source shapes --out work/shapes --num-items 2000 --seed 0
+      lmfusion prepare --source shapes --out work/shapes --num-items 2000 --seed 0 [--interleaved]
 
       lmfusion prepare --source coco --coco-root /data/coco --karpathy-split /data/dataset_coco.json --out work/coco
 
@@ -40,7 +41,7 @@ def command(
 
     cfg = resolve_config(PrepareConfig, config, overrides, {
         "source": source, "out": out, "input": input or coco_root, "karpathy_split": karpathy_split,
-        "num_items": num_items, "seed": seed, "resolution": resolution, "shard_size": shard_size,
+        "num_items": num_items, "interleaved": interleaved, "seed": seed, "resolution": resolution, "shard_size": shard_size,
         "workers": workers, "overwrite": overwrite,
     })
     from lmfusion_cli.data.prepare import run_prepare

@@ -138,7 +138,8 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
                                 config.optim, getattr(workload, "text_parameter_prefix", ""))
     scheduler = build_scheduler(optimizer, config.optim, config.schedule)
-    stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout)
+    stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout,
+                          config.data.interleaved_fraction, config.data.text_only_fraction)
     state = TrainState()
     if resume_from:
         state = _resume(Path(resume_from), config, model, optimizer, scheduler, stream, ctx, workload)
