@@ -191,6 +191,7 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
             _count_finite(run, result, logger)
             if state.step % config.log.every == 0 or state.step == config.schedule.steps:
                 logger.write({"step": state.step, "loss": result.loss, "text_loss": result.text_loss,
+                              "text_targets": result.text_targets,
                               "image_loss": result.image_loss, "lr": lr, "grad_norm": result.grad_norm,
                               "tokens_per_s": result.tokens / seconds, "images_per_s": result.images / seconds,
                               "memory_mb": memory_mb(ctx.device), "cpu_s": time.process_time(),
