@@ -46,6 +46,9 @@ def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> E
     except RuntimeError:
         scripted = None
     if scripted is not None:
+        # Issue 17: a TorchScript file is a program, not data; it is run as given, so say so once.
+        log.warning("%s is a TorchScript program and evaluate runs the code inside it: use only a file you trust "
+                    "(the official %s)", path, INCEPTION_URL)
         layers = scripted.layers if hasattr(scripted, "layers") else scripted
 
         def torchscript_features(x: torch.Tensor) -> torch.Tensor:  # as cleanfid's InceptionV3W, no resize

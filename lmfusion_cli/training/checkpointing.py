@@ -4,7 +4,7 @@ Layout of `RUN/checkpoints/step-00000100/`:
 
     dcp/                  torch.distributed.checkpoint shards: trainable weights + optimiser state
     model/                consolidated trainable weights for `lmfusion sample` (the workload writes it)
-    rng/rank-00000.pt     RNG states of every process
+    rng/rank-00000.pt     RNG states of every process, as tensors and numbers (read weights-only)
     trainer.json          step, data position, scheduler, counters, world size, resolved config, and
                           `trains`: the workload's `describe()` (base config hash, model config, the
                           latent cache's VAE), which a resume must match (`input_change`)
@@ -16,6 +16,9 @@ ignores any `step-*` folder without a complete manifest (a copy truncated by han
 Older complete checkpoints are deleted only after a newer one is complete (keep the last M). A
 failed save (disk full) removes its temp folder and leaves every earlier checkpoint untouched.
 
+Nothing is unpickled beyond tensors, numbers and DCP's own metadata classes (`safe_load`): a
+checkpoint someone sent you cannot run code, whatever its manifest says.
+
 DCP options follow MEASURED-NOTES: `ignore_frozen_params=True` (frozen text weights are not stored;
 the checkpoint points at its base) and `strict=False` on load.
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import random
 import re
 import shutil
 import warnings
@@ -33,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
@@ -48,6 +49,7 @@ from lmfusion_cli.common.atomic import TMP_MARK, atomic_file, atomic_write_json,
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, file_entry, verify_files, write_manifest
 from lmfusion_cli.training.distributed import DistContext, all_reduce, barrier, broadcast_object
+from lmfusion_cli.training.safe_load import load_dcp, load_rng, save_rng, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -123,24 +125,9 @@ def prepare_root(root: Path, ctx: DistContext) -> None:
     barrier(ctx)
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _write_rng(folder: Path, rank: int) -> None:
     with atomic_file(folder / "rng" / f"rank-{rank:05d}.pt") as tmp:
-        torch.save(rng_state(), tmp)
+        save_rng(tmp)
 
 
 def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Checkpoint]) -> str:
@@ -266,12 +253,12 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(folder / "dcp"))
+        load_dcp(state, folder / "dcp")
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_SHARDED)
     rng_file = folder / "rng" / f"rank-{ctx.rank:05d}.pt"
     if trainer_state["world_size"] == ctx.world_size and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(load_rng(rng_file))
     return trainer_state
 
 

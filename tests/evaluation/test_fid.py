@@ -90,3 +90,12 @@ def test_missing_weights_and_folders_are_user_errors(tmp_path, extractor):
     Image.new("RGB", (8, 8)).save(one / "x.png")
     with pytest.raises(UserError, match="at least 2"):
         fid_from_folders(one, one, extractor, "tiny")
+
+
+def test_a_torchscript_inception_is_announced_as_code_in_one_line(tmp_path, caplog):
+    """Issue 17: `--inception` TorchScript files are programs; loading one says so in one line."""
+    path = save_tiny_inception(tmp_path / "tiny-inception.pt")
+    with caplog.at_level("WARNING", logger="lmfusion_cli.evaluation.fid"):
+        load_inception(path)
+    lines = [r.getMessage() for r in caplog.records if "TorchScript program" in r.getMessage()]
+    assert len(lines) == 1 and str(path) in lines[0] and "\n" not in lines[0]
