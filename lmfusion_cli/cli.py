@@ -12,13 +12,13 @@ from typing import Annotated, Optional
 import typer
 
 from lmfusion_cli import __version__
-from lmfusion_cli.commands import encode_latents, evaluate, prepare, sample, train
+from lmfusion_cli.commands import encode_latents, evaluate, export, prepare, sample, train
 from lmfusion_cli.common.errors import UserError
 
 app = typer.Typer(
     name="lmfusion",
     help="Give a pretrained text-only LLM image understanding and generation (LMFusion).\n\n"
-    "Stages: prepare → encode-latents → train → sample → evaluate.",
+    "Stages: prepare → encode-latents → train → sample → evaluate → export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -53,22 +53,44 @@ app.command("encode-latents")(encode_latents.command)
 app.command("train")(train.command)
 app.command("sample")(sample.command)
 app.command("evaluate")(evaluate.command)
+app.command("export")(export.command)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning a UserError into one sentence and exit code 2.
 
-    Typer itself reports usage errors (unknown option, bad value) with exit code 2."""
+    Click's usage errors (unknown option, bad value) become the same one `error:` line with exit code 2
+    (issue 17; click alone prints a 4-line block)."""
+    try:  # typer >= 0.25 vendors click as typer._click; older ones raise click's own exceptions
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+
     try:
-        app(args=argv)
+        code = app(args=argv, standalone_mode=False)
     except UserError as e:
         if os.environ.get("LMFUSION_VERBOSE") == "1":
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except click_errors.NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click_errors.ClickException as e:
+        print(f"error: {_usage_sentence(e)}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
+
+
+def _usage_sentence(e) -> str:
+    """A click error as one sentence naming the command and the fix."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    command = getattr(getattr(e, "ctx", None), "command_path", None) or "lmfusion"
+    return f"{message} (in `{command}`); see `{command} --help` for the options"
 
 
 if __name__ == "__main__":

@@ -10,10 +10,15 @@ import typer
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML config file; command-line options override it.")
 ]
-SetOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override a config key, repeatable: --set optim.lr=3e-4 --set train.steps=100."),
-]
+
+
+def set_option(example: str):
+    """The repeatable `--set KEY=VALUE` option of one command; `example` must be valid for that command
+    (tests/test_cli_examples.py runs every example of every `--help`)."""
+    return Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help=f"Override a config key (a field of the YAML), repeatable: {example}."),
+    ]
 
 
 def not_available(command: str, issue: int) -> None:

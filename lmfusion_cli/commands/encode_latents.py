@@ -7,11 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmfusion_cli.commands.common import ConfigOption, SetOption
+from lmfusion_cli.commands.common import ConfigOption, set_option
+
+SetOption = set_option("--set batch_size=16")
 
 
 def command(
-    data: Annotated[Optional[Path], typer.Option(help="Folder of shards made by `lmfusion prepare`.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Folder of shards made by `lmfusion prepare`, or shard URLs streamed with webdataset: pipe:CMD, http(s)://…/train-{00000..00099}.tar (join several with ::; needs --resolution).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder of the latent cache.")] = None,
     vae: Annotated[Optional[str], typer.Option(help="AutoencoderKL folder or hub id (default: the shipped tiny VAE).")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Image side fed to the VAE (default: the shards').")] = None,
@@ -34,6 +36,8 @@ def command(
       lmfusion encode-latents --data work/shapes --out work/shapes-latents
 
       lmfusion encode-latents --data work/coco --vae stabilityai/sd-vae-ft-mse --resolution 256 --out work/coco-lat --gpus 8
+
+      lmfusion encode-latents --data "https://example.org/shapes/train-{00000..00009}.tar" --resolution 64 --out work/streamed
 
       lmfusion encode-latents --verify work/shapes-latents
     """

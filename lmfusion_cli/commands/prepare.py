@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmfusion_cli.commands.common import ConfigOption, SetOption
+from lmfusion_cli.commands.common import ConfigOption, set_option
+
+SetOption = set_option("--set val_fraction=0.1 --set test_fraction=0.1")
 
 
 def command(
@@ -22,7 +24,12 @@ def command(
     resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(help="Items per shard.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of items held out for validation (default 0.05; at least one item when 2+ are kept).")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option(help="Share of items held out for testing (default 0.05).")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Rewrite a finished output.")] = None,
+    allow_outside_root: Annotated[Optional[bool], typer.Option(
+        "--allow-outside-root", help="Read images outside the input's root (absolute, ../, symlinks).")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Skip images over this many pixels (too-large).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -35,6 +42,8 @@ def command(
       lmfusion prepare --source coco --coco-root /data/coco --karpathy-split /data/dataset_coco.json --out work/coco
 
       lmfusion prepare --source jsonl --input pairs.jsonl --out work/mine --resolution 256 --workers 8
+
+      lmfusion prepare --source folder --input photos/ --out work/photos --val-fraction 0.2
     """
     from lmfusion_cli.config import resolve_config
     from lmfusion_cli.data.config import PrepareConfig
@@ -42,7 +51,8 @@ def command(
     cfg = resolve_config(PrepareConfig, config, overrides, {
         "source": source, "out": out, "input": input or coco_root, "karpathy_split": karpathy_split,
         "num_items": num_items, "interleaved": interleaved, "seed": seed, "resolution": resolution, "shard_size": shard_size,
-        "workers": workers, "overwrite": overwrite,
+        "workers": workers, "overwrite": overwrite, "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "allow_outside_root": allow_outside_root, "max_pixels": max_pixels,
     })
     from lmfusion_cli.data.prepare import run_prepare
 

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmfusion_cli.commands.common import ConfigOption, SetOption
+from lmfusion_cli.commands.common import ConfigOption, set_option
+
+SetOption = set_option("--set cfg_scale=5 --set steps=50")
 
 
 def command(

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmfusion_cli.commands.common import ConfigOption, SetOption
+from lmfusion_cli.commands.common import ConfigOption, set_option
+
+SetOption = set_option("--set schedule.steps=100 --set optim.lr=3e-4")
 
 
 def command(
@@ -66,3 +68,4 @@ def command(
         last = result.last_checkpoint.name if result.last_checkpoint else "none"
         typer.echo(f"train {how}: step {result.step}, {result.skipped_steps} skipped step(s), "
                    f"last checkpoint {last}, run folder {result.run_dir}")
+        typer.echo(result.summary)

@@ -40,10 +40,21 @@ class PrepareConfig:
     """Worker processes."""
     overwrite: bool = False
     """Rewrite a finished output instead of refusing/skipping."""
+    max_pixels: int = 64_000_000
+    """Largest decoded image in pixels (width × height); bigger ones are skipped as `too-large` before
+    decoding (a 12000² PNG of 165 KB cost 760 MB per worker, issue 17)."""
+    max_caption_chars: int = 2000
+    """Captions longer than this many characters are cut at a word boundary and counted as
+    `caption-truncated` (training then cuts captions to `data.max_caption_tokens`)."""
+    allow_outside_root: bool = False
+    """Read images outside the input's root (absolute paths, `../`, symlinks leaving it); by default
+    they are skipped and counted as `outside-root`."""
 
     def __post_init__(self):
         if not self.out:
             raise ValueError("out is required: pass --out DIR")
+        if self.max_pixels < 1 or self.max_caption_chars < 1:
+            raise ValueError("max_pixels and max_caption_chars must be >= 1")
         if self.num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {self.num_items}")
         if self.resolution < 8:
@@ -90,7 +101,7 @@ class EncodeConfig:
 
     def __post_init__(self):
         if not self.data:
-            raise ValueError("data is required: pass --data DIR (a folder made by lmfusion prepare)")
+            raise ValueError("data is required: pass --data DIR (a folder made by lmfusion prepare) or shard URLs")
         if not self.out:
             raise ValueError("out is required: pass --out DIR")
         if self.resolution is not None and self.resolution < 8:

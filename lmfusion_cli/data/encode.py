@@ -15,8 +15,9 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file, sha256_json
-from lmfusion_cli.common.manifest import SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.atomic import atomic_write_json
+from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import EncodeConfig
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
@@ -52,16 +55,17 @@ class ShardJob:
 class _DecodeDataset(Dataset):
     """Flat index over the jobs' images: item i → (i, pixels (3, R, R) in [-1, 1] or None, reason, detail)."""
 
-    def __init__(self, refs: list[tuple[str, int, int]], resolution: int):
+    def __init__(self, refs: list[tuple[str, int, int] | bytes], resolution: int):
         self.refs, self.resolution = refs, resolution
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, i: int):
-        path, offset, size = self.refs[i]
+        ref = self.refs[i]  # (path, offset, size) in a local shard, or the bytes of a streamed image
         try:
-            img = resize_center_crop(decode_image(read_image_bytes(path, offset, size)), self.resolution)
+            data = ref if isinstance(ref, bytes) else read_image_bytes(*ref)
+            img = resize_center_crop(decode_image(data), self.resolution)
         except BadImage as e:
             return i, None, e.reason, e.detail
         return i, torch.from_numpy(to_unit_tensor_array(img)), "", ""
@@ -101,23 +105,30 @@ def _write_job(out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int
         records = [{"key": s.key, "caption": s.caption, "meta": s.meta} for s in (job.samples[r[0]] for r in rows)]
         try:
             write_latent_shard(out, job.stem, tensors, records)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise UserError(f"No space left on the device while writing {out / job.stem}.safetensors; free "
-                                f"space and rerun encode-latents (finished shards are kept, only the rest is redone).") from e
-            raise
+        except Exception as e:  # safetensors reports a full disk as a SafetensorError (issue 17)
+            if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)):
+                raise
+            need = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+            free = shutil.disk_usage(out).free / 2**20
+            raise UserError(f"No space left on the device of {out} while writing {job.stem}.safetensors (it needs "
+                            f"about {need:.1f} MiB, {free:.1f} MiB are free); free space and rerun encode-latents "
+                            "(finished shards are kept, only the rest is redone)") from None
         files = {f"{job.stem}.{ext}": file_entry(out / f"{job.stem}.{ext}") for ext in ("safetensors", "jsonl")}
     part = {"stem": job.stem, "split": job.split, "count": len(rows), "files": files, **skips.to_dict()}
     write_part(out, job.stem, part)
     return part
 
 
-def encode_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, resolution: int, show_progress: bool = True) -> None:
-    """Encode `jobs` in this process with the loaded `vae`: DataLoader workers decode, this thread encodes."""
+def encode_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, resolution: int, show_progress: bool = True,
+                scan_logs: list[SkipLog] | None = None) -> None:
+    """Encode `jobs` in this process with the loaded `vae`: DataLoader workers decode, this thread encodes.
+
+    `scan_logs`: problems found while reading each job's shard (streamed shards), kept in its part record."""
     refs, batches, batch_job = [], [], []
     for j, job in enumerate(jobs):
         start = len(refs)
-        refs.extend((job.path, s.image_offset, s.image_size) for s in job.samples)
+        refs.extend((job.path, s.image_offset, s.image_size) if s.image_bytes is None else s.image_bytes
+                    for s in job.samples)
         for b in range(start, len(refs), cfg.batch_size):
             batches.append(list(range(b, min(b + cfg.batch_size, len(refs)))))
             batch_job.append(j)
@@ -127,6 +138,8 @@ def encode_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, resolution: int, s
     remaining = [len(job.samples) for job in jobs]
     rows: list[list] = [[] for _ in jobs]
     skips = [SkipLog() for _ in jobs]
+    for log_j, scanned in zip(skips, scan_logs or []):
+        log_j.merge(scanned)
     for j, job in enumerate(jobs):
         if not job.samples:
             _write_job(Path(cfg.out), job, cfg, [], skips[j])
@@ -201,12 +214,28 @@ def _run_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, vae_spec: str, resol
                         f"remaining shards.")
 
 
+def _damaged(data: Path, name: str, manifest: dict[str, Any]) -> ShardScan | None:
+    """A shard of full size whose bytes are not the ones prepare recorded: skipped whole and counted
+    as `damaged-shard` (issue 17: a flipped caption byte went unnoticed). A shorter one is left to the
+    reader, which keeps the members before the cut and counts `truncated-shard`."""
+    entry = (manifest.get("files") or {}).get(name)
+    path = data / name
+    if not entry or not path.is_file() or path.stat().st_size < entry.get("bytes", 0):
+        return None
+    if sha256_file(path) == entry.get("sha256"):
+        return None
+    log.warning("skipping %s: it does not match its SHA-256 in %s (damaged-shard)", path, MANIFEST_NAME)
+    scan = ShardScan(path)
+    scan.log.skip(name, "damaged-shard", "SHA-256 differs from prepare's manifest")
+    return scan
+
+
 def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], list[ShardScan]]:
     """Index every source shard; drop keys already seen in an earlier shard (counted)."""
     seen: set[str] = set()
     jobs, scans = [], []
     for shard in manifest["shards"]:
-        scan = scan_shard(data / shard["name"])
+        scan = _damaged(data, shard["name"], manifest) or scan_shard(data / shard["name"])
         kept = []
         for s in scan.samples:
             if s.key in seen:
@@ -221,7 +250,29 @@ def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], lis
 
 
 def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
-    """Make (or finish, or reuse) the latent cache `cfg.out` from the shards in `cfg.data`; return its manifest."""
+    """Make (or finish, or reuse) the latent cache `cfg.out` from the shards in `cfg.data`; return its manifest.
+    One process at a time per `cfg.out` (issue 17: `output_lock`)."""
+    from lmfusion_cli.data.webdata import is_stream_spec
+
+    data, out = Path(cfg.data), Path(cfg.out)
+    if not is_stream_spec(cfg.data):  # shard URLs are streamed (issue 16): no manifest to check first
+        read_manifest(data, "shards", what="data")  # a bad --data is refused before the lock file
+    with output_lock(out, "encode-latents"):
+        if not (cfg.overwrite and (out / MANIFEST_NAME).is_file()):
+            return _run_encode(cfg)
+        work = overwrite_folder(out)  # build beside the old cache, then swap (issue 17)
+        manifest = _run_encode(replace(cfg, out=str(work)))
+        manifest["config"]["out"] = str(out)  # the cache records where it lives, not where it was built
+        atomic_write_json(work / MANIFEST_NAME, manifest)
+        swap_in(work, out)
+        return manifest
+
+
+def _run_encode(cfg: EncodeConfig) -> dict[str, Any]:
+    from lmfusion_cli.data.webdata import is_stream_spec
+
+    if is_stream_spec(cfg.data):
+        return _run_encode_streamed(cfg)
     data, out = Path(cfg.data), Path(cfg.out)
     data_manifest = read_manifest(data, "shards", what="data")
     resolution = cfg.resolution or data_manifest["resolution"]
@@ -270,7 +321,8 @@ def _write_encode_manifest(out: Path, cfg: EncodeConfig, cfg_hash: str, identity
     factor = identity["downsample_factor"]
     manifest = write_manifest(
         out, KIND,
-        inputs={"data": str(Path(cfg.data)), "data_manifest_sha256": source_hash},
+        inputs={"data": cfg.data if "://" in cfg.data or ":" in cfg.data.split("/")[0] else str(Path(cfg.data)),
+                "data_manifest_sha256": source_hash},  # a URL keeps its `//` (Path would fold it)
         config=config_to_dict(cfg), output_config_hash=cfg_hash, vae=identity, resolution=resolution,
         latent_shape=[identity["latent_channels"], resolution // factor, resolution // factor],
         dtype=cfg.dtype, store=cfg.store, flip=cfg.flip, splits=splits, shards=shards, files=files,
@@ -279,3 +331,53 @@ def _write_encode_manifest(out: Path, cfg: EncodeConfig, cfg_hash: str, identity
     finish_output(out)
     (log.warning if skips.num_skipped else log.info)("encode-latents %s: %s", out, skips.summary())
     return manifest
+
+
+def _run_encode_streamed(cfg: EncodeConfig) -> dict[str, Any]:
+    """`--data` is a URL / command / brace pattern (`data.webdata`): stream one shard at a time, encode it,
+    write its latent shard, go on; a rerun skips shards already encoded (without fetching them)."""
+    from lmfusion_cli.data.webdata import shard_urls, split_of, stream_shard
+
+    out = Path(cfg.out)
+    urls = shard_urls(cfg.data)
+    if not cfg.resolution:
+        raise UserError(f"--data {cfg.data} is streamed (no manifest.json to read the image size from); pass "
+                        "--resolution, the side of the prepared images (e.g. 64).")
+    if cfg.gpus > 1:
+        log.warning("streamed shards are encoded by one process; --gpus %d is ignored", cfg.gpus)
+    vae_spec = resolve_vae(cfg.vae)
+    vae = load_vae(vae_spec)
+    identity = vae_identity(vae_spec, vae)
+    source_hash = sha256_json(urls)
+    decisive = {"vae": {k: v for k, v in identity.items() if k != "id"}, "resolution": cfg.resolution,
+                "dtype": cfg.dtype, "store": cfg.store, "flip": cfg.flip, "source": source_hash,
+                "seed": cfg.seed if cfg.store == "sample" else None}
+    cfg_hash = sha256_json(decisive)[:16]
+    finished = start_output(out, KIND, cfg_hash, cfg.overwrite, _OURS, "encode-latents")
+    if finished is not None:
+        log.info("%s is already complete (same VAE and settings); pass --overwrite to rebuild it", out)
+        return finished
+    seen: set[str] = set()
+    jobs, parts, counters = [], [], {}
+    for url in urls:
+        scan = stream_shard(url)
+        split = split_of(url, scan)
+        stem = f"{split}-{counters.get(split, 0):05d}"
+        counters[split] = counters.get(split, 0) + 1
+        kept = []
+        for s in scan.samples:
+            if s.key in seen:
+                scan.log.skip(s.key, "duplicate-key", f"{scan.path.name}: key seen in an earlier shard")
+                continue
+            seen.add(s.key)
+            kept.append(s)
+        job = ShardJob(stem, split, url, tuple(kept))
+        part = read_part(out, stem, [])
+        if part is None or not all((out / f).is_file() for f in part["files"]):
+            log.info("encoding %s → %s (%d samples)", url, stem, len(kept))
+            encode_jobs([job], cfg, vae, cfg.resolution, scan_logs=[scan.log])
+            part = read_part(out, stem, [])
+        jobs.append(job)
+        parts.append(part)
+    empty = [ShardScan(Path(job.path)) for job in jobs]  # the reading problems are in each part record
+    return _write_encode_manifest(out, cfg, cfg_hash, identity, cfg.resolution, source_hash, jobs, empty, parts)

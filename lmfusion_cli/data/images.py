@@ -24,16 +24,27 @@ class BadImage(Exception):
         self.detail = detail
 
 
-def decode_image(data: bytes) -> Image.Image:
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Decoded-pixel cap (width × height) of `decode_image` unless the caller gives another."""
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode image bytes fully into an RGB PIL image, or raise `BadImage` with the reason.
 
-    Reasons: `empty-image` (0 bytes), `truncated-image` (the data stops early: PIL refuses it, since
-    `ImageFile.LOAD_TRUNCATED_IMAGES` stays False), `corrupt-image` (anything else PIL cannot read)."""
+    Reasons: `empty-image` (0 bytes), `too-large` (more than `max_pixels`, checked from the header
+    before any pixel is decoded), `truncated-image` (the data stops early: PIL refuses it, since
+    `ImageFile.LOAD_TRUNCATED_IMAGES` stays False), `corrupt-image` (anything else PIL cannot read).
+    16-bit grayscale is scaled by its real bit depth (65535 → 255), not clipped."""
     if not data:
         raise BadImage("empty-image", "0 bytes")
     try:
         img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise BadImage("too-large", f"{width}x{height} pixels is over the cap of {max_pixels}")
         img.load()  # decode now: truncation and corruption show up here, not later in a worker
+    except BadImage:
+        raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
         text = str(e)
         low = text.lower()
@@ -41,12 +52,23 @@ def decode_image(data: bytes) -> Image.Image:
         raise BadImage(reason, f"{type(e).__name__}: {text}") from e
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        return _wide_gray_to_rgb(img)
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         # Composite transparency onto white, the common convention (img2dataset, torchvision docs).
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _wide_gray_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit integer) grayscale → 8-bit RGB by the real bit depth. PIL's `convert("L")`
+    clips at 255, which turned mid-gray 32768 into white (issue 17)."""
+    values = np.asarray(img, dtype=np.float64)
+    bits = 16 if img.mode.startswith("I;16") or values.max(initial=0) <= 65535 else 32
+    gray = np.clip(np.rint(values * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
 
 
 def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from typing import Any
 from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
-from lmfusion_cli.common.manifest import SkipLog, file_entry, write_manifest
+from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
+from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.images import BadImage, encode_image, resize_center_crop
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 _SHARD_RE = re.compile(r"^(train|val|test)-\d{5}\.tar$")
 _RUN_ONLY_FIELDS = ("workers", "overwrite")  # do not change the output bytes
+# Fields added by issue 17: left out of the hash at their defaults, so earlier outputs keep their hash.
+_HASHED_WHEN_CHANGED = {"max_pixels": 64_000_000, "max_caption_chars": 2000, "allow_outside_root": False}
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class ShardTask:
 
 def output_config_hash(cfg: PrepareConfig) -> str:
     """Hash of the fields that decide the output bytes (not workers/overwrite)."""
-    data = {k: v for k, v in config_to_dict(cfg).items() if k not in _RUN_ONLY_FIELDS}
+    data = {k: v for k, v in config_to_dict(cfg).items() if k not in _RUN_ONLY_FIELDS
+            and not (k in _HASHED_WHEN_CHANGED and v == _HASHED_WHEN_CHANGED[k])}
     return sha256_json(data)[:16]
 
 
@@ -65,11 +69,27 @@ def assign_split(key: str, seed: int, val_fraction: float, test_fraction: float)
     return "val" if u < test_fraction + val_fraction else "train"
 
 
+def _at_least_one_val(by_split: dict[str, list[ItemSpec]], cfg: PrepareConfig) -> None:
+    """With 2+ items and val_fraction > 0, hold out at least one (issue 16: 5 % of 26 items gave none and
+    training then had no validation split): the train item nearest the val cut moves to val."""
+    movable = [s for s in by_split["train"] if s.split is None]  # a source's own split is kept
+    if by_split["val"] or cfg.val_fraction == 0 or len(movable) < 2:
+        return
+    def u(spec: ItemSpec) -> bytes:
+        return hashlib.sha256(f"{cfg.seed}:{spec.key}".encode("utf-8")).digest()[:8]
+    chosen = min(movable, key=u)
+    by_split["train"].remove(chosen)
+    by_split["val"].append(chosen)
+    log.info("held out %s for validation: val_fraction %g of %d items rounds to none", chosen.key,
+             cfg.val_fraction, sum(len(v) for v in by_split.values()))
+
+
 def plan_shards(specs: list[ItemSpec], cfg: PrepareConfig) -> list[ShardTask]:
     by_split: dict[str, list[ItemSpec]] = {s: [] for s in SPLITS}
     for spec in specs:
         split = spec.split or assign_split(spec.key, cfg.seed, cfg.val_fraction, cfg.test_fraction)
         by_split[split].append(spec)
+    _at_least_one_val(by_split, cfg)
     tasks = []
     for split in SPLITS:
         items = sorted(by_split[split], key=lambda s: s.key)
@@ -129,6 +149,21 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     cfg_hash = output_config_hash(cfg)
     specs, listing_log = list_items(cfg)  # first: a missing input is refused before `out` is touched
+    if not specs:
+        raise UserError(f"{cfg.input or cfg.source} holds no usable image/caption items ({listing_log.summary()}); "
+                        f"check --input and --source (a 0-item output would look complete downstream)")
+    with output_lock(out, "prepare"):  # one process at a time per output folder (issue 17)
+        if cfg.overwrite and (out / MANIFEST_NAME).is_file():  # build beside the old output, then swap
+            work = overwrite_folder(out)
+            manifest = _prepare_locked(cfg, work, cfg_hash, specs, listing_log)
+            swap_in(work, out)
+            return manifest
+        return _prepare_locked(cfg, out, cfg_hash, specs, listing_log)
+
+
+def _prepare_locked(cfg: PrepareConfig, out: Path, cfg_hash: str, specs: list[ItemSpec],
+                    listing_log: SkipLog) -> dict[str, Any]:
+    """Build the shards in `out` (`cfg.out`, or the overwrite folder beside it); the manifest records `cfg`."""
     finished = start_output(out, "shards", cfg_hash, cfg.overwrite, _SHARD_RE, "prepare")
     if finished is not None:
         log.info("%s is already complete (same config); pass --overwrite to rebuild it", out)
@@ -139,7 +174,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if parts:
         log.info("resuming: %d of %d shards already done", len(parts), len(tasks))
     done_items = sum(len(t.items) for t in tasks if t.name in parts)
-    for part in _run_tasks(pending, cfg, len(specs), done_items):
+    for part in _run_tasks(pending, replace(cfg, out=str(out)), len(specs), done_items):
         parts[part["name"]] = part
     manifest = _write_prepare_manifest(out, cfg, cfg_hash, tasks, parts, listing_log)
     finish_output(out)
@@ -163,7 +198,8 @@ def _write_prepare_manifest(out: Path, cfg: PrepareConfig, cfg_hash: str, tasks:
         inputs={"source": cfg.source, "input": cfg.input, "karpathy_split": cfg.karpathy_split},
         config=config_to_dict(cfg), output_config_hash=cfg_hash,
         resolution=cfg.resolution, image_format=cfg.image_format, seed=cfg.seed,
-        splits=splits, shards=shards,
+        splits=splits, shards=shards, captions_truncated=getattr(listing_log, "truncated", 0),
+        max_caption_chars=cfg.max_caption_chars,
         files={t.name: parts[t.name]["file"] for t in tasks},
         **skips.to_dict(),
     )

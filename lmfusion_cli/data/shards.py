@@ -1,4 +1,5 @@
-"""Webdataset `.tar` shards: the deterministic atomic writer and the tolerant, counting reader.
+"""Webdataset `.tar` shards: the deterministic atomic writer (`webdataset.ShardWriter`) and the
+tolerant, counting reader of local shards (streamed shards: `webdata.py`).
 
 A shard holds samples as consecutive tar members `{key}.{ext}` (webdataset's convention): an image
 (`png`/`jpg`), the caption (`txt`, UTF-8) and `json` (attributes and metadata). The writer fixes every
@@ -12,7 +13,6 @@ a truncated shard with one warning and counts nothing (issue 12)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -50,22 +50,21 @@ class Sample:
     meta: dict[str, Any]
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(path: str | os.PathLike, samples: list[Sample]) -> None:
-    """Write `samples` as one webdataset tar at `path`, atomically and byte-deterministically."""
+    """Write `samples` as one webdataset tar at `path` with `webdataset.ShardWriter`, atomically and
+    byte-deterministically (fixed mtime/owner/mode; members of a sample in webdataset's sorted order:
+    json, image, txt — readers group by key, so shards written before issue 16 read the same)."""
+    import webdataset
+
     with atomic_file(path) as tmp:
-        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with open(tmp, "wb") as f:
+            writer = webdataset.ShardWriter(f"{Path(path).name}-%d", maxcount=len(samples) + 1, verbose=0,
+                                            opener=lambda _name: f, encoder=False, mtime=0, user="", group="",
+                                            mode=0o644, format="USTAR_FORMAT")
             for s in samples:
-                _add(tar, f"{s.key}.{s.image_ext}", s.image)
-                _add(tar, f"{s.key}.txt", s.caption.encode("utf-8"))
-                _add(tar, f"{s.key}.json", json.dumps(s.meta, sort_keys=True).encode("utf-8"))
+                writer.write({"__key__": s.key, s.image_ext: s.image, "txt": s.caption.encode("utf-8"),
+                              "json": json.dumps(s.meta, sort_keys=True).encode("utf-8")})
+            writer.close()
 
 
 @dataclass
@@ -78,6 +77,8 @@ class SampleRef:
     image_size: int
     caption: str
     meta: dict[str, Any]
+    image_bytes: bytes | None = None
+    """The image itself when the shard was streamed (`data.webdata`); then offset is -1."""
 
 
 @dataclass
@@ -88,7 +89,7 @@ class ShardScan:
     truncated: bool = False
 
 
-def _finish(key: str, parts: dict[str, Any], scan: ShardScan) -> None:
+def finish_sample(key: str, parts: dict[str, Any], scan: ShardScan) -> None:
     """Turn one key's collected members into a SampleRef, or count why it cannot be used."""
     image_exts = [e for e in parts if e in IMAGE_EXTS]
     if not image_exts:
@@ -114,7 +115,11 @@ def _finish(key: str, parts: dict[str, Any], scan: ShardScan) -> None:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             scan.log.skip(key, "bad-json", f"{scan.path.name}: {e}")
             return
-    offset, size = parts[image_exts[0]]
+    image = parts[image_exts[0]]
+    if isinstance(image, (bytes, bytearray)):  # streamed: the bytes themselves
+        scan.samples.append(SampleRef(key, image_exts[0], -1, len(image), caption, meta, bytes(image)))
+        return
+    offset, size = image
     scan.samples.append(SampleRef(key, image_exts[0], offset, size, caption, meta))
 
 
@@ -139,7 +144,7 @@ def scan_shard(path: str | os.PathLike) -> ShardScan:
                 ext = ext.lower()
                 if key != current:
                     if current is not None:
-                        _finish(current, parts, scan)
+                        finish_sample(current, parts, scan)
                     current, parts = key, {}
                 if m.offset_data + m.size > file_size:
                     raise tarfile.ReadError(f"member {m.name} runs past the end of the file")
@@ -167,7 +172,7 @@ def scan_shard(path: str | os.PathLike) -> ShardScan:
             scan.log.skip(current, "cut-by-truncation", scan.path.name)
             current = None
     if current is not None:
-        _finish(current, parts, scan)
+        finish_sample(current, parts, scan)
     return scan
 
 

@@ -3,8 +3,11 @@
 Each source is listed cheaply (`list_items`) into `ItemSpec`s — key, caption, attributes, optional
 split, and *how* to load the pixels — with bad entries counted in a `SkipLog` by reason and key
 (`empty-caption`, `missing-caption`, `bad-caption-encoding`, `duplicate-key`, `unsupported-extension`,
-`bad-record`), never raised. The expensive part, `load_image`, runs in `prepare`'s workers and raises
-`BadImage` with its reason (`missing-image`, `empty-image`, `truncated-image`, `corrupt-image`).
+`bad-record`, `outside-root`), never raised. Images are confined to the input's root (the COCO root,
+the folder, the JSONL file's folder): absolute paths, `../` and symlinks leaving it are refused and
+counted unless `allow_outside_root`. The expensive part, `load_image`, runs in `prepare`'s workers and raises
+`BadImage` with its reason (`missing-image`, `empty-image`, `too-large`, `truncated-image`,
+`corrupt-image`).
 
 Layouts:
 - coco: `ROOT/annotations/captions_*.json` (or `ROOT/captions_*.json`) with images in `ROOT/<name>/`
@@ -29,7 +32,7 @@ import csv
 import functools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +72,18 @@ def _first_caption(value: Any) -> tuple[str, list[str]]:
 
 
 class _Lister:
-    """Collects specs, refusing duplicate keys and empty captions with a count."""
+    """Collects specs, refusing duplicate keys, empty captions and images outside the input's root
+    with a count; over-long captions are cut (`max_caption_chars`) and counted as `caption-truncated`."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: PrepareConfig | None = None) -> None:
         self.specs: list[ItemSpec] = []
         self.keys: set[str] = set()
         self.log = SkipLog()
+        self.truncated = 0
+        self.max_caption_chars = cfg.max_caption_chars if cfg else None
+        self.allow_outside_root = cfg.allow_outside_root if cfg else True
 
-    def add(self, spec: ItemSpec) -> None:
+    def add(self, spec: ItemSpec, root: Path | None = None) -> None:
         if spec.key in self.keys:
             self.log.skip(spec.key, "duplicate-key", str(spec.loader[1]) if len(spec.loader) > 1 else "")
             return
@@ -84,7 +91,28 @@ class _Lister:
         if not spec.caption:
             self.log.skip(spec.key, "empty-caption")
             return
+        if root is not None and spec.loader[0] == "file" and not self.inside(root, Path(spec.loader[1])):
+            self.log.skip(spec.key, "outside-root", f"{spec.loader[1]} is outside {root} (--allow-outside-root reads it)")
+            return
+        if self.max_caption_chars and len(spec.caption) > self.max_caption_chars:
+            spec = replace(spec, caption=cut_caption(spec.caption, self.max_caption_chars))
+            self.truncated += 1
         self.specs.append(spec)
+
+    def inside(self, root: Path, path: Path) -> bool:
+        """Whether `path` (symlinks resolved) stays under `root`, or reading outside is allowed."""
+        if self.allow_outside_root:
+            return True
+        return path.resolve().is_relative_to(root.resolve())
+
+
+def cut_caption(caption: str, max_chars: int) -> str:
+    """`caption` cut to at most `max_chars` characters, at the last space when there is one."""
+    if len(caption) <= max_chars:
+        return caption
+    cut = caption[:max_chars]
+    space = cut.rfind(" ")
+    return cut[:space].rstrip() if space > max_chars // 2 else cut
 
 
 def _need(path: Path, what: str, option: str = "--input") -> Path:
@@ -126,24 +154,39 @@ def _list_coco(cfg: PrepareConfig, lister: _Lister) -> None:
     root = _need(Path(cfg.input), "COCO root", "--coco-root")
     if cfg.karpathy_split:
         data = _read_json(_need(Path(cfg.karpathy_split), "Karpathy split file", "--karpathy-split"))
-        for img in data.get("images", []):
-            caption, captions = _first_caption([s.get("raw", "") for s in img.get("sentences", [])])
-            key = f"coco-{img.get('cocoid', safe_key(img.get('filename', '')))}"
-            path = root / img.get("filepath", "") / img.get("filename", "")
+        for n, img in enumerate(data.get("images", []) if isinstance(data, dict) else []):
+            try:
+                sentences = img.get("sentences", [])
+                caption, captions = _first_caption([s["raw"] for s in sentences])
+                key = f"coco-{img.get('cocoid', safe_key(str(img.get('filename', ''))))}"
+                path = root / str(img.get("filepath", "")) / str(img["filename"])
+            except (AttributeError, KeyError, TypeError) as e:
+                lister.log.skip(f"karpathy-image-{n}", "bad-record", f"{type(e).__name__}: {e}")
+                continue
             lister.add(ItemSpec(key, caption, ("file", str(path)), SPLIT_NAMES.get(img.get("split")), None,
-                                {"captions": captions, "source": f"{img.get('filepath', '')}/{img.get('filename')}"}))
+                                {"captions": captions, "source": f"{img.get('filepath', '')}/{img.get('filename')}"}),
+                       root)
         return
     for ann_file in _coco_files(root):
         data = _read_json(ann_file)
         name = ann_file.stem.removeprefix("captions_")
         image_dir = root / name if (root / name).is_dir() else root / "images" / name
-        by_image: dict[int, list[tuple[int, str]]] = {}
-        for ann in data.get("annotations", []):
+        by_image: dict[Any, list[tuple[int, str]]] = {}
+        for n, ann in enumerate(data.get("annotations", []) if isinstance(data, dict) else []):
+            if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption", ""), str):
+                lister.log.skip(f"{ann_file.name}:annotation-{n}", "bad-record", "needs image_id and a caption string")
+                continue
             by_image.setdefault(ann["image_id"], []).append((ann.get("id", 0), ann.get("caption", "")))
-        for img in sorted(data.get("images", []), key=lambda im: im["id"]):
-            caption, captions = _first_caption([c for _, c in sorted(by_image.get(img["id"], []))])
-            lister.add(ItemSpec(f"coco-{img['id']}", caption, ("file", str(image_dir / img["file_name"])), None,
-                                None, {"captions": captions, "source": f"{name}/{img['file_name']}"}))
+        images = []
+        for n, img in enumerate(data.get("images", []) if isinstance(data, dict) else []):
+            if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+                lister.log.skip(f"{ann_file.name}:image-{n}", "bad-record", "needs id and file_name")
+                continue
+            images.append(img)
+        for img in sorted(images, key=lambda im: str(im["id"])):
+            caption, captions = _first_caption([c for _, c in sorted(by_image.get(img["id"], []), key=str)])
+            lister.add(ItemSpec(f"coco-{safe_key(str(img['id']))}", caption, ("file", str(image_dir / img["file_name"])),
+                                None, None, {"captions": captions, "source": f"{name}/{img['file_name']}"}), root)
 
 
 def _read_caption_file(path: Path) -> str:
@@ -189,7 +232,7 @@ def _list_folder(cfg: PrepareConfig, lister: _Lister) -> None:
                 lister.log.skip(key, "bad-record", f"{group['.json'].name}: {e}")
                 continue
         lister.add(ItemSpec(key, caption, ("file", str(group["image"])), None, attributes,
-                            {"source": str(group["image"].relative_to(root))}))
+                            {"source": str(group["image"].relative_to(root))}), root)
 
 
 def _list_jsonl(cfg: PrepareConfig, lister: _Lister) -> None:
@@ -209,6 +252,8 @@ def _list_jsonl(cfg: PrepareConfig, lister: _Lister) -> None:
                     _add_document(record, base, lister, where)
                     continue
                 image = record["image"]
+                if not isinstance(image, str) or not image:
+                    raise TypeError(f"image must be a path string, got {type(image).__name__}")
                 caption, captions = _first_caption(record["caption"])
             except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 lister.log.skip(where, "bad-record", f"{type(e).__name__}: {e}")
@@ -217,7 +262,7 @@ def _list_jsonl(cfg: PrepareConfig, lister: _Lister) -> None:
             key = safe_key(str(record.get("key") or Path(image).with_suffix("")))
             split = SPLIT_NAMES.get(record["split"]) if record.get("split") else None
             extra = {"source": str(image)} | ({"captions": captions} if len(captions) > 1 else {})
-            lister.add(ItemSpec(key, caption, ("file", str(image_path)), split, record.get("attributes"), extra))
+            lister.add(ItemSpec(key, caption, ("file", str(image_path)), split, record.get("attributes"), extra), base)
 
 
 def _add_document(record: dict[str, Any], base: Path, lister: _Lister, where: str) -> None:
@@ -306,16 +351,20 @@ def _list_imagefolder(cfg: PrepareConfig, lister: _Lister) -> None:
             rows = _imagefolder_rows(meta)
         except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
             raise UserError(f"{meta} cannot be parsed ({type(e).__name__}: {e}); fix the metadata file.") from e
-        for row in rows:
-            name = row.get("file_name")
-            col = next((c for c in CAPTION_COLUMNS if c in row), None)
-            if not name or col is None:
-                lister.log.skip(f"{meta.name}:{name}", "bad-record", "needs file_name and a caption column")
+        for n, row in enumerate(rows):
+            name = row.get("file_name") if isinstance(row, dict) else None
+            col = next((c for c in CAPTION_COLUMNS if c in row), None) if isinstance(row, dict) else None
+            if not isinstance(name, str) or not name or col is None:
+                lister.log.skip(f"{meta.name}:{n + 1}", "bad-record", "needs a JSON object with file_name and a caption column")
                 continue
             image_path = meta.parent / name
             described.add(image_path.resolve())
+            if not lister.inside(root, image_path) or os.path.isabs(name):
+                if not lister.allow_outside_root:
+                    lister.log.skip(f"{meta.name}:{n + 1}", "outside-root", f"{name} is outside {root} (--allow-outside-root reads it)")
+                    continue
             caption, captions = _first_caption(row[col])
-            rel = image_path.relative_to(root)
+            rel = Path(os.path.relpath(image_path, root))
             extra = {"source": str(rel)} | ({"captions": captions} if len(captions) > 1 else {})
             lister.add(ItemSpec(safe_key(str(rel.with_suffix(""))), caption, ("file", str(image_path)), split,
                                 None, extra))
@@ -330,9 +379,11 @@ _LISTERS = {"shapes": _list_shapes, "coco": _list_coco, "folder": _list_folder, 
 
 
 def list_items(cfg: PrepareConfig) -> tuple[list[ItemSpec], SkipLog]:
-    """List the source's items (no pixels read); bad entries are counted in the returned log."""
-    lister = _Lister()
+    """List the source's items (no pixels read); bad entries are counted in the returned log. The
+    log's `truncated` attribute counts captions cut to `max_caption_chars` (kept, not skipped)."""
+    lister = _Lister(cfg)
     _LISTERS[cfg.source](cfg, lister)
+    lister.log.truncated = lister.truncated
     return lister.specs, lister.log
 
 
@@ -350,16 +401,16 @@ def load_image(spec: ItemSpec, cfg: PrepareConfig) -> Image.Image:
             raise BadImage("missing-image", spec.loader[1]) from None
         except OSError as e:
             raise BadImage("unreadable-image", f"{spec.loader[1]}: {e}") from e
-        return decode_image(data)
+        return decode_image(data, cfg.max_pixels)
     if kind == "hf":
         _, path, split_name, row, column = spec.loader
         value = _hf_undecoded(path, split_name, column)[row][column]
         if value is None:
             raise BadImage("missing-image", f"row {row}")
         if value.get("bytes") is not None:
-            return decode_image(value["bytes"])
+            return decode_image(value["bytes"], cfg.max_pixels)
         try:
-            return decode_image(Path(value["path"]).read_bytes())
+            return decode_image(Path(value["path"]).read_bytes(), cfg.max_pixels)
         except (FileNotFoundError, TypeError):
             raise BadImage("missing-image", str(value.get("path"))) from None
     raise ValueError(f"unknown loader {kind!r}")

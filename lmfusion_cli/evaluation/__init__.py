@@ -2,8 +2,9 @@
 
 One concept per module: `ptb` (caption tokenization), `metrics` (CIDEr & co, Fréchet distance),
 `fid` (Inception features, cached reference statistics), `clip_score`, `shapes_checker` (images),
-`shapes_captions` (captions), `text_suite` + `text_data` (multiple choice), `coco` (layout, split,
-prompt manifest), `report` (metrics.json, report.md, plots), `suites` + `coco_suite` (the runs),
+`shapes_captions` (captions), `text_suite` + `lm_eval_adapter` (text benchmarks through
+lm-evaluation-harness) + `text_data` (the shipped set; `tasks/` its lm-eval YAML), `coco` (layout, split,
+COCO-30K prompt manifest), `report` (metrics.json, report.md, plots), `suites` + `coco_suite` (the runs),
 `config` + `stage` (`lmfusion evaluate`: `EvaluateConfig`, `run_evaluate`).
 The suites import no model: they take plain callables; only `stage` loads a checkpoint (through
 sampling's API) and plugs the sampler in."""

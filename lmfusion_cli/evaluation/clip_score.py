@@ -1,14 +1,16 @@
-"""CLIP score of generated images against their prompts, with open-clip-torch and local weights.
+"""CLIP score of generated images against their prompts, with open-clip-torch.
 
 CLIP score = 100 · max(cos(image embedding, text embedding), 0), averaged over pairs — the
 torchmetrics / Hessel et al. convention (no 2.5 rescaling). The model is
-`open_clip.create_model_and_transforms(arch, pretrained=<local file>)`: `arch` names an open_clip
-architecture (e.g. "ViT-B-32"), or a custom one registered from a JSON config file
-(`model_config`, its name the file's stem). The weights are always a local file (never a hub tag
-that would download); a missing file is a `UserError` naming it."""
+`open_clip.create_model_and_transforms(arch, pretrained=...)`: `arch` names an open_clip
+architecture (default ViT-L-14), or a custom one registered from a JSON config file (`model_config`,
+its name the file's stem). The weights are either open_clip's own pretrained tag (default "openai":
+open_clip downloads them into its cache on first use, `load_clip_pretrained`) or a local file
+(`load_clip`). Offline, weights that are not cached are a `UserError` naming the file to place."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,7 @@ def load_clip(arch: str, weights: str | Path, model_config: str | Path | None = 
     weights = Path(weights)
     if not weights.is_file():
         raise UserError(f"The CLIP weights file {weights} does not exist; download the open_clip checkpoint "
-                        f"for {arch} (e.g. open_clip_pytorch_model.bin from the hub) and put it at {weights}.")
+                        f"for {arch} (open_clip_pytorch_model.bin from the hub) and put it at {weights}.")
     if model_config is not None:
         config_path = Path(model_config)
         if not config_path.is_file():
@@ -54,6 +56,43 @@ def load_clip(arch: str, weights: str | Path, model_config: str | Path | None = 
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
     return ClipScorer(model=model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch),
                       device=device)
+
+
+def load_clip_pretrained(arch: str, pretrained: str, device: str = "cpu", cache_dir: str | None = None) -> ClipScorer:
+    """open_clip's `arch` with its pretrained tag `pretrained`, fetched by open_clip itself when not cached."""
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise UserError(f"'{arch}' is not an open_clip architecture; pick one of open_clip.list_models().")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        raise UserError(f"open_clip has no pretrained tag '{pretrained}' for {arch}; pick one of {', '.join(tags)} "
+                        f"or pass a local weights file with --clip-weights.")
+    root = logging.getLogger()
+    level, root.level = root.level, logging.CRITICAL  # open_clip logs the failed download before raising
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device,
+                                                                     cache_dir=cache_dir)
+    except (OSError, RuntimeError, ValueError, ConnectionError) as e:  # offline hub / URL errors
+        raise UserError(f"The CLIP weights {arch}/{pretrained} are not cached and cannot be downloaded "
+                        f"({type(e).__name__}); download {_weights_source(arch, pretrained)} and pass the file "
+                        f"with --clip-weights FILE.") from e
+    finally:
+        root.setLevel(level)
+    return ClipScorer(model=model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch),
+                      device=device)
+
+
+def _weights_source(arch: str, pretrained: str) -> str:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if cfg.get("hf_hub"):
+        repo, filename = cfg["hf_hub"].rstrip("/"), "open_clip_pytorch_model.bin"
+        if not cfg["hf_hub"].endswith("/"):
+            repo, filename = cfg["hf_hub"].rsplit("/", 1)
+        return f"https://huggingface.co/{repo}/resolve/main/{filename}"
+    return cfg.get("url") or f"the open_clip weights of {arch}/{pretrained}"
 
 
 @torch.no_grad()

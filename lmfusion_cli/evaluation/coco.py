@@ -8,9 +8,11 @@ Expected layout under `--coco-root` (the official zips unpacked):
 plus, optionally, Karpathy's split file (`dataset_coco.json`, anywhere): its "test" images are the
 standard 5,000-image captioning test set. Without it, all images of the annotation file are used.
 
-The generation prompts (for FID / CLIP score, e.g. the usual 30k) are drawn with a seed — one
-random caption each from `num` random images — and saved as `prompts.jsonl` with a header line, so
-a rerun reuses exactly the same prompts and a changed request is refused rather than mixed in.
+The generation prompts follow the COCO-30K protocol: `num` (30,000) *distinct* images drawn with a seed
+from every annotated validation image on disk (40,504 in val2014; val2017 has 5,000), independent of
+the captioning split, one random caption each. They are saved as `prompts.jsonl` with a header line,
+so a rerun reuses exactly the same prompts and a changed request is refused rather than mixed in. The
+FID reference set is those same images (`coco_suite`).
 
 Image files listed in the annotations but absent on disk are skipped and counted (`SkipLog`)."""
 
@@ -140,11 +142,12 @@ def select_test_images(layout: CocoLayout, karpathy_split: str | Path | None = N
 
 
 def make_prompts(images: list[CocoImage], num: int, seed: int) -> list[dict[str, Any]]:
-    """`num` prompts: one random caption of each of `num` distinct random images (with replacement past
-    the image count)."""
+    """`num` prompts, one random caption each of `num` distinct images drawn with `seed` (no image twice)."""
+    if num > len(images):
+        raise UserError(f"coco.num_prompts {num} exceeds the {len(images)} distinct validation images on disk; "
+                        f"pass --num-prompts {len(images)} or fewer (COCO-30K needs val2014's 40,504).")
     rng = np.random.default_rng(seed)
-    replace = num > len(images)
-    picks = rng.choice(len(images), size=num, replace=replace)
+    picks = rng.choice(len(images), size=num, replace=False)
     prompts = []
     for index, pick in enumerate(picks):
         image = images[int(pick)]
@@ -153,10 +156,16 @@ def make_prompts(images: list[CocoImage], num: int, seed: int) -> list[dict[str,
     return prompts
 
 
+def generation_images(layout: CocoLayout) -> tuple[list[CocoImage], SkipLog]:
+    """Every annotated validation image on disk, sorted by id: the pool the generation prompts come from."""
+    images, skips = load_images(layout)
+    return [images[i] for i in sorted(images)], skips
+
+
 def prompt_manifest(path: str | Path, images: list[CocoImage], num: int, seed: int) -> list[dict[str, Any]]:
     """Load the saved prompts at `path`, or draw and save them; refuse a file made with other settings."""
     path = Path(path)
-    header = {"kind": "coco-prompts", "num": num, "seed": seed, "num_source_images": len(images)}
+    header = {"kind": "coco30k-prompts", "num": num, "seed": seed, "num_source_images": len(images)}
     if path.is_file():
         lines = path.read_text(encoding="utf-8").splitlines()
         saved = json.loads(lines[0]) if lines else {}

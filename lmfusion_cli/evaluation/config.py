@@ -17,12 +17,16 @@ SUITES = ("shapes", "text", "coco", "all")
 SAMPLERS = ("ddpm", "ddim", "dpm-solver", "euler")
 DECODINGS = ("greedy", "beam", "top-p")
 CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider")
+DEFAULT_CFG_SCALES = {"coco": (1.0, 1.55), "shapes": (1.55,)}
+"""LMFusion (arXiv 2412.15188) Table 1 reports COCO FID / CLIP without CFG (1.0) and with CFG 1.55."""
 
 
 @dataclass(frozen=True)
 class EvalSamplingConfig:
-    cfg_scale: float = 5.0
-    """Classifier-free guidance scale of image generation (1 = conditional only)."""
+    cfg_scale: tuple[float, ...] = ()
+    """Classifier-free guidance scales (1 = conditional only); one generation pass per scale over the same
+    prompts and seeds. Empty = each suite's default: coco (1.0, 1.55), the two LMFusion Table 1 reports
+    (FID 14.0 | 8.61); shapes 1.55 (one scale only: the shapes suite takes one)."""
     steps: int = 50
     """Denoising steps per generated image."""
     sampler: str = "dpm-solver"
@@ -41,8 +45,12 @@ class EvalSamplingConfig:
             raise ValueError(f"sampling.sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
         if self.decoding not in DECODINGS:
             raise ValueError(f"sampling.decoding must be one of {', '.join(DECODINGS)}; got {self.decoding!r}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"sampling.cfg_scale must be >= 0; got {self.cfg_scale}")
+        if any(s < 0 for s in self.cfg_scale) or len(set(self.cfg_scale)) != len(self.cfg_scale):
+            raise ValueError(f"sampling.cfg_scale must be distinct scales >= 0, e.g. 1.0,1.55; got {list(self.cfg_scale)}")
+
+    def scales_for(self, suite: str) -> tuple[float, ...]:
+        """The guidance scales a suite generates with (its paper default when none are given)."""
+        return self.cfg_scale or DEFAULT_CFG_SCALES[suite]
         if self.steps < 1 or self.max_new_tokens < 1 or self.num_beams < 1:
             raise ValueError("sampling.steps, sampling.max_new_tokens and sampling.num_beams must be >= 1")
 
@@ -68,12 +76,25 @@ class ShapesEvalConfig:
 
 @dataclass(frozen=True)
 class TextEvalConfig:
+    tasks: tuple[str, ...] = ()
+    """lm-eval tasks: names (hellaswag, siqa, winogrande, piqa, ...; data fetched by `datasets` when online)
+    and/or paths of lm-eval task YAMLs (local data_files read against the YAML's folder); empty = the
+    shipped 257-item set (`evaluation/tasks/lmfusion_tiny_mc.yaml`, offline)."""
+    limit: Optional[int] = None
+    """Score only the first N documents of each task (quick runs; lm-eval's --limit); None = all."""
     items: Optional[str] = None
-    """Multiple-choice items: a JSONL file or a `datasets` folder (save_to_disk); None = the shipped tiny set."""
+    """Instead of `tasks`: multiple-choice items in a JSONL file or a `datasets` folder (save_to_disk), turned
+    into an lm-eval task (field names via `fields`; malformed items skipped and counted)."""
     split: Optional[str] = None
     """Split to read when `items` is a DatasetDict folder."""
     fields: FieldMap = field(default_factory=FieldMap)
     """Field names of context, choices (one list field or several), label (+ offset) and id."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"text.limit must be >= 1; got {self.limit}")
+        if self.items and self.tasks:
+            raise ValueError("text.items and text.tasks exclude each other; pass --text-items or --tasks")
 
 
 @dataclass(frozen=True)
@@ -89,11 +110,18 @@ class CocoEvalConfig:
     seed: int = 0
     """Seed of the prompt draw and of the subset; prompt i is generated with seed + i."""
     inception: Optional[str] = None
-    """Local Inception weights for FID (clean-fid's inception-2015-12-05.pt or torchvision inception_v3)."""
-    clip_arch: str = "ViT-B-32"
-    """open_clip architecture of the CLIP-score model."""
+    """Local Inception weights for FID (clean-fid's inception-2015-12-05.pt or torchvision inception_v3);
+    None = clean-fid's own, read from / downloaded into `cleanfid_dir`."""
+    cleanfid_dir: str = "/tmp"
+    """Where clean-fid keeps (and downloads) inception-2015-12-05.pt when `inception` is None (its default: /tmp)."""
+    clip_arch: str = "ViT-L-14"
+    """open_clip architecture of the CLIP-score model (see docs/evaluation.md for why this default)."""
+    clip_pretrained: str = "openai"
+    """open_clip pretrained tag of `clip_arch` (downloaded by open_clip into its cache when online)."""
     clip_weights: Optional[str] = None
-    """Local open_clip weights file for the CLIP score."""
+    """Local open_clip weights file for the CLIP score (instead of the pretrained tag)."""
+    clip_cache_dir: Optional[str] = None
+    """open_clip's download cache; None = its default (the Hugging Face cache)."""
     clip_config: Optional[str] = None
     """open_clip JSON model config for an architecture open_clip does not ship (its name is the file stem)."""
     fid_stats_dir: Optional[str] = None
@@ -151,6 +179,9 @@ class EvaluateConfig:
             raise ValueError(f"suite must be one of {', '.join(SUITES)}; got {self.suite!r}")
         if self.suite == "coco" and not self.coco.root:
             raise ValueError("suite coco needs the COCO folder: pass --coco-root DIR")
+        if "shapes" in self.suites() and len(self.sampling.cfg_scale) > 1:
+            raise ValueError(f"the shapes suite generates with one guidance scale, got {list(self.sampling.cfg_scale)}; "
+                             f"pass one --cfg-scale (several are for --suite coco)")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

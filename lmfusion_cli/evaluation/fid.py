@@ -1,10 +1,11 @@
-"""FID with clean-fid, offline: Inception weights from a local file, reference statistics cached on disk.
+"""FID with clean-fid ("clean" mode): the Inception network, features, reference statistics cached on disk.
 
-clean-fid's default extractor downloads `inception-2015-12-05.pt` to a temp folder; here the weights
-are always a local file given by the user, loaded by `load_inception`:
-- clean-fid's / StyleGAN's TorchScript `inception-2015-12-05.pt` (the standard FID network), or
-- torchvision's `inception_v3` state dict (`inception_v3_google-*.pth`; pool features, 2048-d).
-A missing file is a `UserError` naming the file to fetch and where to put it.
+The network is either
+- clean-fid's own: `cleanfid_inception(folder)` is clean-fid's `InceptionV3W(folder, download=True)`, which
+  loads `folder/inception-2015-12-05.pt` and downloads it there first when absent (clean-fid's default
+  folder is /tmp); offline, a missing file is a `UserError` naming the file to place and where; or
+- a local file given by the user, loaded by `load_inception`: the same TorchScript
+  `inception-2015-12-05.pt`, or torchvision's `inception_v3` state dict (pool features, 2048-d).
 
 Any `extractor(x) -> (B, D)` taking float (B, 3, 299, 299) images in [0, 255] works (tests pass a
 tiny network); images are resized by clean-fid's "clean" resizer (PIL bicubic). Reference
@@ -16,7 +17,9 @@ The Fréchet distance itself is `metrics.frechet_distance`."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import urllib.error
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,36 @@ log = logging.getLogger(__name__)
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff")
+INCEPTION_FILE = "inception-2015-12-05.pt"
+CLEANFID_DIR = "/tmp"
+"""Where clean-fid's `build_feature_extractor("clean")` keeps the Inception file (its hard-coded default)."""
+
+
+def cleanfid_inception(folder: str | Path = CLEANFID_DIR, device: str | torch.device = "cpu") -> tuple[Extractor, Path]:
+    """clean-fid's own Inception (`InceptionV3W`, downloading `folder/inception-2015-12-05.pt` when absent).
+
+    Returns (extractor taking (B, 3, 299, 299) in [0, 255], the weights file)."""
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    folder = Path(folder)
+    path = folder / INCEPTION_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice (clean-fid ships TorchScript)
+            warnings.simplefilter("ignore", FutureWarning)
+            network = InceptionV3W(str(folder), download=True, resize_inside=False).to(device).eval()
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        path.unlink(missing_ok=True)  # clean-fid opens the file before the first byte arrives
+        raise UserError(f"FID needs {path} and it cannot be downloaded ({type(e).__name__}); place {INCEPTION_URL} "
+                        f"at {path} or pass a local copy with --inception FILE.") from e
+    except RuntimeError as e:  # a partial file from an interrupted download does not load
+        raise UserError(f"{path} is not a loadable TorchScript Inception ({type(e).__name__}); delete it so that "
+                        f"clean-fid downloads it again, or place {INCEPTION_URL} there.") from e
+
+    def cleanfid_features(x: torch.Tensor) -> torch.Tensor:
+        return network(x.to(device)).reshape(x.shape[0], -1)
+
+    return cleanfid_features, path
 
 
 def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> Extractor:
@@ -42,7 +75,9 @@ def load_inception(weights: str | Path, device: str | torch.device = "cpu") -> E
         raise UserError(f"The Inception weights file {path} does not exist; download {INCEPTION_URL} "
                         f"(or torchvision's inception_v3 weights) and put it at {path}, or pass its path.")
     try:
-        scripted = torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():  # the standard FID network ships as TorchScript; torch's deprecation notice is noise
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(str(path), map_location=device).eval()
     except RuntimeError:
         scripted = None
     if scripted is not None:
@@ -90,9 +125,11 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 @torch.no_grad()
-def files_features(files: list[Path], extractor: Extractor, batch_size: int = 32,
-                   description: str = "FID features") -> np.ndarray:
-    """(N, D) float64 features of image files, resized to 299² by clean-fid's "clean" resizer."""
+def files_features(files: Sequence[Path], extractor: Extractor, batch_size: int = 32,
+                   description: str = "FID features", transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                   ) -> np.ndarray:
+    """(N, D) float64 features of image files, resized to 299² by clean-fid's "clean" resizer (after
+    `transform`, an (H, W, 3) uint8 → uint8 array function, when given)."""
     from cleanfid.fid import get_files_features
 
     from lmfusion_cli.common.progress import progress_enabled
@@ -101,8 +138,51 @@ def files_features(files: list[Path], extractor: Extractor, batch_size: int = 32
         raise UserError(f"FID needs at least 2 images, found {len(files)}; generate or point at more images.")
     feats = get_files_features([str(f) for f in files], model=extractor, num_workers=0, batch_size=batch_size,
                                device=torch.device("cpu"), mode="clean", description=description,
-                               verbose=progress_enabled())
+                               verbose=progress_enabled(), custom_image_tranform=transform)
     return feats.astype(np.float64)
+
+
+def centre_crop(resolution: int) -> Callable[[np.ndarray], np.ndarray]:
+    """(H, W, 3) uint8 → the centred square resized to `resolution`² (PIL bicubic): real images as generated."""
+    from PIL import Image, ImageOps
+
+    def fit(image: np.ndarray) -> np.ndarray:
+        square = ImageOps.fit(Image.fromarray(image), (resolution, resolution), Image.Resampling.BICUBIC)
+        return np.asarray(square, dtype=np.uint8)
+
+    return fit
+
+
+def image_set_stats(files: Sequence[Path], resolution: int, extractor: Extractor, extractor_id: str,
+                    cache_dir: str | Path | None, batch_size: int = 32) -> dict[str, Any]:
+    """FID reference statistics of real images, centre-cropped and resized to the generation resolution.
+
+    Cached in `cache_dir` under a key of (image list hash, resolution, extractor id, clean mode): the same
+    images at the same resolution through the same network reuse it, anything else computes anew."""
+    names = sorted(Path(f).name for f in files)
+    key = sha256_json({"images": sha256_json(names), "resolution": resolution, "extractor": extractor_id,
+                       "mode": "clean"})[:16]
+    path = Path(cache_dir) / f"fid-ref-{key}.npz" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        with np.load(path) as saved:
+            log.info("FID reference statistics reused from %s", path)
+            return {"mu": saved["mu"], "sigma": saved["sigma"], "count": int(saved["count"]), "path": str(path),
+                    "cached": True, "key": key}
+    feats = files_features(list(files), extractor, batch_size, "FID reference features", centre_crop(resolution))
+    mu, sigma = gaussian_stats(feats)
+    if path is not None:
+        with atomic_file(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, mu=mu, sigma=sigma, count=len(files))
+    return {"mu": mu, "sigma": sigma, "count": len(files), "path": str(path) if path else None, "cached": False,
+            "key": key}
+
+
+def fid_against(generated: str | Path, reference: dict[str, Any], extractor: Extractor,
+                batch_size: int = 32) -> float:
+    """FID of a folder of generated images against reference statistics (`image_set_stats`)."""
+    mu, sigma = gaussian_stats(files_features(list_images(generated), extractor, batch_size, "FID generated features"))
+    return frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
 
 
 def reference_stats(folder: str | Path, extractor: Extractor, extractor_id: str, cache_dir: str | Path | None,

@@ -3,13 +3,11 @@
 - `generate_fn(prompts, seeds) -> list[PIL.Image]`: text → image (e.g. sampling's `generate_images`
   with the model bound in);
 - `caption_fn(images) -> list[str]`: image → text (e.g. sampling's `caption_images`);
-- `logits_fn(input_ids, attention_mask) -> logits`: for the text suite (see `text_suite.py`).
 
 Suites: `run_shapes_suite` (generation checker + caption CIDEr / attribute accuracy),
 `run_coco_suite` (caption metrics on the Karpathy test images, FID and CLIP score of generations for
-a saved prompt manifest), `run_text_suite` (multiple-choice accuracy of several models side by
-side). Each returns its metrics and a report `Section`; `write_outputs` writes `metrics.json` and
-`report.md`. Generations are PNGs named by prompt index: a rerun skips the ones already written
+a saved prompt manifest); the text suite is `text_suite.run_text_suite` (lm-evaluation-harness).
+Each returns its metrics and a report `Section`; `write_outputs` writes `metrics.json` and `report.md`. Generations are PNGs named by prompt index: a rerun skips the ones already written
 (resume), and scoring a folder of existing generations needs no generator at all."""
 
 from __future__ import annotations
@@ -138,25 +136,6 @@ def run_shapes_suite(out_dir: str | Path, num_items: int = 200, seed: int = 1000
         section.images.append(("shapes/caption_accuracy.png", "caption attribute accuracy vs chance"))
     section.metrics = {k: v for k, v in metrics.items()}
     return metrics, section
-
-
-def run_text_suite(out_dir: str | Path, items: Sequence[Any], tokenizer: Any, logits_fns: Mapping[str, Any],
-                   batch_size: int = 8) -> tuple[dict[str, Any], Section]:
-    """Multiple-choice accuracy of each model (e.g. {"base": ..., "fused": ...}) and whether they agree exactly."""
-    from lmfusion_cli.evaluation.text_suite import compare_models
-
-    root = Path(out_dir) / "text"
-    result = compare_models(items, logits_fns, tokenizer, batch_size=batch_size)
-    for name, res in result["models"].items():
-        _write_jsonl(root / f"per_item_{name}.jsonl", res["per_item"])
-    metrics = {"identical": result["identical"], "max_abs_diff": result["max_abs_diff"], "num_items": len(items),
-               "models": {n: {"accuracy": r["accuracy"], "accuracy_norm": r["accuracy_norm"]}
-                          for n, r in result["models"].items()}}
-    report.plot_values({n: r["accuracy"] for n, r in result["models"].items()}, root / "accuracy.png",
-                       "text multiple choice", "accuracy")
-    text = ("Per-item log-likelihoods are **identical** across models." if result["identical"] else
-            f"Models **differ**: max |Δ log-likelihood| = {result['max_abs_diff']:.3g}.")
-    return metrics, Section("text", metrics, [("text/accuracy.png", "text accuracy per model")], text)
 
 
 def write_outputs(out_dir: str | Path, title: str, results: Mapping[str, tuple[dict[str, Any], Section]],

@@ -1,38 +1,34 @@
-"""The text suite: multiple-choice accuracy by log-likelihood (HellaSwag / SIQA / WinoGrande / PIQA style).
+"""The text suite: multiple-choice benchmarks through lm-evaluation-harness, the fused model beside its base.
 
-Each item is a context and N choices; the model's answer is the choice whose continuation
-(`delimiter + choice`) has the highest log-likelihood given the context: the sum of its tokens'
-log-probabilities (`accuracy`), or that sum divided by the continuation's length in UTF-8 bytes
-(`accuracy_norm`, the lm-evaluation-harness `acc_norm` convention).
-
-Items come from local JSONL (`{"context": ..., "choices": [...], "label": i}`, other field names via
-a `FieldMap`) or from a `datasets` dataset saved on disk (`save_to_disk`). Scoring takes a callable
-`logits_fn(input_ids, attention_mask) -> logits (B, T, V)`, so the base Hugging Face LM
-(`hf_logits_fn(model)`) and the fused model (`lambda ids, mask: model.text_logits(ids, mask)`) plug
-in alike; `compare_models` runs several side by side and reports whether they agree exactly, which
-LMFusion's frozen text path promises.
+Scoring is lm-eval's (`lm_eval.simple_evaluate`): requests, batching, the log-likelihood of each
+continuation and acc / acc_norm are computed there, for the base as an ordinary `hf` model and for the
+fused model's text path through `lm_eval_adapter.FusedTextLM`. What this module adds:
+- which tasks: lm-eval task names (`hellaswag`, `siqa` → `social_iqa`, `winogrande`, `piqa`, ...), or
+  paths of task YAMLs with local data (relative `data_files` read against the YAML's folder); the
+  shipped 257-item set is such a YAML (`tasks/lmfusion_tiny_mc.yaml`), the offline default;
+- `--text-items`: a local JSONL (or `datasets` folder) of {context, choices, label} items, field names
+  mapped by a `FieldMap`; malformed items are skipped and counted, the rest become an lm-eval task;
+- `run_text_suite`: the models side by side per task, and the largest |Δ log-likelihood| between them
+  (0.0, bit for bit, is what LMFusion's frozen text path promises).
 
 The templated set for the shipped tiny LM (`data/tiny_mc.jsonl`) is made by `build_tiny_mc_set`
 (`text_data.py`). This module does no model loading."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from lmfusion_cli.common.atomic import atomic_write_text
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import SkipLog
-from lmfusion_cli.common.progress import progress
 
 log = logging.getLogger(__name__)
-
-LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -107,11 +103,13 @@ def load_jsonl(path: str | Path, fields: FieldMap = FieldMap()) -> tuple[list[MC
         raise UserError(f"The multiple-choice file {path} does not exist; pass a JSONL file with "
                         f'{{"context", "choices", "label"}} lines.')
     records, skips = [], SkipLog()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            records.append((f"{path.name}:{lineno}", json.loads(line)))
+            records.append((f"{path.name}:{lineno}", json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError as e:  # a binary file: every line is skipped, then refused as empty
+            skips.skip(f"{path.name}:{lineno}", "bad-encoding", str(e))
         except json.JSONDecodeError as e:
             skips.skip(f"{path.name}:{lineno}", "invalid-json", str(e))
     items, item_skips = _items_from_records(records, fields)
@@ -145,128 +143,159 @@ def _check_not_empty(items: list[MCItem], skips: SkipLog, path: Path) -> None:
         raise UserError(f"{path} has no usable multiple-choice items ({skips.summary()}); check its field names.")
 
 
-def hf_logits_fn(model: torch.nn.Module) -> LogitsFn:
-    """`logits_fn` of a Hugging Face causal LM."""
-    return lambda input_ids, attention_mask: model(input_ids=input_ids, attention_mask=attention_mask).logits
+# ---- lm-evaluation-harness tasks ------------------------------------------------------------------
+SHIPPED_TASK = Path(__file__).parent / "tasks" / "lmfusion_tiny_mc.yaml"
+"""The shipped 257-item set as an lm-eval task (the offline default)."""
+TASK_ALIASES = {"siqa": "social_iqa"}
+"""Paper names → lm-eval task names (LMFusion's SIQA is lm-eval's `social_iqa`)."""
+ITEMS_TASK_TEMPLATE = {
+    "dataset_path": "json", "output_type": "multiple_choice", "test_split": "test",
+    "doc_to_text": "{{context}}", "doc_to_choice": "{{choices}}", "doc_to_target": "label", "target_delimiter": " ",
+    "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                    {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+    "metadata": {"version": 1.0},
+}
 
 
-@dataclass(frozen=True)
-class _Request:
-    item: int
-    choice: int
-    context_ids: tuple[int, ...]
-    continuation_ids: tuple[int, ...]
+def task_from_yaml(path: str | Path) -> dict[str, Any]:
+    """An lm-eval task YAML as a config dict, with relative local `data_files` read against the YAML's folder.
+
+    lm-eval's own loader reads it (`include:` and `!function` resolve against the YAML's folder); a
+    relative data file would otherwise be looked up in the current directory."""
+    from lm_eval.tasks._yaml_loader import (
+        load_yaml,  # lm-eval 0.4's YAML loader (includes, !function)
+    )
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"The task file {path} does not exist; pass an lm-eval task YAML or a task name.")
+    try:
+        cfg = load_yaml(path, resolve_func=True)
+    except Exception as e:
+        raise UserError(f"The task file {path} cannot be read by lm-eval ({type(e).__name__}: {e}); fix the YAML.") from e
+    if "task" not in cfg:
+        raise UserError(f"The task file {path} has no 'task:' name; it must be an lm-eval task YAML.")
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    if files is not None:
+        cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": _resolve_files(files, path.parent)}
+    return cfg
 
 
-def _encode(tokenizer: Any, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+def _resolve_files(files: Any, folder: Path) -> Any:
+    if isinstance(files, str):
+        local = folder / files
+        return str(local.resolve()) if not Path(files).is_absolute() and "://" not in files else files
+    if isinstance(files, list):
+        return [_resolve_files(f, folder) for f in files]
+    if isinstance(files, dict):
+        return {k: _resolve_files(v, folder) for k, v in files.items()}
+    return files
 
 
-def build_requests(items: Sequence[MCItem], tokenizer: Any, delimiter: str = " ",
-                   max_length: int | None = None) -> list[_Request]:
-    """Token ids of (context, continuation) for every item × choice; contexts cut on the left to fit."""
-    requests = []
-    for i, item in enumerate(items):
-        context_ids = _encode(tokenizer, item.context, special=True)
-        if not context_ids:  # an empty context still needs one token to predict the first continuation token
-            bos = getattr(tokenizer, "bos_token_id", None)
-            bos = getattr(tokenizer, "eos_token_id", None) if bos is None else bos
-            if bos is None:
-                raise ValueError(f"item {item.id}: empty context and the tokenizer has no BOS/EOS token")
-            context_ids = [bos]
-        for c, choice in enumerate(item.choices):
-            cont = _encode(tokenizer, delimiter + choice, special=False)
-            if not cont:
-                raise ValueError(f"item {item.id}: choice {c} encodes to no tokens")
-            ctx = context_ids
-            if max_length is not None and len(ctx) + len(cont) > max_length:
-                ctx = ctx[-max(max_length - len(cont), 1):]
-            requests.append(_Request(i, c, tuple(ctx), tuple(cont)))
-    return requests
+def items_task(items: Sequence[MCItem], path: str | Path, name: str) -> dict[str, Any]:
+    """A multiple-choice lm-eval task over `items` (written to `path` as clean JSONL): `--text-items` files."""
+    path = Path(path)
+    from lmfusion_cli.common.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps({"id": it.id, "context": it.context, "choices": list(it.choices),
+                                                "label": it.label}) + "\n" for it in items))
+    return {"task": name, **ITEMS_TASK_TEMPLATE, "dataset_kwargs": {"data_files": {"test": str(path.resolve())}}}
 
 
-@torch.no_grad()
-def continuation_logliks(requests: Sequence[_Request], logits_fn: LogitsFn, pad_id: int = 0, batch_size: int = 8,
-                         device: str | torch.device = "cpu", desc: str = "text suite") -> list[float]:
-    """Σ log p(continuation token | prefix) per request, in float64, batched with right padding.
-
-    Right padding keeps every real token's position and causal prefix unchanged, so a batch gives
-    what one request alone gives (up to float reassociation in the matmuls)."""
-    order = sorted(range(len(requests)), key=lambda r: -len(requests[r].context_ids + requests[r].continuation_ids))
-    out = [0.0] * len(requests)
-    bar = progress(total=len(requests), desc=desc, unit="choice")
-    for start in range(0, len(order), batch_size):
-        batch = [requests[r] for r in order[start:start + batch_size]]
-        seqs = [r.context_ids + r.continuation_ids for r in batch]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, :len(s)] = torch.tensor(s)
-            mask[b, :len(s)] = 1
-        logits = logits_fn(ids.to(device), mask.to(device)).double()       # (B, T, V)
-        logprobs = torch.log_softmax(logits, dim=-1).cpu()
-        for b, req in enumerate(batch):
-            n_ctx, n_cont = len(req.context_ids), len(req.continuation_ids)
-            targets = torch.tensor(req.continuation_ids)                   # (n_cont,)
-            rows = logprobs[b, n_ctx - 1:n_ctx - 1 + n_cont]               # (n_cont, V): row t predicts token t+1
-            out[order[start + b]] = float(rows.gather(1, targets[:, None]).sum())
-        bar.update(len(batch))
-    bar.close()
-    return out
+def task_specs(names: Sequence[str]) -> list[str | dict[str, Any]]:
+    """`--tasks` entries → lm-eval specs: a YAML path becomes its config dict, a name its lm-eval name."""
+    specs: list[str | dict[str, Any]] = []
+    for name in names:
+        if name.endswith((".yaml", ".yml")) or Path(name).is_file():
+            specs.append(task_from_yaml(name))
+        else:
+            specs.append(TASK_ALIASES.get(name, name))
+    return specs
 
 
-@dataclass
-class MCResult:
-    accuracy: float
-    """Fraction right by summed log-likelihood."""
-    accuracy_norm: float
-    """Fraction right by log-likelihood per UTF-8 byte of the continuation."""
-    per_item: list[dict[str, Any]] = field(default_factory=list)
-    """id, label, logliks (per choice), pred, pred_norm for each item."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "accuracy_norm": self.accuracy_norm, "num_items": len(self.per_item),
-                "per_item": self.per_item}
-
-
-def score_items(items: Sequence[MCItem], logits_fn: LogitsFn, tokenizer: Any, batch_size: int = 8,
-                delimiter: str = " ", max_length: int | None = None, device: str | torch.device = "cpu",
-                desc: str = "text suite") -> MCResult:
-    """Multiple-choice accuracy of one model (see the module docstring)."""
-    if not items:
-        raise ValueError("no items to score")
-    requests = build_requests(items, tokenizer, delimiter, max_length)
-    pad_id = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else 0
-    logliks = continuation_logliks(requests, logits_fn, pad_id, batch_size, device, desc)
-    per_choice: dict[int, list[float]] = {}
-    for req, ll in zip(requests, logliks):
-        per_choice.setdefault(req.item, []).append(ll)
-    per_item, right, right_norm = [], 0, 0
-    for i, item in enumerate(items):
-        lls = per_choice[i]
-        normed = [ll / len((delimiter + c).encode("utf-8")) for ll, c in zip(lls, item.choices)]
-        pred = max(range(len(lls)), key=lls.__getitem__)
-        pred_norm = max(range(len(normed)), key=normed.__getitem__)
-        right += pred == item.label
-        right_norm += pred_norm == item.label
-        per_item.append({"id": item.id, "label": item.label, "logliks": lls, "pred": pred, "pred_norm": pred_norm})
-    return MCResult(accuracy=right / len(items), accuracy_norm=right_norm / len(items), per_item=per_item)
+def load_tasks(specs: Sequence[str | dict[str, Any]]) -> tuple[Any, list[str]]:
+    """(lm-eval TaskManager, task names) with every task built now: unknown names and data that cannot be
+    fetched are `UserError`s before any model loads. lm-eval's registry (~15k YAMLs, ~20 s to index) is
+    read only when a task is named rather than given as a YAML."""
+    named = [s for s in specs if isinstance(s, str)]
+    manager = _task_manager(bool(named))
+    unknown = [n for n in named if n not in manager.all_tasks]
+    if unknown:
+        raise UserError(f"Unknown lm-eval task(s) {', '.join(unknown)}; pass names from `lm_eval ls tasks` "
+                        f"(e.g. hellaswag, siqa, winogrande, piqa) or paths of task YAML files.")
+    names = []
+    for spec in specs:
+        try:
+            loaded = manager.load([spec])
+        except (ConnectionError, OSError) as e:
+            what = spec if isinstance(spec, str) else spec.get("task")
+            raise UserError(f"The data of task {what} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); "
+                            f"go online once so `datasets` caches it, or pass a task YAML with local data_files."
+                            ) from e
+        names.extend(loaded["tasks"])
+    return manager, names
 
 
-def compare_models(items: Sequence[MCItem], logits_fns: Mapping[str, LogitsFn], tokenizer: Any,
-                   **score_kwargs: Any) -> dict[str, Any]:
-    """Score several models on the same items; say whether their per-item log-likelihoods are identical.
+@functools.lru_cache(maxsize=2)
+def _task_manager(include_defaults: bool) -> Any:
+    """lm-eval's task index, built once per process (with its registry: ~15k YAMLs, ~20 s)."""
+    from lm_eval.tasks import TaskManager
 
-    Returns {"models": {name: MCResult.to_dict()}, "identical": bool, "max_abs_diff": float}, the
-    comparison being against the first model given."""
-    results = {name: score_items(items, fn, tokenizer, desc=f"text suite: {name}", **score_kwargs)
-               for name, fn in logits_fns.items()}
+    return TaskManager(include_defaults=include_defaults)
+
+
+def _per_item_rows(task: str, result: Any) -> list[dict[str, Any]]:
+    return [{"task": task, **row} for row in result.per_item]
+
+
+def run_text_suite(out_dir: str | Path, tasks: Sequence[str | dict[str, Any]], task_manager: Any,
+                   lms: Mapping[str, Any], limit: int | None = None) -> tuple[dict[str, Any], Any]:
+    """Each lm-eval model in `lms` (e.g. {"base": ..., "fused": ...}) on `tasks`; per-task acc / acc_norm
+    side by side, and how far each model's per-request log-likelihoods are from the first model's.
+
+    Writes `text/per_item_{name}.jsonl` (task, id, label, logliks, acc, acc_norm per document) and
+    `text/accuracy.png`; returns (metrics, report section)."""
+    from lmfusion_cli.evaluation import report
+    from lmfusion_cli.evaluation.lm_eval_adapter import evaluate_lm
+    from lmfusion_cli.evaluation.report import Section
+
+    root = Path(out_dir) / "text"
+    results = {name: evaluate_lm(lm, list(tasks), task_manager, limit) for name, lm in lms.items()}
     names = list(results)
-    first = [ll for it in results[names[0]].per_item for ll in it["logliks"]]
-    max_diff = 0.0
-    for name in names[1:]:
-        other = [ll for it in results[name].per_item for ll in it["logliks"]]
-        max_diff = max(max_diff, max(abs(a - b) for a, b in zip(first, other)))
-    return {"models": {n: r.to_dict() for n, r in results.items()}, "identical": max_diff == 0.0,
-            "max_abs_diff": max_diff}
+    first = results[names[0]]
+    per_task: dict[str, Any] = {}
+    overall_diff = 0.0
+    for task, ref in first.items():
+        row: dict[str, Any] = {"num_items": ref.num_items}
+        diff = 0.0
+        for name in names:
+            res = results[name][task]
+            row[name] = {k: res.metrics[k] for k in ("acc", "acc_norm") if k in res.metrics}
+            if name != names[0]:
+                a, b = ref.logliks(), res.logliks()
+                if len(a) != len(b):
+                    raise RuntimeError(f"task {task}: {name} answered {len(b)} requests, {names[0]} {len(a)}")
+                diff = max([diff, *(abs(x - y) for x, y in zip(a, b))])
+        row.update(max_abs_diff=diff, identical=diff == 0.0)
+        per_task[task] = row
+        overall_diff = max(overall_diff, diff)
+    for name, res in results.items():
+        rows = [r for task, tr in res.items() for r in _per_item_rows(task, tr)]
+        atomic_write_text(root / f"per_item_{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    num_items = sum(r["num_items"] for r in per_task.values())
+    models = {name: {metric: sum(per_task[t][name].get(key, 0.0) * per_task[t]["num_items"] for t in per_task) / num_items
+                     for metric, key in (("accuracy", "acc"), ("accuracy_norm", "acc_norm"))} for name in names}
+    metrics = {"tasks": per_task, "models": models, "num_items": num_items, "identical": overall_diff == 0.0,
+               "max_abs_diff": overall_diff, "harness": f"lm-eval {_lm_eval_version()}"}
+    report.plot_values({f"{t}\n{n}": per_task[t][n].get("acc", 0.0) for t in per_task for n in names},
+                       root / "accuracy.png", "text benchmarks (lm-eval)", "acc")
+    text = ("Per-request log-likelihoods are **identical** across models (bit for bit)." if overall_diff == 0.0 else
+            f"Models **differ**: max |Δ log-likelihood| = {overall_diff:.3g}.")
+    text += " Scored by lm-evaluation-harness (zero-shot; acc, acc_norm as lm-eval defines them)."
+    return metrics, Section("text", metrics, [("text/accuracy.png", "text accuracy per task and model")], text)
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm-eval")

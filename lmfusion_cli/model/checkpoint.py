@@ -14,6 +14,7 @@ Training checkpoints (optimizer, data position, RNG) are the training stage's; t
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
 from lmfusion_cli.model.config import LMFusionConfig
 from lmfusion_cli.model.fusion import LMFusionModel
+
+log = logging.getLogger(__name__)
 
 WEIGHTS, META = "model.safetensors", "lmfusion_model.json"
 FORMAT_VERSION = 1
@@ -80,7 +83,12 @@ def load(path: str | os.PathLike, base=None) -> LMFusionModel:
             f"pass the base it was made from ({meta['base']})."
         )
     state = load_file(str(path / WEIGHTS))
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
+    own_names = {n for n, _ in model.named_parameters()}
+    for name in sorted(set(state) & set(params) - own_names):
+        if not params[name].requires_grad:  # checkpoints before issue 16 stored a tied alias of a frozen weight
+            log.debug("ignoring %s in %s: a frozen weight (a tied alias), taken from the base", name, path / WEIGHTS)
+            del state[name]
     unknown = sorted(set(state) - set(params))
     if unknown:
         raise UserError(f"Checkpoint {path / WEIGHTS} has weights this model lacks ({unknown[:3]}...); check its LMFusion config.")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from lmfusion_cli.common.errors import UserError
@@ -64,6 +65,13 @@ class SegmentOutput:
     """The cache extended by this segment (update_cache=True), else the cache passed in."""
 
 
+def base_load_error(name: str, error: BaseException) -> str:
+    """One sentence for a base (or its tokenizer) that `transformers` could not load."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+    return (f"The base model {name} cannot be loaded ({reason}); pass a local Hugging Face folder with --base, "
+            "or a hub id that is downloaded already or reachable online.")
+
+
 def _check_llama_layout(base: nn.Module, name: str) -> None:
     decoder = getattr(base, "model", None)
     layer = getattr(decoder, "layers", [None])[0]
@@ -76,7 +84,12 @@ def _check_llama_layout(base: nn.Module, name: str) -> None:
         raise UserError(f"Base model {name} has decoder-layer modules {sorted(extra)} outside the Llama layout; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint.")
 
 
-class LMFusionModel(nn.Module):
+class LMFusionModel(
+    nn.Module, PyTorchModelHubMixin, library_name="lmfusion", tags=["lmfusion", "text-to-image", "image-to-text"],
+    paper_url="https://arxiv.org/abs/2412.15188", pipeline_tag="text-to-image",
+):
+    """save_pretrained / from_pretrained / push_to_hub come from the Hub mixin; see `model/hub.py`."""
+
     def __init__(self, base: nn.Module, config: LMFusionConfig, base_id: str):
         """Wrap an already-loaded causal LM (it is modified in place: frozen or re-initialised)."""
         super().__init__()
@@ -145,10 +158,41 @@ class LMFusionModel(nn.Module):
             from transformers import AutoModelForCausalLM
 
             base_id = str(base)
-            base = AutoModelForCausalLM.from_pretrained(base_id, dtype=getattr(torch, config.dtype))
+            try:
+                base = AutoModelForCausalLM.from_pretrained(base_id, dtype=getattr(torch, config.dtype))
+            except (OSError, ValueError) as e:  # not found, offline, not a causal LM (issue 16)
+                raise UserError(base_load_error(base_id, e)) from e
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **hub_options) -> LMFusionModel:
+        """The Hub mixin's `from_pretrained` (a local folder or a hub id); a repository that cannot be
+        fetched (offline, missing, gated) is one sentence."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        from lmfusion_cli.model.hub import fetch_error
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **hub_options)
+        except (OSError, ValueError, HfHubHTTPError) as e:
+            if os.path.isdir(str(pretrained_model_name_or_path)):
+                raise
+            raise UserError(fetch_error(str(pretrained_model_name_or_path), e)) from e
+
+    def _save_pretrained(self, save_directory) -> None:
+        from lmfusion_cli.model.hub import save_folder
+
+        save_folder(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
+                         local_files_only=False, token=None, **unused) -> LMFusionModel:
+        from lmfusion_cli.model.hub import load_folder
+
+        return load_folder(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                           local_files_only=local_files_only, token=token)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Image experts, patcher, image final norm, BOI/EOI rows (plus text modules if unfrozen)."""

@@ -3,7 +3,8 @@
 `--checkpoint` may name
 - a run folder (`RUN/`, with `checkpoints/`): its newest *complete* checkpoint is used;
 - a step folder (`RUN/checkpoints/step-00000100/`): used only when its manifest says complete;
-- a model folder (holding `lmfusion_model.json`: a step's `model/`, or a merged export).
+- a model folder (holding `lmfusion_model.json`: a step's `model/`, a merged folder, or an `lmfusion
+  export` folder, whose own tokenizer and VAE record are used).
 
 The model comes from `model.checkpoint.load` (trainable weights + the base they point at, whose
 config hash must match). The tokenizer is `--tokenizer`, else the run's `base.tokenizer`, else the
@@ -34,6 +35,7 @@ MODEL_META = "lmfusion_model.json"
 """The model package's checkpoint metadata file (`model/checkpoint.py`)."""
 CHECKPOINT_KIND = "training-checkpoint"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_UNFINISHED_STEP_RE = re.compile(r"^step-\d+\.tmp-")
 
 
 @dataclass
@@ -89,9 +91,12 @@ def resolve_checkpoint(path: str | Path) -> ResolvedCheckpoint:
         raise UserError(f"Checkpoint {p} does not exist; pass a run folder, one of its checkpoints/step-N folders "
                         f"or a model folder.")
     if (p / MODEL_META).is_file():
+        if _UNFINISHED_STEP_RE.match(p.parent.name):  # issue 17: a step still being written, or cut by a kill
+            raise UserError(f"{p.parent} is an unfinished checkpoint (its save was interrupted or is still running); "
+                            "pass a complete checkpoint or the run folder")
         step_dir = p.parent if _step_of(p.parent) is not None else None
-        if step_dir is not None and (step_dir / MANIFEST_NAME).is_file():
-            _check_step(step_dir)
+        if step_dir is not None:
+            _check_step(step_dir)  # a step folder without its complete manifest is refused, not read
         run_dir = step_dir.parent.parent if step_dir is not None and step_dir.parent.name == "checkpoints" else None
         return ResolvedCheckpoint(p, _step_of(step_dir) if step_dir else None, run_dir)
     if (p / "model" / MODEL_META).is_file() or _step_of(p) is not None:
@@ -160,14 +165,23 @@ def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokeni
 
     resolved = resolve_checkpoint(checkpoint)
     manifest, config = _run_record(resolved.run_dir)
+    from safetensors import SafetensorError
+
     try:
         model = model_checkpoint.load(resolved.model_dir, base=base)
+    except SafetensorError as e:  # a truncated or damaged weights file in a bare model folder
+        raise UserError(f"The weights in {resolved.model_dir} cannot be read ({' '.join(str(e).split())}); pass a "
+                        "complete checkpoint (a step folder's hashes are checked first)") from None
     except OSError as e:
         meta = model_checkpoint.read_meta(resolved.model_dir)
         raise UserError(f"The base model {base or meta['base']} of checkpoint {resolved.model_dir} cannot be loaded "
                         f"({type(e).__name__}); pass its folder with --base.") from e
     model = model.to(device).eval()
-    tok_spec = tokenizer or (config.get("base") or {}).get("tokenizer") or model.base_id
+    from lmfusion_cli.packaging.export import read_export
+
+    export = read_export(resolved.model_dir)  # `lmfusion export` folders carry tokenizer and VAE (issue 16)
+    tok_spec = tokenizer or (config.get("base") or {}).get("tokenizer") or (
+        str(resolved.model_dir) if export else model.base_id)
     try:
         tok = AutoTokenizer.from_pretrained(tok_spec)
     except (OSError, ValueError) as e:
@@ -177,6 +191,6 @@ def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokeni
                         f"pass the tokenizer it was trained with (--tokenizer).")
     if tok.eos_token_id is None:
         raise UserError(f"The tokenizer {tok_spec} has no EOS token; pass a tokenizer with one (--tokenizer).")
-    record = (manifest.get("trains") or {}).get("latent_vae")
+    record = (manifest.get("trains") or {}).get("latent_vae") or (export or {}).get("vae")
     codec = load_codec(vae, record, model.config.latent_size, model.config.latent_channels, device)
     return Loaded(model=model, tokenizer=tok, codec=codec, checkpoint=resolved)

@@ -27,6 +27,7 @@ from lmfusion_cli.common.atomic import TMP_MARK, atomic_dir, atomic_write_text
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
+from lmfusion_cli.common.output_folder import disk_full_error, folder_bytes, is_disk_full, output_lock
 from lmfusion_cli.sampling.config import SampleConfig
 from lmfusion_cli.sampling.io import jsonl_text, list_images, make_grid, png_bytes, read_prompts
 
@@ -44,6 +45,20 @@ def resolve_device(spec: str) -> str:
 
 def _prompts(cfg: SampleConfig) -> list[str]:
     return [cfg.prompt] if cfg.prompt is not None else read_prompts(cfg.prompts)
+
+
+def check_prompt_lengths(prompts: list[str], model, tokenizer) -> None:
+    """Refuse (one sentence) a prompt that cannot fit the model's positions beside one image and its
+    BOI/EOI/bos/eos; issue 17: it used to run past the positions with only a warning."""
+    positions = getattr(model.base.config, "max_position_embeddings", None)
+    if not positions:
+        return
+    room = positions - model.num_image_tokens - 4
+    for number, prompt in enumerate(prompts, start=1):
+        n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if n > room:
+            raise UserError(f"Prompt {number} is {n} tokens, but the model has room for {room} beside an image "
+                            f"({positions} positions, {model.num_image_tokens} image tokens); shorten it")
 
 
 def _write_images(folder: Path, names: list[str], images: list, columns: int) -> None:
@@ -128,7 +143,13 @@ TASKS = {"t2i": _t2i, "caption": _caption, "interleaved": _interleaved}
 
 
 def run_sample(cfg: SampleConfig) -> dict[str, Any]:
-    """Run `cfg.task` and write `cfg.out` (see the module docstring); returns the output manifest."""
+    """Run `cfg.task` and write `cfg.out` (see the module docstring); returns the output manifest.
+    One process at a time per `cfg.out` (issue 17: `output_lock`)."""
+    with output_lock(cfg.out, "sample"):
+        return _run_sample(cfg)
+
+
+def _run_sample(cfg: SampleConfig) -> dict[str, Any]:
     from lmfusion_cli.sampling.loading import load_for_sampling
 
     out = Path(cfg.out)
@@ -139,14 +160,22 @@ def run_sample(cfg: SampleConfig) -> dict[str, Any]:
         _prompts(cfg)  # an empty or broken prompt file fails before the model loads
     loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae,
                                device=resolve_device(cfg.device))
+    if cfg.task != "caption":
+        check_prompt_lengths(_prompts(cfg), loaded.model, loaded.tokenizer)
     source = {"checkpoint": str(loaded.checkpoint.model_dir), "step": loaded.checkpoint.step}
     log.info("sampling %s from %s (step %s)", cfg.task, loaded.checkpoint.model_dir, loaded.checkpoint.step)
-    with atomic_dir(out, overwrite=True) as tmp:
-        skips = TASKS[cfg.task](cfg, loaded, tmp, source)
-        atomic_write_text(tmp / "config.yaml", dump_yaml(cfg))
-        files = {p.relative_to(tmp).as_posix(): file_entry(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = write_manifest(tmp, "samples", task=cfg.task, inputs=loaded.describe(),
-                                  config=config_to_dict(cfg), config_hash=config_hash(cfg), files=files,
-                                  **skips.to_dict())
+    with atomic_dir(out, overwrite=True) as tmp:  # on any error the temp folder is removed
+        try:
+            skips = TASKS[cfg.task](cfg, loaded, tmp, source)
+            atomic_write_text(tmp / "config.yaml", dump_yaml(cfg))
+            files = {p.relative_to(tmp).as_posix(): file_entry(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            manifest = write_manifest(tmp, "samples", task=cfg.task, inputs=loaded.describe(),
+                                      config=config_to_dict(cfg), config_hash=config_hash(cfg), files=files,
+                                      **skips.to_dict())
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise disk_full_error(out, "sample", folder_bytes(tmp),  # at least what it had written
+                                  "nothing was written to it (the previous folder, if any, is intact)") from None
     log.info("wrote %s: %s", out / MANIFEST_NAME, skips.summary())
     return manifest

@@ -20,7 +20,10 @@ Nothing is unpickled beyond tensors, numbers and DCP's own metadata classes (`sa
 checkpoint someone sent you cannot run code, whatever its manifest says.
 
 DCP options follow MEASURED-NOTES: `ignore_frozen_params=True` (frozen text weights are not stored;
-the checkpoint points at its base) and `strict=False` on load.
+the checkpoint points at its base) and `strict=False` on load. `ignore_frozen_params` alone still keeps a
+tied alias of a frozen weight (SmolLM2's and Llama-3.2's `lm_head.weight` is `embed_tokens.weight`:
+`named_parameters` lists it once, `state_dict` twice), so every model state dict is cut to the
+trainable parameters' own names (`trainable_only`) before it is saved or loaded (issue 16).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
 from lmfusion_cli.common.atomic import TMP_MARK, atomic_file, atomic_write_json, fsync_dir, remove_stale_temps
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, file_entry, verify_files, write_manifest
-from lmfusion_cli.training.distributed import DistContext, all_reduce, barrier, broadcast_object
+from lmfusion_cli.training.distributed import DistContext, all_reduce, barrier, broadcast_object, unwrap
 from lmfusion_cli.training.safe_load import load_dcp, load_rng, save_rng, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,15 @@ KIND = "training-checkpoint"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
 _SHARDED = StateDictOptions(ignore_frozen_params=True, strict=False)
 _FULL = StateDictOptions(ignore_frozen_params=True, strict=False, full_state_dict=True, cpu_offload=True)
+
+
+def trainable_only(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` without the parameters that are not trainable under their own name: frozen weights and
+    aliases of a tied weight (`lm_head.weight` when it is `embed_tokens.weight`). Buffers stay."""
+    module = unwrap(model)
+    params = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k not in params or k in trainable}
 
 
 def step_dir_name(step: int) -> str:
@@ -130,10 +142,27 @@ def _write_rng(folder: Path, rank: int) -> None:
         save_rng(tmp)
 
 
-def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Checkpoint]) -> str:
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def _disk_full(root: Path, need: int) -> bool:
+    """Whether `root`'s file system has no room for `need` bytes (nor 1 MiB): torch's zip writer
+    reports a full disk as a RuntimeError ("unexpected pos"), not as an OSError (issue 17)."""
+    try:
+        return shutil.disk_usage(root).free < max(need, 1 << 20)
+    except OSError:
+        return False
+
+
+def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Checkpoint], need: int = 0) -> str:
     what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    space = "free space"
+    if err.errno == errno.ENOSPC and need:
+        space = (f"free about {need / 2**20:.1f} MiB (one checkpoint; {shutil.disk_usage(root).free / 2**20:.1f} MiB "
+                 "are free)")
     kept = f"the previous checkpoint {previous[-1].path.name} is intact" if previous else "no earlier checkpoint exists"
-    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: free space or fix "
+    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: {space} or fix "
             "the folder and rerun with --resume auto.")
 
 
@@ -143,6 +172,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     final = root / step_dir_name(step)
     tmp = root / (final.name + TMP_MARK + "write")
     previous = list_checkpoints(root)
+    need = _folder_bytes(previous[-1].path) if previous else 0
     if ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -150,10 +180,11 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     error: OSError | None = None
     try:
         model_sd, optim_sd = get_state_dict(model, optimizer, options=_SHARDED)
+        model_sd = trainable_only(model, model_sd)
         with warnings.catch_warnings():  # one process: DCP warns that it saves without a process group
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
-        full = get_model_state_dict(model, options=_FULL)  # collective; rank 0 gets the tensors
+        full = trainable_only(model, get_model_state_dict(model, options=_FULL))  # collective; rank 0 gets them
         if ctx.is_main:
             workload.save_inference(full, tmp / "model")
         _write_rng(tmp, ctx.rank)
@@ -162,18 +193,23 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
                                                      "trains": workload.describe()})
     except OSError as e:
         error = e
-    except Exception as e:  # DCP wraps a rank's OSError in a CheckpointException
+    except BaseException as e:  # DCP wraps a rank's OSError in a CheckpointException (a BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
         cause = _find_oserror(e)
+        if cause is None and _disk_full(root, need):
+            cause = OSError(errno.ENOSPC, "No space left on device")
         if cause is None:
             raise
         error = cause
     failed = all_reduce(torch.tensor([1.0 if error else 0.0], dtype=torch.float64), ctx, op="max")
     if failed.item() > 0:
+        need = max(need, _folder_bytes(tmp))
         if ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         barrier(ctx)
         err = error or OSError(errno.EIO, "another process failed to write its part")
-        raise UserError(_disk_error_sentence(step, root, err, previous)) from error
+        raise UserError(_disk_error_sentence(step, root, err, previous, need)) from None
     if ctx.is_main:
         _finish(tmp, final, step, ctx, root, previous, keep_last)
     barrier(ctx)
@@ -209,8 +245,9 @@ def _finish(tmp: Path, final: Path, step: int, ctx: DistContext, root: Path,
         tmp.rename(final)
         fsync_dir(root)
     except OSError as e:
+        need = _folder_bytes(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(_disk_error_sentence(step, root, e, previous)) from e
+        raise UserError(_disk_error_sentence(step, root, e, previous, need)) from None
     complete = list_checkpoints(root)
     for old in complete[:-keep_last]:
         if old.path != final:
@@ -250,7 +287,7 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
         raise UserError(f"Cannot resume from {folder}: {change}; resume with the latent cache and base model the run "
                         "was trained on, or start a new --out.")
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_SHARDED)
-    state = {"model": model_sd, "optim": optim_sd}
+    state = {"model": trainable_only(model, model_sd), "optim": optim_sd}  # an older alias in the files is ignored
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         load_dcp(state, folder / "dcp")

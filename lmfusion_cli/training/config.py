@@ -43,6 +43,9 @@ class DataConfig:
     """Fraction of examples that are text-only negatives from the tiny LM's corpus (no image follows)."""
     seq_len: int = 0
     """Packed row length in tokens; 0 = one example per row, padded to the longest in the micro-batch."""
+    max_caption_tokens: int = 0
+    """Captions are cut to this many tokens; 0 = what fits the base's positions (or `seq_len`) beside
+    the image tokens, BOI/EOI and bos/eos. A 50 KB caption once made a 20,480-token row (issue 17)."""
 
     def __post_init__(self) -> None:
         if not self.latents:
@@ -54,6 +57,8 @@ class DataConfig:
             raise ValueError("data.interleaved_fraction + data.text_only_fraction must be <= 1")
         if self.seq_len < 0:
             raise ValueError(f"data.seq_len must be >= 0 tokens, got {self.seq_len}")
+        if self.max_caption_tokens < 0:
+            raise ValueError(f"data.max_caption_tokens must be >= 0 tokens, got {self.max_caption_tokens}")
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,15 @@ class LogConfig:
     every: int = 1
     """Write a JSONL/TensorBoard record every this many optimizer steps."""
     tensorboard: bool = True
-    """Also write TensorBoard events to out/logs/tb."""
+    """Also write TensorBoard events to out/logs/tb (false drops `tensorboard` from report_to)."""
+    report_to: tuple[str, ...] = ("tensorboard",)
+    """Experiment trackers: any of tensorboard, wandb, mlflow (each imported only when named here)."""
+    project: str = "lmfusion"
+    """W&B project / MLflow experiment name (the run is named after the run folder)."""
+    grid_items: int = 4
+    """Validation prompts drawn into an image grid at each validation, sent to the trackers (0 = none)."""
+    grid_steps: int = 10
+    """Denoising steps of the validation grid's images."""
     val_every: int = 0
     """Validation loss every this many optimizer steps (and before the first step and at the end); 0 = ends only."""
     val_items: int = 32
@@ -188,6 +201,15 @@ class LogConfig:
             raise ValueError("log.every and log.val_items must be >= 1, log.val_every >= 0")
         if not self.val_timesteps or not all(0.0 <= t < 1.0 for t in self.val_timesteps):
             raise ValueError("log.val_timesteps must be fractions in [0, 1)")
+        unknown = [name for name in self.report_to if name not in ("tensorboard", "wandb", "mlflow")]
+        if unknown:
+            raise ValueError(f"log.report_to has {unknown}; choose from tensorboard, wandb, mlflow")
+        if self.grid_items < 0 or self.grid_steps < 1:
+            raise ValueError("log.grid_items must be >= 0 and log.grid_steps >= 1")
+
+    def trackers(self) -> tuple[str, ...]:
+        """report_to, without tensorboard when log.tensorboard is false."""
+        return tuple(n for n in dict.fromkeys(self.report_to) if n != "tensorboard" or self.tensorboard)
 
 
 @dataclass(frozen=True)

@@ -56,13 +56,23 @@ def latent_geometry(source: LatentSource) -> tuple[int, int]:
     return int(channels), int(height)
 
 
+def caption_budget(model: nn.Module, seq_len: int, max_caption_tokens: int) -> int:
+    """Most caption tokens one example may hold: the row (`seq_len`, else the base's positions) less
+    the image tokens and BOI, EOI, bos, eos; and at most `max_caption_tokens` when that is set."""
+    positions = getattr(model.base.config, "max_position_embeddings", None) or 0
+    rows = [n for n in (seq_len, positions) if n]
+    room = max(min(rows) - model.num_image_tokens - 4, 1) if rows else 10**9
+    return min(room, max_caption_tokens) if max_caption_tokens else room
+
+
 class LMFusionWorkload:
     """`Workload` for `LMFusionModel` (see `training/workload.py` for the contract)."""
 
     text_parameter_prefix = "base."
     """Parameter names of the text modules (the loaded base LM): `optim.text_lr` applies to them when trained."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, seq_len: int, cache_vae: dict[str, Any] | None):
+    def __init__(self, model: nn.Module, tokenizer: Any, seq_len: int, cache_vae: dict[str, Any] | None,
+                 max_caption_tokens: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.seq_len = seq_len
@@ -73,6 +83,8 @@ class LMFusionWorkload:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._outside_groups: set[str] | None = None
+        self.caption_budget = caption_budget(model, seq_len, max_caption_tokens)
+        self.captions_cut = 0
 
     # ---- sharding ----------------------------------------------------------------------------------
     def shard_units(self) -> list[list[nn.Module]]:
@@ -98,9 +110,13 @@ class LMFusionWorkload:
     # ---- batches -----------------------------------------------------------------------------------
     def _caption_ids(self, caption: str, room: int | None = None) -> list[int]:
         ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"] if caption else []
-        if room is None and self.seq_len:
-            room = self.seq_len - self.num_image_tokens - 4  # BOI, EOI, bos, eos
-        return ids if room is None else ids[: max(room, 0)]
+        budget = self.caption_budget if room is None else max(min(room, self.caption_budget), 0)
+        if len(ids) > budget and room is None:
+            self.captions_cut += 1
+            if self.captions_cut == 1:
+                log.warning("a caption of %d+ tokens was cut to %d (data.max_caption_tokens); later cuts are "
+                            "counted as captions_cut", len(ids), self.caption_budget)
+        return ids[:budget]
 
     def _example(self, s: Sample):
         """One sample laid out with the model package's builders (see the module docstring)."""
@@ -202,6 +218,32 @@ class LMFusionWorkload:
         folder.mkdir(parents=True, exist_ok=True)
         checkpoint._write(folder, self.model, trainable_state, self.model.base_id)
 
+    def validation_grid(self, source: Any, num_items: int, steps: int, seed: int):
+        """(H, W, 3) uint8 grid of images generated from the first `num_items` validation captions
+        (guidance 3, `steps` denoising steps), for the trackers; None when the cache's VAE cannot be
+        loaded (then a warning, once). Sampling's Python API, as evaluation uses it."""
+        import numpy as np
+
+        from lmfusion_cli.sampling.generate import generate_images
+        from lmfusion_cli.sampling.io import make_grid
+        from lmfusion_cli.sampling.loading import load_codec
+
+        if getattr(self, "_codec", False) is None:
+            return None
+        if not hasattr(self, "_codec"):
+            try:
+                self._codec = load_codec(None, self.cache_vae, self.model.config.latent_size,
+                                         self.model.config.latent_channels, str(next(self.model.parameters()).device))
+            except UserError as e:
+                log.warning("no validation image grid: %s", e)
+                self._codec = None
+                return None
+        captions = [source[i]["caption"] for i in range(min(num_items, len(source)))]
+        with torch.no_grad():
+            out = generate_images(self.model, captions, tokenizer=self.tokenizer, vae=self._codec, cfg_scale=3.0,
+                                  steps=steps, seed=seed, batch_size=len(captions))
+        return np.ascontiguousarray(make_grid(out.images))
+
     def describe(self) -> dict[str, Any]:
         from lmfusion_cli.model.checkpoint import base_config_hash
 
@@ -221,11 +263,15 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     from transformers import AutoTokenizer
 
     from lmfusion_cli.model import LMFusionConfig, LMFusionModel
+    from lmfusion_cli.model.fusion import base_load_error
 
     base = resolve_base_path(config.base.path)
     if not Path(base).exists() and "/" not in base:
         raise UserError(f"Base model {base} is neither a folder nor a hub id; check base.path (or pass --base).")
-    tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
+    except (OSError, ValueError) as e:
+        raise UserError(base_load_error(config.base.tokenizer or base, e)) from e
     channels, side = latent_geometry(source)
     options = dict(config.model)
     for key, value in (("latent_channels", channels), ("latent_size", side)):
@@ -242,4 +288,5 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     log.info("model: %s + image experts, %.2f M trainable of %.2f M parameters", base,
              sum(p.numel() for p in model.trainable_parameters()) / 1e6,
              sum(p.numel() for p in model.parameters()) / 1e6)
-    return LMFusionWorkload(model.to(device), tokenizer, config.data.seq_len, manifest.get("vae"))
+    return LMFusionWorkload(model.to(device), tokenizer, config.data.seq_len, manifest.get("vae"),
+                            config.data.max_caption_tokens)

@@ -1,4 +1,4 @@
-"""Training logs: one JSON line per logged step, TensorBoard scalars, a progress bar with ETA.
+"""Training logs: one JSON line per logged step, the trackers' view of it (`trackers.py`), a progress bar.
 
 `RUN/logs/train.jsonl` holds records `{"step", "loss", "text_loss", "text_targets" (learnable LM targets
 it averages over), "image_loss", "lr", "grad_norm",
@@ -62,37 +62,52 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 class TrainLogger:
     """JSONL + TensorBoard + progress bar, all on rank 0."""
 
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool,
+                 report_to: tuple[str, ...] | None = None, params: dict[str, Any] | None = None,
+                 project: str = "lmfusion"):
+        """report_to: trackers (`trackers.py`); None = TensorBoard when `tensorboard`, as before issue 16."""
         self.enabled = enabled
         self.path = run_dir / "logs" / "train.jsonl"
         self._file = None
-        self._tb = None
+        self._trackers = None
         self._bar = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        dropped = truncate_jsonl(self.path, start_step)
+        # A fresh start (step 0) redoes everything, the step-0 validation included (issue 17: a kill
+        # before the first checkpoint left it twice); a resume at step S keeps the records up to S.
+        dropped = truncate_jsonl(self.path, start_step if start_step > 0 else -1)
         if dropped:
             log.info("dropped %d log records past step %d (they are redone after the resume)", dropped, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        from lmfusion_cli.training.trackers import Trackers
 
-            self._tb = SummaryWriter(str(run_dir / "logs" / "tb"), purge_step=start_step + 1)
+        names = report_to if report_to is not None else (("tensorboard",) if tensorboard else ())
+        self._trackers = Trackers(names, run_dir, start_step, params or {}, project)
         self._bar = progress(total=total_steps, initial=start_step, desc="train", unit="step")
 
+    last_val: dict[str, Any] | None = None
+    """The newest validation record written (for the run summary)."""
+
     def write(self, record: dict[str, Any]) -> None:
+        if record.get("event") == "val":
+            self.last_val = record
         if not self.enabled:
             return
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-        if self._tb is not None and "step" in record:
-            prefix = "val/" if record.get("event") == "val" else "train/"
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(prefix + k, v, record["step"])
-            self._tb.flush()
+        if self._trackers is not None:
+            self._trackers.record(record)
+
+    @property
+    def wants_images(self) -> bool:
+        return self._trackers is not None and self._trackers.wants_images
+
+    def image(self, name: str, array, step: int) -> None:
+        """An (H, W, 3) uint8 image to every tracker (the validation grid)."""
+        if self._trackers is not None:
+            self._trackers.image(name, array, step)
 
     def step_done(self, postfix: dict[str, float]) -> None:
         if self._bar is not None:
@@ -102,8 +117,8 @@ class TrainLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
+        if self._trackers is not None:
+            self._trackers.close()
         if self._file is not None:
             self._file.close()
-        self._file = self._tb = self._bar = None
+        self._file = self._trackers = self._bar = None

@@ -11,8 +11,12 @@ This file does not know the model: `workload_factory` builds it (LMFusion by def
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
+import json
 import logging
 import os
+import pickle
 import signal
 import time
 import warnings
@@ -26,14 +30,16 @@ from lmfusion_cli.common.atomic import atomic_write_text
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import write_manifest
+from lmfusion_cli.common.output_folder import output_lock, refuse_foreign
 from lmfusion_cli.training import checkpointing as ckpt
-from lmfusion_cli.training.config import RESUME_FIXED_KEYS, TrainRunConfig
+from lmfusion_cli.training.config import RESUME_FIXED_KEYS, ScheduleConfig, TrainRunConfig
 from lmfusion_cli.training.distributed import (DistContext, all_reduce, barrier, broadcast_object,
                                                init_distributed, shutdown, unwrap, wrap_model)
 from lmfusion_cli.training.loader import LatentSource, SampleStream
 from lmfusion_cli.training.logging import TrainLogger, memory_mb
 from lmfusion_cli.training.optim import build_optimizer, build_scheduler
 from lmfusion_cli.training.step import train_step
+from lmfusion_cli.training.trackers import flatten
 from lmfusion_cli.training.validation import validate
 from lmfusion_cli.training.workload import Workload
 
@@ -69,6 +75,8 @@ class TrainResult:
     stopped_by_signal: bool
     last_checkpoint: Path | None
     skipped_steps: int
+    summary: str = ""
+    """One line: step, last train loss, last validation losses, wall time (printed by `lmfusion train`)."""
 
 
 def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | None = None,
@@ -76,9 +84,42 @@ def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | Non
     """Train per `config` in this process (one of several under torchrun); return what happened."""
     ctx = init_distributed(config.dist)
     try:
-        return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
+        refuse_foreign(config.train.out, "training-run", RUN_FOLDER_ENTRIES)  # a latent cache, shards, a file
+        with _rank0_lock(config, ctx):
+            return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
+    except pickle.UnpicklingError as e:  # a base `.bin` that transformers' weights-only load refuses (issue 17)
+        from lmfusion_cli.training.safe_load import what_was_refused
+
+        raise UserError(f"The base model {config.base.path} has a weights file that is not plain tensors (it holds "
+                        f"{what_was_refused(str(e))}); "
+                        "pass a base saved as safetensors (or a .bin you trust, re-saved as safetensors)") from None
+    except OSError as e:  # a full disk outside a checkpoint save (logs, run files); saves say more themselves
+        if e.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"No space left on the device of {config.train.out} (writing {e.filename or 'the run files'}); "
+                        "free space and rerun with --resume auto (complete checkpoints are kept)") from None
     finally:
         shutdown(ctx)
+
+
+RUN_FOLDER_ENTRIES = ("config.yaml", "checkpoints", "logs")
+"""What a run folder holds besides its manifest (`refuse_foreign` refuses any other entry)."""
+
+
+@contextlib.contextmanager
+def _rank0_lock(config: TrainRunConfig, ctx: DistContext):
+    """Rank 0 holds the run folder's lock for the whole run; every process learns if it was refused."""
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(output_lock(config.train.out, "train"))
+            except UserError as e:
+                problem = str(e)
+        problem = broadcast_object(problem, ctx)
+        if problem:
+            raise UserError(problem)
+        yield
 
 
 def _default_source(path: str, split: str) -> LatentSource:
@@ -86,7 +127,9 @@ def _default_source(path: str, split: str) -> LatentSource:
 
     cache = open_latent_cache(path, splits=split)
     if len(cache) == 0:
-        raise UserError(f"The latent cache {path} has no items in split '{split}'; pick another data split.")
+        raise UserError(f"The latent cache {path} has no items in split '{split}'; pick another split with "
+                        "--set data.train_split=NAME / --set data.val_split=NAME (or data.val_split=null: no "
+                        "validation), or re-run prepare with a larger --val-fraction.")
     return cache
 
 
@@ -122,22 +165,26 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     run_dir = Path(config.train.out)
     _set_determinism(config)
     _check_batch(config, ctx)
+    if ctx.is_main:
+        from lmfusion_cli.training.trackers import check_available
+
+        check_available(config.log.trackers())  # a missing tracker package: one sentence, nothing written
     found = ckpt.find_resume_point(run_dir, config.train.resume)
     resume_from = broadcast_object(str(found) if found else None, ctx)  # rank 0's view wins
-    ckpt.prepare_root(run_dir / "checkpoints", ctx)
     if resume_from:
         _refuse_newer_checkpoints(run_dir, Path(resume_from))
     source = source_factory(config.data.latents, config.data.train_split)
     val_source = source_factory(config.data.latents, config.data.val_split) if config.data.val_split else None
     torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
     workload = workload_factory(config, source, ctx.device)
+    ckpt.prepare_root(run_dir / "checkpoints", ctx)  # the first write: a base that fails to load leaves no folder
     model = wrap_model(workload.model, workload.shard_units() if config.dist.strategy == "fsdp" else [],
                        config.dist.strategy, ctx)
     if config.train.compile:
         _compile(workload)
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
                                 config.optim, getattr(workload, "text_parameter_prefix", ""))
-    scheduler = build_scheduler(optimizer, config.optim, config.schedule)
+    scheduler = build_scheduler(optimizer, config.optim, _schedule_to_follow(config, resume_from))
     stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout,
                           config.data.interleaved_fraction, config.data.text_only_fraction)
     state = TrainState()
@@ -160,7 +207,10 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
     log.info("training %s: steps %d → %d, %d process(es), global batch %d, run folder %s",
              run.workload.describe().get("base", "?"), state.step, end, ctx.world_size,
              config.train.batch_size, run.run_dir)
-    logger = TrainLogger(run.run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard)
+    started = time.perf_counter()
+    logger = TrainLogger(run.run_dir, ctx.is_main, config.schedule.steps, state.step, config.log.tensorboard,
+                         report_to=config.log.trackers(), params=flatten(config_to_dict(config)),
+                         project=config.log.project)
     if run.resumed_from:
         logger.write({"event": "resume", "step": state.step, "from": run.resumed_from, "world_size": ctx.world_size})
     autocast = _autocast(config, ctx)
@@ -205,18 +255,36 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
             interrupted = stop.agreed(ctx)
             due = last or interrupted or (config.train.save_every and state.step % config.train.save_every == 0)
             if due and state.bad_in_row == 0:  # never save right after a poisoned step
-                _save(run)
+                try:
+                    _save(run)
+                except BaseException:  # a full disk: the log file is closed before the one-line error
+                    logger.close()
+                    raise
             if interrupted:
                 signalled = True
                 log.warning("stopped by a signal at step %d; checkpoint %s; rerun with --resume auto to continue",
                             state.step, run.last_ckpt.name if run.last_ckpt else "none")
                 break
     logger.close()
+    summary = _summary(state.step, config.schedule.steps, losses, logger.last_val, time.perf_counter() - started)
+    if ctx.is_main:
+        log.info("%s", summary)
     finished = state.step >= config.schedule.steps
     if ctx.is_main:
         _write_run_files(run.run_dir, config, run.workload, state, complete=finished and run.saved_step == state.step)
     return TrainResult(run_dir=run.run_dir, step=state.step, losses=losses, stopped_by_signal=signalled,
-                       last_checkpoint=run.last_ckpt, skipped_steps=state.skipped_steps)
+                       last_checkpoint=run.last_ckpt, skipped_steps=state.skipped_steps, summary=summary)
+
+
+def _summary(step: int, total: int, losses: list[float], last_val: dict[str, Any] | None, seconds: float) -> str:
+    """`run summary: step 12/12, train loss 1.234, val_loss 1.1 (step 12), val_caption_loss …, wall 63 s`."""
+    parts = [f"run summary: step {step}/{total}",
+             f"train loss {losses[-1]:.4g}" if losses else "no step run"]
+    if last_val:
+        parts.append(", ".join(f"{k} {v:.4g}" for k, v in last_val.items()
+                               if k in ("val_loss", "val_caption_loss")) + f" (step {last_val['step']})")
+    parts.append(f"wall {seconds:.0f} s")
+    return ", ".join(parts)
 
 
 def _count_finite(run: _Run, result: Any, logger: TrainLogger) -> None:
@@ -245,6 +313,14 @@ def _validate(run: _Run, logger: TrainLogger) -> None:
     logger.write({"event": "val", "step": run.state.step,
                   **validate(run.model, run.workload, run.val_source, run.config.log,
                              run.config.train.micro_batch_size, run.ctx)})
+    cfg = run.config.log
+    # the validation grid: one process only (sampling is not sharded), for workloads that can draw
+    if cfg.grid_items and logger.wants_images and run.ctx.world_size == 1 and hasattr(run.workload, "validation_grid"):
+        run.model.eval()
+        grid = run.workload.validation_grid(run.val_source, cfg.grid_items, cfg.grid_steps, cfg.val_seed)
+        run.model.train()
+        if grid is not None:
+            logger.image("val/grid", grid, run.state.step)
 
 
 def _save(run: _Run) -> None:
@@ -329,6 +405,22 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
     return data
 
 
+def _schedule_to_follow(config: TrainRunConfig, resume_from: str | None) -> ScheduleConfig:
+    """The LR schedule of this invocation: on resume, the saved run's, so a changed `schedule.steps`
+    cannot make the learning rate jump (issue 16: 1.5e-5 → 1.3e-4 mid-run). Training still runs to the
+    new `schedule.steps`; past the saved end the rate stays at `schedule.min_lr`."""
+    if not resume_from:
+        return config.schedule
+    saved = _lookup(json.loads((Path(resume_from) / "trainer.json").read_text()).get("config", {}), "schedule")
+    if not isinstance(saved, dict) or saved.get("steps", config.schedule.steps) == config.schedule.steps:
+        return config.schedule
+    log.warning("schedule.steps changed from %d to %d on resume: the learning rate keeps the saved %d-step "
+                "schedule (min_lr %g after step %d); start a new --out for a schedule over %d steps",
+                saved["steps"], config.schedule.steps, saved["steps"], config.schedule.min_lr, saved["steps"],
+                config.schedule.steps)
+    return dataclasses.replace(config.schedule, steps=int(saved["steps"]))
+
+
 def _resume(folder: Path, config: TrainRunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             scheduler: Any, stream: SampleStream, ctx: DistContext, workload: Workload) -> TrainState:
     """Restore from `folder`, refusing (one sentence) any change that would make the run differ."""
@@ -337,7 +429,8 @@ def _resume(folder: Path, config: TrainRunConfig, model: torch.nn.Module, optimi
     for key in RESUME_FIXED_KEYS:
         if _lookup(saved["config"], key) != _lookup(now, key):
             raise UserError(f"Cannot resume from {folder}: config key '{key}' changed from "
-                            f"{_lookup(saved['config'], key)!r} to {_lookup(now, key)!r}; restore it or start a new --out.")
+                            f"{_lookup(saved['config'], key)!r} to {_lookup(now, key)!r}; restore it or start a new --out "
+                            "(a resume may change only schedule.steps, log.* and the checkpoint cadence).")
     try:
         stream.load_state_dict(saved["data"])
     except ValueError as e:

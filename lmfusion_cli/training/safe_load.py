@@ -107,15 +107,18 @@ def load_rng(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_array_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise _refusal(path, _what_was_refused(str(e))) from None
+        raise _refusal(path, what_was_refused(str(e))) from None
     if not isinstance(state, dict) or not {"torch", "numpy", "python"} <= set(state):
         raise UserError(f"{path} is not an lmfusion RNG file (keys {sorted(state) if isinstance(state, dict) else type(state).__name__}); "
                         "delete that checkpoint folder to resume from an earlier one")
     return state
 
 
-def _what_was_refused(message: str) -> str:
+def what_was_refused(message: str) -> str:
+    """What a weights-only unpickler refused, as a phrase (from torch's or our own error message)."""
     m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(r"GLOBAL ([\w.]+)", message)
+    if not m and "invalid load key" in message:
+        return "bytes that are not a pickle of tensors (invalid load key)"
     if m:
         return f"a reference to the Python object {m.group(1)}"
     m = re.search(r"Unsupported operand (\d+)", message)
@@ -166,7 +169,7 @@ def read_dcp_metadata(path: Path) -> Metadata:
         with open(path, "rb") as f:
             metadata = _MetadataUnpickler(f).load()
     except pickle.UnpicklingError as e:
-        raise _refusal(path, _what_was_refused(str(e))) from None
+        raise _refusal(path, what_was_refused(str(e))) from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise UserError(f"{path} is not a readable DCP metadata file ({type(e).__name__}); delete that "
                         "checkpoint folder to resume from an earlier one") from None
@@ -225,7 +228,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, weights_only=True)
         except pickle.UnpicklingError as e:
-            raise _refusal(f"the DCP entry {read_item.dest_index.fqn}", _what_was_refused(str(e))) from None
+            raise _refusal(f"the DCP entry {read_item.dest_index.fqn}", what_was_refused(str(e))) from None
         if self.flatten_state_dict:
             from torch.distributed.checkpoint._traverse import set_element
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.manifest import file_entry
 from lmfusion_cli.data.config import EncodeConfig, PrepareConfig
 from lmfusion_cli.data.encode import run_encode
 from lmfusion_cli.data.images import to_unit_tensor_array
@@ -176,6 +177,8 @@ def test_bad_items_in_input_shards_are_counted(setup, tmp_path):
     bad[1] = Sample(bad[1].key, b"not a png", "png", bad[1].caption, bad[1].meta)
     bad[2] = Sample(bad[0].key, bad[2].image, "png", "dup", {})  # duplicate key inside the shard
     write_shard(data / first, bad)
+    manifest["files"][first] = file_entry(data / first)  # made so by its writer: only a damaged copy is refused
+    (data / "manifest.json").write_text(json.dumps(manifest))
     second = manifest["shards"][1]["name"]
     raw = (data / second).read_bytes()
     (data / second).write_bytes(raw[: len(raw) // 2])  # truncated shard

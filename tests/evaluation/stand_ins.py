@@ -45,8 +45,9 @@ def save_tiny_clip(folder: Path, name: str = "tiny-test-clip") -> tuple[Path, Pa
     return config, weights
 
 
-def make_coco_fixture(root: Path, year: str = "2014", num_images: int = 8, missing=(7,)) -> Path:
-    """A COCO-layout folder: annotations/captions_val{year}.json, val{year}/ images, dataset_coco.json."""
+def make_coco_fixture(root: Path, year: str = "2014", num_images: int = 8, missing=(7,), size=(32, 32)) -> Path:
+    """A COCO-layout folder: annotations/captions_val{year}.json, val{year}/ images (shapes scenes resized to
+    `size`, e.g. not square as COCO's are not), 5 captions each, dataset_coco.json (even images: test)."""
     (root / "annotations").mkdir(parents=True)
     (root / f"val{year}").mkdir()
     images, anns, karpathy = [], [], []
@@ -55,7 +56,7 @@ def make_coco_fixture(root: Path, year: str = "2014", num_images: int = 8, missi
         name = f"COCO_val{year}_{i + 100:012d}.jpg"
         images.append({"id": i + 100, "file_name": name})
         if i not in missing:
-            item.image.save(root / f"val{year}" / name)
+            item.image.resize(size).save(root / f"val{year}" / name)
         for t in range(5):
             anns.append({"id": len(anns), "image_id": i + 100, "caption": shapes.caption_for(item.attributes, t) + "."})
         karpathy.append({"cocoid": i + 100, "filename": name, "split": "test" if i % 2 == 0 else "train"})

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.evaluation.coco import find_layout, karpathy_ids, load_images, prompt_manifest, select_test_images
+from lmfusion_cli.evaluation.coco import (find_layout, generation_images, karpathy_ids, load_images, make_prompts,
+                                          prompt_manifest, select_test_images)
 from stand_ins import make_coco_fixture
 
 
@@ -44,7 +45,23 @@ def test_prompt_manifest_is_seeded_saved_and_guarded(tmp_path):
     assert prompt_manifest(tmp_path / "other.jsonl", images, num=5, seed=4) != prompts
     with pytest.raises(UserError, match="other settings"):
         prompt_manifest(path, images, num=6, seed=3)
-    assert len(prompt_manifest(tmp_path / "many.jsonl", images, num=12, seed=0)) == 12  # more prompts than images
+    with pytest.raises(UserError, match="distinct validation images"):  # never an image twice (COCO-30K)
+        prompt_manifest(tmp_path / "many.jsonl", images, num=len(images) + 1, seed=0)
+    assert not (tmp_path / "many.jsonl").exists()
+
+
+def test_coco30k_prompts_are_distinct_seeded_and_from_every_validation_image(tmp_path):
+    """A few dozen validation images, five captions each: prompts = distinct images drawn from all of them."""
+    layout = find_layout(make_coco_fixture(tmp_path / "coco", num_images=40, missing=(3, 17)))
+    pool, skips = generation_images(layout)
+    assert len(pool) == 38 and skips.counts()["skipped"] == {"missing-image-file": 2}
+    prompts = make_prompts(pool, 30, seed=7)
+    ids = [p["image_id"] for p in prompts]
+    assert len(set(ids)) == 30 and {103, 117}.isdisjoint(ids)
+    by_id = {im.image_id: im.captions for im in pool}
+    assert all(p["caption"] in by_id[p["image_id"]] for p in prompts) and [p["index"] for p in prompts] == list(range(30))
+    assert make_prompts(pool, 30, seed=7) == prompts and make_prompts(pool, 30, seed=8) != prompts
+    assert len({p["image_id"] for p in make_prompts(pool, 38, seed=0)}) == 38  # every image, once
 
 
 def test_wrong_layouts_name_the_expected_file(tmp_path):

@@ -66,10 +66,15 @@ def test_config_defaults_and_checks():
     assert cfg.suite == "all" and cfg.suites() == ["text", "shapes"]
     with_coco = build_config(EvaluateConfig, {"checkpoint": "c", "out": "o", "coco": {"root": "r"}})
     assert with_coco.suites() == ["text", "shapes", "coco"]
+    assert cfg.sampling.scales_for("coco") == (1.0, 1.55) and cfg.sampling.scales_for("shapes") == (1.55,)  # LMFusion Table 1
+    assert (cfg.coco.clip_arch, cfg.coco.clip_pretrained, cfg.coco.num_prompts) == ("ViT-L-14", "openai", 30_000)
     bad = [({"suite": "coco"}, "--coco-root"), ({"suite": "images"}, "suite"),
            ({"sampling": {"sampler": "heun"}}, "sampler"), ({"sampling": {"decoding": "sample"}}, "decoding"),
            ({"coco": {"caption_metrics": ["spice"]}}, "caption_metrics"), ({"shapes": {"num_items": 0}}, "num_items"),
-           ({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch_size")]
+           ({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch_size"),
+           ({"sampling": {"cfg_scale": [1.0, 1.0]}}, "cfg_scale"), ({"sampling": {"cfg_scale": [-1]}}, "cfg_scale"),
+           ({"sampling": {"cfg_scale": [1.0, 1.55]}}, "one guidance scale"),  # suite all includes shapes
+           ({"text": {"items": "a.jsonl", "tasks": ["piqa"]}}, "exclude"), ({"text": {"limit": 0}}, "limit")]
     for fields, word in bad:
         with pytest.raises(UserError, match=word):
             build_config(EvaluateConfig, {"checkpoint": "c", "out": "o", **fields})
@@ -115,7 +120,7 @@ def test_all_runs_text_and_shapes_resumes_and_refuses_other_settings(run_dir, tm
     assert (gens / "00000.png").stat().st_mtime_ns == before["00000.png"]
     assert _cli("--suite", "shapes", *common, "--cfg-scale", 2, "--overwrite") == 0
     assert (gens / "00000.png").stat().st_mtime_ns != before["00000.png"]
-    assert json.loads((out / "manifest.json").read_text())["generation_settings"]["cfg_scale"] == 2.0
+    assert json.loads((out / "manifest.json").read_text())["generation_settings"]["cfg_scale"]["shapes"] == [2.0]
 
 
 def test_text_suite_default_set_and_a_model_whose_text_changed(run_dir, tmp_path):
@@ -188,7 +193,7 @@ def test_shapes_suite_on_the_test_split_of_a_prepared_set(run_dir, tmp_path):
 
 
 def test_coco_suite_end_to_end_with_stand_in_weights(run_dir, tmp_path):
-    root = make_coco_fixture(tmp_path / "coco")
+    root = make_coco_fixture(tmp_path / "coco", num_images=24, size=(40, 32))
     inception = save_tiny_inception(tmp_path / "inception.pt")
     clip_config, clip_weights = save_tiny_clip(tmp_path)
     out = tmp_path / "eval"
@@ -196,46 +201,84 @@ def test_coco_suite_end_to_end_with_stand_in_weights(run_dir, tmp_path):
             "--num-prompts", 6, "--coco-seed", 1, "--num-caption-images", 3, "--inception", inception, "--clip-arch", "tiny-test-clip",
             "--clip-weights", clip_weights, "--clip-config", clip_config, "--fid-stats-dir", tmp_path / "stats",
             "--set", "coco.caption_metrics=[bleu, cider]", *FAST]
-    assert _cli("--suite", "coco", *args) == 0
+    assert _cli("--suite", "coco", *args) == 0  # no --cfg-scale: the paper's two scales
     coco = json.loads((out / "metrics.json").read_text())["coco"]
     assert coco["num_test_images"] == 3 and coco["skipped"]["skipped"] == {"missing-image-file": 1}
     assert len((out / "coco" / "captions.jsonl").read_text().splitlines()) == 3
     assert "CIDEr" in coco["captioning"] and "BLEU-4" in coco["captioning"] and "METEOR" not in coco["captioning"]
-    gen = coco["generation"]
-    assert gen["num_generated"] == 6 and gen["fid"] > 0 and 0 <= gen["clip_score"] <= 100
-    assert not gen["fid_reference_cached"] and len(list((tmp_path / "stats").glob("*.npz"))) == 1
+    protocol = coco["generation"]["protocol"]
+    assert (protocol["num_prompts"], protocol["num_reference_images"], protocol["num_distinct_images"]) == (6, 6, 6)
+    assert protocol["resolution"] == 32 and protocol["extractor"].startswith("inception.pt-")
+    assert (protocol["cfg_scales"], protocol["sampler"], protocol["steps"], protocol["seed"]) == ([1.0, 1.55], "dpm-solver", 2, 1)
+    assert protocol["clip_model"].startswith("tiny-test-clip (tiny-test-clip.pt-")
+    assert set(coco["generation"]["by_cfg_scale"]) == {"cfg=1", "cfg=1.55"}
+    for figures in coco["generation"]["by_cfg_scale"].values():
+        assert figures["num_generated"] == 6 and figures["fid"] > 0 and 0 <= figures["clip_score"] <= 100
+    assert not protocol["reference_stats_cached"] and len(list((tmp_path / "stats").glob("*.npz"))) == 1
     prompts = (out / "coco" / "prompts.jsonl").read_text().splitlines()
     assert json.loads(prompts[0])["seed"] == 1 and len(prompts) == 7
     images = _report_images(out)
-    assert "coco/generation_grid.png" in images and all(_valid_png(out / rel) for rel in images)
+    assert {"coco/generation_grid_cfg-1.png", "coco/generation_grid_cfg-1.55.png"} <= set(images)
+    assert all(_valid_png(out / rel) for rel in images)
+    report = (out / "report.md").read_text()
+    assert "generation.by_cfg_scale.cfg=1.55.fid" in report and "generation.protocol.num_reference_images" in report
     assert json.loads((out / "manifest.json").read_text())["counts"]["skipped"] == {"missing-image-file": 1}
     # a rerun reuses the generations and the cached reference statistics
     assert _cli("--suite", "coco", *args) == 0
     again = json.loads((out / "metrics.json").read_text())["coco"]["generation"]
-    assert again["fid_reference_cached"] and again["fid"] == pytest.approx(gen["fid"])
+    assert again["protocol"]["reference_stats_cached"]
+    assert again["by_cfg_scale"]["cfg=1"]["fid"] == pytest.approx(coco["generation"]["by_cfg_scale"]["cfg=1"]["fid"])
+    # more prompts than distinct images: refused before anything loads
+    assert _cli("--suite", "coco", *args[:-len(FAST) - 2], "--num-prompts", 24, "--out", tmp_path / "many") == 2
+    assert not (tmp_path / "many").exists()
 
 
-def _subprocess_cli(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LMFUSION_QUIET": "1"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "http_proxy": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "no_proxy": "", "NO_PROXY": ""}
+"""No network: hub libraries in offline mode, and every URL through a closed local port (refused at once)."""
+
+
+def _subprocess_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LMFUSION_QUIET": "1", **OFFLINE, **(env or {})}
     return subprocess.run([sys.executable, "-m", "lmfusion_cli.cli", "evaluate", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)
 
 
-@pytest.mark.parametrize("case", ["missing-inception", "wrong-layout"])
+@pytest.mark.parametrize("case", ["missing-inception", "wrong-layout", "offline-inception", "offline-clip"])
 def test_coco_input_errors_exit_2_with_one_sentence(run_dir, tmp_path, case):
+    """Offline, weights that are neither given nor cached stop the run with one sentence naming the file: the
+    download is clean-fid's / open_clip's own call (`fid.cleanfid_inception`, `clip_score.load_clip_pretrained`),
+    here refused by the closed proxy port, not mocked."""
     root = make_coco_fixture(tmp_path / "coco")
     inception = save_tiny_inception(tmp_path / "inception.pt")
+    weights = ["--inception", inception, "--clip-weights", tmp_path / "clip.pt"]
     if case == "missing-inception":
         inception = tmp_path / "weights" / "inception-2015-12-05.pt"
-    else:
+        clip_config, clip_weights = save_tiny_clip(tmp_path)
+        weights = ["--inception", inception, "--clip-arch", "tiny-test-clip", "--clip-config", clip_config,
+                   "--clip-weights", clip_weights]
+        named = str(inception)
+    elif case == "wrong-layout":
         (root / "annotations" / "captions_val2014.json").rename(root / "captions_val2014.json")
+        named = "annotations/captions_val2014.json"
+    elif case == "offline-inception":  # no --inception: clean-fid's own InceptionV3W(download=True) in an empty folder
+        clip_config, clip_weights = save_tiny_clip(tmp_path)
+        weights = ["--clip-arch", "tiny-test-clip", "--clip-config", clip_config, "--clip-weights", clip_weights,
+                   "--set", f"coco.cleanfid_dir={tmp_path / 'cleanfid'}"]
+        named = str(tmp_path / "cleanfid" / "inception-2015-12-05.pt")
+    else:  # no --clip-weights: open_clip's pretrained tag, not in an empty Hugging Face cache
+        weights = ["--inception", inception, "--set", f"coco.clip_cache_dir={tmp_path / 'clip-cache'}"]
+        named = "open_clip_pytorch_model.bin"
     result = _subprocess_cli("--suite", "coco", "--checkpoint", run_dir, "--out", tmp_path / "eval",
-                             "--coco-root", root, "--inception", inception, "--clip-weights", tmp_path / "clip.pt")
+                             "--coco-root", root, "--num-prompts", 4, *weights, env={"HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].count(". ") == 0
-    named = str(inception) if case == "missing-inception" else "annotations/captions_val2014.json"
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].count(". ") == 0, lines
     assert named in lines[0]
+    if case.startswith("offline"):
+        assert "cannot be downloaded" in lines[0] and "--" in lines[0]  # and which option takes a local copy
+        assert not (tmp_path / "cleanfid" / "inception-2015-12-05.pt").exists()  # no partial file left behind
     assert not (tmp_path / "eval").exists()  # nothing was started
 
 
@@ -266,10 +309,11 @@ def test_every_option_reaches_its_config_field_and_yaml_is_overridden(tmp_path, 
                                         "coco:\n  num_prompts: 50\n")
     p = str(tmp_path)
     options = {"--suite": "coco", "--checkpoint": p + "/ck", "--out": p + "/out", "--num-items": 7, "--shapes-seed": 11,
-               "--data": p + "/data", "--text-items": p + "/mc.jsonl", "--text-split": "dev", "--coco-root": p + "/coco",
+               "--data": p + "/data", "--text-split": "dev", "--coco-root": p + "/coco",
                "--karpathy-split": p + "/k.json", "--num-caption-images": 12, "--coco-seed": 4,
-               "--inception": p + "/inc.pt", "--clip-arch": "RN50", "--clip-weights": p + "/clip.bin",
-               "--clip-config": p + "/clip.json", "--fid-stats-dir": p + "/stats", "--cfg-scale": 2.5, "--sampler": "euler",
+               "--inception": p + "/inc.pt", "--clip-arch": "RN50", "--clip-pretrained": "yfcc15m", "--clip-weights": p + "/clip.bin",
+               "--clip-config": p + "/clip.json", "--fid-stats-dir": p + "/stats", "--cfg-scale": "1.0,2.5", "--sampler": "euler",
+               "--tasks": "hellaswag,my.yaml", "--text-limit": 5,
                "--decoding": "top-p", "--max-new-tokens": 6, "--ptb-tokenizer": "java", "--base": p + "/base",
                "--tokenizer": p + "/tok", "--vae": p + "/vae", "--device": "cpu"}
     args = [str(a) for kv in options.items() for a in kv]
@@ -278,14 +322,15 @@ def test_every_option_reaches_its_config_field_and_yaml_is_overridden(tmp_path, 
     assert (cfg.suite, cfg.checkpoint, cfg.out, cfg.batch_size, cfg.ptb_tokenizer) == ("coco", p + "/ck", p + "/out", 3, "java")
     assert (cfg.base, cfg.tokenizer, cfg.vae, cfg.device, cfg.overwrite) == (p + "/base", p + "/tok", p + "/vae", "cpu", True)
     assert (cfg.shapes.num_items, cfg.shapes.seed, cfg.shapes.data) == (7, 11, p + "/data")
-    assert (cfg.text.items, cfg.text.split) == (p + "/mc.jsonl", "dev")
+    assert (cfg.text.tasks, cfg.text.limit, cfg.text.split) == (("hellaswag", "my.yaml"), 5, "dev")
     c = cfg.coco
     assert (c.root, c.karpathy_split, c.num_caption_images, c.num_prompts, c.seed) == (p + "/coco", p + "/k.json", 12, 50, 4)
-    assert (c.inception, c.clip_arch, c.clip_weights, c.clip_config, c.fid_stats_dir) == (
-        p + "/inc.pt", "RN50", p + "/clip.bin", p + "/clip.json", p + "/stats")
+    assert (c.inception, c.clip_arch, c.clip_pretrained, c.clip_weights, c.clip_config, c.fid_stats_dir) == (
+        p + "/inc.pt", "RN50", "yfcc15m", p + "/clip.bin", p + "/clip.json", p + "/stats")
     s = cfg.sampling
     assert (s.cfg_scale, s.steps, s.sampler, s.decoding, s.max_new_tokens, s.num_beams, s.cache) == (
-        2.5, 9, "euler", "top-p", 6, 2, False)
+        (1.0, 2.5), 9, "euler", "top-p", 6, 2, False)
+    assert s.scales_for("coco") == (1.0, 2.5)
     assert _cli("--checkpoint", "c", "--out", "o", "--suite", "pictures") == 2
 
 
@@ -295,8 +340,8 @@ def test_an_interrupted_run_resumes_keeping_what_it_generated(run_dir, tmp_path,
     real = stage._generate_fn
     calls = []
 
-    def crashing(cfg, loaded):
-        generate = real(cfg, loaded)
+    def crashing(cfg, loaded, cfg_scale):
+        generate = real(cfg, loaded, cfg_scale)
 
         def generate_fn(prompts, seeds):
             calls.append(seeds)

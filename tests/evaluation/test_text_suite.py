@@ -1,45 +1,19 @@
-"""The text suite: loading items, log-likelihood scoring (batched == one by one), base vs fused comparison."""
+"""The text suite through lm-evaluation-harness: the shipped set as a local task, parity with a direct
+`lm_eval.simple_evaluate` of the base as an `hf` model, fused == base bit for bit, WinoGrande-style partial
+scoring against a hand computation, items files, task resolution and its errors."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.evaluation.text_data import TINY_MC_PATH, build_tiny_mc_set, to_jsonl
-from lmfusion_cli.evaluation.text_suite import (FieldMap, MCItem, build_requests, compare_models, hf_logits_fn,
-                                                load_hf_disk, load_jsonl, score_items)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w.strip(",") for it in build_tiny_mc_set() for t in [it["context"], *it["choices"]]
-                    for w in t.split()} | {","})
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    return LlamaForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def items():
-    return load_jsonl(TINY_MC_PATH)[0][::12]  # every kind of item, few enough for 2 busy cores
+from lmfusion_cli.evaluation.text_suite import (SHIPPED_TASK, FieldMap, MCItem, items_task, load_hf_disk, load_jsonl,
+                                                load_tasks, run_text_suite, task_from_yaml, task_specs)
 
 
 def test_shipped_set_is_reproducible_and_clean():
@@ -73,7 +47,7 @@ def test_field_maps_and_hf_disk(tmp_path):
                                        "sol2": ["eat the lid", "use a fork"], "answer": ["1", "1"]})
     datasets.DatasetDict({"validation": piqa}).save_to_disk(str(tmp_path / "piqa"))
     fields = FieldMap(context="goal", choices=("sol1", "sol2"), label="answer", label_offset=1)
-    items, skips = load_hf_disk(tmp_path / "piqa", fields, split="validation")
+    items, _skips = load_hf_disk(tmp_path / "piqa", fields, split="validation")
     assert items[0] == MCItem(id="0", context="open a jar", choices=("twist the lid", "eat the lid"), label=0)
     with pytest.raises(UserError, match="splits"):
         load_hf_disk(tmp_path / "piqa", fields)
@@ -85,77 +59,167 @@ def test_field_maps_and_hf_disk(tmp_path):
     assert item.id == "77" and item.label == 2 and item.choices == ("a", "b", "c")
 
 
-def _manual_loglik(model, tokenizer, context: str, continuation: str) -> float:
+TINY_LM = Path(__file__).resolve().parents[2] / "lmfusion_cli" / "assets" / "tiny-lm"
+SMOLLM2 = Path(__file__).resolve().parents[2] / ".cache" / "smollm2-135m-instruct"
+
+
+def _direct_hf(path: Path, tasks, batch_size: int, limit: int | None = None) -> dict:
+    """lm-eval run by hand, the way its README says: the base as an ordinary `hf` model."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    out = simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=tasks, batch_size=batch_size,
+                          device="cpu", bootstrap_iters=0, task_manager=TaskManager(include_defaults=False), limit=limit)
+    return out
+
+
+def _fused(path: Path):
+    from lmfusion_cli.model import LMFusionModel
+
+    return LMFusionModel.from_base(str(path), latent_size=8, latent_channels=4, patch_size=2,
+                                   unet_channels=(16, 32)).eval()
+
+
+def _parity(path: Path, tmp_path: Path, batch_size: int = 16, limit: int | None = None):
+    from lmfusion_cli.evaluation.lm_eval_adapter import base_lm, fused_text_lm
+
+    specs = task_specs([str(SHIPPED_TASK)])
+    manager, names = load_tasks(specs)
+    assert names == ["lmfusion_tiny_mc"]
+    lms = {"base": base_lm(str(path), batch_size=batch_size, device="cpu", dtype="float32"),
+           "fused": fused_text_lm(_fused(path), tokenizer=str(path), batch_size=batch_size)}
+    metrics, _ = run_text_suite(tmp_path, specs, manager, lms, limit=limit)
+    direct = _direct_hf(path, specs, batch_size, limit)
+    task = metrics["tasks"]["lmfusion_tiny_mc"]
+    assert task["num_items"] == (limit or 257) == direct["results"]["lmfusion_tiny_mc"]["sample_len"]
+    for metric in ("acc", "acc_norm"):
+        assert task["base"][metric] == direct["results"]["lmfusion_tiny_mc"][f"{metric},none"]
+    # the direct run's per-document log-likelihoods equal lmfusion's base ones exactly, and fused == base
+    by_doc = {s["doc_id"]: [r[0] for r in s["filtered_resps"]] for s in direct["samples"]["lmfusion_tiny_mc"]}
+    base_rows = [json.loads(line) for line in (tmp_path / "text" / "per_item_base.jsonl").read_text().splitlines()]
+    fused_rows = [json.loads(line) for line in (tmp_path / "text" / "per_item_fused.jsonl").read_text().splitlines()]
+    assert [r["logliks"] for r in base_rows] == [by_doc[r["doc_id"]] for r in base_rows]
+    assert [r["logliks"] for r in fused_rows] == [r["logliks"] for r in base_rows]
+    assert task["identical"] and task["max_abs_diff"] == 0.0 and task["fused"] == task["base"]
+    assert base_rows[0]["id"] == "caption-0000" and base_rows[0]["label"] == load_jsonl(TINY_MC_PATH)[0][0].label
+    return task
+
+
+def test_shipped_task_yaml_reads_the_shipped_file():
+    cfg = task_from_yaml(SHIPPED_TASK)
+    assert Path(cfg["dataset_kwargs"]["data_files"]["test"]) == TINY_MC_PATH.resolve()
+    assert cfg["output_type"] == "multiple_choice" and cfg["task"] == "lmfusion_tiny_mc"
+
+
+def test_lm_eval_parity_on_the_tiny_lm(tmp_path):
+    task = _parity(TINY_LM, tmp_path)
+    assert task["base"]["acc"] > 0.5  # the tiny LM is pretrained: far above chance (0.25) on its own set
+
+
+@pytest.mark.slow
+def test_lm_eval_parity_on_smollm2(tmp_path):
+    if not (SMOLLM2 / "model.safetensors").is_file():
+        pytest.skip("SmolLM2-135M is not cached: run `make real-lm`")
+    _parity(SMOLLM2, tmp_path, limit=64)  # the full 257 items pass too (measured: 403 s on 2 busy cores)
+
+
+WINO_FUNCS = '''
+def doc_to_text(doc):
+    return {"1": 0, "2": 1}[doc["answer"]]
+
+
+def doc_to_target(doc):
+    return doc["sentence"][doc["sentence"].index("_") + 1:].strip()
+
+
+def doc_to_choice(doc):
+    i = doc["sentence"].index("_")
+    return [doc["sentence"][:i] + doc["option1"], doc["sentence"][:i] + doc["option2"]]
+'''
+WINO_YAML = '''task: wino_style_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: data/wino.jsonl
+output_type: multiple_choice
+test_split: validation
+doc_to_text: !function wino_funcs.doc_to_text
+doc_to_target: !function wino_funcs.doc_to_target
+doc_to_choice: !function wino_funcs.doc_to_choice
+metric_list:
+  - metric: acc
+'''
+
+
+def _hand_loglik(model, tokenizer, context: str, continuation: str) -> float:
+    """Σ log p(continuation tokens | context): the whole text is tokenized (with the tokenizer's own BOS) and
+    split at the context's length."""
     ctx = tokenizer(context)["input_ids"]
-    cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([ctx + cont])
+    whole = tokenizer(context + continuation)["input_ids"]
     with torch.no_grad():
-        logprobs = torch.log_softmax(model(input_ids=ids).logits.double(), -1)[0]
-    return float(sum(logprobs[len(ctx) - 1 + t, tok] for t, tok in enumerate(cont)))
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits.double(), -1)[0]
+    return float(sum(logprobs[t - 1, whole[t]] for t in range(len(ctx), len(whole))))
 
 
-def test_batched_equals_one_by_one_and_manual(model, tokenizer, items):
-    fn = hf_logits_fn(model)
-    batched = score_items(items, fn, tokenizer, batch_size=16)
-    single = score_items(items, fn, tokenizer, batch_size=1)
-    for a, b in zip(batched.per_item, single.per_item):
-        assert a["logliks"] == pytest.approx(b["logliks"], abs=1e-5)
-    assert batched.accuracy == single.accuracy
-    item = items[3]
-    for c, choice in enumerate(item.choices):
-        assert single.per_item[3]["logliks"][c] == pytest.approx(_manual_loglik(model, tokenizer, item.context, " " + choice), abs=1e-6)
-    for it, res in zip(items, batched.per_item):  # accuracies are the argmaxes of the stated log-likelihoods
-        norm = [ll / len((" " + c).encode()) for ll, c in zip(res["logliks"], it.choices)]
-        assert res["pred"] == max(range(len(it.choices)), key=res["logliks"].__getitem__)
-        assert res["pred_norm"] == max(range(len(it.choices)), key=norm.__getitem__)
-    assert batched.accuracy == sum(r["pred"] == r["label"] for r in batched.per_item) / len(items)
+def test_winogrande_style_partial_scoring_matches_a_hand_computation(tmp_path):
+    """The context differs per option and the continuation is shared: scored from a task YAML in a user's folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmfusion_cli.evaluation.lm_eval_adapter import (
+        base_lm,
+        evaluate_lm,
+        fused_text_lm,
+    )
+
+    rows = [{"sentence": "a red circle and a blue square are shown: the _ is round.", "option1": "circle",
+             "option2": "square", "answer": "1"},
+            {"sentence": "two plus _ is four.", "option1": "three", "option2": "two", "answer": "2"},
+            {"sentence": "the sky is blue and the _ is green.", "option1": "grass", "option2": "snow", "answer": "1"}]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "wino.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "wino_funcs.py").write_text(WINO_FUNCS)
+    (tmp_path / "wino.yaml").write_text(WINO_YAML)
+    specs = task_specs([str(tmp_path / "wino.yaml")])
+    manager, names = load_tasks(specs)
+    assert names == ["wino_style_local"]
+    res = evaluate_lm(base_lm(str(TINY_LM), batch_size=4, device="cpu"), specs, manager)["wino_style_local"]
+    fused = evaluate_lm(fused_text_lm(_fused(TINY_LM), str(TINY_LM), batch_size=4), specs, manager)["wino_style_local"]
+    model = AutoModelForCausalLM.from_pretrained(str(TINY_LM)).eval()
+    tok = AutoTokenizer.from_pretrained(str(TINY_LM))
+    right = 0
+    for row, got, got_fused in zip(rows, res.per_item, fused.per_item):
+        i = row["sentence"].index("_")
+        cont = " " + row["sentence"][i + 1:].strip()
+        hand = [_hand_loglik(model, tok, row["sentence"][:i] + row[f"option{k}"], cont) for k in (1, 2)]
+        assert got["logliks"] == pytest.approx(hand, abs=1e-4)
+        assert got_fused["logliks"] == got["logliks"]
+        pred = max(range(2), key=hand.__getitem__)
+        assert got["acc"] == float(pred == int(row["answer"]) - 1)
+        right += pred == int(row["answer"]) - 1
+    assert res.metrics["acc"] == pytest.approx(right / len(rows))
 
 
-def test_an_oracle_model_scores_perfectly(tokenizer, items):
-    """A lookup 'model' that knows each right sequence: catches off-by-one alignment of logits and targets."""
-    contexts = [it.context for it in items]
-    items = [it for it in items if contexts.count(it.context) == 1]  # one right answer per prefix
-    good = {}
-    for it in items:
-        seq = build_requests([it], tokenizer)[it.label]
-        full = seq.context_ids + seq.continuation_ids
-        for t in range(len(seq.context_ids), len(full)):
-            good[tuple(full[:t])] = full[t]
-
-    def oracle(input_ids, attention_mask):
-        logits = torch.zeros(*input_ids.shape, len(tokenizer))
-        for b in range(input_ids.shape[0]):
-            n = int(attention_mask[b].sum())
-            for t in range(n):
-                nxt = good.get(tuple(input_ids[b, :t + 1].tolist()))
-                if nxt is not None:
-                    logits[b, t, nxt] = 20.0
-        return logits
-
-    res = score_items(items, oracle, tokenizer, batch_size=7)
-    assert len(items) > 20 and res.accuracy == 1.0 and res.accuracy_norm == 1.0
+def test_items_file_becomes_a_task_and_bad_tasks_are_user_errors(tmp_path):
+    items, _ = load_jsonl(TINY_MC_PATH)
+    spec = items_task(items[:5], tmp_path / "items.jsonl", "my_items")
+    assert [json.loads(line)["id"] for line in (tmp_path / "items.jsonl").read_text().splitlines()] == \
+        [it.id for it in items[:5]]
+    _manager, names = load_tasks([spec])
+    assert names == ["my_items"]
+    assert task_specs(["siqa"]) == ["social_iqa"]  # the paper's name for lm-eval's task
+    with pytest.raises(UserError, match="does not exist"):
+        task_specs([str(tmp_path / "none.yaml")])
+    (tmp_path / "bad.yaml").write_text("dataset_path: json\n")
+    with pytest.raises(UserError, match="no 'task:'"):
+        task_specs([str(tmp_path / "bad.yaml")])
+    (tmp_path / "gone.yaml").write_text(WINO_YAML.replace("wino_style_local", "gone").replace("!function wino_funcs.", "!function nothere."))
+    with pytest.raises(UserError, match="cannot be read"):
+        task_specs([str(tmp_path / "gone.yaml")])
 
 
-def test_max_length_cuts_context_on_the_left(model, tokenizer):
-    item = MCItem("x", "a large purple square at the bottom of a white", ("image", "left"), 0)
-    fn = hf_logits_fn(model)
-    cut = score_items([item], fn, tokenizer, max_length=4).per_item[0]["logliks"]
-    req = build_requests([item], tokenizer, max_length=4)
-    assert all(len(r.context_ids) + len(r.continuation_ids) <= 4 for r in req)
-    assert list(req[0].context_ids) == tokenizer(item.context)["input_ids"][-3:]  # "of a white": 3 + 1 = 4 tokens
-    ids = torch.tensor([list(req[0].context_ids + req[0].continuation_ids)])
-    with torch.no_grad():
-        manual = torch.log_softmax(model(input_ids=ids).logits.double(), -1)[0, 2, req[0].continuation_ids[0]]
-    assert cut[0] == pytest.approx(float(manual), abs=1e-6)
-    assert cut != score_items([item], fn, tokenizer).per_item[0]["logliks"]
-
-
-def test_compare_models_reports_identity_and_difference(model, tokenizer, items):
-    fn = hf_logits_fn(model)
-    wrapped = lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits.clone()  # noqa: E731
-    same = compare_models(items[:10], {"base": fn, "fused": wrapped}, tokenizer, batch_size=4)
-    assert same["identical"] and same["max_abs_diff"] == 0.0
-    assert same["models"]["base"]["per_item"] == same["models"]["fused"]["per_item"]
-    shifted = lambda ids, mask: fn(ids, mask) + 1e-3 * torch.arange(len(tokenizer))  # noqa: E731
-    diff = compare_models(items[:10], {"base": fn, "other": shifted}, tokenizer, batch_size=4)
-    assert not diff["identical"] and diff["max_abs_diff"] > 0
+def test_registered_tasks_unknown_names_and_offline_data_are_user_errors():
+    """Named lm-eval tasks: an unknown name, and (offline, as every test runs) data that is not cached."""
+    with pytest.raises(UserError, match="Unknown lm-eval task"):
+        load_tasks(task_specs(["hellaswag", "no_such_task_xyz"]))
+    with pytest.raises(UserError, match="task social_iqa cannot be loaded"):
+        load_tasks(task_specs(["siqa"]))

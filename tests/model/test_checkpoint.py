@@ -107,3 +107,38 @@ def test_training_loss_of_packed_equals_per_example_losses():
             alone = model(b, lat, timesteps=t[image : image + k], noise=noise[image : image + k])
             torch.testing.assert_close(out.example_loss[i], alone.example_loss[0], atol=1e-5, rtol=1e-5)
             image += k
+
+
+def test_tied_base_saves_only_trainable_and_tolerates_an_old_alias(tmp_path, caplog):
+    """Issue 16: SmolLM2 / Llama-3.2 tie `lm_head.weight` to the frozen `embed_tokens.weight`; the alias is
+    never stored, and a folder written before the fix (alias stored) still loads, with a debug log."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    from lmfusion_cli.model import LMFusionModel
+
+    base = tiny_base("smollm")
+    assert base.lm_head.weight is base.model.embed_tokens.weight
+    base.save_pretrained(tmp_path / "base")
+    model = LMFusionModel.from_base(tmp_path / "base", latent_size=8, unet_channels=(16, 32), patcher="linear")
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_trainable(model, tmp_path / "ckpt")
+    stored = load_file(str(tmp_path / "ckpt" / WEIGHTS))
+    assert set(stored) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+    old = dict(stored, **{"base.lm_head.weight": model.base.lm_head.weight.detach().clone()})
+    save_file(old, str(tmp_path / "ckpt" / WEIGHTS))  # what training wrote before the fix
+    with caplog.at_level(logging.DEBUG, logger="lmfusion_cli.model.checkpoint"):
+        restored = load(tmp_path / "ckpt")
+    assert "ignoring base.lm_head.weight" in caplog.text
+    assert restored.base.lm_head.weight is restored.base.model.embed_tokens.weight  # still tied
+    batch, latents = mixed_batch(model)
+    for a, b in zip(_outputs(model, batch, latents), _outputs(restored, batch, latents)):
+        assert torch.equal(a, b)
+
+    save_file(dict(stored, **{"base.nonsense.weight": torch.zeros(1)}), str(tmp_path / "ckpt" / WEIGHTS))
+    with pytest.raises(UserError, match="has weights this model lacks"):  # anything else is still refused
+        load(tmp_path / "ckpt")

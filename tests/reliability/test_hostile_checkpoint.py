@@ -188,3 +188,17 @@ def test_a_base_bin_with_a_payload_runs_nothing(tmp_path):
     with pytest.raises(Exception, match="Weights only load failed|holds"):
         LMFusionModel.from_base(str(base), latent_size=8, latent_channels=4)
     assert not marker.exists()
+
+
+def test_train_on_a_base_bin_with_a_payload_is_one_line(tmp_path, capsys):
+    from reliability_helpers import build_tiny_base, cli, error_line, train_args, write_fake_cache
+    from safetensors.torch import load_file
+
+    base, marker = build_tiny_base(tmp_path / "base"), tmp_path / "pwned"
+    weights = load_file(str(base / "model.safetensors"))
+    (base / "model.safetensors").unlink()
+    torch.save({**weights, "extra": Payload(marker)}, base / "pytorch_model.bin")
+    capsys.readouterr()
+    assert cli(*train_args(base, write_fake_cache(tmp_path / "lat"), tmp_path / "run", 1)) == 2
+    assert "has a weights file that is not plain tensors" in error_line(capsys)
+    assert not marker.exists()

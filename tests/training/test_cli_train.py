@@ -47,3 +47,18 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "missing" in lines[0], proc.stderr
+
+
+def test_readme_resume_examples_change_only_keys_a_resume_may_change():
+    """Issue 17: the README's `--resume auto --set optim.lr=3e-4` example was refused by its own rule."""
+    from pathlib import Path
+
+    from lmfusion_cli.training.config import RESUME_FIXED_KEYS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    examples = [line for line in readme.splitlines() if "--resume auto" in line and "--set" in line]
+    assert examples
+    for line in examples:
+        keys = [word.split("=")[0] for word in line.split("--set")[1:] for word in [word.split()[0]]]
+        fixed = [k for k in keys if any(k == f or k.startswith(f + ".") for f in RESUME_FIXED_KEYS)]
+        assert not fixed, (line, fixed)

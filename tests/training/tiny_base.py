@@ -13,11 +13,14 @@ WORDS = ("a", "red", "blue", "green", "circle", "square", "triangle", "small", "
 SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<|begin_of_image|>", "<|end_of_image|>")
 
 
-def build_tiny_base(folder: Path, seed: int = 0) -> Path:
+def build_tiny_base(folder: Path, seed: int = 0, tie_word_embeddings: bool = False, words=WORDS) -> Path:
+    """Save a 2-layer width-32 Llama + word-level tokenizer (`words` after the specials) to `folder`.
+
+    `tie_word_embeddings=True` makes `lm_head.weight` the embedding table, as in SmolLM2 / Llama-3.2."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + tuple(words))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
@@ -26,7 +29,7 @@ def build_tiny_base(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=tie_word_embeddings)
     model = LlamaForCausalLM(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)

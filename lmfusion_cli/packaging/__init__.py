@@ -1,0 +1,1 @@
+"""Sharing a trained model: `lmfusion export` folders, their model card, and `LMFusionPipeline`."""
