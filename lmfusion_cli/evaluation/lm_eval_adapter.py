@@ -75,6 +75,12 @@ def base_lm(path: str, batch_size: int = 8, device: str = "cpu", **kwargs: Any):
     """The base as lm-eval's ordinary `hf` model (`pretrained=<path>`): the reference the fused model must equal."""
     from lm_eval.models.huggingface import HFLM
 
+    from lmfusion_cli.model.llava import is_llava_checkpoint, load_vlm
+
+    if is_llava_checkpoint(str(path)):  # LLaVAFusion: the VLM by its own class (lm-eval's `hf` loads causal LMs)
+        dtype = getattr(torch, str(kwargs.pop("dtype", "float32")))
+        vlm = load_vlm(str(path), dtype).to(device).eval()
+        return HFLM(pretrained=vlm, tokenizer=str(path), batch_size=batch_size, **kwargs)
     return HFLM(pretrained=str(path), batch_size=batch_size, device=device, **kwargs)
 
 

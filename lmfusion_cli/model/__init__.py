@@ -9,10 +9,12 @@ from lmfusion_cli.model.sequence import (
     IMAGE,
     PAD,
     TEXT,
+    VISION,
     Example,
     ImagePart,
     MixedBatch,
     TextPart,
+    VisionPart,
     build_example,
     caption_to_image,
     collate,
@@ -26,8 +28,8 @@ from lmfusion_cli.model.sequence import (
 )
 
 __all__ = [
-    "IGNORE", "IMAGE", "PAD", "TEXT", "Diffusion", "Example", "FusionOutput", "ImagePart", "KVCache",
-    "LMFusionConfig", "LMFusionModel", "MixedBatch", "SegmentOutput", "TextPart", "build_example",
+    "IGNORE", "IMAGE", "PAD", "TEXT", "VISION", "Diffusion", "Example", "FusionOutput", "ImagePart", "KVCache",
+    "LMFusionConfig", "LMFusionModel", "MixedBatch", "SegmentOutput", "TextPart", "VisionPart", "build_example",
     "caption_to_image", "collate", "concat_segments", "image_segment", "image_to_caption", "left_pad",
     "make_inference_scheduler", "pack", "resolve_boi_eoi", "text_segment",
 ]

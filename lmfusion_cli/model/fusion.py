@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -21,14 +22,15 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.errors import UserError, what_was_refused
+from lmfusion_cli.model import llava
 from lmfusion_cli.model.attention import Attention, MaskInfo
 from lmfusion_cli.model.cache import KVCache
 from lmfusion_cli.model.config import LMFusionConfig
 from lmfusion_cli.model.diffusion import Diffusion
 from lmfusion_cli.model.image_io import make_patcher
 from lmfusion_cli.model.layers import LAYER_PARTS, ImageExpert, Routes, reinitialise_, routed_layer
-from lmfusion_cli.model.sequence import IMAGE, TEXT, MixedBatch, text_segment
+from lmfusion_cli.model.sequence import IMAGE, TEXT, VISION, MixedBatch, text_segment
 from lmfusion_cli.model.targets import frozen_context, learnable_targets
 
 
@@ -73,7 +75,7 @@ def base_load_error(name: str, error: BaseException) -> str:
 
 
 def _check_llama_layout(base: nn.Module, name: str) -> None:
-    decoder = getattr(base, "model", None)
+    decoder = llava.text_decoder(base) if hasattr(base, "model") else None
     layer = getattr(decoder, "layers", [None])[0]
     missing = [p for p in LAYER_PARTS if not hasattr(layer, p)]
     parts = ("embed_tokens", "norm", "rotary_emb")
@@ -94,9 +96,12 @@ class LMFusionModel(
         """Wrap an already-loaded causal LM (it is modified in place: frozen or re-initialised)."""
         super().__init__()
         _check_llama_layout(base, base_id)
+        self.is_llava = llava.is_llava(base)  # LLaVAFusion: a frozen VLM's vision path feeds the text expert
+        if self.is_llava:
+            llava.check_llava_options(config.from_scratch, config.freeze_text, base_id)
         self.base, self.config, self.base_id = base, config, base_id
         self.base_config = base.config
-        decoder = base.model
+        decoder = llava.text_decoder(base)
         std = getattr(base.config, "initializer_range", 0.02)
         if config.from_scratch:
             reinitialise_(base, std)
@@ -155,16 +160,23 @@ class LMFusionModel(
         elif options:
             config = config.replace(**options)
         if isinstance(base, (str, os.PathLike)):
-            from transformers import AutoModelForCausalLM
-
             base_id = str(base)
             try:
-                base = AutoModelForCausalLM.from_pretrained(base_id, dtype=getattr(torch, config.dtype))
+                base = llava.load_base(base_id, getattr(torch, config.dtype))  # a causal LM or a LLaVA VLM
             except (OSError, ValueError) as e:  # not found, offline, not a causal LM (issue 16)
                 raise UserError(base_load_error(base_id, e)) from e
+            except pickle.UnpicklingError as e:  # a `.bin` transformers' weights-only load refuses (issue 17)
+                raise UserError(f"The base model {base_id} has a weights file that is not plain tensors (it holds "
+                                f"{what_was_refused(str(e))}); pass a base saved as safetensors (or a .bin you "
+                                "trust, re-saved as safetensors)") from None
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The base's Llama-layout decoder: the text expert (a VLM's language model for LLaVA)."""
+        return llava.text_decoder(self.base)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **hub_options) -> LMFusionModel:
@@ -201,13 +213,13 @@ class LMFusionModel(
     # ---- pieces of the forward --------------------------------------------------------------------
     def _embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """(M,) token ids → (M, D); BOI/EOI take the trainable rows, all others the frozen table."""
-        emb = self.base.model.embed_tokens(ids.clamp(max=self.vocab_size - 1))
+        emb = self.decoder.embed_tokens(ids.clamp(max=self.vocab_size - 1))
         emb = torch.where((ids == self.boi_id)[:, None], self.special_embed[0], emb)
         return torch.where((ids == self.eoi_id)[:, None], self.special_embed[1], emb)
 
     def _text_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final text norm + LM head (+ logits of new BOI/EOI rows): (..., D) → (..., V)."""
-        hidden = self.base.model.norm(hidden)
+        hidden = self.decoder.norm(hidden)
         logits = self.base.get_output_embeddings()(hidden)
         if self.special_head is not None:
             logits = torch.cat([logits, hidden @ self.special_head.T], dim=-1)
@@ -254,8 +266,12 @@ class LMFusionModel(
         Returns flat hidden states (B·T, D), the routes and each layer's new (keys, values).
         """
         B, T = batch.input_ids.shape
-        routes = Routes.from_modality(batch.modality, TEXT, IMAGE)
+        is_vision = batch.modality == VISION  # LLaVA vision rows take the text expert, as in LLaVA
+        routes = Routes.from_modality(batch.modality.masked_fill(is_vision, TEXT), TEXT, IMAGE)
         text_rows = self._embed_text(batch.input_ids.reshape(-1)[routes.text])  # (N_text, D)
+        if is_vision.any():
+            rows = llava.vision_features(self.base, batch.vision_pixels, batch.vision_sizes)  # (N_vision, D)
+            text_rows = llava.place_vision_rows(text_rows, is_vision.reshape(-1)[routes.text], rows)
         if image_tokens is not None:
             image_rows = image_tokens[
                 batch.image_index.reshape(-1)[routes.image], batch.patch_index.reshape(-1)[routes.image]
@@ -263,7 +279,7 @@ class LMFusionModel(
         else:
             image_rows = text_rows.new_zeros(0, text_rows.shape[-1])
         hidden = routes.merge(text_rows, image_rows)  # (B·T, D)
-        rope = self.base.model.rotary_emb(hidden.view(B, T, -1), batch.position_ids)  # (B, T, hd) ×2
+        rope = self.decoder.rotary_emb(hidden.view(B, T, -1), batch.position_ids)  # (B, T, hd) ×2
 
         past = 0 if cache is None else cache.length
         if self.sliding_window is not None and past + T > self.sliding_window:
@@ -281,7 +297,7 @@ class LMFusionModel(
         )
         attention = Attention(info, self.config.attention_backend)
         new_kv = []
-        for i, text_layer in enumerate(self.base.model.layers):
+        for i, text_layer in enumerate(self.decoder.layers):
             expert = self.image_experts[i] if self.image_experts is not None else None
             past_kv = None if cache is None else (cache.keys[i], cache.values[i])
             hidden, kv = routed_layer(text_layer, expert, hidden, routes, (B, T), rope, attention, past_kv)

@@ -14,12 +14,15 @@ order is the batch's image index.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
-TEXT, IMAGE, PAD = 0, 1, -1
-"""Modality codes of a position."""
+TEXT, IMAGE, PAD, VISION = 0, 1, -1, 2
+"""Modality codes of a position. VISION: a vision-encoder row of a LLaVA base's understanding image
+(routed to the text expert, causal, as in LLaVA; see `model/llava.py`)."""
+VISION_FIELDS = ("vision_pixels", "vision_sizes")
+"""`MixedBatch` fields indexed by understanding image (LLaVA bases), not by position."""
 IGNORE = -100
 """Label of a position with no LM loss (the `ignore_index` of cross-entropy)."""
 
@@ -53,6 +56,11 @@ class MixedBatch:
     image_generate: torch.Tensor
     """(num_images,) bool: True = generation target (diffusion loss, full schedule); False = condition
     of an understanding example (noise capped by the config, no diffusion loss)."""
+    vision_pixels: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    """(P, C, H, W) float: the VLM image processor's crops of every understanding image of a LLaVA
+    base, concatenated in batch order (LLaVA-NeXT: base crop + AnyRes tiles); (0,) when none."""
+    vision_sizes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.long))
+    """(num_vision_images, 2) long: each understanding image's original (H, W)."""
 
     @property
     def num_images(self) -> int:
@@ -81,6 +89,8 @@ class Example:
     labels: torch.Tensor
     image_generate: torch.Tensor
     latents: torch.Tensor | None = None
+    vision_pixels: torch.Tensor | None = None
+    vision_sizes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -101,13 +111,25 @@ class ImagePart:
     generate: bool = True
 
 
+@dataclass(frozen=True)
+class VisionPart:
+    """One understanding image of a LLaVA base: `num_tokens` positions of the VLM's image token,
+    filled by its vision tower (text expert, causal, no LM loss). Its crops ride in `build_example`'s
+    `vision_pixels`."""
+
+    num_tokens: int
+    token_id: int
+
+
 def build_example(
-    parts: Sequence[TextPart | ImagePart],
+    parts: Sequence[TextPart | ImagePart | VisionPart],
     *,
     num_image_tokens: int,
     boi_id: int,
     eoi_id: int,
     latents: torch.Tensor | None = None,
+    vision_pixels: torch.Tensor | None = None,
+    vision_sizes: torch.Tensor | None = None,
 ) -> Example:
     """Lay out text and images in order. The LM loss covers each text token whose part has `loss`,
     plus BOI of generated images (the model must learn to open an image); image positions have none.
@@ -126,6 +148,14 @@ def build_example(
             image_index += [-1] * n
             patch_index += [-1] * n
             wants_loss += [part.loss] * n
+            continue
+        if isinstance(part, VisionPart):
+            n = part.num_tokens
+            ids += [part.token_id] * n
+            modality += [VISION] * n
+            image_index += [-1] * n
+            patch_index += [-1] * n
+            wants_loss += [False] * n
             continue
         k = len(generate)
         generate.append(part.generate)
@@ -149,6 +179,8 @@ def build_example(
         labels=long(labels),
         image_generate=torch.tensor(generate, dtype=torch.bool),
         latents=latents,
+        vision_pixels=vision_pixels,
+        vision_sizes=vision_sizes,
     )
 
 
@@ -231,6 +263,8 @@ def _assemble(
     labels = torch.full((B, row_length), IGNORE, dtype=torch.long)
     image_generate: list[torch.Tensor] = []
     latents: list[torch.Tensor] = []
+    vision_pixels: list[torch.Tensor] = []
+    vision_sizes: list[torch.Tensor] = []
     images_so_far = 0
     for b, members in enumerate(rows):
         start = 0
@@ -248,6 +282,9 @@ def _assemble(
             image_generate.append(ex.image_generate)
             if ex.latents is not None:
                 latents.append(ex.latents)
+            if ex.vision_pixels is not None:
+                vision_pixels.append(ex.vision_pixels)
+                vision_sizes.append(ex.vision_sizes)
             images_so_far += int(ex.image_generate.shape[0])
             start += n
     # image indexes, `image_generate` and `latents` all follow (row, position) order
@@ -261,8 +298,10 @@ def _assemble(
         labels=labels,
         image_generate=torch.cat(image_generate) if image_generate else torch.zeros(0, dtype=torch.bool),
     )
-    if latents and len(latents) != len(examples):
-        raise ValueError("either every example carries latents or none does")
+    if vision_pixels:
+        batch.vision_pixels, batch.vision_sizes = torch.cat(vision_pixels), torch.cat(vision_sizes)
+    if latents and sum(int(lat.shape[0]) for lat in latents) != images_so_far:
+        raise ValueError("either every example with images carries latents or none does")
     return batch, (torch.cat(latents) if latents else None)
 
 
@@ -336,7 +375,7 @@ def concat_segments(*segments: MixedBatch) -> MixedBatch:
                 else getattr(seg, f.name)
                 for seg, off in zip(segments, offsets)
             ],
-            dim=0 if f.name == "image_generate" else 1,
+            dim=0 if f.name in ("image_generate", *VISION_FIELDS) else 1,
         )
         for f in fields(MixedBatch)
     }

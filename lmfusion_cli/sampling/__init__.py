@@ -13,7 +13,8 @@ Python API (used by `lmfusion sample` and by `evaluate`):
 - `run_sample(SampleConfig)`: the whole stage (files, manifest).
 
 Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached sequence state), `t2i.py`
-(guidance + denoising loop), `decoding.py` (greedy / beam / top-p), `captioning.py`, `interleaved.py`,
+(guidance + denoising loop), `decoding.py` (greedy / beam / top-p), `captioning.py` (+ `vlm_captioning.py`
+for a LLaVA base: the VLM's own vision path and prompt), `interleaved.py`,
 `generate.py`, `vae.py` (latent codec), `loading.py`, `io.py`, `config.py`, `stage.py`.
 """
 

@@ -91,16 +91,23 @@ def caption_images(
     seed: int = 0,
     batch_size: int = 8,
     use_cache: bool = True,
+    processor=None,
 ) -> Captions:
     """Caption `images` (paths or PIL images). Bad images are skipped and counted, never fatal.
 
     Row i's top-p draws use seed + i (i = position in `images`), so a caption does not depend on
-    the batch it falls in."""
+    the batch it falls in. A LLaVA-layout base captions through its own vision path and prompt
+    (`vlm_captioning`; `processor` defaults to the one saved with the base; the VAE is unused)."""
     options = DecodingOptions(strategy=decoding, max_new_tokens=max_new_tokens, num_beams=num_beams,
                               top_p=top_p, temperature=temperature)
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}.")
     result = Captions()
+    if getattr(model, "is_llava", False):
+        from lmfusion_cli.sampling.vlm_captioning import caption_with_vlm
+
+        return caption_with_vlm(model, images, result, processor=processor, options=options, seed=seed,
+                                batch_size=batch_size, use_cache=use_cache)
     readable: list[tuple[int, str, torch.Tensor]] = []
     for index, item in enumerate(images):
         key = str(item) if not isinstance(item, Image.Image) else f"image-{index:05d}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from lmfusion_cli.model.cache import KVCache
-from lmfusion_cli.model.sequence import MixedBatch, concat_segments, image_segment, text_segment
+from lmfusion_cli.model.sequence import VISION_FIELDS, MixedBatch, concat_segments, image_segment, text_segment
 
 
 @dataclass
@@ -64,7 +64,11 @@ def _select_segment(
     segment: MixedBatch, latents: torch.Tensor | None, timesteps: torch.Tensor | None, rows: torch.Tensor
 ) -> tuple[MixedBatch, torch.Tensor | None, torch.Tensor | None]:
     """Rows `rows` of a segment, with its images renumbered and their latents gathered."""
-    picked = {f.name: getattr(segment, f.name)[rows] for f in fields(MixedBatch) if f.name != "image_generate"}
+    if segment.vision_pixels.numel() and not torch.equal(rows.cpu(), torch.arange(segment.input_ids.shape[0])):
+        raise ValueError("reordering rows of an uncached LLaVA prompt is not supported; decode it with the cache")
+    per_row = [f.name for f in fields(MixedBatch) if f.name not in ("image_generate", *VISION_FIELDS)]
+    picked = {name: getattr(segment, name)[rows] for name in per_row}
+    picked.update({name: getattr(segment, name) for name in VISION_FIELDS})
     image_index = picked["image_index"]
     old_ids: list[int] = []
     new_index = torch.full_like(image_index, -1)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.model.sequence import left_pad
+from lmfusion_cli.model.sequence import MixedBatch, left_pad
 from lmfusion_cli.sampling.context import Branch, SequenceContext
 from lmfusion_cli.sampling.decoding import DecodingOptions, sample_until
 from lmfusion_cli.sampling.generate import tokenize_prompt
@@ -59,14 +59,18 @@ def generate_document(
     sampler: str = "dpm-solver",
     seed: int = 0,
     use_cache: bool = True,
+    prefix: MixedBatch | None = None,
 ) -> tuple[list[dict], list[torch.Tensor], str]:
     """Token-level interleaved generation for one prompt: (segments, image latents, stop reason).
 
-    Text segments carry `token_ids`; images are (C, h, w) clean latents."""
+    Text segments carry `token_ids`; images are (C, h, w) clean latents. `prefix` (one row) replaces
+    `[BOS] prompt`, e.g. a LLaVA base's prompt with understanding images on its vision path
+    (`data.llava_inputs.vision_prompt_segment`)."""
     if options.strategy == "beam":
         raise UserError("Interleaved generation decodes with --decoding greedy or top-p, not beam.")
     head = [bos_id] if bos_id is not None else []
-    context = SequenceContext(model, left_pad([head + list(prompt_ids)]), use_cache=use_cache)
+    prefix = left_pad([head + list(prompt_ids)]) if prefix is None else prefix
+    context = SequenceContext(model, prefix, use_cache=use_cache)
     uncond = SequenceContext(model, left_pad([head + [model.boi_id]]), use_cache=use_cache).branch()
     generators = [torch.Generator().manual_seed(seed)] if options.strategy == "top-p" else None
     C, S = model.config.latent_channels, model.config.latent_size

@@ -32,8 +32,10 @@ class DataConfig:
     """Split of the cache to train on."""
     val_split: Optional[str] = "val"
     """Held-out split for the validation loss; None = no validation."""
-    generation_fraction: float = 0.8
-    """Fraction of examples that are caption→image (generation); the rest are image→caption."""
+    generation_fraction: Optional[float] = None
+    """Fraction of examples that are caption→image (generation); the rest are image→caption. None = the
+    base's default: 0.8 for a text-only LM, 1.0 for a LLaVA-layout VLM (its frozen understanding path
+    has nothing to learn; see docs/model.md, LLaVAFusion)."""
     caption_dropout: float = 0.1
     """Fraction of generation examples whose caption is emptied (classifier-free guidance)."""
     interleaved_fraction: float = 0.0
@@ -51,7 +53,7 @@ class DataConfig:
         if not self.latents:
             raise ValueError("data.latents is required: pass --latents DIR (a latent cache from encode-latents)")
         for name in ("generation_fraction", "caption_dropout", "interleaved_fraction", "text_only_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.interleaved_fraction + self.text_only_fraction > 1.0:
             raise ValueError("data.interleaved_fraction + data.text_only_fraction must be <= 1")

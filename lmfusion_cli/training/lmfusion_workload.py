@@ -59,7 +59,8 @@ def latent_geometry(source: LatentSource) -> tuple[int, int]:
 def caption_budget(model: nn.Module, seq_len: int, max_caption_tokens: int) -> int:
     """Most caption tokens one example may hold: the row (`seq_len`, else the base's positions) less
     the image tokens and BOI, EOI, bos, eos; and at most `max_caption_tokens` when that is set."""
-    positions = getattr(model.base.config, "max_position_embeddings", None) or 0
+    config = getattr(model.base.config, "text_config", None) or model.base.config  # a LLaVA base: its LM's
+    positions = getattr(config, "max_position_embeddings", None) or 0
     rows = [n for n in (seq_len, positions) if n]
     room = max(min(rows) - model.num_image_tokens - 4, 1) if rows else 10**9
     return min(room, max_caption_tokens) if max_caption_tokens else room
@@ -85,6 +86,8 @@ class LMFusionWorkload:
         self._outside_groups: set[str] | None = None
         self.caption_budget = caption_budget(model, seq_len, max_caption_tokens)
         self.captions_cut = 0
+        # LLaVAFusion trains generation only: understanding through the frozen VLM teaches nothing
+        self.default_generation_fraction = 1.0 if getattr(model, "is_llava", False) else 0.8
 
     # ---- sharding ----------------------------------------------------------------------------------
     def shard_units(self) -> list[list[nn.Module]]:
@@ -92,10 +95,12 @@ class LMFusionWorkload:
 
         Grouped (`fully_shard([...])`), not one unit per module: with small units the backward order
         of q/k/v/o/MLP can differ between processes whose batches differ (a generation example on one,
-        an understanding example on the other), and the collectives would mismatch."""
+        an understanding example on the other), and the collectives would mismatch.
+        A LLaVA base's vision tower and projector form one more (frozen) unit."""
         groups: list[list[nn.Module]] = []
-        experts = self.model.image_experts or [None] * len(self.model.base.model.layers)
-        for text_layer, expert in zip(self.model.base.model.layers, experts):
+        layers = self.model.decoder.layers
+        experts = self.model.image_experts or [None] * len(layers)
+        for text_layer, expert in zip(layers, experts):
             group: list[nn.Module] = []
             for layer in (text_layer, expert):
                 if layer is None:
@@ -105,6 +110,8 @@ class LMFusionWorkload:
                 if attn is not None:
                     group += [m for m in attn.children()]  # q/k/v/o projections (+ q/k norms)
             groups.append(group)
+        if getattr(self.model, "is_llava", False):
+            groups.append(vision_unit(self.model.base))
         return groups
 
     # ---- batches -----------------------------------------------------------------------------------
@@ -251,6 +258,16 @@ class LMFusionWorkload:
                 "lmfusion_config": self.model.config.to_dict(), "latent_vae": self.cache_vae}
 
 
+def vision_unit(vlm: nn.Module) -> list[nn.Module]:
+    """A LLaVA base's vision tower and projector as one frozen FSDP group.
+
+    The tower's *children* are sharded, not the tower: transformers 5 finds which hidden states a
+    model records by its class name, and `fully_shard` swaps a module's class (FSDP<Name>), after
+    which `get_image_features` would get no hidden states back (measured: a TypeError in FSDP2 runs)."""
+    inner = vlm.model
+    return [*inner.vision_tower.children(), inner.multi_modal_projector]
+
+
 def _image_documents(batch: Any) -> torch.Tensor:
     """(num_images,) the document (sample index in the micro-batch) of each image, in batch image order."""
     where = batch.image_index >= 0
@@ -284,6 +301,10 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     except (TypeError, ValueError) as e:
         raise UserError(f"Invalid model section: {e}.") from e
     model = LMFusionModel.from_base(base, model_config)
+    if model.is_llava and config.data.generation_fraction not in (None, 1.0):
+        raise UserError(f"data.generation_fraction={config.data.generation_fraction} asks for understanding examples, "
+                        f"but the LLaVA base {base} keeps its understanding path frozen (they would teach nothing); "
+                        "set data.generation_fraction to 1 or leave it unset.")
     manifest = getattr(source, "manifest", None) or {}
     log.info("model: %s + image experts, %.2f M trainable of %.2f M parameters", base,
              sum(p.numel() for p in model.trainable_parameters()) / 1e6,

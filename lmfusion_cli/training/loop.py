@@ -16,7 +16,6 @@ import errno
 import json
 import logging
 import os
-import pickle
 import signal
 import time
 import warnings
@@ -87,12 +86,6 @@ def run_training(config: TrainRunConfig, workload_factory: WorkloadFactory | Non
         refuse_foreign(config.train.out, "training-run", RUN_FOLDER_ENTRIES)  # a latent cache, shards, a file
         with _rank0_lock(config, ctx):
             return _run(config, ctx, workload_factory or _default_workload, source_factory or _default_source)
-    except pickle.UnpicklingError as e:  # a base `.bin` that transformers' weights-only load refuses (issue 17)
-        from lmfusion_cli.training.safe_load import what_was_refused
-
-        raise UserError(f"The base model {config.base.path} has a weights file that is not plain tensors (it holds "
-                        f"{what_was_refused(str(e))}); "
-                        "pass a base saved as safetensors (or a .bin you trust, re-saved as safetensors)") from None
     except OSError as e:  # a full disk outside a checkpoint save (logs, run files); saves say more themselves
         if e.errno != errno.ENOSPC:
             raise
@@ -185,7 +178,9 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     optimizer = build_optimizer([(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
                                 config.optim, getattr(workload, "text_parameter_prefix", ""))
     scheduler = build_scheduler(optimizer, config.optim, _schedule_to_follow(config, resume_from))
-    stream = SampleStream(source, config.train.seed, config.data.generation_fraction, config.data.caption_dropout,
+    fraction = config.data.generation_fraction
+    fraction = getattr(workload, "default_generation_fraction", 0.8) if fraction is None else fraction
+    stream = SampleStream(source, config.train.seed, fraction, config.data.caption_dropout,
                           config.data.interleaved_fraction, config.data.text_only_fraction)
     state = TrainState()
     if resume_from:

@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.errors import UserError, what_was_refused
 
 RNG_FORMAT = 2
 """Version of the RNG file layout: 2 = tensors and numbers only (1 = a pickled dict with numpy arrays)."""
@@ -112,17 +112,6 @@ def load_rng(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not an lmfusion RNG file (keys {sorted(state) if isinstance(state, dict) else type(state).__name__}); "
                         "delete that checkpoint folder to resume from an earlier one")
     return state
-
-
-def what_was_refused(message: str) -> str:
-    """What a weights-only unpickler refused, as a phrase (from torch's or our own error message)."""
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(r"GLOBAL ([\w.]+)", message)
-    if not m and "invalid load key" in message:
-        return "bytes that are not a pickle of tensors (invalid load key)"
-    if m:
-        return f"a reference to the Python object {m.group(1)}"
-    m = re.search(r"Unsupported operand (\d+)", message)
-    return f"a pickle opcode that is not data ({m.group(0)})" if m else "Python objects other than tensors"
 
 
 # --------------------------------------------------------------------------------------- DCP metadata

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lmfusion_cli.model import IMAGE, TEXT, LMFusionModel, MixedBatch
+from lmfusion_cli.model import IMAGE, TEXT, VISION, LMFusionModel, MixedBatch
 from lmfusion_cli.model.layers import rope_function
 
 
@@ -53,15 +53,22 @@ def naive_hidden(
     """
     B, T = batch.input_ids.shape
     is_image = batch.modality == IMAGE
-    is_real = (batch.modality == TEXT) | is_image
+    is_vision = batch.modality == VISION  # a LLaVA base's vision rows: text modules, causal
+    is_real = (batch.modality == TEXT) | is_image | is_vision
     emb = model._embed_text(batch.input_ids.reshape(-1)).view(B, T, -1)
+    if is_vision.any():  # the VLM's own vision path, rows filled in (row, position) order
+        kw = {"image_sizes": batch.vision_sizes} if model.base.config.model_type == "llava_next" else {}
+        with torch.no_grad():
+            feats = model.base.model.get_image_features(pixel_values=batch.vision_pixels, **kw).pooler_output
+        emb = emb.clone()
+        emb[is_vision] = torch.cat(list(feats))
     if image_tokens is not None:
         picked = image_tokens[batch.image_index.clamp(min=0), batch.patch_index.clamp(min=0)]
         emb = torch.where(is_image[:, :, None], picked, emb)
     h = emb * is_real[:, :, None]
-    cos, sin = model.base.model.rotary_emb(h, batch.position_ids)
+    cos, sin = model.decoder.rotary_emb(h, batch.position_ids)
     mask = reference_mask(batch) if mask is None else mask
-    for i, text in enumerate(model.base.model.layers):
+    for i, text in enumerate(model.decoder.layers):
         image = model.image_experts[i] if model.image_experts is not None else text
         t_attn, i_attn = text.self_attn, getattr(image, "self_attn", text.self_attn)
         x_t, x_i = text.input_layernorm(h), image.input_layernorm(h)
