@@ -231,7 +231,7 @@ class LMFusionModel(
         Exactly the values of `_text_head`; only the new BOI/EOI logit rows get a gradient (through the
         softmax normaliser), so the (M, V) base logits are computed without a graph."""
         with torch.no_grad():
-            normed = self.base.model.norm(hidden)
+            normed = self.decoder.norm(hidden)
             logits = self.base.get_output_embeddings()(normed)
         return torch.cat([logits, normed @ self.special_head.T], dim=-1)
 
