@@ -51,7 +51,7 @@ text_arg=()
 [[ -n $TEXT_ITEMS ]] && text_arg=(--text-items "$TEXT_ITEMS")
 
 stage prepare "$DATA" \
-  "$LMFUSION" prepare --source shapes --out "$DATA" --num-items "$NUM_ITEMS" --seed "$SEED" \
+  "$LMFUSION" prepare --source shapes --interleaved --out "$DATA" --num-items "$NUM_ITEMS" --seed "$SEED" \
   --resolution "$RESOLUTION" --workers "$WORKERS"
 
 stage encode-latents "$LATENTS" \

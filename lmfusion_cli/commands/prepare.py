@@ -19,6 +19,7 @@ def command(
     coco_root: Annotated[Optional[Path], typer.Option(help="COCO root (same as --input for --source coco).")] = None,
     karpathy_split: Annotated[Optional[Path], typer.Option(help="COCO: Karpathy split JSON.")] = None,
     num_items: Annotated[Optional[int], typer.Option(help="Shapes: number of items.")] = None,
+    interleaved: Annotated[Optional[bool], typer.Option("--interleaved", help="Shapes: add an interleaved document to each item.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of generation and split.")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(help="Items per shard.")] = None,
@@ -36,7 +37,7 @@ def command(
 
     Examples:
 
-      lmfusion prepare --source shapes --out work/shapes --num-items 2000 --seed 0
+      lmfusion prepare --source shapes --out work/shapes --num-items 2000 --seed 0 [--interleaved]
 
       lmfusion prepare --source coco --coco-root /data/coco --karpathy-split /data/dataset_coco.json --out work/coco
 
@@ -49,7 +50,7 @@ def command(
 
     cfg = resolve_config(PrepareConfig, config, overrides, {
         "source": source, "out": out, "input": input or coco_root, "karpathy_split": karpathy_split,
-        "num_items": num_items, "seed": seed, "resolution": resolution, "shard_size": shard_size,
+        "num_items": num_items, "interleaved": interleaved, "seed": seed, "resolution": resolution, "shard_size": shard_size,
         "workers": workers, "overwrite": overwrite, "val_fraction": val_fraction, "test_fraction": test_fraction,
         "allow_outside_root": allow_outside_root, "max_pixels": max_pixels,
     })

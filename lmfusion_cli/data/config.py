@@ -21,6 +21,9 @@ class PrepareConfig:
     """COCO only: Karpathy split JSON (`dataset_coco.json`); without it the seeded hash split is used."""
     num_items: int = 2000
     """Shapes only: number of items to generate."""
+    interleaved: bool = False
+    """Shapes only: give each item an interleaved document ("Here is a picture of <caption>: <image> The
+    circle is on the left.") for `data.interleaved_fraction` in training (data/interleaved.py)."""
     seed: int = 0
     """Seed of the shapes generator and of the train/val/test split."""
     resolution: int = 64
@@ -63,6 +66,8 @@ class PrepareConfig:
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.interleaved and self.source != "shapes":
+            raise ValueError("interleaved applies to --source shapes; a jsonl source gives documents with `parts`")
         if self.source != "shapes" and not self.input:
             raise ValueError(f"source '{self.source}' needs an input path: pass --input PATH (or --coco-root DIR)")
 

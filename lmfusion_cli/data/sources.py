@@ -17,7 +17,8 @@ Layouts:
 - folder: images anywhere under DIR, each with a same-named `.txt` caption (and optional `.json`
   attributes).
 - jsonl: one JSON object per line: `image` (path, relative to the file's folder), `caption` (string or
-  list), optional `key`, `split`, `attributes`.
+  list), optional `key`, `split`, `attributes`; or an interleaved document: `parts`, a list of
+  `{"text": str}` and `{"image": path[, "caption": str]}` (one item per image, see data/interleaved.py).
 - hf-disk: a `datasets` Dataset/DatasetDict saved with `save_to_disk`; the first `Image` column and the
   first of caption/text/captions/sentence columns are used; DatasetDict splits keep their names.
 - imagefolder: the Hugging Face `imagefolder` layout: `metadata.jsonl` or `metadata.csv` rows with
@@ -35,11 +36,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import SkipLog
 from lmfusion_cli.data.config import PrepareConfig
+from lmfusion_cli.data.interleaved import jsonl_items, shapes_document
 from lmfusion_cli.data.images import IMAGE_EXTENSIONS, BadImage, decode_image
 from lmfusion_cli.data.shards import safe_key
 
@@ -125,7 +128,11 @@ def _list_shapes(cfg: PrepareConfig, lister: _Lister) -> None:
     # `load_image` draws the item again at full size in the worker.
     for index in range(cfg.num_items):
         item = make_item(index, cfg.seed, resolution=8)  # tiny render: only caption/attributes used
-        lister.add(ItemSpec(item.key, item.caption, ("shapes", index), None, item.attributes))
+        extra = {}
+        if cfg.interleaved:  # the text around the image (data/interleaved.py), drawn from (seed, index) only
+            rng = np.random.default_rng([cfg.seed, index, 18])
+            extra = {"document": shapes_document(item.attributes, item.caption, rng)}
+        lister.add(ItemSpec(item.key, item.caption, ("shapes", index), None, item.attributes, extra))
 
 
 def _coco_files(root: Path) -> list[Path]:
@@ -241,11 +248,14 @@ def _list_jsonl(cfg: PrepareConfig, lister: _Lister) -> None:
             where = f"{path.name}:{line_no}"
             try:
                 record = json.loads(raw.decode("utf-8"))
+                if isinstance(record, dict) and "parts" in record:
+                    _add_document(record, base, lister, where)
+                    continue
                 image = record["image"]
                 if not isinstance(image, str) or not image:
                     raise TypeError(f"image must be a path string, got {type(image).__name__}")
                 caption, captions = _first_caption(record["caption"])
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 lister.log.skip(where, "bad-record", f"{type(e).__name__}: {e}")
                 continue
             image_path = Path(image) if os.path.isabs(image) else base / image
@@ -253,6 +263,18 @@ def _list_jsonl(cfg: PrepareConfig, lister: _Lister) -> None:
             split = SPLIT_NAMES.get(record["split"]) if record.get("split") else None
             extra = {"source": str(image)} | ({"captions": captions} if len(captions) > 1 else {})
             lister.add(ItemSpec(key, caption, ("file", str(image_path)), split, record.get("attributes"), extra), base)
+
+
+def _add_document(record: dict[str, Any], base: Path, lister: _Lister, where: str) -> None:
+    """An interleaved JSONL document (`parts`) → one item per image, its text around it as the document;
+    the caption is the image part's `caption`, else the text before it, else the text after it."""
+    doc_key = safe_key(str(record.get("key") or where.replace(":", "-")))
+    split = SPLIT_NAMES.get(record["split"]) if record.get("split") else None
+    for k, (image, document, caption) in enumerate(jsonl_items(record["parts"])):
+        image_path = Path(image) if os.path.isabs(image) else base / image
+        caption = (caption or document["before"] or document["after"]).strip()
+        lister.add(ItemSpec(f"{doc_key}-{k}", caption, ("file", str(image_path)), split, record.get("attributes"),
+                            {"source": str(image), "document": document}))
 
 
 @functools.lru_cache(maxsize=4)

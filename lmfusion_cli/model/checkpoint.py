@@ -92,7 +92,8 @@ def load(path: str | os.PathLike, base=None) -> LMFusionModel:
     unknown = sorted(set(state) - set(params))
     if unknown:
         raise UserError(f"Checkpoint {path / WEIGHTS} has weights this model lacks ({unknown[:3]}...); check its LMFusion config.")
-    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in state)
+    stored = {id(params[n]) for n in state}  # a tied weight counts as stored under any of its names
+    missing = sorted(n for n in own_names if params[n].requires_grad and id(params[n]) not in stored)
     if missing:
         raise UserError(f"Checkpoint {path / WEIGHTS} lacks trainable weights the model has ({', '.join(missing[:3])}"
                         f"{', ...' if len(missing) > 3 else ''}); pass a complete checkpoint made with this LMFusion config.")

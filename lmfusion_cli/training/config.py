@@ -38,6 +38,11 @@ class DataConfig:
     has nothing to learn; see docs/model.md, LLaVAFusion)."""
     caption_dropout: float = 0.1
     """Fraction of generation examples whose caption is emptied (classifier-free guidance)."""
+    interleaved_fraction: float = 0.0
+    """Fraction of examples laid out as the item's interleaved document (`[bos] before BOI image EOI after
+    [eos]`; items without one, see `prepare --interleaved`, fall back to generation/understanding)."""
+    text_only_fraction: float = 0.0
+    """Fraction of examples that are text-only negatives from the tiny LM's corpus (no image follows)."""
     seq_len: int = 0
     """Packed row length in tokens; 0 = one example per row, padded to the longest in the micro-batch."""
     max_caption_tokens: int = 0
@@ -47,9 +52,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.latents:
             raise ValueError("data.latents is required: pass --latents DIR (a latent cache from encode-latents)")
-        for name in ("generation_fraction", "caption_dropout"):
+        for name in ("generation_fraction", "caption_dropout", "interleaved_fraction", "text_only_fraction"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.interleaved_fraction + self.text_only_fraction > 1.0:
+            raise ValueError("data.interleaved_fraction + data.text_only_fraction must be <= 1")
         if self.seq_len < 0:
             raise ValueError(f"data.seq_len must be >= 0 tokens, got {self.seq_len}")
         if self.max_caption_tokens < 0:

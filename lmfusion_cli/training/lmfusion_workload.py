@@ -3,7 +3,8 @@
 - Builds the model with `LMFusionModel.from_base`, taking the latent sizes from the cache manifest,
   never from literals; BOI/EOI are the model's own new rows (ids V, V+1), not tokenizer tokens.
 - Lays out each sample with the model package's builders: generation = `[bos] caption BOI image EOI
-  [eos]`, understanding = `[bos] BOI image EOI caption [eos]`; packs rows of `data.seq_len` tokens
+  [eos]`, understanding = `[bos] BOI image EOI caption [eos]`, interleaved = `[bos] before BOI image EOI
+  after [eos]` (the image a generation target), text-only = `[bos] text [eos]`; packs rows of `data.seq_len` tokens
   (`sequence.pack`) or one example per row (`sequence.collate`).
 - Draws each image's timestep and noise from its sample's `noise_seed`, so the noise does not depend
   on how samples are split over processes or micro-batches (exact resume on another world size).
@@ -25,7 +26,7 @@ from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.training.config import TrainRunConfig
 from lmfusion_cli.training.distributed import unwrap
 
-from lmfusion_cli.training.loader import GENERATION, LatentSource, Sample
+from lmfusion_cli.training.loader import GENERATION, INTERLEAVED, TEXT_ONLY, LatentSource, Sample
 from lmfusion_cli.training.workload import LossSums, MicroBatch
 
 log = logging.getLogger(__name__)
@@ -124,33 +125,52 @@ class LMFusionWorkload:
         return groups
 
     # ---- batches -----------------------------------------------------------------------------------
-    def _caption_ids(self, caption: str) -> list[int]:
+    def _caption_ids(self, caption: str, room: int | None = None) -> list[int]:
         ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"] if caption else []
-        if len(ids) > self.caption_budget:
+        budget = self.caption_budget if room is None else max(min(room, self.caption_budget), 0)
+        if len(ids) > budget and room is None:
             self.captions_cut += 1
             if self.captions_cut == 1:
                 log.warning("a caption of %d+ tokens was cut to %d (data.max_caption_tokens); later cuts are "
                             "counted as captions_cut", len(ids), self.caption_budget)
-            ids = ids[: self.caption_budget]
-        return ids
+        return ids[:budget]
+
+    def _example(self, s: Sample):
+        """One sample laid out with the model package's builders (see the module docstring)."""
+        from lmfusion_cli.model import sequence
+
+        core = unwrap(self.model)
+        kw = dict(num_image_tokens=self.num_image_tokens, boi_id=core.boi_id, eoi_id=core.eoi_id)
+        head = [self.bos_id] if self.bos_id is not None else []
+        tail = [self.eos_id] if self.eos_id is not None else []
+        if s.task == TEXT_ONLY:  # a negative: no image follows; short, so it does not swamp the mean
+            room = (self.seq_len or 48) - 2
+            C, S = core.config.latent_channels, core.config.latent_size
+            return sequence.build_example([sequence.TextPart(head + self._caption_ids(s.caption, room) + tail)],
+                                          latents=torch.zeros(0, C, S, S), **kw)
+        if s.task == INTERLEAVED:  # [bos] before BOI image EOI after [eos]: the image is a generation target
+            room = (self.seq_len or self.num_image_tokens + 64) - self.num_image_tokens - 4
+            before = self._caption_ids(s.caption, room)
+            after = self._caption_ids(s.after, room - len(before))
+            parts = [sequence.TextPart(head + before), sequence.ImagePart(generate=True), sequence.TextPart(after + tail)]
+            return sequence.build_example(parts, latents=s.latent.unsqueeze(0), **kw)
+        build = sequence.caption_to_image if s.task == GENERATION else sequence.image_to_caption
+        return build(self._caption_ids(s.caption), bos_id=self.bos_id, eos_id=self.eos_id,
+                     latents=s.latent.unsqueeze(0), **kw)
 
     def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch:
         from lmfusion_cli.model import sequence
 
-        examples = []
-        for s in samples:
-            build = sequence.caption_to_image if s.task == GENERATION else sequence.image_to_caption
-            examples.append(build(self._caption_ids(s.caption), num_image_tokens=self.num_image_tokens,
-                                  boi_id=self.model.boi_id, eoi_id=self.model.eoi_id, bos_id=self.bos_id,
-                                  eos_id=self.eos_id, latents=s.latent.unsqueeze(0)))
+        examples = [self._example(s) for s in samples]
         if self.seq_len:
             batch, latents = sequence.pack(examples, self.seq_len, pad_id=self.pad_id)
         else:
             batch, latents = sequence.collate(examples, pad_id=self.pad_id)
+        core = unwrap(self.model)
         return MicroBatch(inputs=(batch.to(device), latents.to(device), _image_documents(batch)),
                           keys=[s.key for s in samples],
-                          text_targets=int(unwrap(self.model).target_masks(batch)[0].sum()),
-                          generated_images=int(unwrap(self.model).image_targets(batch).sum()),
+                          text_targets=int(core.target_masks(batch)[0].sum()),
+                          generated_images=int(core.image_targets(batch).sum()),
                           tokens=int((batch.modality != sequence.PAD).sum()), images=batch.num_images)
 
     def _noise(self, micro: MicroBatch, noise_seeds: list[int], fraction: float | None):
@@ -169,6 +189,8 @@ class LMFusionWorkload:
                 t = torch.tensor([limit * core.config.num_train_timesteps]).floor()
             timesteps.append(t)
             noise.append(torch.randn(latents.shape[1:], generator=g))
+        if not timesteps:  # text-only micro-batch
+            return torch.zeros(0, device=latents.device), torch.zeros_like(latents)
         return torch.cat(timesteps).to(latents.device), torch.stack(noise).to(latents.device, latents.dtype)
 
     def loss_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int]) -> LossSums:

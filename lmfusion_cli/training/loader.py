@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 GENERATION, UNDERSTANDING = "generation", "understanding"
+INTERLEAVED, TEXT_ONLY = "interleaved", "text"
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant to decorrelate (seed, position) seeds
 
 
@@ -45,15 +46,19 @@ class Sample:
     key: str
     """The item's key in the latent cache (logged when its loss is not finite)."""
     task: str
-    """`generation` (caption → image) or `understanding` (image → caption)."""
+    """`generation` (caption → image), `understanding` (image → caption), `interleaved` (text, image,
+    text: the item's document) or `text` (a text-only document, no image)."""
     caption: str
-    """The caption; empty when dropped for classifier-free guidance."""
-    latent: torch.Tensor
-    """(C, H, W) float32 scaled latent."""
+    """The caption (empty when dropped for classifier-free guidance); the text before the image for
+    `interleaved`; the whole document for `text`."""
+    latent: torch.Tensor | None
+    """(C, H, W) float32 scaled latent; None for `text`."""
     position: int
     """Global stream position (epoch · N + index in the epoch)."""
     noise_seed: int
     """Seed for this sample's diffusion noise and timestep (independent of the process layout)."""
+    after: str = ""
+    """`interleaved`: the text after the image."""
 
 
 def item_field(item: Any, name: str) -> Any:
@@ -70,19 +75,29 @@ def sample_seed(seed: int, position: int, salt: int = 0) -> int:
     return x & ((1 << 63) - 1)
 
 
+def _document(item: Any) -> dict[str, str] | None:
+    """The item's interleaved document `{"before", "after"}` (data/interleaved.py), if it has one."""
+    meta = item.get("meta") if isinstance(item, dict) else getattr(item, "meta", None)
+    document = (meta or {}).get("document") if isinstance(meta, dict) else None
+    return document if isinstance(document, dict) and "before" in document else None
+
+
 class SampleStream:
     """Deterministic, exactly resumable sample stream over a latent source.
 
     `state_dict()` / `load_state_dict()` carry the one integer `consumed` plus the source length and
     seed, which are checked on load (another cache or seed would silently change the data)."""
 
-    def __init__(self, source: LatentSource, seed: int, generation_fraction: float, caption_dropout: float):
+    def __init__(self, source: LatentSource, seed: int, generation_fraction: float, caption_dropout: float,
+                 interleaved_fraction: float = 0.0, text_only_fraction: float = 0.0):
         if len(source) == 0:
             raise ValueError("the latent source is empty")
         self.source = source
         self.seed = seed
         self.generation_fraction = generation_fraction
         self.caption_dropout = caption_dropout
+        self.interleaved_fraction = interleaved_fraction
+        self.text_only_fraction = text_only_fraction
         self.consumed = 0
         self._perm_epoch = -1
         self._perm: torch.Tensor | None = None
@@ -106,14 +121,28 @@ class SampleStream:
         g = torch.Generator().manual_seed(sample_seed(self.seed, position, salt=2))
         u_task, u_drop = torch.rand(2, generator=g).tolist()
         item = self.source[index]
-        task = GENERATION if u_task < self.generation_fraction else UNDERSTANDING
-        caption = item_field(item, "caption")
-        if task == GENERATION and u_drop < self.caption_dropout:
-            caption = ""
+        # the first `text_only_fraction` of u_task: a text-only negative; the next `interleaved_fraction`:
+        # the item's document; the rest, rescaled, splits generation/understanding (unchanged when both are 0)
+        rest = 1.0 - self.text_only_fraction - self.interleaved_fraction
+        if u_task < self.text_only_fraction:
+            from lmfusion_cli.data.interleaved import text_only_document
+
+            text_index = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+            return Sample(key=f"text-{text_index}", task=TEXT_ONLY, caption=text_only_document(text_index),
+                          latent=None, position=position, noise_seed=0)
+        document = _document(item)
+        if u_task < self.text_only_fraction + self.interleaved_fraction and document is not None:
+            task, caption, after = INTERLEAVED, document["before"], document["after"]
+        else:
+            u = (u_task - self.text_only_fraction - self.interleaved_fraction) / rest if rest > 0 else u_task
+            task = GENERATION if u < self.generation_fraction else UNDERSTANDING
+            caption, after = item_field(item, "caption"), ""
+            if task == GENERATION and u_drop < self.caption_dropout:
+                caption = ""
         latent = self.source.draw(index, g).float()
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=g))
         return Sample(key=str(item_field(item, "key")), task=task, caption=caption, latent=latent,
-                      position=position, noise_seed=noise_seed)
+                      position=position, noise_seed=noise_seed, after=after)
 
     def next_step(self, batch_size: int, rank: int = 0, world_size: int = 1) -> list[Sample]:
         """This process's share of the next global batch of `batch_size` samples; advances the stream.

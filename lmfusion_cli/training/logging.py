@@ -1,6 +1,7 @@
 """Training logs: one JSON line per logged step, the trackers' view of it (`trackers.py`), a progress bar.
 
-`RUN/logs/train.jsonl` holds records `{"step", "loss", "text_loss", "image_loss", "lr", "grad_norm",
+`RUN/logs/train.jsonl` holds records `{"step", "loss", "text_loss", "text_targets" (learnable LM targets
+it averages over), "image_loss", "lr", "grad_norm",
 "tokens_per_s", "images_per_s", "memory_mb", "cpu_s" (this process's CPU seconds), "flops" (with
 `log.count_flops`: forward+backward FLOPs of all processes since the previous record, the first step of
 the interval counted and multiplied by its steps), ...}` and events (`{"event": "nonfinite", "step",

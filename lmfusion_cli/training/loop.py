@@ -188,7 +188,8 @@ def _build(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadF
     scheduler = build_scheduler(optimizer, config.optim, _schedule_to_follow(config, resume_from))
     fraction = config.data.generation_fraction
     fraction = getattr(workload, "default_generation_fraction", 0.8) if fraction is None else fraction
-    stream = SampleStream(source, config.train.seed, fraction, config.data.caption_dropout)
+    stream = SampleStream(source, config.train.seed, fraction, config.data.caption_dropout,
+                          config.data.interleaved_fraction, config.data.text_only_fraction)
     state = TrainState()
     if resume_from:
         state = _resume(Path(resume_from), config, model, optimizer, scheduler, stream, ctx, workload)
@@ -243,6 +244,7 @@ def _run(config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFac
             _count_finite(run, result, logger)
             if state.step % config.log.every == 0 or state.step == config.schedule.steps:
                 logger.write({"step": state.step, "loss": result.loss, "text_loss": result.text_loss,
+                              "text_targets": result.text_targets,
                               "image_loss": result.image_loss, "lr": lr, "grad_norm": result.grad_norm,
                               "tokens_per_s": result.tokens / seconds, "images_per_s": result.images / seconds,
                               "memory_mb": memory_mb(ctx.device), "cpu_s": time.process_time(),

@@ -38,6 +38,8 @@ class StepResult:
     """Non-padding tokens of the global batch."""
     images: int
     """Images of the global batch."""
+    text_targets: int = 0
+    """Learnable LM targets of the global batch: the count `text_loss` averages over."""
     bad_keys: list[str] = field(default_factory=list)
     """Sample keys whose loss was not finite (all processes), when the step was skipped."""
 
@@ -81,7 +83,8 @@ def train_step(model: nn.Module, workload: Workload, optimizer: torch.optim.Opti
         bad_keys = [k for keys in gather_objects(bad_keys, ctx) for k in keys]
     optimizer.zero_grad(set_to_none=True)
     return StepResult(applied=finite, loss=total, text_loss=text_loss, image_loss=image_loss,
-                      grad_norm=grad_norm, tokens=int(tokens), images=int(images), bad_keys=bad_keys)
+                      grad_norm=grad_norm, tokens=int(tokens), images=int(images),
+                      text_targets=int(text_targets), bad_keys=bad_keys)
 
 
 def _bad_keys(micro: MicroBatch, per_sample: torch.Tensor | None, sums: torch.Tensor) -> list[str]:

@@ -72,3 +72,10 @@ def test_missing_trainable_weight_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"lacks trainable weights the model has \(special_head\)") as e:
         load(tmp_path / "ckpt")
     assert "\n" not in str(e.value)
+
+
+def test_trainable_tied_base_round_trips(tmp_path):
+    """Unfrozen tied embeddings: one weight under two names is stored once and is not reported missing."""
+    model = _saved(tmp_path, "smollm", freeze_text=False)
+    restored = load(tmp_path / "ckpt")
+    assert _same_outputs(model, restored)

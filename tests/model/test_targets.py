@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from lmfusion_cli.model import ImagePart, TextPart, build_example, pack
-from lmfusion_cli.model.sequence import IGNORE, caption_to_image, collate, image_to_caption
+from lmfusion_cli.model.sequence import (
+    IGNORE,
+    caption_to_image,
+    collate,
+    image_to_caption,
+)
 from lmfusion_cli.model.targets import frozen_context
 
 from .helpers import tiny_model
@@ -47,10 +52,10 @@ def _random_examples(model, rng: random.Random):
 def _brute_force(model, batch, latents):
     """Per-target losses with a full graph: (flat target positions, (M,) losses)."""
     g = torch.Generator().manual_seed(0)
-    tokens = skips = None
+    tokens = None
     if batch.num_images:
         noisy, t, _ = model._noised(latents, batch.image_generate, None, None, g)
-        tokens, skips = model.patcher.encode(noisy, t)
+        tokens, _ = model.patcher.encode(noisy, t)
     hidden, _, _ = model._transformer(batch, tokens, cache=None)
     labels = batch.labels.reshape(-1)
     targets = (labels != IGNORE).nonzero().squeeze(1)
