@@ -37,7 +37,9 @@ def command(
 
     Examples:
 
-      lmfusion prepare --source shapes --out work/shapes --num-items 2000 --seed 0 [--interleaved]
+      lmfusion prepare --source shapes --out work/shapes --num-items 2000 --seed 0
+
+      lmfusion prepare --source shapes --out work/shapes-docs --num-items 2000 --interleaved
 
       lmfusion prepare --source coco --coco-root /data/coco --karpathy-split /data/dataset_coco.json --out work/coco
 

@@ -268,6 +268,22 @@ def run_encode(cfg: EncodeConfig) -> dict[str, Any]:
         return manifest
 
 
+def _start(cfg: EncodeConfig, out: Path, resolution: int, source_hash: str):
+    """Load the VAE and open `out` for this config: (vae_spec, vae, identity, config hash, the finished
+    manifest when `out` is already complete with the same settings, else None)."""
+    vae_spec = resolve_vae(cfg.vae)
+    vae = load_vae(vae_spec)
+    identity = vae_identity(vae_spec, vae)
+    decisive = {"vae": {k: v for k, v in identity.items() if k != "id"}, "resolution": resolution,
+                "dtype": cfg.dtype, "store": cfg.store, "flip": cfg.flip, "source": source_hash,
+                "seed": cfg.seed if cfg.store == "sample" else None}
+    cfg_hash = sha256_json(decisive)[:16]
+    finished = start_output(out, KIND, cfg_hash, cfg.overwrite, _OURS, "encode-latents")
+    if finished is not None:
+        log.info("%s is already complete (same VAE and settings); pass --overwrite to rebuild it", out)
+    return vae_spec, vae, identity, cfg_hash, finished
+
+
 def _run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     from lmfusion_cli.data.webdata import is_stream_spec
 
@@ -276,17 +292,9 @@ def _run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     data, out = Path(cfg.data), Path(cfg.out)
     data_manifest = read_manifest(data, "shards", what="data")
     resolution = cfg.resolution or data_manifest["resolution"]
-    vae_spec = resolve_vae(cfg.vae)
-    vae = load_vae(vae_spec)
-    identity = vae_identity(vae_spec, vae)
     source_hash = sha256_file(data / "manifest.json")
-    decisive = {"vae": {k: v for k, v in identity.items() if k != "id"}, "resolution": resolution,
-                "dtype": cfg.dtype, "store": cfg.store, "flip": cfg.flip, "source": source_hash,
-                "seed": cfg.seed if cfg.store == "sample" else None}
-    cfg_hash = sha256_json(decisive)[:16]
-    finished = start_output(out, KIND, cfg_hash, cfg.overwrite, _OURS, "encode-latents")
+    vae_spec, vae, identity, cfg_hash, finished = _start(cfg, out, resolution, source_hash)
     if finished is not None:
-        log.info("%s is already complete (same VAE and settings); pass --overwrite to rebuild it", out)
         return finished
     jobs, scans = _scan_all(data, data_manifest)
 
@@ -345,17 +353,9 @@ def _run_encode_streamed(cfg: EncodeConfig) -> dict[str, Any]:
                         "--resolution, the side of the prepared images (e.g. 64).")
     if cfg.gpus > 1:
         log.warning("streamed shards are encoded by one process; --gpus %d is ignored", cfg.gpus)
-    vae_spec = resolve_vae(cfg.vae)
-    vae = load_vae(vae_spec)
-    identity = vae_identity(vae_spec, vae)
     source_hash = sha256_json(urls)
-    decisive = {"vae": {k: v for k, v in identity.items() if k != "id"}, "resolution": cfg.resolution,
-                "dtype": cfg.dtype, "store": cfg.store, "flip": cfg.flip, "source": source_hash,
-                "seed": cfg.seed if cfg.store == "sample" else None}
-    cfg_hash = sha256_json(decisive)[:16]
-    finished = start_output(out, KIND, cfg_hash, cfg.overwrite, _OURS, "encode-latents")
+    vae_spec, vae, identity, cfg_hash, finished = _start(cfg, out, cfg.resolution, source_hash)
     if finished is not None:
-        log.info("%s is already complete (same VAE and settings); pass --overwrite to rebuild it", out)
         return finished
     seen: set[str] = set()
     jobs, parts, counters = [], [], {}

@@ -12,20 +12,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
-from tiny_base import build_tiny_base, write_fake_cache  # noqa: E402
+from tiny_base import build_tiny_base, cli, write_fake_cache  # noqa: E402
 
-from lmfusion_cli.cli import main  # noqa: E402
 
 __all__ = ["build_tiny_base", "write_fake_cache", "cli", "error_line", "train_args", "flip_byte", "set_vae"]
-
-
-def cli(*args) -> int:
-    """Run `lmfusion ARGS` in this process; the exit code (0 when it returns)."""
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def error_line(capsys: pytest.CaptureFixture) -> str:

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_base import build_tiny_base
+from tiny_base import build_tiny_base, cli
 
-from lmfusion_cli.cli import main
 from lmfusion_cli.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES
 
 PROMPTS = ("a red circle on a blue background", "a small green square on a white background")
@@ -29,14 +28,6 @@ def _shape_words() -> list[str]:
                 if w not in words:
                     words.append(w)
     return words
-
-
-def cli(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_base import cli
 
-from lmfusion_cli.cli import main
-
-
-def cli(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def wandb_records(path: Path):

@@ -85,3 +85,14 @@ def write_fake_cache(folder: Path, num_items: int = 16, shape=(4, 8, 8), seed: i
     write_manifest(folder, "latents", vae=vae, resolution=shape[1] * 8, latent_shape=list(shape), dtype="fp16",
                    store="mean-std", flip=False, shards=shards, files=files)
     return folder
+
+
+def cli(*args) -> int:
+    """Run `lmfusion ARGS` in this process; the exit code (0 when it returns)."""
+    from lmfusion_cli.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
