@@ -7,28 +7,19 @@ import logging
 
 import pytest
 import torch
-from tiny_base import write_fake_cache
+from tiny_base import cli, write_fake_cache
 from toy_workload import make_config, toy_factories
 
-from lmfusion_cli.cli import main
 from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
 from lmfusion_cli.training.optim import lr_factor
-
-
-def _cli(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.mark.parametrize("base", ["someone/no-such-model", "folder-that-is-not-there/x"])
 def test_unloadable_base_is_one_line_exit_2_and_writes_nothing(base, tmp_path, capsys):
     cache = write_fake_cache(tmp_path / "lat")
     run = tmp_path / "run"
-    assert _cli("train", "--base", base, "--latents", cache, "--out", run, "--steps", 1) == 2  # offline: no hub
+    assert cli("train", "--base", base, "--latents", cache, "--out", run, "--steps", 1) == 2  # offline: no hub
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: The base model {base} cannot be loaded ("), err
     assert "--base" in err[0]
