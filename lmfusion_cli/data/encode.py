@@ -230,19 +230,26 @@ def _damaged(data: Path, name: str, manifest: dict[str, Any]) -> ShardScan | Non
     return scan
 
 
+def _unseen(scan: ShardScan, seen: set[str], name: str) -> list:
+    """The shard's samples whose key no earlier shard had (the others skipped as `duplicate-key`); adds
+    their keys to `seen`."""
+    kept = []
+    for s in scan.samples:
+        if s.key in seen:
+            scan.log.skip(s.key, "duplicate-key", f"{name}: key seen in an earlier shard")
+            continue
+        seen.add(s.key)
+        kept.append(s)
+    return kept
+
+
 def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], list[ShardScan]]:
     """Index every source shard; drop keys already seen in an earlier shard (counted)."""
     seen: set[str] = set()
     jobs, scans = [], []
     for shard in manifest["shards"]:
         scan = _damaged(data, shard["name"], manifest) or scan_shard(data / shard["name"])
-        kept = []
-        for s in scan.samples:
-            if s.key in seen:
-                scan.log.skip(s.key, "duplicate-key", f"{shard['name']}: key seen in an earlier shard")
-                continue
-            seen.add(s.key)
-            kept.append(s)
+        kept = _unseen(scan, seen, shard["name"])
         jobs.append(ShardJob(shard["name"].removesuffix(".tar"), shard["split"], str(data / shard["name"]),
                              tuple(kept)))
         scans.append(scan)
@@ -364,13 +371,7 @@ def _run_encode_streamed(cfg: EncodeConfig) -> dict[str, Any]:
         split = split_of(url, scan)
         stem = f"{split}-{counters.get(split, 0):05d}"
         counters[split] = counters.get(split, 0) + 1
-        kept = []
-        for s in scan.samples:
-            if s.key in seen:
-                scan.log.skip(s.key, "duplicate-key", f"{scan.path.name}: key seen in an earlier shard")
-                continue
-            seen.add(s.key)
-            kept.append(s)
+        kept = _unseen(scan, seen, scan.path.name)
         job = ShardJob(stem, split, url, tuple(kept))
         part = read_part(out, stem, [])
         if part is None or not all((out / f).is_file() for f in part["files"]):
