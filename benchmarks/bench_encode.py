@@ -42,19 +42,38 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-encode-"))
     try:
-        run_prepare(build_config(PrepareConfig, {"out": str(tmp / "data"), "num_items": args.items,
-                                                 "resolution": args.resolution, "shard_size": args.shard_size}))
+        run_prepare(
+            build_config(
+                PrepareConfig,
+                {
+                    "out": str(tmp / "data"),
+                    "num_items": args.items,
+                    "resolution": args.resolution,
+                    "shard_size": args.shard_size,
+                },
+            )
+        )
         if (default_vae_path() / "config.json").is_file():
             vae_dir, which = default_vae_path(), "shipped tiny VAE"
         else:
             from diffusers import AutoencoderKL
 
             vae_dir, which = tmp / "vae", "random VAE (32,64,64) — shipped VAE not built yet"
-            AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                          block_out_channels=(32, 64, 64), latent_channels=4, norm_num_groups=8).save_pretrained(vae_dir)
+            AutoencoderKL(
+                down_block_types=("DownEncoderBlock2D",) * 3,
+                up_block_types=("UpDecoderBlock2D",) * 3,
+                block_out_channels=(32, 64, 64),
+                latent_channels=4,
+                norm_num_groups=8,
+            ).save_pretrained(vae_dir)
         vae = load_vae(str(vae_dir))
-        pixels = torch.stack([torch.from_numpy(to_unit_tensor_array(Image.open(io.BytesIO(s["image"])).convert("RGB")))
-                              for t in sorted((tmp / "data").glob("*.tar")) for s in iter_samples(t)])
+        pixels = torch.stack(
+            [
+                torch.from_numpy(to_unit_tensor_array(Image.open(io.BytesIO(s["image"])).convert("RGB")))
+                for t in sorted((tmp / "data").glob("*.tar"))
+                for s in iter_samples(t)
+            ]
+        )
         n = len(pixels)
         encode_posterior(vae, pixels[: args.batch_size])  # warm-up
 
@@ -69,26 +88,41 @@ def main() -> None:
 
         def bare() -> None:
             for i in range(0, n, args.batch_size):
-                encode_posterior(vae, pixels[i:i + args.batch_size])
+                encode_posterior(vae, pixels[i : i + args.batch_size])
 
         def stage(run: int):
-            return lambda: run_encode(build_config(EncodeConfig, {
-                "data": str(tmp / "data"), "out": str(tmp / f"lat{run}"), "vae": str(vae_dir),
-                "batch_size": args.batch_size, "workers": args.workers}))
+            return lambda: run_encode(
+                build_config(
+                    EncodeConfig,
+                    {
+                        "data": str(tmp / "data"),
+                        "out": str(tmp / f"lat{run}"),
+                        "vae": str(vae_dir),
+                        "batch_size": args.batch_size,
+                        "workers": args.workers,
+                    },
+                )
+            )
 
         bare_runs, stage_runs = [], []
         for run in range(args.repeats):  # interleaved, so load from other processes hits both alike
             bare_runs.append(timed(bare))
             stage_runs.append(timed(stage(run)))
-        print(f"encode-latents: {n} images {args.resolution}px, batch {args.batch_size}, workers {args.workers}, "
-              f"{torch.get_num_threads()} threads, {which}")
+        print(
+            f"encode-latents: {n} images {args.resolution}px, batch {args.batch_size}, workers {args.workers}, "
+            f"{torch.get_num_threads()} threads, {which}"
+        )
         for what, col in (("wall", 0), ("CPU", 1)):
             b, s = max(r[col] for r in bare_runs), max(r[col] for r in stage_runs)
             print(f"[{what:4}] bare VAE loop {b:8.1f} img/s   (runs: {', '.join(f'{r[col]:.1f}' for r in bare_runs)})")
-            print(f"[{what:4}] encode-latents {s:7.1f} img/s   (runs: {', '.join(f'{r[col]:.1f}' for r in stage_runs)})")
+            print(
+                f"[{what:4}] encode-latents {s:7.1f} img/s   (runs: {', '.join(f'{r[col]:.1f}' for r in stage_runs)})"
+            )
             print(f"[{what:4}] ratio {s / b:16.3f}        (goal >= 0.9; best run of each side)")
-            print(f"[{what:4}] paired ratios per run: "
-                  f"{', '.join(f'{st[col] / bt[col]:.3f}' for bt, st in zip(bare_runs, stage_runs))}")
+            print(
+                f"[{what:4}] paired ratios per run: "
+                f"{', '.join(f'{st[col] / bt[col]:.3f}' for bt, st in zip(bare_runs, stage_runs))}"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

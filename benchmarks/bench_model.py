@@ -26,7 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lmfusion_cli.model import LMFusionModel, TextPart, ImagePart, build_example, pack  # noqa: E402
+from lmfusion_cli.model import ImagePart, LMFusionModel, TextPart, build_example, pack  # noqa: E402
 from lmfusion_cli.model.attention import MaskInfo, dense_mask  # noqa: E402
 from tests.model.naive import naive_hidden  # noqa: E402
 
@@ -34,8 +34,13 @@ from tests.model.naive import naive_hidden  # noqa: E402
 def build(args):
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
-        num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 11 // 4,
+        num_hidden_layers=args.layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
     )
     base = LlamaForCausalLM(config)
     latent = 2 * int((args.tokens // 4) ** 0.5)  # two images of tokens/4 tokens each, patch 2
@@ -47,8 +52,9 @@ def build(args):
     text = (args.tokens - 2 * N - 4) // 2
     ids = lambda n: torch.randint(3, args.vocab, (n,)).tolist()  # noqa: E731
     parts = [TextPart(ids(text)), ImagePart(True), TextPart(ids(args.tokens - 2 * N - 4 - text)), ImagePart(True)]
-    example = build_example(parts, num_image_tokens=N, boi_id=model.boi_id, eoi_id=model.eoi_id,
-                            latents=torch.randn(2, 4, latent, latent))
+    example = build_example(
+        parts, num_image_tokens=N, boi_id=model.boi_id, eoi_id=model.eoi_id, latents=torch.randn(2, 4, latent, latent)
+    )
     batch, latents = pack([example], row_length=args.tokens)
     return base, model, unfrozen, batch, latents
 
@@ -102,13 +108,17 @@ def main() -> None:
             if run:
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(ts) for name, ts in times.items()}
-    print(f"config: hidden {args.hidden}, {args.layers} layers, {args.tokens} tokens "
-          f"({2 * model.num_image_tokens} image), fp32 CPU, {args.threads} threads, median of {args.runs}")
+    print(
+        f"config: hidden {args.hidden}, {args.layers} layers, {args.tokens} tokens "
+        f"({2 * model.num_image_tokens} image), fp32 CPU, {args.threads} threads, median of {args.runs}"
+    )
     for name, value in median.items():
         print(f"  {name:>15} forward+backward: {value * 1000:8.1f} ms")
     print(f"routed / base                  = {median['routed'] / median['base']:.3f}   (goal <= 1.15)")
     print(f"routed / both-experts          = {median['routed'] / median['both']:.3f}   (goal <= 0.6)")
-    print(f"routed-unfrozen / base         = {median['routed-unfrozen'] / median['base']:.3f}   (same weight-grad work as base)")
+    print(
+        f"routed-unfrozen / base         = {median['routed-unfrozen'] / median['base']:.3f}   (same weight-grad work as base)"
+    )
 
 
 if __name__ == "__main__":

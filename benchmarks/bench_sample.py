@@ -27,10 +27,24 @@ from lmfusion_cli.sampling.generate import generate_latents
 from lmfusion_cli.sampling.t2i import image_prefix, prompt_denoiser
 
 SIZES = {
-    "tiny": dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2),
-    "1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-               num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, tie_word_embeddings=True),
+    "tiny": dict(
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "1b": dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -38,8 +52,16 @@ def build(size: str, device: str, dtype: torch.dtype, patcher: str = "unet") -> 
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(transformers.LlamaConfig(max_position_embeddings=4096, **SIZES[size]))
     vocab = SIZES[size]["vocab_size"]
-    model = LMFusionModel.from_base(base, latent_size=16, latent_channels=4, patch_size=2, unet_channels=(64, 128),
-                                    patcher=patcher, boi_id=vocab - 2, eoi_id=vocab - 1)
+    model = LMFusionModel.from_base(
+        base,
+        latent_size=16,
+        latent_channels=4,
+        patch_size=2,
+        unet_channels=(64, 128),
+        patcher=patcher,
+        boi_id=vocab - 2,
+        eoi_id=vocab - 1,
+    )
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -66,8 +88,12 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--patcher", choices=["unet", "linear"], default="unet",
-                        help="unet: the paper's (and the GPU configs'); linear: the tiny demo's")
+    parser.add_argument(
+        "--patcher",
+        choices=["unet", "linear"],
+        default="unet",
+        help="unet: the paper's (and the GPU configs'); linear: the tiny demo's",
+    )
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
@@ -81,13 +107,24 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 1000, (args.prompt_tokens,), generator=g).tolist() for _ in range(args.batch)]
     seeds = list(range(args.batch))
-    print(f"model {args.size} ({args.patcher} patcher) on {args.device} ({args.dtype}), {args.prompt_tokens}-token prompt, "
-          f"{model.num_image_tokens} image tokens, {args.steps} steps, cfg {args.cfg_scale}, batch {args.batch}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.size} ({args.patcher} patcher) on {args.device} ({args.dtype}), {args.prompt_tokens}-token prompt, "
+        f"{model.num_image_tokens} image tokens, {args.steps} steps, cfg {args.cfg_scale}, batch {args.batch}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     def sample(use_cache: bool, batch_branches: bool = True):
-        return lambda: generate_latents(model, prompts, seeds, bos_id=1, cfg_scale=args.cfg_scale, steps=args.steps,
-                                        sampler="ddim", use_cache=use_cache, batch_branches=batch_branches)
+        return lambda: generate_latents(
+            model,
+            prompts,
+            seeds,
+            bos_id=1,
+            cfg_scale=args.cfg_scale,
+            steps=args.steps,
+            sampler="ddim",
+            use_cache=use_cache,
+            batch_branches=batch_branches,
+        )
 
     with torch.no_grad():
         cached = timed(sample(True), args.device, args.repeats)

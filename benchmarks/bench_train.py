@@ -52,13 +52,19 @@ def both_experts_layer(text_layer, image_expert, hidden, routes, shape, rope, at
     image = image_expert if image_expert is not None else text_layer
     text_attn, image_attn = text_layer.self_attn, getattr(image, "self_attn", text_layer.self_attn)
     x_text, x_image = text_layer.input_layernorm(hidden), image.input_layernorm(hidden)
-    q, k, v = (pick(_project(image_attn, n, x_image), _project(text_attn, n, x_text))
-               .view(B, T, -1, text_attn.head_dim).transpose(1, 2) for n in ("q", "k", "v"))
+    q, k, v = (
+        pick(_project(image_attn, n, x_image), _project(text_attn, n, x_text))
+        .view(B, T, -1, text_attn.head_dim)
+        .transpose(1, 2)
+        for n in ("q", "k", "v")
+    )
     cos, sin = rope
     q, k = rope_function(text_layer)(q, k, cos, sin)
     attended = attention(q, k, v, scale=text_attn.scaling).transpose(1, 2).reshape(B * T, -1)
     hidden = hidden + pick(image_attn.o_proj(attended), text_attn.o_proj(attended))
-    h = pick(image.mlp(image.post_attention_layernorm(hidden)), text_layer.mlp(text_layer.post_attention_layernorm(hidden)))
+    h = pick(
+        image.mlp(image.post_attention_layernorm(hidden)), text_layer.mlp(text_layer.post_attention_layernorm(hidden))
+    )
     return hidden + h, (k, v)
 
 
@@ -68,9 +74,17 @@ def build_base(folder: Path, hidden: int, layers: int) -> Path:
 
     build_tiny_base(folder)  # tokenizer (+ a 2-layer model, replaced below)
     heads = max(hidden // 64, 2)
-    config = LlamaConfig(vocab_size=24, hidden_size=hidden, intermediate_size=int(hidden * 2.6875),
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=24,
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.6875),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
@@ -93,9 +107,15 @@ class Variant:
 
         self.variant, self.args = variant, args
         model_options = {"patcher": "linear", "patch_size": 2, "freeze_text": variant != "full-finetune"}
-        config = build_config(TrainRunConfig, {
-            "base": {"path": str(base)}, "model": model_options, "data": {"latents": "fake"},
-            "train": {"out": "unused", "batch_size": args.batch, "micro_batch_size": args.batch}})
+        config = build_config(
+            TrainRunConfig,
+            {
+                "base": {"path": str(base)},
+                "model": model_options,
+                "data": {"latents": "fake"},
+                "train": {"out": "unused", "batch_size": args.batch, "micro_batch_size": args.batch},
+            },
+        )
         source = FakeLatentCache(num_items=256, shape=(4, args.latent, args.latent))
         torch.manual_seed(0)
         self.workload = build_lmfusion_workload(config, source, torch.device(args.device))
@@ -122,8 +142,17 @@ class Variant:
 
         fusion.routed_layer = both_experts_layer if self.variant == "both-experts" else routed_layer
         try:
-            return train_step(self.workload.model, self.workload, self.optimizer, self.params, samples,
-                              self.args.batch, 1.0, self.autocast, DistContext(device=torch.device(self.args.device)))
+            return train_step(
+                self.workload.model,
+                self.workload,
+                self.optimizer,
+                self.params,
+                samples,
+                self.args.batch,
+                1.0,
+                self.autocast,
+                DistContext(device=torch.device(self.args.device)),
+            )
         finally:
             fusion.routed_layer = routed_layer
 
@@ -148,8 +177,9 @@ def _sync(device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=4,
-                        help="timed repeats per variant, interleaved across variants (best is kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=4, help="timed repeats per variant, interleaved across variants (best is kept)"
+    )
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16, help="examples per step")
@@ -161,8 +191,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         base = build_base(Path(tmp) / "base", args.hidden, args.layers)
-        variants = {name: Variant(name, base, args)
-                    for name in ("routed-frozen", "routed-graph", "full-finetune", "both-experts")}
+        variants = {
+            name: Variant(name, base, args)
+            for name in ("routed-frozen", "routed-graph", "full-finetune", "both-experts")
+        }
         for _ in range(args.repeats):  # round robin: load changes hit every variant alike
             for variant in variants.values():
                 variant.time_once()
@@ -175,25 +207,37 @@ def main() -> None:
     predicted_full, predicted_both = 3 * n / routed_cost, 5 * n / routed_cost
     measured_full = rates["routed-frozen"] / rates["full-finetune"]
     measured_both = rates["routed-frozen"] / rates["both-experts"]
-    print(f"device {args.device}, hidden {args.hidden}, layers {args.layers}, batch {args.batch}, "
-          f"tokens per step {n} ({n_text} text incl. BOI/EOI, {n_image} image)")
+    print(
+        f"device {args.device}, hidden {args.hidden}, layers {args.layers}, batch {args.batch}, "
+        f"tokens per step {n} ({n_text} text incl. BOI/EOI, {n_image} image)"
+    )
     for variant, rate in rates.items():
         print(f"  {variant:14s} {rate:10.0f} tokens/s   {flops[variant]:.4e} FLOPs per step (counted)")
     counted_full = flops["full-finetune"] / flops["routed-frozen"]
-    print(f"caption-prefix backward gone: routed-graph - routed-frozen = "
-          f"{flops['routed-graph'] - flops['routed-frozen']:.4e} FLOPs per step "
-          f"({100 * (1 - flops['routed-frozen'] / flops['routed-graph']):.1f}% of the step)")
-    print(f"routed-frozen / full-finetune (issue 22): measured {measured_full:.2f}x, counted-FLOP-predicted "
-          f"{counted_full:.2f}x -> {measured_full / counted_full:.2f} of predicted (goal >= 0.95)")
-    print(f"routed-frozen / full-finetune: measured {measured_full:.2f}x, FLOP-predicted {predicted_full:.2f}x "
-          f"-> {measured_full / predicted_full:.2f} of predicted (goal >= 0.90)")
-    print(f"routed-frozen / both-experts:  measured {measured_both:.2f}x, FLOP-predicted {predicted_both:.2f}x "
-          f"(goal >= 1.60)")
+    print(
+        f"caption-prefix backward gone: routed-graph - routed-frozen = "
+        f"{flops['routed-graph'] - flops['routed-frozen']:.4e} FLOPs per step "
+        f"({100 * (1 - flops['routed-frozen'] / flops['routed-graph']):.1f}% of the step)"
+    )
+    print(
+        f"routed-frozen / full-finetune (issue 22): measured {measured_full:.2f}x, counted-FLOP-predicted "
+        f"{counted_full:.2f}x -> {measured_full / counted_full:.2f} of predicted (goal >= 0.95)"
+    )
+    print(
+        f"routed-frozen / full-finetune: measured {measured_full:.2f}x, FLOP-predicted {predicted_full:.2f}x "
+        f"-> {measured_full / predicted_full:.2f} of predicted (goal >= 0.90)"
+    )
+    print(
+        f"routed-frozen / both-experts:  measured {measured_both:.2f}x, FLOP-predicted {predicted_both:.2f}x "
+        f"(goal >= 1.60)"
+    )
     if args.device == "cuda":
         flops_per_token = 2 * path_params * routed_cost / n
         mfu = rates["routed-frozen"] * flops_per_token / (args.peak_tflops * 1e12)
-        print(f"model FLOPs utilisation (routed-frozen): {100 * mfu:.1f}% of {args.peak_tflops:g} TFLOP/s "
-              f"({path_params / 1e6:.0f} M parameters per expert path)")
+        print(
+            f"model FLOPs utilisation (routed-frozen): {100 * mfu:.1f}% of {args.peak_tflops:g} TFLOP/s "
+            f"({path_params / 1e6:.0f} M parameters per expert path)"
+        )
     else:
         print("model FLOPs utilisation: not measured (no GPU here; on a GPU pass --hidden 2048 --layers 16)")
 

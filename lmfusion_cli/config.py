@@ -13,8 +13,9 @@ from lmfusion_cli.common.configs import apply_overrides, build_config, read_yaml
 T = TypeVar("T")
 
 
-def resolve_config(cls: type[T], config_file: Path | None, overrides: list[str] | None,
-                   cli_values: dict[str, Any] | None = None) -> T:
+def resolve_config(
+    cls: type[T], config_file: Path | None, overrides: list[str] | None, cli_values: dict[str, Any] | None = None
+) -> T:
     """Build `cls` from `config_file`, then `--set` overrides, then the options given on the command line.
 
     `cli_values` maps dotted keys to values; a value of None means "not given" and is ignored, so

@@ -121,16 +121,26 @@ def load_variant(work: Path, name: str) -> Variant:
     shapes = _read_json(folder / "eval-shapes" / "metrics.json").get("shapes", {})
     text = _read_json(folder / "eval-text" / "metrics.json").get("text", {})
     items = _text_items(folder / "eval-text")
-    ppl = {who: _perplexity_per_byte(_read_jsonl(folder / "eval-text" / "text" / f"per_item_{who}.jsonl"), items)
-           for who in ("base", "fused")}
+    ppl = {
+        who: _perplexity_per_byte(_read_jsonl(folder / "eval-text" / "text" / f"per_item_{who}.jsonl"), items)
+        for who in ("base", "fused")
+    }
     import yaml
 
     return Variant(
-        name=name, model=manifest["trains"]["lmfusion_config"], config=yaml.safe_load((run / "config.yaml").read_text()),
-        records=steps, vals=[r for r in records if r.get("event") == "val"],
+        name=name,
+        model=manifest["trains"]["lmfusion_config"],
+        config=yaml.safe_load((run / "config.yaml").read_text()),
+        records=steps,
+        vals=[r for r in records if r.get("event") == "val"],
         trained_params=_trained_params(run, manifest["step"]),
         total_flops=sum(flops) if flops and all(f is not None for f in flops) else None,
-        cpu_s=steps[-1].get("cpu_s") if steps else None, wall_s=wall, shapes=shapes, text=text, text_ppl=ppl)
+        cpu_s=steps[-1].get("cpu_s") if steps else None,
+        wall_s=wall,
+        shapes=shapes,
+        text=text,
+        text_ppl=ppl,
+    )
 
 
 # ---- figures of one variant ---------------------------------------------------------------------------
@@ -182,9 +192,11 @@ def _flops(x: float | None) -> str:
 
 
 def table(variants: list[Variant]) -> str:
-    head = ("| variant | trained params | caption CIDEr | caption attr. acc. | gen. acc. background / colour / shape "
-            "(mean) | text acc. fused (base) | text ppl/byte fused (base) | text = base | train FLOPs | train wall "
-            "| train CPU | final val. image / caption loss |")
+    head = (
+        "| variant | trained params | caption CIDEr | caption attr. acc. | gen. acc. background / colour / shape "
+        "(mean) | text acc. fused (base) | text ppl/byte fused (base) | text = base | train FLOPs | train wall "
+        "| train CPU | final val. image / caption loss |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for v in variants:
         gen = " / ".join(_fmt(generation_accuracy(v, a), 2) for a in CORE_ATTRIBUTES)
@@ -195,7 +207,8 @@ def table(variants: list[Variant]) -> str:
             f"{_fmt(v.text_ppl['fused'])} ({_fmt(v.text_ppl['base'])}) | "
             f"{'identical' if v.text.get('identical') else 'differs (max Δ ' + _fmt(v.text.get('max_abs_diff'), 2) + ')'} | "
             f"{_flops(v.total_flops)} | {v.wall_s['run']:.0f} s | {_fmt(v.cpu_s, 0)} s | "
-            f"{_fmt(last_val.get('val_loss'))} / {_fmt(last_val.get('val_caption_loss'))} |")
+            f"{_fmt(last_val.get('val_loss'))} / {_fmt(last_val.get('val_caption_loss'))} |"
+        )
     return "\n".join(rows)
 
 
@@ -225,11 +238,16 @@ def _verdict(signs: list[int]) -> str:
 
 
 def _image_claim(better: Variant, worse: Variant, claim: str) -> str:
-    checks = [_compare(better, worse, cider, 0, "caption CIDEr"),
-              _compare(better, worse, caption_accuracy, _outcomes(better, "captioning"), "caption attribute accuracy"),
-              _compare(better, worse, generation_accuracy, _outcomes(better, "generation"), "generation accuracy")]
-    return (f"- {claim} — here {_verdict([s for s, _ in checks])}: "
-            + "; ".join(t for _, t in checks) + f" ({better.name} vs {worse.name}).")
+    checks = [
+        _compare(better, worse, cider, 0, "caption CIDEr"),
+        _compare(better, worse, caption_accuracy, _outcomes(better, "captioning"), "caption attribute accuracy"),
+        _compare(better, worse, generation_accuracy, _outcomes(better, "generation"), "generation accuracy"),
+    ]
+    return (
+        f"- {claim} — here {_verdict([s for s, _ in checks])}: "
+        + "; ".join(t for _, t in checks)
+        + f" ({better.name} vs {worse.name})."
+    )
 
 
 def claims(by_name: dict[str, Variant]) -> list[str]:
@@ -237,47 +255,68 @@ def claims(by_name: dict[str, Variant]) -> list[str]:
     out = []
     lm, scratch = by_name.get("lmfusion"), by_name.get("from-scratch")
     if lm and scratch:
-        out.append(_image_claim(lm, scratch, "Paper: LMFusion beats a Transfusion model trained from scratch on image "
-                                              "understanding and generation"))
+        out.append(
+            _image_claim(
+                lm,
+                scratch,
+                "Paper: LMFusion beats a Transfusion model trained from scratch on image understanding and generation",
+            )
+        )
         if lm.total_flops and scratch.total_flops:
             ratio = lm.total_flops / scratch.total_flops
-            verdict = ("**agrees**" if ratio <= 0.75 else f"**agrees only weakly** (a {1 - ratio:.0%} saving)"
-                       if ratio < 1 else "**disagrees**")
-            out.append(f"- Paper: LMFusion trains for about half the FLOPs of from-scratch training — here {verdict}: "
-                       f"at the same steps and batch LMFusion's training costs {ratio:.2f}× the FLOPs of from-scratch "
-                       "(frozen text weights get no weight gradients, but text is a small share of each sequence "
-                       "here); the paper's 50% is at equal quality, which this table does not measure.")
-    for better, worse, what in (("lmfusion", "ffn-only", "deep separation (attention + FFN experts) beats shallow "
-                                 "(FFN only)"), ("ffn-only", "dense", "shallow separation beats a dense, shared "
-                                 "model"), ("lmfusion", "dense", "deep separation beats a dense, shared model"),
-                                ("lmfusion", "random-init", "image experts copied from the text modules start better "
-                                 "than random ones")):
+            verdict = (
+                "**agrees**"
+                if ratio <= 0.75
+                else f"**agrees only weakly** (a {1 - ratio:.0%} saving)"
+                if ratio < 1
+                else "**disagrees**"
+            )
+            out.append(
+                f"- Paper: LMFusion trains for about half the FLOPs of from-scratch training — here {verdict}: "
+                f"at the same steps and batch LMFusion's training costs {ratio:.2f}× the FLOPs of from-scratch "
+                "(frozen text weights get no weight gradients, but text is a small share of each sequence "
+                "here); the paper's 50% is at equal quality, which this table does not measure."
+            )
+    for better, worse, what in (
+        ("lmfusion", "ffn-only", "deep separation (attention + FFN experts) beats shallow (FFN only)"),
+        ("ffn-only", "dense", "shallow separation beats a dense, shared model"),
+        ("lmfusion", "dense", "deep separation beats a dense, shared model"),
+        ("lmfusion", "random-init", "image experts copied from the text modules start better than random ones"),
+    ):
         if better in by_name and worse in by_name:
             out.append(_image_claim(by_name[better], by_name[worse], f"Paper: {what}"))
     if "unfrozen" in by_name and lm:
         sign_text = {1: "better", -1: "worse", 0: "no different (within noise)"}
-        checks = [_compare(by_name["unfrozen"], lm, cider, 0, "caption CIDEr"),
-                  _compare(by_name["unfrozen"], lm, caption_accuracy, _outcomes(lm, "captioning"),
-                           "caption attribute accuracy"),
-                  _compare(by_name["unfrozen"], lm, generation_accuracy, _outcomes(lm, "generation"),
-                           "generation accuracy")]
-        out.append("- Training the text modules too (unfrozen, at optim.text_lr) against keeping them frozen, on "
-                   "images: " + "; ".join(f"{t} → {sign_text[s]}" for s, t in checks) + " (unfrozen vs lmfusion).")
+        checks = [
+            _compare(by_name["unfrozen"], lm, cider, 0, "caption CIDEr"),
+            _compare(
+                by_name["unfrozen"], lm, caption_accuracy, _outcomes(lm, "captioning"), "caption attribute accuracy"
+            ),
+            _compare(by_name["unfrozen"], lm, generation_accuracy, _outcomes(lm, "generation"), "generation accuracy"),
+        ]
+        out.append(
+            "- Training the text modules too (unfrozen, at optim.text_lr) against keeping them frozen, on "
+            "images: " + "; ".join(f"{t} → {sign_text[s]}" for s, t in checks) + " (unfrozen vs lmfusion)."
+        )
     out += chance_lines(list(by_name.values()))
     frozen = [v for v in by_name.values() if v.model.get("freeze_text") and not v.model.get("from_scratch")]
     if frozen:
         same = [v.name for v in frozen if v.text.get("identical")]
-        out.append(f"- Paper: frozen text modules keep the base LM's text ability exactly — here "
-                   f"{'**agrees**' if len(same) == len(frozen) else '**disagrees**'}: text-suite log-likelihoods "
-                   f"of {', '.join(v.name for v in frozen)} are {'bit-identical to' if len(same) == len(frozen) else 'not all identical to'} "
-                   f"the base's ({len(same)} of {len(frozen)}).")
+        out.append(
+            f"- Paper: frozen text modules keep the base LM's text ability exactly — here "
+            f"{'**agrees**' if len(same) == len(frozen) else '**disagrees**'}: text-suite log-likelihoods "
+            f"of {', '.join(v.name for v in frozen)} are {'bit-identical to' if len(same) == len(frozen) else 'not all identical to'} "
+            f"the base's ({len(same)} of {len(frozen)})."
+        )
     for v in by_name.values():
         if not v.model.get("freeze_text") or v.model.get("from_scratch"):
             dacc = text_accuracy(v) - text_accuracy(v, "base")
-            out.append(f"- {v.name} trains text weights: its text suite differs from the base "
-                       f"(accuracy {text_accuracy(v):.3f} vs {text_accuracy(v, 'base'):.3f}, Δ {dacc:+.3f}; "
-                       f"perplexity per byte {v.text_ppl['fused']:.3f} vs {v.text_ppl['base']:.3f}; "
-                       f"max |Δ log-likelihood| {_fmt(v.text.get('max_abs_diff'), 3)}).")
+            out.append(
+                f"- {v.name} trains text weights: its text suite differs from the base "
+                f"(accuracy {text_accuracy(v):.3f} vs {text_accuracy(v, 'base'):.3f}, Δ {dacc:+.3f}; "
+                f"perplexity per byte {v.text_ppl['fused']:.3f} vs {v.text_ppl['base']:.3f}; "
+                f"max |Δ log-likelihood| {_fmt(v.text.get('max_abs_diff'), 3)})."
+            )
     return out
 
 
@@ -292,38 +331,48 @@ def cost_line(work: Path, variants: list[Variant]) -> str:
     evals = sum(v.wall_s["eval-shapes"] + v.wall_s["eval-text"] for v in variants)
     data = _stage_seconds(work, "shapes") + _stage_seconds(work, "latents")
     cpu = sum(v.cpu_s or 0.0 for v in variants)
-    return (f"Cost, summed over the stages (variants run side by side, so the elapsed time was shorter): data "
-            f"{data / 60:.1f} min (prepare + encode-latents), training {train / 60:.1f} min wall / {cpu / 60:.1f} "
-            f"CPU-min, evaluation {evals / 60:.1f} min wall.")
+    return (
+        f"Cost, summed over the stages (variants run side by side, so the elapsed time was shorter): data "
+        f"{data / 60:.1f} min (prepare + encode-latents), training {train / 60:.1f} min wall / {cpu / 60:.1f} "
+        f"CPU-min, evaluation {evals / 60:.1f} min wall."
+    )
 
 
 def chance_lines(variants: list[Variant]) -> list[str]:
     """Which generation attributes every variant checks above (or below) the checker's chance level."""
     chance = variants[0].shapes.get("generation", {}).get("chance", {})
-    above = [a for a in CORE_ATTRIBUTES if a in chance
-             and all(generation_accuracy(v, a) > chance[a] for v in variants)]
-    below = [a for a in CORE_ATTRIBUTES if a in chance
-             and all(generation_accuracy(v, a) < chance[a] for v in variants)]
+    above = [a for a in CORE_ATTRIBUTES if a in chance and all(generation_accuracy(v, a) > chance[a] for v in variants)]
+    below = [a for a in CORE_ATTRIBUTES if a in chance and all(generation_accuracy(v, a) < chance[a] for v in variants)]
     lines = []
     if above:
         lines.append(f"- Generation above the checker's chance level in every variant: {', '.join(above)}.")
     if below:
-        lines.append(f"- Generation *below* chance in every variant: {', '.join(below)} — the checker does not "
-                     "recognise these attributes in the generated images yet, so they do not separate the variants.")
+        lines.append(
+            f"- Generation *below* chance in every variant: {', '.join(below)} — the checker does not "
+            "recognise these attributes in the generated images yet, so they do not separate the variants."
+        )
     return lines
 
 
 def settings_section(variants: list[Variant], settings: list[str]) -> str:
     v = variants[0]
     c = v.config
-    shared = [f"base `{c['base']['path']}`", f"batch {c['train']['batch_size']}", f"steps {c['schedule']['steps']}",
-              f"lr {c['optim']['lr']} (warmup {c['schedule']['warmup_steps']}, cosine to {c['schedule']['min_lr']})",
-              f"λ {v.model.get('lambda_image')}", f"seed {c['train']['seed']}",
-              f"generation fraction {c['data']['generation_fraction']}", f"caption dropout {c['data']['caption_dropout']}",
-              f"latents {v.model.get('latent_channels')}×{v.model.get('latent_size')}×{v.model.get('latent_size')}",
-              f"patcher {v.model.get('patcher')} (patch {v.model.get('patch_size')})"]
-    lines = ["Shared by every variant (read from each run's `config.yaml`; the same budget and settings, "
-             "nothing tuned per variant): " + ", ".join(shared) + "."]
+    shared = [
+        f"base `{c['base']['path']}`",
+        f"batch {c['train']['batch_size']}",
+        f"steps {c['schedule']['steps']}",
+        f"lr {c['optim']['lr']} (warmup {c['schedule']['warmup_steps']}, cosine to {c['schedule']['min_lr']})",
+        f"λ {v.model.get('lambda_image')}",
+        f"seed {c['train']['seed']}",
+        f"generation fraction {c['data']['generation_fraction']}",
+        f"caption dropout {c['data']['caption_dropout']}",
+        f"latents {v.model.get('latent_channels')}×{v.model.get('latent_size')}×{v.model.get('latent_size')}",
+        f"patcher {v.model.get('patcher')} (patch {v.model.get('patch_size')})",
+    ]
+    lines = [
+        "Shared by every variant (read from each run's `config.yaml`; the same budget and settings, "
+        "nothing tuned per variant): " + ", ".join(shared) + "."
+    ]
     if settings:
         lines.append("Pipeline settings: " + ", ".join(settings) + ".")
     lines.append("")
@@ -338,8 +387,9 @@ def settings_section(variants: list[Variant], settings: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(variants: list[Variant], path: Path, plot: Path, settings: list[str], work: Path,
-                  note: str = "") -> None:
+def write_results(
+    variants: list[Variant], path: Path, plot: Path, settings: list[str], work: Path, note: str = ""
+) -> None:
     by_name = {v.name: v for v in variants}
     n = _items(variants[0])
     rel_plot = os.path.relpath(plot.resolve(), path.resolve().parent)
@@ -362,8 +412,10 @@ def write_results(variants: list[Variant], path: Path, plot: Path, settings: lis
         f"Caption columns: {n} held-out shapes images captioned greedily (CIDEr; attribute accuracy = mean over "
         f"{', '.join(CORE_ATTRIBUTES)} of the caption stating the right value). Generation: {n} held-out prompts, "
         "the checker's accuracy per attribute (chance: "
-        + ", ".join(f"{a} {variants[0].shapes.get('generation', {}).get('chance', {}).get(a, float('nan')):.2f}"
-                    for a in CORE_ATTRIBUTES)
+        + ", ".join(
+            f"{a} {variants[0].shapes.get('generation', {}).get('chance', {}).get(a, float('nan')):.2f}"
+            for a in CORE_ATTRIBUTES
+        )
         + "). Text: the shipped multiple-choice set scored by log-likelihood, the fused model next to its base "
         "LM (in parentheses); perplexity per byte of the correct answers; `text = base` is the bitwise comparison "
         "of every log-likelihood. FLOPs: `torch.utils.flop_counter` on training forward + backward (validation and "
@@ -407,9 +459,15 @@ def plot_losses(variants: list[Variant], path: Path) -> None:
         val_steps = [r["step"] for r in v.vals]
         axes[2].plot(val_steps, [r["val_loss"] for r in v.vals], marker="o", label=v.name)
         axes[3].plot(val_steps, [r.get("val_caption_loss", float("nan")) for r in v.vals], marker="o", label=v.name)
-    for ax, title in zip(axes, ("training diffusion loss", "training caption loss (LM)",
-                                "validation diffusion loss (fixed noise levels and seeds)",
-                                "validation caption loss (held-out image→caption)")):
+    for ax, title in zip(
+        axes,
+        (
+            "training diffusion loss",
+            "training caption loss (LM)",
+            "validation diffusion loss (fixed noise levels and seeds)",
+            "validation caption loss (held-out image→caption)",
+        ),
+    ):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

@@ -15,7 +15,6 @@ cut a run short on a much slower machine (the report then says so)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -28,23 +27,41 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import tiny_lm  # noqa: E402
 import tiny_vae  # noqa: E402
-from lmfusion_cli.common.atomic import atomic_dir, atomic_write_json, atomic_write_text, remove_stale_temps  # noqa: E402
-from lmfusion_cli.data.corpus import build_corpus  # noqa: E402
+import torch  # noqa: E402
 from readme_assets import render_readme  # noqa: E402
 
-FULL = {"num_captions": 40000, "num_general": 80000, "num_heldout": 400, "num_heldout_images": 500,
-        "num_stat_images": 2000}
-QUICK = {"num_captions": 600, "num_general": 1200, "num_heldout": 40, "num_heldout_images": 64,
-         "num_stat_images": 128}
+from lmfusion_cli.common.atomic import atomic_dir, atomic_write_json, atomic_write_text, remove_stale_temps  # noqa: E402
+from lmfusion_cli.data.corpus import build_corpus  # noqa: E402
+
+FULL = {
+    "num_captions": 40000,
+    "num_general": 80000,
+    "num_heldout": 400,
+    "num_heldout_images": 500,
+    "num_stat_images": 2000,
+}
+QUICK = {"num_captions": 600, "num_general": 1200, "num_heldout": 40, "num_heldout_images": 64, "num_stat_images": 128}
 # The quick build exercises every code path with small widths (it must finish in < 2 min on a busy CPU).
-QUICK_LM = {"steps": 12, "warmup_steps": 3, "batch_size": 8, "seq_len": 64, "vocab_size": 700, "hidden_size": 64,
-            "num_layers": 2, "intermediate_size": 128}
-QUICK_VAE = {"steps": 12, "warmup_steps": 3, "batch_size": 8, "num_train_images": 256, "resolution": 32,
-             "block_channels": (8, 16, 16)}
+QUICK_LM = {
+    "steps": 12,
+    "warmup_steps": 3,
+    "batch_size": 8,
+    "seq_len": 64,
+    "vocab_size": 700,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "intermediate_size": 128,
+}
+QUICK_VAE = {
+    "steps": 12,
+    "warmup_steps": 3,
+    "batch_size": 8,
+    "num_train_images": 256,
+    "resolution": 32,
+    "block_channels": (8, 16, 16),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,15 +69,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="output folder (lmfusion_cli/assets for make assets)")
     p.add_argument("--quick", action="store_true", help="shortened build: tiny corpus, few steps (tests)")
     p.add_argument("--seed", type=int, default=0, help="seed of corpus, images, init and batches")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: on a shared 2-core machine 2 threads ran 3-5x slower per step)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: on a shared 2-core machine 2 threads ran 3-5x slower per step)",
+    )
     p.add_argument("--lm-steps", type=int, help="LM optimizer steps")
     p.add_argument("--lm-minutes", type=float, help="cap on LM training minutes")
     p.add_argument("--vae-steps", type=int, help="VAE optimizer steps")
     p.add_argument("--vae-minutes", type=float, help="cap on VAE training minutes")
     p.add_argument("--only", choices=("lm", "vae"), help="rebuild only one asset (the other is kept)")
-    p.add_argument("--jobs", type=int, choices=(1, 2), default=2,
-                   help="2: build the LM and the VAE in two processes side by side; 1: one after the other")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2: build the LM and the VAE in two processes side by side; 1: one after the other",
+    )
     return p.parse_args(argv)
 
 
@@ -80,8 +106,11 @@ def settings_from(args: argparse.Namespace) -> tuple[dict, tiny_lm.LMSettings, t
 def build_lm(out: Path, sizes: dict, settings: tiny_lm.LMSettings, seed: int) -> dict:
     start = time.time()
     corpus = build_corpus(sizes["num_captions"], sizes["num_general"], sizes["num_heldout"], seed=seed)
-    print(f"corpus: {len(corpus.train)} training documents; held-out sentences seen in training and "
-          f"removed: {corpus.removed_overlap}", flush=True)
+    print(
+        f"corpus: {len(corpus.train)} training documents; held-out sentences seen in training and "
+        f"removed: {corpus.removed_overlap}",
+        flush=True,
+    )
     tokenizer = tiny_lm.train_tokenizer([d.text for d in corpus.train], settings.vocab_size)
     stream = tiny_lm.token_stream(tokenizer, corpus.train)
     print(f"tokenizer: {len(tokenizer)} tokens; corpus {len(stream)} tokens", flush=True)
@@ -98,15 +127,22 @@ def build_lm(out: Path, sizes: dict, settings: tiny_lm.LMSettings, seed: int) ->
         tiny_lm.save_lm(model, tokenizer, tmp)
     heldout_sents = {k: sum(len(d.sentences) for d in v) for k, v in corpus.heldout.items()}
     return {
-        "settings": tiny_lm.settings_dict(settings), "training": training,
-        "corpus": {"train_documents": len(corpus.train), "train_tokens": len(stream),
-                   "train_characters": sum(len(d.text) for d in corpus.train),
-                   "heldout_documents": {k: len(v) for k, v in corpus.heldout.items()},
-                   "heldout_sentences": heldout_sents,
-                   "heldout_sentences_removed_as_seen_in_training": corpus.removed_overlap},
-        "vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
-        "heldout_perplexity": ppl, "perplexity_bound_vocab_over_20": round(len(tokenizer) / 20, 2),
-        "greedy_samples": samples, "minutes": round((time.time() - start) / 60, 2),
+        "settings": tiny_lm.settings_dict(settings),
+        "training": training,
+        "corpus": {
+            "train_documents": len(corpus.train),
+            "train_tokens": len(stream),
+            "train_characters": sum(len(d.text) for d in corpus.train),
+            "heldout_documents": {k: len(v) for k, v in corpus.heldout.items()},
+            "heldout_sentences": heldout_sents,
+            "heldout_sentences_removed_as_seen_in_training": corpus.removed_overlap,
+        },
+        "vocab_size": len(tokenizer),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "heldout_perplexity": ppl,
+        "perplexity_bound_vocab_over_20": round(len(tokenizer) / 20, 2),
+        "greedy_samples": samples,
+        "minutes": round((time.time() - start) / 60, 2),
     }
 
 
@@ -131,14 +167,20 @@ def build_vae(out: Path, sizes: dict, settings: tiny_vae.VAESettings, seed: int)
         tmp.chmod(0o755)
         final.save_pretrained(tmp, safe_serialization=True)
     return {
-        "settings": tiny_vae.settings_dict(settings), "training": training, "saved_weights": chosen,
+        "settings": tiny_vae.settings_dict(settings),
+        "training": training,
+        "saved_weights": chosen,
         "heldout_images": {"count": len(heldout_images), "seed": heldout_seed},
-        "psnr": quality, "heldout_psnr_db": quality[chosen]["psnr_mean_db"],
-        "latent_shape": [settings.latent_channels] + [settings.resolution // 2 ** (len(settings.block_channels) - 1)] * 2,
-        "scaling_factor": 1.0 / std, "shift_factor": shift,
+        "psnr": quality,
+        "heldout_psnr_db": quality[chosen]["psnr_mean_db"],
+        "latent_shape": [settings.latent_channels]
+        + [settings.resolution // 2 ** (len(settings.block_channels) - 1)] * 2,
+        "scaling_factor": 1.0 / std,
+        "shift_factor": shift,
         "latent_stats_source": f"posterior samples of {sizes['num_stat_images']} training images",
         "heldout_scaled_latents": scaled,
-        "parameters": sum(p.numel() for p in final.parameters()), "minutes": round((time.time() - start) / 60, 2),
+        "parameters": sum(p.numel() for p in final.parameters()),
+        "minutes": round((time.time() - start) / 60, 2),
     }
 
 
@@ -158,8 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         # `--jobs 2` build, started while the LM half already writes its temp folder next to it.
         remove_stale_temps(out)
     start = time.time()
-    report = {"quick": args.quick, "seed": args.seed, "threads": args.threads, "jobs": args.jobs, "sizes": sizes,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}}
+    report = {
+        "quick": args.quick,
+        "seed": args.seed,
+        "threads": args.threads,
+        "jobs": args.jobs,
+        "sizes": sizes,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+    }
     parts = [args.only] if args.only else ["lm", "vae"]
     child = None
     if args.only is None and args.jobs == 2:
@@ -176,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             report["vae"] = build_vae(out, sizes, vae_settings, args.seed)
         minutes_by_part[part] = round((time.time() - part_start) / 60, 2)
     if child is not None and child.wait() != 0:
-        print(f"error: the VAE build process failed (exit code {child.returncode}); see its output above",
-              file=sys.stderr)
+        print(
+            f"error: the VAE build process failed (exit code {child.returncode}); see its output above", file=sys.stderr
+        )
         return 1
     report["minutes"] = round((time.time() - start) / 60, 2)
     # Parts not built here keep their figures: read the report as it is now (a `--only` run side by side,

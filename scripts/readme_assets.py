@@ -22,7 +22,8 @@ def _lm_section(lm: dict[str, Any] | None) -> list[str]:
     s, c, t = lm["settings"], lm["corpus"], lm["training"]
     ppl = lm["heldout_perplexity"]
     lines = [
-        "## tiny-lm: tokenizer + `LlamaForCausalLM`", "",
+        "## tiny-lm: tokenizer + `LlamaForCausalLM`",
+        "",
         f"- Architecture: Llama (RMSNorm, SwiGLU, RoPE θ=10000, GQA), hidden {s['hidden_size']}, "
         f"{s['num_layers']} layers, {s['num_heads']} heads / {s['num_kv_heads']} KV heads, intermediate "
         f"{s['intermediate_size']}, max positions {s['max_positions']}, untied embeddings; "
@@ -42,8 +43,10 @@ def _lm_section(lm: dict[str, Any] | None) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for kind, value in ppl.items():
-        lines.append(f"| {kind} | {c['heldout_documents'][kind]} | {c['heldout_sentences'][kind]} | {value:.3f} "
-                     f"| {lm['perplexity_bound_vocab_over_20']} |")
+        lines.append(
+            f"| {kind} | {c['heldout_documents'][kind]} | {c['heldout_sentences'][kind]} | {value:.3f} "
+            f"| {lm['perplexity_bound_vocab_over_20']} |"
+        )
     removed = ", ".join(f"{k} {v}" for k, v in c["heldout_sentences_removed_as_seen_in_training"].items())
     lines += [
         "",
@@ -51,7 +54,8 @@ def _lm_section(lm: dict[str, Any] | None) -> list[str]:
         f"training documents was removed before measuring ({removed}), so no measured sentence was seen in "
         "training. Perplexity = exp(mean negative log-likelihood) of every token after BOS, EOS included.",
         "",
-        "Greedy continuations (`model.generate(do_sample=False)`):", "",
+        "Greedy continuations (`model.generate(do_sample=False)`):",
+        "",
     ]
     lines += [f"- `{prompt}` → `{text}`" for prompt, text in lm["greedy_samples"].items()]
     return lines + [""]
@@ -64,7 +68,8 @@ def _vae_section(vae: dict[str, Any] | None) -> list[str]:
     scaled = vae["heldout_scaled_latents"]
     psnr = vae["psnr"][vae["saved_weights"]]
     return [
-        "## tiny-vae: `diffusers.AutoencoderKL`", "",
+        "## tiny-vae: `diffusers.AutoencoderKL`",
+        "",
         f"- Architecture: blocks {tuple(s['block_channels'])}, 1 layer each, {s['latent_channels']} latent "
         f"channels, GroupNorm {s['norm_num_groups']} groups; {s['resolution']}×{s['resolution']} pixels ↔ "
         f"latents {'×'.join(map(str, vae['latent_shape']))}; {vae['parameters'] / 1e6:.2f} M parameters.",

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -71,27 +71,49 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   additional_special_tokens=[BOI, EOI], model_max_length=512,
-                                   clean_up_tokenization_spaces=False)
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[BOI, EOI],
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def build_model(settings: LMSettings, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=settings.hidden_size, intermediate_size=settings.intermediate_size,
-        num_hidden_layers=settings.num_layers, num_attention_heads=settings.num_heads,
-        num_key_value_heads=settings.num_kv_heads, max_position_embeddings=settings.max_positions,
-        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, initializer_range=0.02)
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        num_key_value_heads=settings.num_kv_heads,
+        max_position_embeddings=settings.max_positions,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.02,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -115,8 +137,11 @@ def pretrain(model, stream: torch.Tensor, settings: LMSettings, seed: int) -> di
     gen = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr,
+        betas=(0.9, 0.95),
+    )
     span = settings.seq_len + 1
     model.train()
     start, losses, step = time.time(), [], 0
@@ -127,7 +152,7 @@ def pretrain(model, stream: torch.Tensor, settings: LMSettings, seed: int) -> di
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
         offsets = torch.randint(0, len(stream) - span, (settings.batch_size,), generator=gen)
-        batch = torch.stack([stream[o:o + span] for o in offsets.tolist()])  # (B, T+1)
+        batch = torch.stack([stream[o : o + span] for o in offsets.tolist()])  # (B, T+1)
         loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1].clone()).loss
         # HF shifts labels internally: position t predicts input t+1 — labels = inputs is right.
         if not torch.isfinite(loss):
@@ -139,14 +164,20 @@ def pretrain(model, stream: torch.Tensor, settings: LMSettings, seed: int) -> di
         losses.append(loss.item())
         bar.update(1)
         if step % 100 == 0 or step == settings.steps - 1:
-            print(f"  lm step {step:5d}  loss {loss.item():.3f}  lr {lr_at(step, settings):.2e}  "
-                  f"{time.time() - start:.0f} s", flush=True)
+            print(
+                f"  lm step {step:5d}  loss {loss.item():.3f}  lr {lr_at(step, settings):.2e}  "
+                f"{time.time() - start:.0f} s",
+                flush=True,
+            )
     bar.close()
     steps_done = len(losses)
-    return {"steps_done": steps_done, "stopped_early": steps_done < settings.steps,
-            "train_minutes": round((time.time() - start) / 60, 2),
-            "final_loss_mean_last_50": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
-            "tokens_seen": steps_done * settings.batch_size * settings.seq_len}
+    return {
+        "steps_done": steps_done,
+        "stopped_early": steps_done < settings.steps,
+        "train_minutes": round((time.time() - start) / 60, 2),
+        "final_loss_mean_last_50": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
+        "tokens_seen": steps_done * settings.batch_size * settings.seq_len,
+    }
 
 
 @torch.no_grad()
@@ -155,14 +186,15 @@ def perplexity(model, tokenizer, docs: Sequence[Document], batch_size: int = 32)
     model.eval()
     total_nll, total_tokens = 0.0, 0
     for i in range(0, len(docs), batch_size):
-        enc = [ids + [tokenizer.eos_token_id]
-               for ids in tokenizer([d.text for d in docs[i:i + batch_size]])["input_ids"]]
+        enc = [
+            ids + [tokenizer.eos_token_id] for ids in tokenizer([d.text for d in docs[i : i + batch_size]])["input_ids"]
+        ]
         width = max(map(len, enc))
         ids = torch.full((len(enc), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(enc), width), dtype=torch.long)
         for row, seq in enumerate(enc):
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
         target, valid = ids[:, 1:], mask[:, 1:].bool()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
@@ -177,8 +209,13 @@ def greedy_samples(model, tokenizer, prompts: Sequence[str] = GREEDY_PROMPTS, ma
     out = {}
     for prompt in prompts:
         enc = tokenizer(prompt, return_tensors="pt")
-        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        ids = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         out[prompt] = tokenizer.decode(ids[0], skip_special_tokens=True)
     return out
 

@@ -55,8 +55,10 @@ class VAESettings:
 
 def images_tensor(indexes: range | list[int], seed: int, resolution: int) -> torch.Tensor:
     """Shapes images `indexes` of `seed` as uint8 (N, 3, H, W)."""
-    arrays = [np.asarray(make_item(i, seed=seed, resolution=resolution).image) for i in
-              progress(indexes, desc="shapes images", unit="img")]
+    arrays = [
+        np.asarray(make_item(i, seed=seed, resolution=resolution).image)
+        for i in progress(indexes, desc="shapes images", unit="img")
+    ]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -69,12 +71,18 @@ def build_vae(settings: VAESettings):
 
     n = len(settings.block_channels)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(settings.block_channels),
-        layers_per_block=1, latent_channels=settings.latent_channels, norm_num_groups=settings.norm_num_groups,
-        sample_size=settings.resolution)
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(settings.block_channels),
+        layers_per_block=1,
+        latent_channels=settings.latent_channels,
+        norm_num_groups=settings.norm_num_groups,
+        sample_size=settings.resolution,
+    )
     with torch.no_grad():  # quant_conv outputs (mean, logvar): start with a nearly deterministic posterior
-        vae.quant_conv.bias[settings.latent_channels:].fill_(settings.logvar_bias_init)
+        vae.quant_conv.bias[settings.latent_channels :].fill_(settings.logvar_bias_init)
     return vae
 
 
@@ -121,12 +129,18 @@ def train_vae(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int):
         bar.update(1)
         if step % 200 == 0 or step == settings.steps - 1:
             psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-12))
-            print(f"  vae step {step:5d}  mse {mse.item():.5f} (~{psnr:.1f} dB)  lr {lr_at(step, settings):.2e}  "
-                  f"{time.time() - start:.0f} s", flush=True)
+            print(
+                f"  vae step {step:5d}  mse {mse.item():.5f} (~{psnr:.1f} dB)  lr {lr_at(step, settings):.2e}  "
+                f"{time.time() - start:.0f} s",
+                flush=True,
+            )
     bar.close()
     steps_done = len(losses)
-    return ema, {"steps_done": steps_done, "stopped_early": steps_done < settings.steps,
-                 "train_minutes": round((time.time() - start) / 60, 2)}
+    return ema, {
+        "steps_done": steps_done,
+        "stopped_early": steps_done < settings.steps,
+        "train_minutes": round((time.time() - start) / 60, 2),
+    }
 
 
 @torch.no_grad()
@@ -134,23 +148,27 @@ def psnr_db(vae, images_u8: torch.Tensor, batch_size: int = 50) -> dict:
     """Reconstruction PSNR (posterior mean, decoded, clamped, 8-bit): mean over images and of the pooled MSE."""
     per_image = []
     for i in range(0, len(images_u8), batch_size):
-        x = to_model_range(images_u8[i:i + batch_size])
+        x = to_model_range(images_u8[i : i + batch_size])
         recon = vae.decode(vae.encode(x).latent_dist.mean).sample
         recon_u8 = ((recon.clamp(-1, 1) + 1) * 127.5).round()
-        mse = ((recon_u8 - images_u8[i:i + batch_size].float()) ** 2).mean(dim=(1, 2, 3))
+        mse = ((recon_u8 - images_u8[i : i + batch_size].float()) ** 2).mean(dim=(1, 2, 3))
         per_image.append(mse)
     mse = torch.cat(per_image).clamp_min(1e-10)
-    return {"psnr_mean_db": round(float((10 * torch.log10(255.0 ** 2 / mse)).mean()), 3),
-            "psnr_pooled_db": round(float(10 * torch.log10(255.0 ** 2 / mse.mean())), 3),
-            "num_images": len(images_u8)}
+    return {
+        "psnr_mean_db": round(float((10 * torch.log10(255.0**2 / mse)).mean()), 3),
+        "psnr_pooled_db": round(float(10 * torch.log10(255.0**2 / mse.mean())), 3),
+        "num_images": len(images_u8),
+    }
 
 
 @torch.no_grad()
 def latent_stats(vae, images_u8: torch.Tensor, seed: int, batch_size: int = 50) -> tuple[float, float]:
     """(mean, std) over all elements of posterior *samples* of `images_u8` (what diffusion trains on)."""
     gen = torch.Generator().manual_seed(seed)
-    zs = [vae.encode(to_model_range(images_u8[i:i + batch_size])).latent_dist.sample(generator=gen)
-          for i in range(0, len(images_u8), batch_size)]
+    zs = [
+        vae.encode(to_model_range(images_u8[i : i + batch_size])).latent_dist.sample(generator=gen)
+        for i in range(0, len(images_u8), batch_size)
+    ]
     z = torch.cat(zs).double()
     return float(z.mean()), float(z.std())
 

@@ -13,8 +13,9 @@ COMMANDS = ["prepare", "encode-latents", "train", "sample", "evaluate"]
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmfusion_cli", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "lmfusion_cli", *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +76,10 @@ def test_unknown_key_in_yaml_exit_2(tmp_path):
 def test_verbose_shows_traceback_for_user_error(tmp_path):
     result = run_cli("--verbose", "prepare", "--source", "shapes", "--out", str(tmp_path / "o"), "--set", "x=1")
     assert result.returncode == 2 and "Traceback" in result.stderr
+
+
 def test_missing_source_folder_exit_2(tmp_path):
-    result = run_cli("prepare", "--source", "folder", "--input", str(tmp_path / "missing"), "--out",
-                     str(tmp_path / "o"))
+    result = run_cli(
+        "prepare", "--source", "folder", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o")
+    )
     _assert_one_sentence_exit_2(result, "missing")
-
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,19 +13,28 @@ SetOption = set_option("--set batch_size=16")
 
 
 def command(
-    data: Annotated[Optional[str], typer.Option(help="Folder of shards made by `lmfusion prepare`, or shard URLs streamed with webdataset: pipe:CMD, http(s)://…/train-{00000..00099}.tar (join several with ::; needs --resolution).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder of the latent cache.")] = None,
-    vae: Annotated[Optional[str], typer.Option(help="AutoencoderKL folder or hub id (default: the shipped tiny VAE).")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Image side fed to the VAE (default: the shards').")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per VAE call.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Image-decoding worker processes (0 = none).")] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="Encoding processes, one device each (CPU without GPU).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Storage dtype: fp16 | bf16 | fp32.")] = None,
-    store: Annotated[Optional[str], typer.Option(help="mean-std (posterior, default) | sample (one draw).")] = None,
-    flip: Annotated[Optional[bool], typer.Option("--flip", help="Also store horizontally flipped latents.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the draws for --store sample.")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Rebuild a finished cache.")] = None,
-    verify: Annotated[Optional[Path], typer.Option(help="Only re-check this cache (counts, shapes, NaN/inf, hashes).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of shards made by `lmfusion prepare`, or shard URLs streamed with webdataset: pipe:CMD, http(s)://…/train-{00000..00099}.tar (join several with ::; needs --resolution)."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder of the latent cache.")] = None,
+    vae: Annotated[
+        str | None, typer.Option(help="AutoencoderKL folder or hub id (default: the shipped tiny VAE).")
+    ] = None,
+    resolution: Annotated[int | None, typer.Option(help="Image side fed to the VAE (default: the shards').")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per VAE call.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Image-decoding worker processes (0 = none).")] = None,
+    gpus: Annotated[int | None, typer.Option(help="Encoding processes, one device each (CPU without GPU).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Storage dtype: fp16 | bf16 | fp32.")] = None,
+    store: Annotated[str | None, typer.Option(help="mean-std (posterior, default) | sample (one draw).")] = None,
+    flip: Annotated[bool | None, typer.Option("--flip", help="Also store horizontally flipped latents.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the draws for --store sample.")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Rebuild a finished cache.")] = None,
+    verify: Annotated[
+        Path | None, typer.Option(help="Only re-check this cache (counts, shapes, NaN/inf, hashes).")
+    ] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -49,18 +58,34 @@ def command(
         for problem in problems:
             typer.echo(problem, err=True)
         if problems:
-            raise UserError(f"{verify} failed verification with {len(problems)} problem(s) listed above; rerun "
-                            f"encode-latents with --overwrite to rebuild it.")
+            raise UserError(
+                f"{verify} failed verification with {len(problems)} problem(s) listed above; rerun "
+                f"encode-latents with --overwrite to rebuild it."
+            )
         typer.echo(f"{verify}: ok")
         return
     from lmfusion_cli.config import resolve_config
     from lmfusion_cli.data.config import EncodeConfig
 
-    cfg = resolve_config(EncodeConfig, config, overrides, {
-        "data": data, "out": out, "vae": vae, "resolution": resolution, "batch_size": batch_size,
-        "workers": workers, "gpus": gpus, "dtype": dtype, "store": store, "flip": flip, "seed": seed,
-        "overwrite": overwrite,
-    })
+    cfg = resolve_config(
+        EncodeConfig,
+        config,
+        overrides,
+        {
+            "data": data,
+            "out": out,
+            "vae": vae,
+            "resolution": resolution,
+            "batch_size": batch_size,
+            "workers": workers,
+            "gpus": gpus,
+            "dtype": dtype,
+            "store": store,
+            "flip": flip,
+            "seed": seed,
+            "overwrite": overwrite,
+        },
+    )
     from lmfusion_cli.data.encode import run_encode
 
     run_encode(cfg)

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 
 def command(
-    checkpoint: Annotated[Path, typer.Argument(help="Run folder (newest complete checkpoint), step folder or model folder.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Run folder (newest complete checkpoint), step folder or model folder.")
+    ],
     out: Annotated[Path, typer.Option(help="Output folder (self-contained: weights, tokenizer, VAE, model card).")],
-    merged: Annotated[bool, typer.Option("--merged", help="Store the base's weights inside the folder (no base download).")] = False,
-    base_id: Annotated[Optional[str], typer.Option(help="Hub id to record as the base (default: what the run trained on).")] = None,
-    vae_id: Annotated[Optional[str], typer.Option(help="Record this VAE hub id instead of copying the VAE folder.")] = None,
-    eval_dirs: Annotated[Optional[list[Path]], typer.Option("--eval", help="`lmfusion evaluate` output to quote in the model card; repeatable.")] = None,
+    merged: Annotated[
+        bool, typer.Option("--merged", help="Store the base's weights inside the folder (no base download).")
+    ] = False,
+    base_id: Annotated[
+        str | None, typer.Option(help="Hub id to record as the base (default: what the run trained on).")
+    ] = None,
+    vae_id: Annotated[
+        str | None, typer.Option(help="Record this VAE hub id instead of copying the VAE folder.")
+    ] = None,
+    eval_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--eval", help="`lmfusion evaluate` output to quote in the model card; repeatable."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
-    push_to_hub: Annotated[Optional[str], typer.Option(help="Then upload the folder to this Hub repository (needs a login).")] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="Then upload the folder to this Hub repository (needs a login).")
+    ] = None,
 ) -> None:
     """Export a trained model as one folder that LMFusionModel / LMFusionPipeline.from_pretrained, `sample`
     and `evaluate` load with no other flag, and that `push_to_hub` uploads.
@@ -33,8 +46,9 @@ def command(
     """
     from lmfusion_cli.packaging.export import run_export
 
-    folder = run_export(checkpoint, out, merged=merged, base_id=base_id, vae_id=vae_id, evals=eval_dirs,
-                        overwrite=overwrite)
+    folder = run_export(
+        checkpoint, out, merged=merged, base_id=base_id, vae_id=vae_id, evals=eval_dirs, overwrite=overwrite
+    )
     typer.echo(f"exported to {folder}")
     if push_to_hub:
         from lmfusion_cli.packaging.export import push_folder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,8 +16,8 @@ SetOption = set_option("--set train.activation_checkpointing=none --set train.mi
 def command(
     config: ConfigOption = None,
     overrides: SetOption = None,
-    gpus: Annotated[Optional[int], typer.Option(help="GPUs per node (default: the config's dist.gpus).")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="Nodes (default: the config's dist.nodes).")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per node (default: the config's dist.gpus).")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Nodes (default: the config's dist.nodes).")] = None,
     gpu_memory: Annotated[str, typer.Option(help="Memory of one GPU, e.g. 80GiB.")] = "80GiB",
     mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed for the step time.")] = 0.40,
     peak_tflops: Annotated[float, typer.Option(help="Peak dense bf16 TFLOP/s of one GPU (H100 SXM: 989).")] = 989.0,
@@ -43,12 +43,28 @@ def command(
 
     given = read_yaml(config) if config is not None else {}
     needs_latents = not (given.get("data") or {}).get("latents") and not any(
-        o.startswith("data.latents=") for o in overrides or [])
-    cfg = resolve_config(TrainRunConfig, config, overrides, {  # plan reads no data: a latent cache is optional
-        "dist.gpus": gpus, "dist.nodes": nodes, "train.out": "plan", "data.latents": "none" if needs_latents else None})
+        o.startswith("data.latents=") for o in overrides or []
+    )
+    cfg = resolve_config(
+        TrainRunConfig,
+        config,
+        overrides,
+        {  # plan reads no data: a latent cache is optional
+            "dist.gpus": gpus,
+            "dist.nodes": nodes,
+            "train.out": "plan",
+            "data.latents": "none" if needs_latents else None,
+        },
+    )
     if mfu <= 0 or mfu > 1 or peak_tflops <= 0 or caption_tokens < 0:
         raise UserError("--mfu must be in (0, 1], --peak-tflops > 0 and --caption-tokens >= 0.")
-    options = PlanOptions(gpus=cfg.dist.gpus, nodes=cfg.dist.nodes, gpu_memory=parse_bytes(gpu_memory), mfu=mfu,
-                          peak_tflops=peak_tflops, caption_tokens=caption_tokens)
+    options = PlanOptions(
+        gpus=cfg.dist.gpus,
+        nodes=cfg.dist.nodes,
+        gpu_memory=parse_bytes(gpu_memory),
+        mfu=mfu,
+        peak_tflops=peak_tflops,
+        caption_tokens=caption_tokens,
+    )
     plan = make_plan(cfg, options)
     typer.echo(json.dumps(plan, indent=2) if as_json else format_plan(plan))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,19 +13,19 @@ SetOption = set_option("--set schedule.steps=100 --set optim.lr=3e-4")
 
 
 def command(
-    latents: Annotated[Optional[Path], typer.Option(help="Latent cache folder from encode-latents.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (config, checkpoints, logs).")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Base LM folder, or `tiny` for the embedded one.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps in total.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Global batch in examples per step.")] = None,
-    micro_batch_size: Annotated[Optional[int], typer.Option(help="Examples per process per forward.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of init, data order and noise.")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="auto | never | a checkpoint folder.")] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="Processes per node (re-launches under torchrun).")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="Nodes (needs --set dist.rdzv_endpoint=HOST:PORT).")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="fsdp | ddp | none.")] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (0 = at the end).")] = None,
+    latents: Annotated[Path | None, typer.Option(help="Latent cache folder from encode-latents.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (config, checkpoints, logs).")] = None,
+    base: Annotated[str | None, typer.Option(help="Base LM folder, or `tiny` for the embedded one.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps in total.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch in examples per step.")] = None,
+    micro_batch_size: Annotated[int | None, typer.Option(help="Examples per process per forward.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of init, data order and noise.")] = None,
+    resume: Annotated[str | None, typer.Option(help="auto | never | a checkpoint folder.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="Processes per node (re-launches under torchrun).")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Nodes (needs --set dist.rdzv_endpoint=HOST:PORT).")] = None,
+    strategy: Annotated[str | None, typer.Option(help="fsdp | ddp | none.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0 = at the end).")] = None,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -45,12 +45,26 @@ def command(
     from lmfusion_cli.config import resolve_config
     from lmfusion_cli.training.config import TrainRunConfig
 
-    cfg = resolve_config(TrainRunConfig, config, overrides, {
-        "data.latents": latents, "train.out": out, "base.path": base, "schedule.steps": steps,
-        "train.batch_size": batch_size, "train.micro_batch_size": micro_batch_size, "optim.lr": lr,
-        "train.seed": seed, "train.resume": resume, "dist.gpus": gpus, "dist.nodes": nodes,
-        "dist.strategy": strategy, "train.save_every": save_every,
-    })
+    cfg = resolve_config(
+        TrainRunConfig,
+        config,
+        overrides,
+        {
+            "data.latents": latents,
+            "train.out": out,
+            "base.path": base,
+            "schedule.steps": steps,
+            "train.batch_size": batch_size,
+            "train.micro_batch_size": micro_batch_size,
+            "optim.lr": lr,
+            "train.seed": seed,
+            "train.resume": resume,
+            "dist.gpus": gpus,
+            "dist.nodes": nodes,
+            "dist.strategy": strategy,
+            "train.save_every": save_every,
+        },
+    )
     from lmfusion_cli.training.distributed import format_command, relaunch_command
 
     relaunch = relaunch_command(cfg.dist, sys.argv[1:])
@@ -66,6 +80,8 @@ def command(
     if int(os.environ.get("RANK", "0")) == 0:
         how = "stopped by a signal" if result.stopped_by_signal else "done"
         last = result.last_checkpoint.name if result.last_checkpoint else "none"
-        typer.echo(f"train {how}: step {result.step}, {result.skipped_steps} skipped step(s), "
-                   f"last checkpoint {last}, run folder {result.run_dir}")
+        typer.echo(
+            f"train {how}: step {result.step}, {result.skipped_steps} skipped step(s), "
+            f"last checkpoint {last}, run folder {result.run_dir}"
+        )
         typer.echo(result.summary)

@@ -108,9 +108,7 @@ def build_config(cls: type[T], data: dict[str, Any] | None, prefix: str = "") ->
     if unknown:
         where = f" under '{prefix}'" if prefix else ""
         bad = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise UserError(
-            f"Unknown config key '{bad}'; valid keys{where} are: {', '.join(sorted(fields))}."
-        )
+        raise UserError(f"Unknown config key '{bad}'; valid keys{where} are: {', '.join(sorted(fields))}.")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -195,8 +193,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> T:
     """YAML file (optional) + `--set` overrides → validated dataclass `cls`."""
     data = dict(base or {})
     if path is not None:

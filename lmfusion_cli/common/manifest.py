@@ -68,7 +68,7 @@ class SkipLog:
         if len(self.items) < self.max_listed:
             self.items.append({"key": str(key), "reason": reason, "detail": detail[:300]})
 
-    def merge(self, other: "SkipLog") -> None:
+    def merge(self, other: SkipLog) -> None:
         self.kept += other.kept
         self.skipped.update(other.skipped)
         room = self.max_listed - len(self.items)
@@ -92,7 +92,7 @@ class SkipLog:
         return {"counts": self.counts(), "skipped_items": list(self.items)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SkipLog":
+    def from_dict(cls, d: dict[str, Any]) -> SkipLog:
         log = cls(kept=d["counts"]["kept"], skipped=Counter(d["counts"]["skipped"]))
         log.items = list(d.get("skipped_items", []))
         return log

@@ -17,8 +17,8 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from lmfusion_cli.common.atomic import TMP_MARK, fsync_dir
 from lmfusion_cli.common.errors import UserError
@@ -82,10 +82,15 @@ def output_lock(out: str | os.PathLike, command: str) -> Iterator[Path]:
         raise UserError(f"Cannot create the lock file {path} ({e.strerror}); choose a writable --out") from None
     try:
         if not _acquire(fd, path):
-            raise UserError(f"{out} is being written by {_holder(path)}; wait for it to finish or choose "
-                            "another --out") from None
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            raise UserError(
+                f"{out} is being written by {_holder(path)}; wait for it to finish or choose another --out"
+            ) from None
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         try:  # the record only names the holder; a full disk must not stop the stage's own disk-full message
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(record).encode(), 0)
@@ -118,15 +123,17 @@ def is_disk_full(error: BaseException) -> bool:
     return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
 
 
-def disk_full_error(out: str | os.PathLike, command: str, need_bytes: int | None = None,
-                    kept: str = "the previous output is intact") -> UserError:
+def disk_full_error(
+    out: str | os.PathLike, command: str, need_bytes: int | None = None, kept: str = "the previous output is intact"
+) -> UserError:
     """The one sentence for a full disk: the folder, the space needed (when known) and free, what was kept."""
     out = Path(out)
     probe = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     free = shutil.disk_usage(probe).free / 2**20
     need = f"about {need_bytes / 2**20:.1f} MiB more are needed, " if need_bytes else ""
-    return UserError(f"No space left on the device of {out} ({need}{free:.1f} MiB are free); {kept}: free space "
-                     f"and rerun {command}")
+    return UserError(
+        f"No space left on the device of {out} ({need}{free:.1f} MiB are free); {kept}: free space and rerun {command}"
+    )
 
 
 def folder_bytes(folder: Path) -> int:
@@ -148,11 +155,14 @@ def refuse_foreign(out: str | os.PathLike, kind: str, own: Iterable[str], option
         except (OSError, ValueError, AttributeError):
             found = "unreadable"
         if found != kind:
-            raise UserError(f"{option} {out} holds a '{found}' artifact of another stage; choose another {option} "
-                            "(lmfusion never writes over another stage's output)")
+            raise UserError(
+                f"{option} {out} holds a '{found}' artifact of another stage; choose another {option} "
+                "(lmfusion never writes over another stage's output)"
+            )
         return
     own = set(own) | {MANIFEST_NAME}
     foreign = sorted(p.name for p in out.iterdir() if p.name not in own and not p.name.startswith("."))
     if foreign:
-        raise UserError(f"{option} {out} is not empty and holds no lmfusion {kind} (e.g. {foreign[0]}); choose "
-                        f"another {option}")
+        raise UserError(
+            f"{option} {out} is not empty and holds no lmfusion {kind} (e.g. {foreign[0]}); choose another {option}"
+        )

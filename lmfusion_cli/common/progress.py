@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -24,8 +25,17 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T] | None = None, total: int | None = None, desc: str = "",
-             unit: str = "it", initial: int = 0) -> tqdm:
+def progress(
+    iterable: Iterable[T] | None = None, total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0
+) -> tqdm:
     """A tqdm bar (disabled unless `progress_enabled()`); use as an iterator or call `.update(n)`."""
-    return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial,
-                disable=not progress_enabled(), dynamic_ncols=True, leave=False)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        initial=initial,
+        disable=not progress_enabled(),
+        dynamic_ncols=True,
+        leave=False,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 SourceKind = Literal["shapes", "coco", "folder", "jsonl", "hf-disk", "imagefolder"]
 
@@ -15,9 +15,9 @@ class PrepareConfig:
     `datasets` dataset (`load_from_disk`) or an `imagefolder` with captions."""
     out: str = ""
     """Output folder for the webdataset shards and `manifest.json`."""
-    input: Optional[str] = None
+    input: str | None = None
     """Input path: COCO root, image folder, JSONL file or dataset folder (unused for shapes)."""
-    karpathy_split: Optional[str] = None
+    karpathy_split: str | None = None
     """COCO only: Karpathy split JSON (`dataset_coco.json`); without it the seeded hash split is used."""
     num_items: int = 2000
     """Shapes only: number of items to generate."""
@@ -61,8 +61,9 @@ class PrepareConfig:
             raise ValueError(f"resolution must be >= 8 pixels, got {self.resolution}")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
+        if not (
+            0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
+        ):
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
@@ -80,7 +81,7 @@ class EncodeConfig:
     """Output folder of the latent cache."""
     vae: str = ""
     """AutoencoderKL folder or hub id; empty means the shipped tiny VAE (`lmfusion_cli/assets/tiny-vae`)."""
-    resolution: Optional[int] = None
+    resolution: int | None = None
     """Image side in pixels fed to the VAE; None keeps the prepared shards' resolution."""
     batch_size: int = 32
     """Images per VAE call."""

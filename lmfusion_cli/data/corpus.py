@@ -17,8 +17,8 @@ from `data/shapes.py`. It does not tokenize or train anything (see `scripts/buil
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -27,87 +27,258 @@ from lmfusion_cli.data import shapes
 KINDS = ("captions", "general")
 _SPLIT_CODE = {"train": 0, "heldout": 1}
 
-NAMES_HE = tuple("""Tom Sam Ben Max Leo Jack Noah Finn Omar Hugo Theo Paul Luke Dan Oscar Felix Ravi Kenji
+NAMES_HE = tuple(
+    """Tom Sam Ben Max Leo Jack Noah Finn Omar Hugo Theo Paul Luke Dan Oscar Felix Ravi Kenji
     Marco Peter Adam Arthur Bruno Carlos David Elias Ethan George Harry Henry Isaac James Jonas Karl Liam Lucas
     Mateo Miguel Nico Oliver Pablo Rafael Simon Stefan Thomas Victor William Yusuf Aaron Boris Caleb Dmitri
-    Edgar Frank Gabriel Ibrahim Joel Kevin Louis Martin Nathan Owen Patrick Quentin Roger Sean Tariq Walter""".split())
-NAMES_SHE = tuple("""Anna Mia Lily Emma Zoe Ella Ruby Nora Maya Lena Iris Rosa Kate Ava Eva Sara Grace Alice
+    Edgar Frank Gabriel Ibrahim Joel Kevin Louis Martin Nathan Owen Patrick Quentin Roger Sean Tariq Walter""".split()
+)
+NAMES_SHE = tuple(
+    """Anna Mia Lily Emma Zoe Ella Ruby Nora Maya Lena Iris Rosa Kate Ava Eva Sara Grace Alice
     Hana Julia Amelia Bella Chloe Daisy Elena Fatima Greta Hannah Isabel Jasmine Klara Laura Lucy Maria Nina
     Olivia Penny Priya Rachel Sofia Tara Ursula Vera Wendy Yara Agnes Beatrice Clara Diana Esther Freya Helen
-    Ingrid Joy Leila Martha Naomi Paula Rita Sophie Tess Violet Zara Amira Camila""".split())
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-                "nineteen", "twenty")
+    Ingrid Joy Leila Martha Naomi Paula Rita Sophie Tess Violet Zara Amira Camila""".split()
+)
+NUMBER_WORDS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+)
 # Things with a true colour: (singular, plural, colour).
 COLOURED_THINGS = (
-    ("banana", "bananas", "yellow"), ("lemon", "lemons", "yellow"), ("strawberry", "strawberries", "red"),
-    ("cherry", "cherries", "red"), ("tomato", "tomatoes", "red"), ("carrot", "carrots", "orange"),
-    ("pumpkin", "pumpkins", "orange"), ("grape", "grapes", "purple"), ("plum", "plums", "purple"),
-    ("lime", "limes", "green"), ("pea", "peas", "green"), ("leaf", "leaves", "green"),
-    ("frog", "frogs", "green"), ("cloud", "clouds", "white"), ("swan", "swans", "white"),
-    ("crow", "crows", "black"), ("fire truck", "fire trucks", "red"), ("school bus", "school buses", "yellow"),
-    ("chick", "chicks", "yellow"), ("flamingo", "flamingos", "pink"), ("elephant", "elephants", "grey"),
-    ("bear", "bears", "brown"), ("coconut", "coconuts", "brown"), ("raven", "ravens", "black"),
+    ("banana", "bananas", "yellow"),
+    ("lemon", "lemons", "yellow"),
+    ("strawberry", "strawberries", "red"),
+    ("cherry", "cherries", "red"),
+    ("tomato", "tomatoes", "red"),
+    ("carrot", "carrots", "orange"),
+    ("pumpkin", "pumpkins", "orange"),
+    ("grape", "grapes", "purple"),
+    ("plum", "plums", "purple"),
+    ("lime", "limes", "green"),
+    ("pea", "peas", "green"),
+    ("leaf", "leaves", "green"),
+    ("frog", "frogs", "green"),
+    ("cloud", "clouds", "white"),
+    ("swan", "swans", "white"),
+    ("crow", "crows", "black"),
+    ("fire truck", "fire trucks", "red"),
+    ("school bus", "school buses", "yellow"),
+    ("chick", "chicks", "yellow"),
+    ("flamingo", "flamingos", "pink"),
+    ("elephant", "elephants", "grey"),
+    ("bear", "bears", "brown"),
+    ("coconut", "coconuts", "brown"),
+    ("raven", "ravens", "black"),
 )
-MASS_COLOURS = (("the sky", "blue"), ("grass", "green"), ("snow", "white"), ("milk", "white"),
-                ("coal", "black"), ("the sea", "blue"), ("chocolate", "brown"), ("the sun", "yellow"),
-                ("soot", "black"), ("butter", "yellow"), ("sand", "yellow"), ("the night", "dark"))
+MASS_COLOURS = (
+    ("the sky", "blue"),
+    ("grass", "green"),
+    ("snow", "white"),
+    ("milk", "white"),
+    ("coal", "black"),
+    ("the sea", "blue"),
+    ("chocolate", "brown"),
+    ("the sun", "yellow"),
+    ("soot", "black"),
+    ("butter", "yellow"),
+    ("sand", "yellow"),
+    ("the night", "dark"),
+)
 # (singular, plural, sound, legs, home)
 ANIMALS = (
-    ("cat", "cats", "meows", 4, "a house"), ("dog", "dogs", "barks", 4, "a kennel"),
-    ("cow", "cows", "moos", 4, "a barn"), ("duck", "ducks", "quacks", 2, "a pond"),
-    ("sheep", "sheep", "bleats", 4, "a field"), ("horse", "horses", "neighs", 4, "a stable"),
-    ("pig", "pigs", "oinks", 4, "a sty"), ("owl", "owls", "hoots", 2, "a tree"),
-    ("bee", "bees", "buzzes", 6, "a hive"), ("lion", "lions", "roars", 4, "the grassland"),
-    ("mouse", "mice", "squeaks", 4, "a hole"), ("hen", "hens", "clucks", 2, "a coop"),
-    ("spider", "spiders", "makes no sound", 8, "a web"), ("goat", "goats", "bleats", 4, "a farm"),
-    ("wolf", "wolves", "howls", 4, "the woods"), ("snake", "snakes", "hisses", 0, "the grass"),
+    ("cat", "cats", "meows", 4, "a house"),
+    ("dog", "dogs", "barks", 4, "a kennel"),
+    ("cow", "cows", "moos", 4, "a barn"),
+    ("duck", "ducks", "quacks", 2, "a pond"),
+    ("sheep", "sheep", "bleats", 4, "a field"),
+    ("horse", "horses", "neighs", 4, "a stable"),
+    ("pig", "pigs", "oinks", 4, "a sty"),
+    ("owl", "owls", "hoots", 2, "a tree"),
+    ("bee", "bees", "buzzes", 6, "a hive"),
+    ("lion", "lions", "roars", 4, "the grassland"),
+    ("mouse", "mice", "squeaks", 4, "a hole"),
+    ("hen", "hens", "clucks", 2, "a coop"),
+    ("spider", "spiders", "makes no sound", 8, "a web"),
+    ("goat", "goats", "bleats", 4, "a farm"),
+    ("wolf", "wolves", "howls", 4, "the woods"),
+    ("snake", "snakes", "hisses", 0, "the grass"),
 )
-OBJECTS = tuple("""ball box cup book hat kite bag bowl vase lamp clock shoe sock pencil mug plate bottle
+OBJECTS = tuple(
+    """ball box cup book hat kite bag bowl vase lamp clock shoe sock pencil mug plate bottle
     basket blanket bucket candle drum key ribbon scarf spoon teapot umbrella pillow jar button coin comb crayon
     feather flag fork glove hammer helmet jacket kettle ladder letter map mirror necklace notebook paintbrush
     parcel pebble piano puzzle radio ring rope ruler saucer shell shovel sponge stamp sticker suitcase sweater
     towel trumpet violin wagon wallet watch whistle boot belt brush camera card chain coat crown cushion dice
     envelope fan flute guitar lantern magnet marble medal needle pan pot purse robot rocket skateboard sled
-    statue teddy ticket toothbrush tray trophy tent torch""".split())
-FURNITURE = ("table", "bed", "sofa", "desk", "shelf", "chair", "window", "door", "rug", "stool", "cupboard",
-             "bench", "bookcase", "counter", "drawer", "fireplace", "piano", "sink", "wardrobe", "bathtub")
-OUTDOOR = ("tree", "house", "hill", "bridge", "fence", "river", "rock", "tower", "barn", "well", "mountain",
-           "lake", "road", "garden wall", "castle", "lighthouse", "windmill", "pond", "gate", "church")
-PLACES = tuple("the " + p for p in """park garden market beach forest library school farm river zoo bakery
+    statue teddy ticket toothbrush tray trophy tent torch""".split()
+)
+FURNITURE = (
+    "table",
+    "bed",
+    "sofa",
+    "desk",
+    "shelf",
+    "chair",
+    "window",
+    "door",
+    "rug",
+    "stool",
+    "cupboard",
+    "bench",
+    "bookcase",
+    "counter",
+    "drawer",
+    "fireplace",
+    "piano",
+    "sink",
+    "wardrobe",
+    "bathtub",
+)
+OUTDOOR = (
+    "tree",
+    "house",
+    "hill",
+    "bridge",
+    "fence",
+    "river",
+    "rock",
+    "tower",
+    "barn",
+    "well",
+    "mountain",
+    "lake",
+    "road",
+    "garden wall",
+    "castle",
+    "lighthouse",
+    "windmill",
+    "pond",
+    "gate",
+    "church",
+)
+PLACES = tuple(
+    "the " + p
+    for p in """park garden market beach forest library school farm river zoo bakery
     museum lake city village station hills kitchen shop harbour airport castle cinema desert factory field
     hospital island jungle meadow mountains office orchard palace playground pool stadium street supermarket
-    theatre valley workshop attic basement cafe camp circus countryside""".split())
-ADJECTIVES = tuple("""big small old new soft round heavy light shiny tiny long short warm cold clean dirty
+    theatre valley workshop attic basement cafe camp circus countryside""".split()
+)
+ADJECTIVES = tuple(
+    """big small old new soft round heavy light shiny tiny long short warm cold clean dirty
     pretty plain broken striped bright dark dusty empty fancy fluffy fresh gentle giant golden hard huge
     little loud narrow neat noisy odd quiet rough sharp silly smooth sticky strange strong sweet tall thick
-    thin ugly wet wide wild wooden woolly young enormous lovely wonderful simple useful curly spotted""".split())
-FEELINGS = tuple("""happy sad tired hungry sleepy proud scared excited calm angry surprised bored cheerful
-    curious thirsty worried lonely brave grumpy glad nervous shy upset joyful puzzled relaxed""".split())
-ACTIVITIES = ("read books", "draw pictures", "play football", "sing songs", "ride a bike", "bake bread",
-              "swim in the lake", "climb trees", "fly a kite", "build towers", "paint flowers",
-              "play the drum", "plant seeds", "watch the stars", "write letters", "play chess",
-              "go fishing", "collect shells", "dance", "skip rope", "play hide and seek", "feed the ducks",
-              "pick berries", "build sandcastles", "tell jokes", "play the violin", "cook dinner",
-              "visit grandmother", "go camping", "solve puzzles", "make paper boats", "count the clouds")
-FOODS = tuple("""soup bread rice cake apples pancakes cheese eggs noodles porridge pie salad fish honey
+    thin ugly wet wide wild wooden woolly young enormous lovely wonderful simple useful curly spotted""".split()
+)
+FEELINGS = tuple(
+    """happy sad tired hungry sleepy proud scared excited calm angry surprised bored cheerful
+    curious thirsty worried lonely brave grumpy glad nervous shy upset joyful puzzled relaxed""".split()
+)
+ACTIVITIES = (
+    "read books",
+    "draw pictures",
+    "play football",
+    "sing songs",
+    "ride a bike",
+    "bake bread",
+    "swim in the lake",
+    "climb trees",
+    "fly a kite",
+    "build towers",
+    "paint flowers",
+    "play the drum",
+    "plant seeds",
+    "watch the stars",
+    "write letters",
+    "play chess",
+    "go fishing",
+    "collect shells",
+    "dance",
+    "skip rope",
+    "play hide and seek",
+    "feed the ducks",
+    "pick berries",
+    "build sandcastles",
+    "tell jokes",
+    "play the violin",
+    "cook dinner",
+    "visit grandmother",
+    "go camping",
+    "solve puzzles",
+    "make paper boats",
+    "count the clouds",
+)
+FOODS = tuple(
+    """soup bread rice cake apples pancakes cheese eggs noodles porridge pie salad fish honey
     cookies jam sandwiches potatoes beans carrots muffins yogurt oranges pears grapes cherries pasta pizza
-    dumplings waffles toast biscuits sausages peaches melon nuts""".split())
-PAST_VERBS = tuple("""found lost painted bought carried dropped washed made drew hid cleaned fixed sold wrapped
+    dumplings waffles toast biscuits sausages peaches melon nuts""".split()
+)
+PAST_VERBS = tuple(
+    """found lost painted bought carried dropped washed made drew hid cleaned fixed sold wrapped
     opened mended borrowed built chose counted decorated discovered held kicked lifted measured moved
-    noticed pushed pulled shared sorted threw touched tied won""".split())
-PROFESSIONS = (("baker", "bakes bread"), ("farmer", "grows food"), ("doctor", "helps sick people"),
-               ("teacher", "teaches children"), ("pilot", "flies planes"), ("painter", "paints pictures"),
-               ("fisher", "catches fish"), ("builder", "builds houses"), ("cook", "makes meals"),
-               ("postman", "brings letters"), ("dentist", "looks after teeth"), ("gardener", "grows flowers"),
-               ("driver", "drives a bus"), ("tailor", "sews clothes"), ("librarian", "looks after books"),
-               ("singer", "sings songs"), ("sailor", "sails ships"), ("nurse", "cares for patients"),
-               ("firefighter", "puts out fires"), ("carpenter", "makes things from wood"))
-PREPOSITIONS = ("on", "under", "next to", "behind", "in front of", "near", "beside", "inside",
-                "to the left of", "to the right of", "above", "below")
+    noticed pushed pulled shared sorted threw touched tied won""".split()
+)
+PROFESSIONS = (
+    ("baker", "bakes bread"),
+    ("farmer", "grows food"),
+    ("doctor", "helps sick people"),
+    ("teacher", "teaches children"),
+    ("pilot", "flies planes"),
+    ("painter", "paints pictures"),
+    ("fisher", "catches fish"),
+    ("builder", "builds houses"),
+    ("cook", "makes meals"),
+    ("postman", "brings letters"),
+    ("dentist", "looks after teeth"),
+    ("gardener", "grows flowers"),
+    ("driver", "drives a bus"),
+    ("tailor", "sews clothes"),
+    ("librarian", "looks after books"),
+    ("singer", "sings songs"),
+    ("sailor", "sails ships"),
+    ("nurse", "cares for patients"),
+    ("firefighter", "puts out fires"),
+    ("carpenter", "makes things from wood"),
+)
+PREPOSITIONS = (
+    "on",
+    "under",
+    "next to",
+    "behind",
+    "in front of",
+    "near",
+    "beside",
+    "inside",
+    "to the left of",
+    "to the right of",
+    "above",
+    "below",
+)
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-SEASONS = (("spring", "the flowers open"), ("summer", "the days are long"),
-           ("autumn", "the leaves fall"), ("winter", "the nights are long"))
+SEASONS = (
+    ("spring", "the flowers open"),
+    ("summer", "the days are long"),
+    ("autumn", "the leaves fall"),
+    ("winter", "the nights are long"),
+)
 WEATHER = ("sunny", "rainy", "windy", "cloudy", "cold", "warm", "foggy", "snowy", "stormy", "bright")
 COLOUR_WORDS = tuple(shapes.COLOURS) + ("brown", "pink", "grey")
 
@@ -149,8 +320,10 @@ def _scene(rng: np.random.Generator) -> list[str]:
     c1, c2 = _pick(rng, COLOUR_WORDS), _pick(rng, COLOUR_WORDS)
     where = _pick(rng, FURNITURE)
     prep = _pick(rng, PREPOSITIONS)
-    out = [f"There is {_a(_pick(rng, ADJECTIVES))} {c1} {obj} {prep} the {where}.",
-           _cap(f"{_pick(rng, PREPOSITIONS)} the {obj} is {_a(c2)} {other}.")]
+    out = [
+        f"There is {_a(_pick(rng, ADJECTIVES))} {c1} {obj} {prep} the {where}.",
+        _cap(f"{_pick(rng, PREPOSITIONS)} the {obj} is {_a(c2)} {other}."),
+    ]
     if rng.random() < 0.5:
         out.append(f"The {other} is {_pick(rng, ADJECTIVES)} and the {obj} is {_pick(rng, ADJECTIVES)}.")
     if rng.random() < 0.5:
@@ -164,9 +337,17 @@ def _colour_facts(rng: np.random.Generator) -> list[str]:
         r = rng.random()
         if r < 0.35:
             one, many, colour = _pick(rng, COLOURED_THINGS)
-            out.append(_pick(rng, (f"{_cap(many)} are {colour}.", f"{_cap(_a(one))} is {colour}.",
-                                   f"What colour is {_a(one)}? {_cap(_a(one))} is {colour}.",
-                                   f"Most {many} are {colour}.")))
+            out.append(
+                _pick(
+                    rng,
+                    (
+                        f"{_cap(many)} are {colour}.",
+                        f"{_cap(_a(one))} is {colour}.",
+                        f"What colour is {_a(one)}? {_cap(_a(one))} is {colour}.",
+                        f"Most {many} are {colour}.",
+                    ),
+                )
+            )
         elif r < 0.6:
             thing, colour = _pick(rng, MASS_COLOURS)
             out.append(_pick(rng, (f"{_cap(thing)} is {colour}.", f"What colour is {thing}? It is {colour}.")))
@@ -186,13 +367,19 @@ def _animal_facts(rng: np.random.Generator) -> list[str]:
     out = []
     for _ in range(int(rng.integers(2, 5))):
         one, many, sound, legs, home = _pick(rng, ANIMALS)
-        out.append(_pick(rng, (
-            f"{_cap(_a(one))} {sound}.", f"{_cap(_a(one))} has {NUMBER_WORDS[legs]} legs.",
-            f"{_cap(many)} live in {home}.",
-            f"How many legs does {_a(one)} have? It has {NUMBER_WORDS[legs]}.",
-            f"The {one} is {_pick(rng, FEELINGS)} today.",
-            f"{_pick(rng, NAMES_HE + NAMES_SHE)} saw {_a(_pick(rng, ADJECTIVES))} {one} near {_pick(rng, PLACES)}.",
-        )))
+        out.append(
+            _pick(
+                rng,
+                (
+                    f"{_cap(_a(one))} {sound}.",
+                    f"{_cap(_a(one))} has {NUMBER_WORDS[legs]} legs.",
+                    f"{_cap(many)} live in {home}.",
+                    f"How many legs does {_a(one)} have? It has {NUMBER_WORDS[legs]}.",
+                    f"The {one} is {_pick(rng, FEELINGS)} today.",
+                    f"{_pick(rng, NAMES_HE + NAMES_SHE)} saw {_a(_pick(rng, ADJECTIVES))} {one} near {_pick(rng, PLACES)}.",
+                ),
+            )
+        )
     return out
 
 
@@ -201,7 +388,7 @@ def _counting(rng: np.random.Generator) -> list[str]:
     if r < 0.25:
         start = int(rng.integers(0, 15))
         length = int(rng.integers(3, 7))
-        return [_cap(", ".join(NUMBER_WORDS[start:start + length])) + "."]
+        return [_cap(", ".join(NUMBER_WORDS[start : start + length])) + "."]
     if r < 0.55:
         a, b = int(rng.integers(0, 11)), int(rng.integers(0, 11))
         if rng.random() < 0.5:
@@ -210,14 +397,18 @@ def _counting(rng: np.random.Generator) -> list[str]:
         return [f"{_cap(NUMBER_WORDS[hi])} minus {NUMBER_WORDS[lo]} is {NUMBER_WORDS[hi - lo]}."]
     if r < 0.75:
         n = int(rng.integers(1, 20))
-        return [f"After {NUMBER_WORDS[n]} comes {NUMBER_WORDS[n + 1]}.",
-                f"Before {NUMBER_WORDS[n]} comes {NUMBER_WORDS[n - 1]}."][: int(rng.integers(1, 3))]
+        return [
+            f"After {NUMBER_WORDS[n]} comes {NUMBER_WORDS[n + 1]}.",
+            f"Before {NUMBER_WORDS[n]} comes {NUMBER_WORDS[n - 1]}.",
+        ][: int(rng.integers(1, 3))]
     a, b = int(rng.integers(1, 8)), int(rng.integers(1, 8))
     one, many, _ = _pick(rng, COLOURED_THINGS)
     name = _pick(rng, NAMES_HE + NAMES_SHE)
-    return [f"{name} has {NUMBER_WORDS[a]} {one if a == 1 else many}.",
-            f"Then {name} gets {NUMBER_WORDS[b]} more {one if b == 1 else many}.",
-            f"Now {name} has {NUMBER_WORDS[a + b]} {many}."]
+    return [
+        f"{name} has {NUMBER_WORDS[a]} {one if a == 1 else many}.",
+        f"Then {name} gets {NUMBER_WORDS[b]} more {one if b == 1 else many}.",
+        f"Now {name} has {NUMBER_WORDS[a + b]} {many}.",
+    ]
 
 
 def _positions(rng: np.random.Generator) -> list[str]:
@@ -226,9 +417,16 @@ def _positions(rng: np.random.Generator) -> list[str]:
         thing = _pick(rng, OBJECTS + tuple(a[0] for a in ANIMALS))
         prep = _pick(rng, PREPOSITIONS)
         ref = _pick(rng, OUTDOOR + FURNITURE)
-        out.append(_pick(rng, (f"The {thing} is {prep} the {ref}.",
-                               f"Where is the {thing}? It is {prep} the {ref}.",
-                               f"{_cap(_a(_pick(rng, COLOUR_WORDS)))} {thing} sits {prep} the {ref}.")))
+        out.append(
+            _pick(
+                rng,
+                (
+                    f"The {thing} is {prep} the {ref}.",
+                    f"Where is the {thing}? It is {prep} the {ref}.",
+                    f"{_cap(_a(_pick(rng, COLOUR_WORDS)))} {thing} sits {prep} the {ref}.",
+                ),
+            )
+        )
     return out
 
 
@@ -261,14 +459,19 @@ def _story(rng: np.random.Generator) -> list[str]:
     thing = _pick(rng, OBJECTS)
     colour = _pick(rng, COLOUR_WORDS)
     place = _pick(rng, PLACES)
-    opening = _pick(rng, (f"Once upon a time, there was a little {animal} named {name}.",
-                          f"Once upon a time, {name} lived near {place}.",
-                          f"One {_pick(rng, WEATHER)} morning, {name} woke up early."))
+    opening = _pick(
+        rng,
+        (
+            f"Once upon a time, there was a little {animal} named {name}.",
+            f"Once upon a time, {name} lived near {place}.",
+            f"One {_pick(rng, WEATHER)} morning, {name} woke up early.",
+        ),
+    )
     middle = [
         f"{_cap(pron)} lived with {poss} {_pick(rng, ('mother', 'father', 'grandmother', 'brother', 'sister'))}.",
         f"One day, {name} {_pick(rng, PAST_VERBS)} {_a(colour)} {thing} at {place}.",
         f"{_cap(pron)} showed the {thing} to {friend}.",
-        f"{friend} said, \"What a {_pick(rng, ('nice', 'lovely', 'strange', 'funny'))} {thing}!\"",
+        f'{friend} said, "What a {_pick(rng, ("nice", "lovely", "strange", "funny"))} {thing}!"',
         f"They took the {thing} to {_pick(rng, PLACES)} and played all day.",
         f"The {thing} was {_pick(rng, ADJECTIVES)}, so {name} kept it {_pick(rng, PREPOSITIONS)} the "
         f"{_pick(rng, FURNITURE)}.",
@@ -276,8 +479,15 @@ def _story(rng: np.random.Generator) -> list[str]:
         f"{friend} gave {obj_pron} {_pick(rng, FOODS)}.",
     ]
     idx = sorted(rng.choice(len(middle), size=int(rng.integers(3, 6)), replace=False))
-    ending = _pick(rng, (f"{name} was very {_pick(rng, FEELINGS)}.", "The end.",
-                         f"That night, {name} slept well.", f"{name} and {friend} became good friends."))
+    ending = _pick(
+        rng,
+        (
+            f"{name} was very {_pick(rng, FEELINGS)}.",
+            "The end.",
+            f"That night, {name} slept well.",
+            f"{name} and {friend} became good friends.",
+        ),
+    )
     return [opening] + [middle[i] for i in idx] + [ending]
 
 
@@ -288,16 +498,30 @@ def _professions(rng: np.random.Generator) -> list[str]:
         he = rng.random() < 0.5
         name = _pick(rng, NAMES_HE if he else NAMES_SHE)
         pron = "he" if he else "she"
-        out.append(_pick(rng, (f"{_cap(_a(job))} {does}.", f"What does {_a(job)} do? {_cap(_a(job))} {does}.",
-                               f"{name} wants to be {_a(job)} when {pron} grows up.",
-                               f"{name} is {_a(job)}, and every day {pron} {does}.",
-                               f"The {job} went to {_pick(rng, PLACES)} on {_pick(rng, DAYS)}.")))
+        out.append(
+            _pick(
+                rng,
+                (
+                    f"{_cap(_a(job))} {does}.",
+                    f"What does {_a(job)} do? {_cap(_a(job))} {does}.",
+                    f"{name} wants to be {_a(job)} when {pron} grows up.",
+                    f"{name} is {_a(job)}, and every day {pron} {does}.",
+                    f"The {job} went to {_pick(rng, PLACES)} on {_pick(rng, DAYS)}.",
+                ),
+            )
+        )
     return out
 
 
 GENERAL_GENERATORS: tuple[tuple[Callable[[np.random.Generator], list[str]], float], ...] = (
-    (_scene, 0.15), (_colour_facts, 0.15), (_animal_facts, 0.12), (_counting, 0.14),
-    (_positions, 0.1), (_daily, 0.14), (_story, 0.2), (_professions, 0.08),
+    (_scene, 0.15),
+    (_colour_facts, 0.15),
+    (_animal_facts, 0.12),
+    (_counting, 0.14),
+    (_positions, 0.1),
+    (_daily, 0.14),
+    (_story, 0.2),
+    (_professions, 0.08),
 )
 
 

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lmfusion_cli.common.atomic import atomic_write_json
 from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file, sha256_json
-from lmfusion_cli.common.atomic import atomic_write_json
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, write_manifest
 from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
 from lmfusion_cli.common.progress import progress
@@ -91,8 +91,9 @@ def _stored(cfg: EncodeConfig, keys: list[str], mean: torch.Tensor, std: torch.T
     return {"sample" + suffix: (mean + std * noise).to(dtype)}
 
 
-def _write_job(out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int, torch.Tensor, ...]],
-               skips: SkipLog) -> dict[str, Any]:
+def _write_job(
+    out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int, torch.Tensor, ...]], skips: SkipLog
+) -> dict[str, Any]:
     """Write one finished job's latent shard and then its part record; ENOSPC becomes one sentence."""
     rows.sort(key=lambda r: r[0])  # source order
     keys = [job.samples[r[0]].key for r in rows]
@@ -100,8 +101,7 @@ def _write_job(out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int
     if rows:
         tensors = _stored(cfg, keys, torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows]), "")
         if cfg.flip:
-            tensors |= _stored(cfg, keys, torch.stack([r[3] for r in rows]), torch.stack([r[4] for r in rows]),
-                               "_flip")
+            tensors |= _stored(cfg, keys, torch.stack([r[3] for r in rows]), torch.stack([r[4] for r in rows]), "_flip")
         records = [{"key": s.key, "caption": s.caption, "meta": s.meta} for s in (job.samples[r[0]] for r in rows)]
         try:
             write_latent_shard(out, job.stem, tensors, records)
@@ -110,30 +110,39 @@ def _write_job(out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int
                 raise
             need = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
             free = shutil.disk_usage(out).free / 2**20
-            raise UserError(f"No space left on the device of {out} while writing {job.stem}.safetensors (it needs "
-                            f"about {need:.1f} MiB, {free:.1f} MiB are free); free space and rerun encode-latents "
-                            "(finished shards are kept, only the rest is redone)") from None
+            raise UserError(
+                f"No space left on the device of {out} while writing {job.stem}.safetensors (it needs "
+                f"about {need:.1f} MiB, {free:.1f} MiB are free); free space and rerun encode-latents "
+                "(finished shards are kept, only the rest is redone)"
+            ) from None
         files = {f"{job.stem}.{ext}": file_entry(out / f"{job.stem}.{ext}") for ext in ("safetensors", "jsonl")}
     part = {"stem": job.stem, "split": job.split, "count": len(rows), "files": files, **skips.to_dict()}
     write_part(out, job.stem, part)
     return part
 
 
-def encode_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, resolution: int, show_progress: bool = True,
-                scan_logs: list[SkipLog] | None = None) -> None:
+def encode_jobs(
+    jobs: list[ShardJob],
+    cfg: EncodeConfig,
+    vae,
+    resolution: int,
+    show_progress: bool = True,
+    scan_logs: list[SkipLog] | None = None,
+) -> None:
     """Encode `jobs` in this process with the loaded `vae`: DataLoader workers decode, this thread encodes.
 
     `scan_logs`: problems found while reading each job's shard (streamed shards), kept in its part record."""
     refs, batches, batch_job = [], [], []
     for j, job in enumerate(jobs):
         start = len(refs)
-        refs.extend((job.path, s.image_offset, s.image_size) if s.image_bytes is None else s.image_bytes
-                    for s in job.samples)
+        refs.extend(
+            (job.path, s.image_offset, s.image_size) if s.image_bytes is None else s.image_bytes for s in job.samples
+        )
         for b in range(start, len(refs), cfg.batch_size):
             batches.append(list(range(b, min(b + cfg.batch_size, len(refs)))))
             batch_job.append(j)
     starts = {}
-    for j, job in enumerate(jobs):
+    for j in range(len(jobs)):
         starts[j] = starts[j - 1] + len(jobs[j - 1].samples) if j else 0
     remaining = [len(job.samples) for job in jobs]
     rows: list[list] = [[] for _ in jobs]
@@ -143,8 +152,9 @@ def encode_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, resolution: int, s
     for j, job in enumerate(jobs):
         if not job.samples:
             _write_job(Path(cfg.out), job, cfg, [], skips[j])
-    loader = DataLoader(_DecodeDataset(refs, resolution), batch_sampler=batches, num_workers=cfg.workers,
-                        collate_fn=_collate)
+    loader = DataLoader(
+        _DecodeDataset(refs, resolution), batch_sampler=batches, num_workers=cfg.workers, collate_fn=_collate
+    )
     bar = progress(total=len(refs), desc="encode-latents", unit="img") if show_progress else None
     for j, (indices, pixels, bad) in zip(batch_job, loader):
         for i, reason, detail in bad:
@@ -176,8 +186,9 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _child(rank: int, world: int, jobs: list[ShardJob], cfg: EncodeConfig, vae_spec: str, resolution: int,
-           parent_pid: int) -> None:
+def _child(
+    rank: int, world: int, jobs: list[ShardJob], cfg: EncodeConfig, vae_spec: str, resolution: int, parent_pid: int
+) -> None:
     """One of `--gpus N` processes (spawned): its share of the shards on its own device."""
     from lmfusion_cli.common.logs import setup_logging
 
@@ -201,17 +212,21 @@ def _run_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, vae_spec: str, resol
 
     ctx = mp.get_context("spawn")
     world = min(cfg.gpus, len(jobs))
-    procs = [ctx.Process(target=_child, args=(r, world, jobs[r::world], cfg, vae_spec, resolution, os.getpid()))
-             for r in range(world)]
+    procs = [
+        ctx.Process(target=_child, args=(r, world, jobs[r::world], cfg, vae_spec, resolution, os.getpid()))
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     for p in procs:
         p.join()
     failed = [r for r, p in enumerate(procs) if p.exitcode != 0]
     if failed:
-        raise UserError(f"encode-latents process {failed[0]} of {world} failed (exit code "
-                        f"{procs[failed[0]].exitcode}, see above); rerun the same command to finish the "
-                        f"remaining shards.")
+        raise UserError(
+            f"encode-latents process {failed[0]} of {world} failed (exit code "
+            f"{procs[failed[0]].exitcode}, see above); rerun the same command to finish the "
+            f"remaining shards."
+        )
 
 
 def _damaged(data: Path, name: str, manifest: dict[str, Any]) -> ShardScan | None:
@@ -250,8 +265,9 @@ def _scan_all(data: Path, manifest: dict[str, Any]) -> tuple[list[ShardJob], lis
     for shard in manifest["shards"]:
         scan = _damaged(data, shard["name"], manifest) or scan_shard(data / shard["name"])
         kept = _unseen(scan, seen, shard["name"])
-        jobs.append(ShardJob(shard["name"].removesuffix(".tar"), shard["split"], str(data / shard["name"]),
-                             tuple(kept)))
+        jobs.append(
+            ShardJob(shard["name"].removesuffix(".tar"), shard["split"], str(data / shard["name"]), tuple(kept))
+        )
         scans.append(scan)
     return jobs, scans
 
@@ -281,9 +297,15 @@ def _start(cfg: EncodeConfig, out: Path, resolution: int, source_hash: str):
     vae_spec = resolve_vae(cfg.vae)
     vae = load_vae(vae_spec)
     identity = vae_identity(vae_spec, vae)
-    decisive = {"vae": {k: v for k, v in identity.items() if k != "id"}, "resolution": resolution,
-                "dtype": cfg.dtype, "store": cfg.store, "flip": cfg.flip, "source": source_hash,
-                "seed": cfg.seed if cfg.store == "sample" else None}
+    decisive = {
+        "vae": {k: v for k, v in identity.items() if k != "id"},
+        "resolution": resolution,
+        "dtype": cfg.dtype,
+        "store": cfg.store,
+        "flip": cfg.flip,
+        "source": source_hash,
+        "seed": cfg.seed if cfg.store == "sample" else None,
+    }
     cfg_hash = sha256_json(decisive)[:16]
     finished = start_output(out, KIND, cfg_hash, cfg.overwrite, _OURS, "encode-latents")
     if finished is not None:
@@ -321,9 +343,17 @@ def _run_encode(cfg: EncodeConfig) -> dict[str, Any]:
     return _write_encode_manifest(out, cfg, cfg_hash, identity, resolution, source_hash, jobs, scans, parts)
 
 
-def _write_encode_manifest(out: Path, cfg: EncodeConfig, cfg_hash: str, identity: dict, resolution: int,
-                           source_hash: str, jobs: list[ShardJob], scans: list[ShardScan],
-                           parts: list[dict]) -> dict[str, Any]:
+def _write_encode_manifest(
+    out: Path,
+    cfg: EncodeConfig,
+    cfg_hash: str,
+    identity: dict,
+    resolution: int,
+    source_hash: str,
+    jobs: list[ShardJob],
+    scans: list[ShardScan],
+    parts: list[dict],
+) -> dict[str, Any]:
     skips = SkipLog()
     splits: dict[str, int] = {}
     shards, files = [], {}
@@ -335,12 +365,23 @@ def _write_encode_manifest(out: Path, cfg: EncodeConfig, cfg_hash: str, identity
         files.update(part["files"])
     factor = identity["downsample_factor"]
     manifest = write_manifest(
-        out, KIND,
-        inputs={"data": cfg.data if "://" in cfg.data or ":" in cfg.data.split("/")[0] else str(Path(cfg.data)),
-                "data_manifest_sha256": source_hash},  # a URL keeps its `//` (Path would fold it)
-        config=config_to_dict(cfg), output_config_hash=cfg_hash, vae=identity, resolution=resolution,
+        out,
+        KIND,
+        inputs={
+            "data": cfg.data if "://" in cfg.data or ":" in cfg.data.split("/")[0] else str(Path(cfg.data)),
+            "data_manifest_sha256": source_hash,
+        },  # a URL keeps its `//` (Path would fold it)
+        config=config_to_dict(cfg),
+        output_config_hash=cfg_hash,
+        vae=identity,
+        resolution=resolution,
         latent_shape=[identity["latent_channels"], resolution // factor, resolution // factor],
-        dtype=cfg.dtype, store=cfg.store, flip=cfg.flip, splits=splits, shards=shards, files=files,
+        dtype=cfg.dtype,
+        store=cfg.store,
+        flip=cfg.flip,
+        splits=splits,
+        shards=shards,
+        files=files,
         **skips.to_dict(),
     )
     finish_output(out)
@@ -356,8 +397,10 @@ def _run_encode_streamed(cfg: EncodeConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     urls = shard_urls(cfg.data)
     if not cfg.resolution:
-        raise UserError(f"--data {cfg.data} is streamed (no manifest.json to read the image size from); pass "
-                        "--resolution, the side of the prepared images (e.g. 64).")
+        raise UserError(
+            f"--data {cfg.data} is streamed (no manifest.json to read the image size from); pass "
+            "--resolution, the side of the prepared images (e.g. 64)."
+        )
     if cfg.gpus > 1:
         log.warning("streamed shards are encoded by one process; --gpus %d is ignored", cfg.gpus)
     source_hash = sha256_json(urls)

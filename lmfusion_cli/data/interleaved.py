@@ -55,13 +55,18 @@ def shapes_document(attributes: dict[str, Any], caption: str, rng: np.random.Gen
     if attributes["layout"] == "single":
         o = objs[0]
         follow = SINGLE_FOLLOW_UPS[int(rng.integers(len(SINGLE_FOLLOW_UPS)))].format(
-            shape=o["shape"], where=shapes.POSITION_PHRASES[o["position"]], bg=bg, colour=o["colour"],
-            size=o["size"])
+            shape=o["shape"], where=shapes.POSITION_PHRASES[o["position"]], bg=bg, colour=o["colour"], size=o["size"]
+        )
     else:
         relation = "to the left of" if attributes["relation"] == "left of" else "above"
         follow = PAIR_FOLLOW_UPS[int(rng.integers(len(PAIR_FOLLOW_UPS)))].format(
-            c1=objs[0]["colour"], s1=objs[0]["shape"], c2=objs[1]["colour"], s2=objs[1]["shape"],
-            relation=relation, bg=bg)
+            c1=objs[0]["colour"],
+            s1=objs[0]["shape"],
+            c2=objs[1]["colour"],
+            s2=objs[1]["shape"],
+            relation=relation,
+            bg=bg,
+        )
     return {"before": intro[0].upper() + intro[1:], "after": follow}
 
 
@@ -96,7 +101,9 @@ def jsonl_items(parts: Any) -> list[tuple[str, dict[str, str], str | None]]:
         before = " ".join(parts[j]["text"].strip() for j in range(start, i)).strip()
         after = " ".join(parts[j]["text"].strip() for j in range(i + 1, end)).strip()
         caption = parts[i].get("caption")
-        out.append((parts[i]["image"], {"before": before, "after": after}, caption if isinstance(caption, str) else None))
+        out.append(
+            (parts[i]["image"], {"before": before, "after": after}, caption if isinstance(caption, str) else None)
+        )
     return out
 
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -35,8 +36,15 @@ from lmfusion_cli.common.manifest import read_manifest, verify_files
 
 KIND = "latents"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-EXPECT_KEYS = ("vae_id", "vae_config_hash", "vae_weights_sha256", "scaling_factor", "shift_factor",
-               "latent_channels", "resolution")
+EXPECT_KEYS = (
+    "vae_id",
+    "vae_config_hash",
+    "vae_weights_sha256",
+    "scaling_factor",
+    "shift_factor",
+    "latent_channels",
+    "resolution",
+)
 
 
 def tensor_names(store: str, flip: bool) -> list[str]:
@@ -58,9 +66,15 @@ def write_latent_shard(folder: Path, stem: str, tensors: dict[str, torch.Tensor]
 def expectation(manifest: dict[str, Any]) -> dict[str, Any]:
     """The comparable facts of a cache manifest, under the keys `expect` uses."""
     vae = manifest["vae"]
-    return {"vae_id": vae["id"], "vae_config_hash": vae["config_hash"], "vae_weights_sha256": vae["weights_sha256"],
-            "scaling_factor": vae["scaling_factor"], "shift_factor": vae["shift_factor"],
-            "latent_channels": vae["latent_channels"], "resolution": manifest["resolution"]}
+    return {
+        "vae_id": vae["id"],
+        "vae_config_hash": vae["config_hash"],
+        "vae_weights_sha256": vae["weights_sha256"],
+        "scaling_factor": vae["scaling_factor"],
+        "shift_factor": vae["shift_factor"],
+        "latent_channels": vae["latent_channels"],
+        "resolution": manifest["resolution"],
+    }
 
 
 def expect_from_vae(vae_spec: str, resolution: int) -> dict[str, Any]:
@@ -86,13 +100,20 @@ def check_expectation(path: Path, manifest: dict[str, Any], expect: dict[str, An
             raise UserError(
                 f"Latent cache {path} was made with VAE '{have['vae_id']}' (weights {have['vae_weights_sha256'][:12]}), "
                 f"but the model uses VAE '{theirs}' (weights {str(expect.get('vae_weights_sha256', '?'))[:12]}); "
-                f"rerun encode-latents with --vae {theirs} or point at a cache made with it.")
-    fixes = {"resolution": "--resolution", "latent_channels": "--vae", "scaling_factor": "--vae",
-             "shift_factor": "--vae"}
+                f"rerun encode-latents with --vae {theirs} or point at a cache made with it."
+            )
+    fixes = {
+        "resolution": "--resolution",
+        "latent_channels": "--vae",
+        "scaling_factor": "--vae",
+        "shift_factor": "--vae",
+    }
     for key, option in fixes.items():
         if key in expect and not _same(expect[key], have[key]):
-            raise UserError(f"Latent cache {path} has {key} {have[key]}, but the model expects {expect[key]}; "
-                            f"rerun encode-latents with the matching {option} or point at a matching cache.")
+            raise UserError(
+                f"Latent cache {path} has {key} {have[key]}, but the model expects {expect[key]}; "
+                f"rerun encode-latents with the matching {option} or point at a matching cache."
+            )
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -125,8 +146,9 @@ class LatentCache:
 
     def _checked(self, name: str) -> Path:
         """`path/name` after checking it against its SHA-256 in the manifest (UserError naming it)."""
-        problems = verify_files(self.path, {"files": {k: v for k, v in self.manifest.get("files", {}).items()
-                                                      if k == name}})
+        problems = verify_files(
+            self.path, {"files": {k: v for k, v in self.manifest.get("files", {}).items() if k == name}}
+        )
         if problems:
             raise UserError(f"{problems[0].rstrip('.')}; rerun encode-latents into a new folder (or restore the file).")
         return self.path / name
@@ -153,10 +175,14 @@ class LatentCache:
         """{key, caption, attributes, meta, mean, std | sample (+ *_flip)}: tensors (C, h, w), stored dtype."""
         handle, row = self._row(i)
         record = self.records[i]
-        item = {"key": record["key"], "caption": record["caption"], "meta": record["meta"],
-                "attributes": record["meta"].get("attributes")}
+        item = {
+            "key": record["key"],
+            "caption": record["caption"],
+            "meta": record["meta"],
+            "attributes": record["meta"].get("attributes"),
+        }
         for name in tensor_names(self.store, self.flip):
-            item[name] = handle.get_slice(name)[row:row + 1][0]
+            item[name] = handle.get_slice(name)[row : row + 1][0]
         return item
 
     def draw(self, i: int, generator: torch.Generator | None = None, flip: bool = False) -> torch.Tensor:
@@ -177,8 +203,9 @@ class LatentCache:
         return latent / self.scaling_factor + self.shift_factor
 
 
-def open_latent_cache(path: str | Path, expect: dict[str, Any] | None = None,
-                      splits: Sequence[str] | str | None = None) -> LatentCache:
+def open_latent_cache(
+    path: str | Path, expect: dict[str, Any] | None = None, splits: Sequence[str] | str | None = None
+) -> LatentCache:
     """Open a finished cache, refusing (UserError) one that does not fit `expect` (see `check_expectation`)."""
     path = Path(path)
     manifest = read_manifest(path, KIND, what="latent cache")
@@ -222,8 +249,9 @@ def verify_cache(path: str | Path) -> list[str]:
             t = tensors.get(name)
             want = (shard["count"], *manifest["latent_shape"])
             if t is None or tuple(t.shape) != want:
-                problems.append(f"{st} tensor '{name}' has shape {None if t is None else tuple(t.shape)}, "
-                                f"expected {want}.")
+                problems.append(
+                    f"{st} tensor '{name}' has shape {None if t is None else tuple(t.shape)}, expected {want}."
+                )
             elif not torch.isfinite(t.float()).all():
                 problems.append(f"{st} tensor '{name}' holds NaN or inf values.")
     if total != manifest["counts"]["kept"]:

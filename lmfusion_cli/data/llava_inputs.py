@@ -42,8 +42,9 @@ def vlm_pixels(image_processor, images: Sequence[Image.Image]) -> tuple[torch.Te
 
         tile = image_processor.crop_size["height"]
         counts = [
-            image_size_to_num_patches(image_size=size.tolist(), grid_pinpoints=image_processor.image_grid_pinpoints,
-                                      patch_size=tile)
+            image_size_to_num_patches(
+                image_size=size.tolist(), grid_pinpoints=image_processor.image_grid_pinpoints, patch_size=tile
+            )
             for size in sizes
         ]
         pixels = torch.cat([p[:n] for p, n in zip(pixels, counts)])
@@ -71,8 +72,8 @@ def vision_prompt_segment(
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     valid = torch.zeros((B, T), dtype=torch.bool)
     for b, prompt in enumerate(prompts):
-        ids[b, T - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-        valid[b, T - len(prompt):] = True
+        ids[b, T - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        valid[b, T - len(prompt) :] = True
     modality = torch.where(valid, torch.where(ids == image_token_id, VISION, TEXT), -1)
     minus_one = torch.full_like(ids, -1)
     return MixedBatch(

@@ -55,14 +55,17 @@ class ShardTask:
 
 def output_config_hash(cfg: PrepareConfig) -> str:
     """Hash of the fields that decide the output bytes (not workers/overwrite)."""
-    data = {k: v for k, v in config_to_dict(cfg).items() if k not in _RUN_ONLY_FIELDS
-            and not (k in _HASHED_WHEN_CHANGED and v == _HASHED_WHEN_CHANGED[k])}
+    data = {
+        k: v
+        for k, v in config_to_dict(cfg).items()
+        if k not in _RUN_ONLY_FIELDS and not (k in _HASHED_WHEN_CHANGED and v == _HASHED_WHEN_CHANGED[k])
+    }
     return sha256_json(data)[:16]
 
 
 def assign_split(key: str, seed: int, val_fraction: float, test_fraction: float) -> str:
     """Deterministic split of `key`: a uniform number from sha256(seed, key) against the fractions."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     if u < test_fraction:
         return "test"
@@ -75,13 +78,19 @@ def _at_least_one_val(by_split: dict[str, list[ItemSpec]], cfg: PrepareConfig) -
     movable = [s for s in by_split["train"] if s.split is None]  # a source's own split is kept
     if by_split["val"] or cfg.val_fraction == 0 or len(movable) < 2:
         return
+
     def u(spec: ItemSpec) -> bytes:
-        return hashlib.sha256(f"{cfg.seed}:{spec.key}".encode("utf-8")).digest()[:8]
+        return hashlib.sha256(f"{cfg.seed}:{spec.key}".encode()).digest()[:8]
+
     chosen = min(movable, key=u)
     by_split["train"].remove(chosen)
     by_split["val"].append(chosen)
-    log.info("held out %s for validation: val_fraction %g of %d items rounds to none", chosen.key,
-             cfg.val_fraction, sum(len(v) for v in by_split.values()))
+    log.info(
+        "held out %s for validation: val_fraction %g of %d items rounds to none",
+        chosen.key,
+        cfg.val_fraction,
+        sum(len(v) for v in by_split.values()),
+    )
 
 
 def plan_shards(specs: list[ItemSpec], cfg: PrepareConfig) -> list[ShardTask]:
@@ -94,7 +103,7 @@ def plan_shards(specs: list[ItemSpec], cfg: PrepareConfig) -> list[ShardTask]:
     for split in SPLITS:
         items = sorted(by_split[split], key=lambda s: s.key)
         for index, start in enumerate(range(0, len(items), cfg.shard_size)):
-            tasks.append(ShardTask(split, index, tuple(items[start:start + cfg.shard_size])))
+            tasks.append(ShardTask(split, index, tuple(items[start : start + cfg.shard_size])))
     return tasks
 
 
@@ -116,11 +125,19 @@ def build_shard(task: ShardTask, cfg: PrepareConfig) -> dict[str, Any]:
         write_shard(out / task.name, samples)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise UserError(f"No space left on the device while writing {out / task.name}; free space and rerun "
-                            f"prepare (finished shards are kept, only the rest is redone).") from e
+            raise UserError(
+                f"No space left on the device while writing {out / task.name}; free space and rerun "
+                f"prepare (finished shards are kept, only the rest is redone)."
+            ) from e
         raise
-    part = {"name": task.name, "split": task.split, "index": task.index, "count": len(samples),
-            "file": file_entry(out / task.name, split=task.split, count=len(samples)), **skips.to_dict()}
+    part = {
+        "name": task.name,
+        "split": task.split,
+        "index": task.index,
+        "count": len(samples),
+        "file": file_entry(out / task.name, split=task.split, count=len(samples)),
+        **skips.to_dict(),
+    }
     write_part(out, task.name, part)
     return part
 
@@ -134,8 +151,9 @@ def _run_tasks(tasks: list[ShardTask], cfg: PrepareConfig, total_items: int, don
             bar.update(len(task.items))
     else:
         # spawn, not fork: the caller may hold threads (tqdm, torch) that fork would copy mid-lock.
-        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(
+            cfg.workers, mp_context=get_context("spawn"), initializer=exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = {pool.submit(build_shard, task, cfg): task for task in tasks}
             for future in as_completed(futures):
                 parts.append(future.result())
@@ -150,8 +168,10 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     cfg_hash = output_config_hash(cfg)
     specs, listing_log = list_items(cfg)  # first: a missing input is refused before `out` is touched
     if not specs:
-        raise UserError(f"{cfg.input or cfg.source} holds no usable image/caption items ({listing_log.summary()}); "
-                        f"check --input and --source (a 0-item output would look complete downstream)")
+        raise UserError(
+            f"{cfg.input or cfg.source} holds no usable image/caption items ({listing_log.summary()}); "
+            f"check --input and --source (a 0-item output would look complete downstream)"
+        )
     with output_lock(out, "prepare"):  # one process at a time per output folder (issue 17)
         if cfg.overwrite and (out / MANIFEST_NAME).is_file():  # build beside the old output, then swap
             work = overwrite_folder(out)
@@ -161,8 +181,9 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
         return _prepare_locked(cfg, out, cfg_hash, specs, listing_log)
 
 
-def _prepare_locked(cfg: PrepareConfig, out: Path, cfg_hash: str, specs: list[ItemSpec],
-                    listing_log: SkipLog) -> dict[str, Any]:
+def _prepare_locked(
+    cfg: PrepareConfig, out: Path, cfg_hash: str, specs: list[ItemSpec], listing_log: SkipLog
+) -> dict[str, Any]:
     """Build the shards in `out` (`cfg.out`, or the overwrite folder beside it); the manifest records `cfg`."""
     finished = start_output(out, "shards", cfg_hash, cfg.overwrite, _SHARD_RE, "prepare")
     if finished is not None:
@@ -181,8 +202,9 @@ def _prepare_locked(cfg: PrepareConfig, out: Path, cfg_hash: str, specs: list[It
     return manifest
 
 
-def _write_prepare_manifest(out: Path, cfg: PrepareConfig, cfg_hash: str, tasks: list[ShardTask],
-                            parts: dict[str, dict], listing_log: SkipLog) -> dict[str, Any]:
+def _write_prepare_manifest(
+    out: Path, cfg: PrepareConfig, cfg_hash: str, tasks: list[ShardTask], parts: dict[str, dict], listing_log: SkipLog
+) -> dict[str, Any]:
     skips = SkipLog()
     skips.merge(listing_log)
     splits = {s: {"items": 0, "shards": 0} for s in SPLITS}
@@ -194,16 +216,26 @@ def _write_prepare_manifest(out: Path, cfg: PrepareConfig, cfg_hash: str, tasks:
         splits[task.split]["shards"] += 1
         shards.append({"name": task.name, "split": task.split, "count": part["count"]})
     manifest = write_manifest(
-        out, "shards",
+        out,
+        "shards",
         inputs={"source": cfg.source, "input": cfg.input, "karpathy_split": cfg.karpathy_split},
-        config=config_to_dict(cfg), output_config_hash=cfg_hash,
-        resolution=cfg.resolution, image_format=cfg.image_format, seed=cfg.seed,
-        splits=splits, shards=shards, captions_truncated=getattr(listing_log, "truncated", 0),
+        config=config_to_dict(cfg),
+        output_config_hash=cfg_hash,
+        resolution=cfg.resolution,
+        image_format=cfg.image_format,
+        seed=cfg.seed,
+        splits=splits,
+        shards=shards,
+        captions_truncated=getattr(listing_log, "truncated", 0),
         max_caption_chars=cfg.max_caption_chars,
         files={t.name: parts[t.name]["file"] for t in tasks},
         **skips.to_dict(),
     )
     # The summary line is a warning when items were skipped, so --quiet still shows it.
-    (log.warning if skips.num_skipped else log.info)("prepare %s: %s; %s", out, skips.summary(),
-             ", ".join(f"{s} {v['items']} items in {v['shards']} shards" for s, v in splits.items()))
+    (log.warning if skips.num_skipped else log.info)(
+        "prepare %s: %s; %s",
+        out,
+        skips.summary(),
+        ", ".join(f"{s} {v['items']} items in {v['shards']} shards" for s, v in splits.items()),
+    )
     return manifest

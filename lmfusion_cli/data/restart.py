@@ -35,16 +35,19 @@ def clear_output(out: Path, ours: re.Pattern) -> None:
     remove_stale_temps(out)
 
 
-def start_output(out: Path, kind: str, cfg_hash: str, overwrite: bool, ours: re.Pattern,
-                 command: str) -> dict[str, Any] | None:
+def start_output(
+    out: Path, kind: str, cfg_hash: str, overwrite: bool, ours: re.Pattern, command: str
+) -> dict[str, Any] | None:
     """Return a finished manifest to reuse, or None once `out` is ready for (more) work."""
     if (out / MANIFEST_NAME).is_file():
         manifest = read_manifest(out, kind, what="output")
         if not overwrite and manifest.get("output_config_hash") == cfg_hash:
             return manifest
         if not overwrite:
-            raise UserError(f"{out} already holds a finished {command} output made with another config; pass "
-                            f"--overwrite to replace it or choose another --out.")
+            raise UserError(
+                f"{out} already holds a finished {command} output made with another config; pass "
+                f"--overwrite to replace it or choose another --out."
+            )
         clear_output(out, ours)
     state = out / PARTS_DIR / "config.json"
     if state.is_file():
@@ -54,8 +57,10 @@ def start_output(out: Path, kind: str, cfg_hash: str, overwrite: bool, ours: re.
             started = None
         if started != cfg_hash:
             if not overwrite:
-                raise UserError(f"{out} holds an unfinished {command} output with another config; pass "
-                                f"--overwrite to start over or choose another --out.")
+                raise UserError(
+                    f"{out} holds an unfinished {command} output with another config; pass "
+                    f"--overwrite to start over or choose another --out."
+                )
             clear_output(out, ours)
     elif out.is_dir() and overwrite:
         clear_output(out, ours)

@@ -98,10 +98,18 @@ def sample_attributes(rng: np.random.Generator, pair_fraction: float = 0.4) -> d
     relation = RELATIONS[rng.integers(len(RELATIONS))]
     first_pos, second_pos = ("left", "right") if relation == "left of" else ("top", "bottom")
     objs = [
-        {"shape": SHAPES[rng.integers(len(SHAPES))], "colour": colour_names[picks[1]], "size": "small",
-         "position": first_pos},
-        {"shape": SHAPES[rng.integers(len(SHAPES))], "colour": colour_names[picks[2]], "size": "small",
-         "position": second_pos},
+        {
+            "shape": SHAPES[rng.integers(len(SHAPES))],
+            "colour": colour_names[picks[1]],
+            "size": "small",
+            "position": first_pos,
+        },
+        {
+            "shape": SHAPES[rng.integers(len(SHAPES))],
+            "colour": colour_names[picks[2]],
+            "size": "small",
+            "position": second_pos,
+        },
     ]
     return {"background": bg, "layout": "pair", "relation": relation, "objects": objs}
 
@@ -113,12 +121,12 @@ def caption_for(attributes: dict[str, Any], template_index: int) -> str:
     if attributes["layout"] == "single":
         o = objs[0]
         template = SINGLE_TEMPLATES[template_index % len(SINGLE_TEMPLATES)]
-        return template.format(size=o["size"], colour=o["colour"], shape=o["shape"],
-                               where=POSITION_PHRASES[o["position"]], bg=bg)
+        return template.format(
+            size=o["size"], colour=o["colour"], shape=o["shape"], where=POSITION_PHRASES[o["position"]], bg=bg
+        )
     templates = PAIR_TEMPLATES[attributes["relation"]]
     template = templates[template_index % len(templates)]
-    return template.format(c1=objs[0]["colour"], s1=objs[0]["shape"], c2=objs[1]["colour"],
-                           s2=objs[1]["shape"], bg=bg)
+    return template.format(c1=objs[0]["colour"], s1=objs[0]["shape"], c2=objs[1]["colour"], s2=objs[1]["shape"], bg=bg)
 
 
 def _shape_polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]] | None:
@@ -167,5 +175,10 @@ def make_item(index: int, seed: int = 0, resolution: int = 64) -> ShapesItem:
 
 def chance_levels() -> dict[str, float]:
     """Chance accuracy of guessing each attribute uniformly (for reports)."""
-    return {"background": 1 / len(COLOURS), "colour": 1 / (len(COLOURS) - 1), "shape": 1 / len(SHAPES),
-            "position": 1 / len(POSITIONS), "size": 1 / len(SIZES)}
+    return {
+        "background": 1 / len(COLOURS),
+        "colour": 1 / (len(COLOURS) - 1),
+        "shape": 1 / len(SHAPES),
+        "position": 1 / len(POSITIONS),
+        "size": 1 / len(SIZES),
+    }

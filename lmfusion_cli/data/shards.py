@@ -17,9 +17,10 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lmfusion_cli.common.atomic import atomic_file
 from lmfusion_cli.common.manifest import SkipLog
@@ -58,12 +59,27 @@ def write_shard(path: str | os.PathLike, samples: list[Sample]) -> None:
 
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
-            writer = webdataset.ShardWriter(f"{Path(path).name}-%d", maxcount=len(samples) + 1, verbose=0,
-                                            opener=lambda _name: f, encoder=False, mtime=0, user="", group="",
-                                            mode=0o644, format="USTAR_FORMAT")
+            writer = webdataset.ShardWriter(
+                f"{Path(path).name}-%d",
+                maxcount=len(samples) + 1,
+                verbose=0,
+                opener=lambda _name: f,
+                encoder=False,
+                mtime=0,
+                user="",
+                group="",
+                mode=0o644,
+                format="USTAR_FORMAT",
+            )
             for s in samples:
-                writer.write({"__key__": s.key, s.image_ext: s.image, "txt": s.caption.encode("utf-8"),
-                              "json": json.dumps(s.meta, sort_keys=True).encode("utf-8")})
+                writer.write(
+                    {
+                        "__key__": s.key,
+                        s.image_ext: s.image,
+                        "txt": s.caption.encode("utf-8"),
+                        "json": json.dumps(s.meta, sort_keys=True).encode("utf-8"),
+                    }
+                )
             writer.close()
 
 
@@ -192,5 +208,10 @@ def iter_samples(path: str | os.PathLike, log: SkipLog | None = None) -> Iterato
     with open(path, "rb") as f:
         for s in scan.samples:
             f.seek(s.image_offset)
-            yield {"key": s.key, "image": f.read(s.image_size), "image_ext": s.image_ext,
-                   "caption": s.caption, "meta": s.meta}
+            yield {
+                "key": s.key,
+                "image": f.read(s.image_size),
+                "image_ext": s.image_ext,
+                "caption": s.caption,
+                "meta": s.meta,
+            }

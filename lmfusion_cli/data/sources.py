@@ -42,13 +42,12 @@ from PIL import Image
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import SkipLog
 from lmfusion_cli.data.config import PrepareConfig
-from lmfusion_cli.data.interleaved import jsonl_items, shapes_document
 from lmfusion_cli.data.images import IMAGE_EXTENSIONS, BadImage, decode_image
+from lmfusion_cli.data.interleaved import jsonl_items, shapes_document
 from lmfusion_cli.data.shards import safe_key
 
 CAPTION_COLUMNS = ("caption", "text", "captions", "sentence", "sentences")
-SPLIT_NAMES = {"train": "train", "restval": "train", "validation": "val", "val": "val", "valid": "val",
-               "test": "test"}
+SPLIT_NAMES = {"train": "train", "restval": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,9 @@ class _Lister:
             self.log.skip(spec.key, "empty-caption")
             return
         if root is not None and spec.loader[0] == "file" and not self.inside(root, Path(spec.loader[1])):
-            self.log.skip(spec.key, "outside-root", f"{spec.loader[1]} is outside {root} (--allow-outside-root reads it)")
+            self.log.skip(
+                spec.key, "outside-root", f"{spec.loader[1]} is outside {root} (--allow-outside-root reads it)"
+            )
             return
         if self.max_caption_chars and len(spec.caption) > self.max_caption_chars:
             spec = replace(spec, caption=cut_caption(spec.caption, self.max_caption_chars))
@@ -138,8 +139,10 @@ def _list_shapes(cfg: PrepareConfig, lister: _Lister) -> None:
 def _coco_files(root: Path) -> list[Path]:
     files = sorted((root / "annotations").glob("captions_*.json")) + sorted(root.glob("captions_*.json"))
     if not files:
-        raise UserError(f"No captions_*.json found in {root} or {root / 'annotations'}; point --coco-root at "
-                        f"a COCO folder (annotations/captions_train2017.json + train2017/).")
+        raise UserError(
+            f"No captions_*.json found in {root} or {root / 'annotations'}; point --coco-root at "
+            f"a COCO folder (annotations/captions_train2017.json + train2017/)."
+        )
     return files
 
 
@@ -163,9 +166,17 @@ def _list_coco(cfg: PrepareConfig, lister: _Lister) -> None:
             except (AttributeError, KeyError, TypeError) as e:
                 lister.log.skip(f"karpathy-image-{n}", "bad-record", f"{type(e).__name__}: {e}")
                 continue
-            lister.add(ItemSpec(key, caption, ("file", str(path)), SPLIT_NAMES.get(img.get("split")), None,
-                                {"captions": captions, "source": f"{img.get('filepath', '')}/{img.get('filename')}"}),
-                       root)
+            lister.add(
+                ItemSpec(
+                    key,
+                    caption,
+                    ("file", str(path)),
+                    SPLIT_NAMES.get(img.get("split")),
+                    None,
+                    {"captions": captions, "source": f"{img.get('filepath', '')}/{img.get('filename')}"},
+                ),
+                root,
+            )
         return
     for ann_file in _coco_files(root):
         data = _read_json(ann_file)
@@ -185,8 +196,17 @@ def _list_coco(cfg: PrepareConfig, lister: _Lister) -> None:
             images.append(img)
         for img in sorted(images, key=lambda im: str(im["id"])):
             caption, captions = _first_caption([c for _, c in sorted(by_image.get(img["id"], []), key=str)])
-            lister.add(ItemSpec(f"coco-{safe_key(str(img['id']))}", caption, ("file", str(image_dir / img["file_name"])),
-                                None, None, {"captions": captions, "source": f"{name}/{img['file_name']}"}), root)
+            lister.add(
+                ItemSpec(
+                    f"coco-{safe_key(str(img['id']))}",
+                    caption,
+                    ("file", str(image_dir / img["file_name"])),
+                    None,
+                    None,
+                    {"captions": captions, "source": f"{name}/{img['file_name']}"},
+                ),
+                root,
+            )
 
 
 def _read_caption_file(path: Path) -> str:
@@ -231,15 +251,25 @@ def _list_folder(cfg: PrepareConfig, lister: _Lister) -> None:
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 lister.log.skip(key, "bad-record", f"{group['.json'].name}: {e}")
                 continue
-        lister.add(ItemSpec(key, caption, ("file", str(group["image"])), None, attributes,
-                            {"source": str(group["image"].relative_to(root))}), root)
+        lister.add(
+            ItemSpec(
+                key,
+                caption,
+                ("file", str(group["image"])),
+                None,
+                attributes,
+                {"source": str(group["image"].relative_to(root))},
+            ),
+            root,
+        )
 
 
 def _list_jsonl(cfg: PrepareConfig, lister: _Lister) -> None:
     path = _need(Path(cfg.input), "JSONL file")
     if path.is_dir():
-        raise UserError(f"{path} is a folder, but --source jsonl needs a .jsonl file; pass the file or use "
-                        f"--source folder.")
+        raise UserError(
+            f"{path} is a folder, but --source jsonl needs a .jsonl file; pass the file or use --source folder."
+        )
     base = path.parent
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, 1):
@@ -273,8 +303,16 @@ def _add_document(record: dict[str, Any], base: Path, lister: _Lister, where: st
     for k, (image, document, caption) in enumerate(jsonl_items(record["parts"])):
         image_path = Path(image) if os.path.isabs(image) else base / image
         caption = (caption or document["before"] or document["after"]).strip()
-        lister.add(ItemSpec(f"{doc_key}-{k}", caption, ("file", str(image_path)), split, record.get("attributes"),
-                            {"source": str(image), "document": document}))
+        lister.add(
+            ItemSpec(
+                f"{doc_key}-{k}",
+                caption,
+                ("file", str(image_path)),
+                split,
+                record.get("attributes"),
+                {"source": str(image), "document": document},
+            )
+        )
 
 
 @functools.lru_cache(maxsize=4)
@@ -303,8 +341,10 @@ def _hf_columns(ds, path: str) -> tuple[str, str]:
     image_col = next((n for n, f in ds.features.items() if isinstance(f, datasets.Image)), None)
     caption_col = next((n for n in CAPTION_COLUMNS if n in ds.features), None)
     if image_col is None or caption_col is None:
-        raise UserError(f"Dataset {path} needs an Image column and one of the caption columns "
-                        f"{', '.join(CAPTION_COLUMNS)}; it has {', '.join(ds.features)}.")
+        raise UserError(
+            f"Dataset {path} needs an Image column and one of the caption columns "
+            f"{', '.join(CAPTION_COLUMNS)}; it has {', '.join(ds.features)}."
+        )
     return image_col, caption_col
 
 
@@ -322,8 +362,11 @@ def _list_hf_disk(cfg: PrepareConfig, lister: _Lister) -> None:
             caption, captions = _first_caption(value)
             key = safe_key(str(keys[row])) if keys else f"{split_name or 'row'}-{row:08d}"
             extra = {"source": f"{split_name}[{row}]"} | ({"captions": captions} if len(captions) > 1 else {})
-            lister.add(ItemSpec(key, caption, ("hf", path, split_name, row, image_col),
-                                SPLIT_NAMES.get(split_name), None, extra))
+            lister.add(
+                ItemSpec(
+                    key, caption, ("hf", path, split_name, row, image_col), SPLIT_NAMES.get(split_name), None, extra
+                )
+            )
 
 
 def _imagefolder_rows(meta_path: Path) -> list[dict[str, Any]]:
@@ -341,8 +384,10 @@ def _list_imagefolder(cfg: PrepareConfig, lister: _Lister) -> None:
     root = _need(Path(cfg.input), "imagefolder")
     metas = sorted(root.rglob("metadata.jsonl")) + sorted(root.rglob("metadata.csv"))
     if not metas:
-        raise UserError(f"{root} has no metadata.jsonl or metadata.csv with file_name and caption columns; "
-                        f"add one (the Hugging Face imagefolder layout) or use --source folder.")
+        raise UserError(
+            f"{root} has no metadata.jsonl or metadata.csv with file_name and caption columns; "
+            f"add one (the Hugging Face imagefolder layout) or use --source folder."
+        )
     described: set[Path] = set()
     for meta in metas:
         top = meta.parent.relative_to(root).parts
@@ -355,27 +400,40 @@ def _list_imagefolder(cfg: PrepareConfig, lister: _Lister) -> None:
             name = row.get("file_name") if isinstance(row, dict) else None
             col = next((c for c in CAPTION_COLUMNS if c in row), None) if isinstance(row, dict) else None
             if not isinstance(name, str) or not name or col is None:
-                lister.log.skip(f"{meta.name}:{n + 1}", "bad-record", "needs a JSON object with file_name and a caption column")
+                lister.log.skip(
+                    f"{meta.name}:{n + 1}", "bad-record", "needs a JSON object with file_name and a caption column"
+                )
                 continue
             image_path = meta.parent / name
             described.add(image_path.resolve())
             if not lister.inside(root, image_path) or os.path.isabs(name):
                 if not lister.allow_outside_root:
-                    lister.log.skip(f"{meta.name}:{n + 1}", "outside-root", f"{name} is outside {root} (--allow-outside-root reads it)")
+                    lister.log.skip(
+                        f"{meta.name}:{n + 1}",
+                        "outside-root",
+                        f"{name} is outside {root} (--allow-outside-root reads it)",
+                    )
                     continue
             caption, captions = _first_caption(row[col])
             rel = Path(os.path.relpath(image_path, root))
             extra = {"source": str(rel)} | ({"captions": captions} if len(captions) > 1 else {})
-            lister.add(ItemSpec(safe_key(str(rel.with_suffix(""))), caption, ("file", str(image_path)), split,
-                                None, extra))
+            lister.add(
+                ItemSpec(safe_key(str(rel.with_suffix(""))), caption, ("file", str(image_path)), split, None, extra)
+            )
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
         if path.resolve() not in described:
             rel = path.relative_to(root)
             lister.log.skip(safe_key(str(rel.with_suffix(""))), "missing-caption", f"{rel} is not in any metadata file")
 
 
-_LISTERS = {"shapes": _list_shapes, "coco": _list_coco, "folder": _list_folder, "jsonl": _list_jsonl,
-            "hf-disk": _list_hf_disk, "imagefolder": _list_imagefolder}
+_LISTERS = {
+    "shapes": _list_shapes,
+    "coco": _list_coco,
+    "folder": _list_folder,
+    "jsonl": _list_jsonl,
+    "hf-disk": _list_hf_disk,
+    "imagefolder": _list_imagefolder,
+}
 
 
 def list_items(cfg: PrepareConfig) -> tuple[list[ItemSpec], SkipLog]:

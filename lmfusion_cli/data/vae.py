@@ -40,13 +40,17 @@ def load_vae(spec: str, device: str | torch.device = "cpu"):
 
     local = Path(spec)
     if local.exists() and not (local / "config.json").is_file():
-        raise UserError(f"{local} has no config.json, so it is not a diffusers AutoencoderKL folder; "
-                        f"pass a folder saved with save_pretrained.")
+        raise UserError(
+            f"{local} has no config.json, so it is not a diffusers AutoencoderKL folder; "
+            f"pass a folder saved with save_pretrained."
+        )
     try:
         vae = AutoencoderKL.from_pretrained(spec, torch_dtype=torch.float32)
     except (OSError, ValueError) as e:
-        raise UserError(f"Cannot load the VAE '{spec}' ({type(e).__name__}); pass a local AutoencoderKL "
-                        f"folder or a hub id that is in the local cache.") from e
+        raise UserError(
+            f"Cannot load the VAE '{spec}' ({type(e).__name__}); pass a local AutoencoderKL "
+            f"folder or a hub id that is in the local cache."
+        ) from e
     vae.requires_grad_(False)
     return vae.to(device).eval()
 

@@ -79,8 +79,11 @@ def stream_shard(url: str) -> ShardScan:
     if errors:
         scan.truncated = True
         first = errors[0]
-        scan.log.skip(label, "truncated-shard", f"{members} members read before the break "
-                                                f"({type(first).__name__}: {str(first)[:200]})")
+        scan.log.skip(
+            label,
+            "truncated-shard",
+            f"{members} members read before the break ({type(first).__name__}: {str(first)[:200]})",
+        )
     return scan
 
 

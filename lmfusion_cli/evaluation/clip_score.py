@@ -35,15 +35,18 @@ class ClipScorer:
     """Where the model runs."""
 
 
-def load_clip(arch: str, weights: str | Path, model_config: str | Path | None = None,
-              device: str = "cpu") -> ClipScorer:
+def load_clip(
+    arch: str, weights: str | Path, model_config: str | Path | None = None, device: str = "cpu"
+) -> ClipScorer:
     """An open_clip model of architecture `arch` with weights from the local file `weights`."""
     import open_clip
 
     weights = Path(weights)
     if not weights.is_file():
-        raise UserError(f"The CLIP weights file {weights} does not exist; download the open_clip checkpoint "
-                        f"for {arch} (open_clip_pytorch_model.bin from the hub) and put it at {weights}.")
+        raise UserError(
+            f"The CLIP weights file {weights} does not exist; download the open_clip checkpoint "
+            f"for {arch} (open_clip_pytorch_model.bin from the hub) and put it at {weights}."
+        )
     if model_config is not None:
         config_path = Path(model_config)
         if not config_path.is_file():
@@ -51,11 +54,12 @@ def load_clip(arch: str, weights: str | Path, model_config: str | Path | None = 
         open_clip.add_model_config(config_path)
         arch = config_path.stem
     if arch not in open_clip.list_models():
-        raise UserError(f"'{arch}' is not an open_clip architecture; pick one of open_clip.list_models() "
-                        f"or pass a JSON config with the model-config option.")
+        raise UserError(
+            f"'{arch}' is not an open_clip architecture; pick one of open_clip.list_models() "
+            f"or pass a JSON config with the model-config option."
+        )
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
-    return ClipScorer(model=model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch),
-                      device=device)
+    return ClipScorer(model=model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch), device=device)
 
 
 def load_clip_pretrained(arch: str, pretrained: str, device: str = "cpu", cache_dir: str | None = None) -> ClipScorer:
@@ -66,21 +70,25 @@ def load_clip_pretrained(arch: str, pretrained: str, device: str = "cpu", cache_
         raise UserError(f"'{arch}' is not an open_clip architecture; pick one of open_clip.list_models().")
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if pretrained not in tags:
-        raise UserError(f"open_clip has no pretrained tag '{pretrained}' for {arch}; pick one of {', '.join(tags)} "
-                        f"or pass a local weights file with --clip-weights.")
+        raise UserError(
+            f"open_clip has no pretrained tag '{pretrained}' for {arch}; pick one of {', '.join(tags)} "
+            f"or pass a local weights file with --clip-weights."
+        )
     root = logging.getLogger()
     level, root.level = root.level, logging.CRITICAL  # open_clip logs the failed download before raising
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device,
-                                                                     cache_dir=cache_dir)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained, device=device, cache_dir=cache_dir
+        )
     except (OSError, RuntimeError, ValueError, ConnectionError) as e:  # offline hub / URL errors
-        raise UserError(f"The CLIP weights {arch}/{pretrained} are not cached and cannot be downloaded "
-                        f"({type(e).__name__}); download {_weights_source(arch, pretrained)} and pass the file "
-                        f"with --clip-weights FILE.") from e
+        raise UserError(
+            f"The CLIP weights {arch}/{pretrained} are not cached and cannot be downloaded "
+            f"({type(e).__name__}); download {_weights_source(arch, pretrained)} and pass the file "
+            f"with --clip-weights FILE."
+        ) from e
     finally:
         root.setLevel(level)
-    return ClipScorer(model=model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch),
-                      device=device)
+    return ClipScorer(model=model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch), device=device)
 
 
 def _weights_source(arch: str, pretrained: str) -> str:
@@ -96,16 +104,17 @@ def _weights_source(arch: str, pretrained: str) -> str:
 
 
 @torch.no_grad()
-def clip_scores(scorer: ClipScorer, images: Sequence[Image.Image], prompts: Sequence[str],
-                batch_size: int = 32) -> list[float]:
+def clip_scores(
+    scorer: ClipScorer, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = 32
+) -> list[float]:
     """100 · max(cos, 0) for each (image, prompt) pair."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     out: list[float] = []
     bar = progress(total=len(images), desc="CLIP score", unit="img")
     for start in range(0, len(images), batch_size):
-        pixels = torch.stack([scorer.preprocess(im.convert("RGB")) for im in images[start:start + batch_size]])
-        tokens = scorer.tokenizer(list(prompts[start:start + batch_size]))
+        pixels = torch.stack([scorer.preprocess(im.convert("RGB")) for im in images[start : start + batch_size]])
+        tokens = scorer.tokenizer(list(prompts[start : start + batch_size]))
         img = scorer.model.encode_image(pixels.to(scorer.device)).float()
         txt = scorer.model.encode_text(tokens.to(scorer.device)).float()
         cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
@@ -115,8 +124,9 @@ def clip_scores(scorer: ClipScorer, images: Sequence[Image.Image], prompts: Sequ
     return out
 
 
-def clip_score(scorer: ClipScorer, images: Sequence[Image.Image], prompts: Sequence[str],
-               batch_size: int = 32) -> float:
+def clip_score(
+    scorer: ClipScorer, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = 32
+) -> float:
     """Mean CLIP score over the pairs."""
     scores = clip_scores(scorer, images, prompts, batch_size)
     if not scores:

@@ -70,11 +70,15 @@ def find_layout(root: str | Path) -> CocoLayout:
         if annotations.is_file():
             images_dir = root / f"val{year}"
             if not images_dir.is_dir():
-                raise UserError(f"{annotations} was found but its image folder {images_dir} is missing; "
-                                f"unpack val{year}.zip into {root}.")
+                raise UserError(
+                    f"{annotations} was found but its image folder {images_dir} is missing; "
+                    f"unpack val{year}.zip into {root}."
+                )
             return CocoLayout(root=root, annotations=annotations, images_dir=images_dir)
-    raise UserError(f"{root} has no annotations/{ANNOTATION_NAMES['2014']} (or annotations/{ANNOTATION_NAMES['2017']}); "
-                    f"unpack the COCO captions annotations zip into {root}.")
+    raise UserError(
+        f"{root} has no annotations/{ANNOTATION_NAMES['2014']} (or annotations/{ANNOTATION_NAMES['2017']}); "
+        f"unpack the COCO captions annotations zip into {root}."
+    )
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -110,8 +114,10 @@ def karpathy_ids(split_file: str | Path, split: str = "test") -> list[int]:
     """COCO ids of Karpathy's `split` ("test", "val", "train", "restval") from `dataset_coco.json`."""
     path = Path(split_file)
     if not path.is_file():
-        raise UserError(f"The Karpathy split file {path} does not exist; download dataset_coco.json "
-                        f"(Karpathy's COCO splits) and pass its path.")
+        raise UserError(
+            f"The Karpathy split file {path} does not exist; download dataset_coco.json "
+            f"(Karpathy's COCO splits) and pass its path."
+        )
     data = _read_json(path, "Karpathy split file")
     if not isinstance(data, dict) or "images" not in data:
         raise UserError(f"{path} has no 'images' list; it is not Karpathy's dataset_coco.json.")
@@ -121,8 +127,9 @@ def karpathy_ids(split_file: str | Path, split: str = "test") -> list[int]:
     return ids
 
 
-def select_test_images(layout: CocoLayout, karpathy_split: str | Path | None = None, num: int | None = None,
-                       seed: int = 0) -> CocoSplit:
+def select_test_images(
+    layout: CocoLayout, karpathy_split: str | Path | None = None, num: int | None = None, seed: int = 0
+) -> CocoSplit:
     """The captioning test images: Karpathy's test split if given (else all), optionally a seeded subset."""
     images, skips = load_images(layout)
     if karpathy_split is not None:
@@ -144,8 +151,10 @@ def select_test_images(layout: CocoLayout, karpathy_split: str | Path | None = N
 def make_prompts(images: list[CocoImage], num: int, seed: int) -> list[dict[str, Any]]:
     """`num` prompts, one random caption each of `num` distinct images drawn with `seed` (no image twice)."""
     if num > len(images):
-        raise UserError(f"coco.num_prompts {num} exceeds the {len(images)} distinct validation images on disk; "
-                        f"pass --num-prompts {len(images)} or fewer (COCO-30K needs val2014's 40,504).")
+        raise UserError(
+            f"coco.num_prompts {num} exceeds the {len(images)} distinct validation images on disk; "
+            f"pass --num-prompts {len(images)} or fewer (COCO-30K needs val2014's 40,504)."
+        )
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(images), size=num, replace=False)
     prompts = []
@@ -170,8 +179,10 @@ def prompt_manifest(path: str | Path, images: list[CocoImage], num: int, seed: i
         lines = path.read_text(encoding="utf-8").splitlines()
         saved = json.loads(lines[0]) if lines else {}
         if saved != header:
-            raise UserError(f"{path} holds prompts made with other settings ({saved}); delete it or use another "
-                            f"output folder to draw {num} prompts with seed {seed}.")
+            raise UserError(
+                f"{path} holds prompts made with other settings ({saved}); delete it or use another "
+                f"output folder to draw {num} prompts with seed {seed}."
+            )
         return [json.loads(line) for line in lines[1:]]
     prompts = make_prompts(images, num, seed)
     atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in [header, *prompts]))

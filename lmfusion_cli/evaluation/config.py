@@ -7,7 +7,7 @@ with `--set section.field=value` or a YAML file. This file validates; it runs no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from lmfusion_cli.evaluation.text_suite import FieldMap
 
@@ -46,7 +46,9 @@ class EvalSamplingConfig:
         if self.decoding not in DECODINGS:
             raise ValueError(f"sampling.decoding must be one of {', '.join(DECODINGS)}; got {self.decoding!r}")
         if any(s < 0 for s in self.cfg_scale) or len(set(self.cfg_scale)) != len(self.cfg_scale):
-            raise ValueError(f"sampling.cfg_scale must be distinct scales >= 0, e.g. 1.0,1.55; got {list(self.cfg_scale)}")
+            raise ValueError(
+                f"sampling.cfg_scale must be distinct scales >= 0, e.g. 1.0,1.55; got {list(self.cfg_scale)}"
+            )
 
     def scales_for(self, suite: str) -> tuple[float, ...]:
         """The guidance scales a suite generates with (its paper default when none are given)."""
@@ -62,9 +64,9 @@ class ShapesEvalConfig:
     seed: int = 1000
     """Seed of the held-out items (`shapes.make_item(i, seed)`; keep it unlike the training data's seed);
     item i is generated with seed + i."""
-    data: Optional[str] = None
+    data: str | None = None
     """A prepared shapes set (`lmfusion prepare --source shapes`): its test split replaces the generated items."""
-    resolution: Optional[int] = None
+    resolution: int | None = None
     """Side of the held-out images in pixels; None = the resolution the model generates (from its VAE)."""
 
     def __post_init__(self) -> None:
@@ -80,12 +82,12 @@ class TextEvalConfig:
     """lm-eval tasks: names (hellaswag, siqa, winogrande, piqa, ...; data fetched by `datasets` when online)
     and/or paths of lm-eval task YAMLs (local data_files read against the YAML's folder); empty = the
     shipped 257-item set (`evaluation/tasks/lmfusion_tiny_mc.yaml`, offline)."""
-    limit: Optional[int] = None
+    limit: int | None = None
     """Score only the first N documents of each task (quick runs; lm-eval's --limit); None = all."""
-    items: Optional[str] = None
+    items: str | None = None
     """Instead of `tasks`: multiple-choice items in a JSONL file or a `datasets` folder (save_to_disk), turned
     into an lm-eval task (field names via `fields`; malformed items skipped and counted)."""
-    split: Optional[str] = None
+    split: str | None = None
     """Split to read when `items` is a DatasetDict folder."""
     fields: FieldMap = field(default_factory=FieldMap)
     """Field names of context, choices (one list field or several), label (+ offset) and id."""
@@ -99,17 +101,17 @@ class TextEvalConfig:
 
 @dataclass(frozen=True)
 class CocoEvalConfig:
-    root: Optional[str] = None
+    root: str | None = None
     """COCO root with annotations/captions_val2014.json (or 2017) and val2014/ (or val2017/)."""
-    karpathy_split: Optional[str] = None
+    karpathy_split: str | None = None
     """Karpathy's dataset_coco.json: its test images are captioned; None = every annotated image."""
-    num_caption_images: Optional[int] = None
+    num_caption_images: int | None = None
     """Caption a seeded subset of this many test images; None = all."""
     num_prompts: int = 30_000
     """Caption prompts to generate images for (FID, CLIP score); 30k is the usual COCO protocol."""
     seed: int = 0
     """Seed of the prompt draw and of the subset; prompt i is generated with seed + i."""
-    inception: Optional[str] = None
+    inception: str | None = None
     """Local Inception weights for FID (clean-fid's inception-2015-12-05.pt or torchvision inception_v3);
     None = clean-fid's own, read from / downloaded into `cleanfid_dir`."""
     cleanfid_dir: str = "/tmp"
@@ -118,13 +120,13 @@ class CocoEvalConfig:
     """open_clip architecture of the CLIP-score model (see docs/evaluation.md for why this default)."""
     clip_pretrained: str = "openai"
     """open_clip pretrained tag of `clip_arch` (downloaded by open_clip into its cache when online)."""
-    clip_weights: Optional[str] = None
+    clip_weights: str | None = None
     """Local open_clip weights file for the CLIP score (instead of the pretrained tag)."""
-    clip_cache_dir: Optional[str] = None
+    clip_cache_dir: str | None = None
     """open_clip's download cache; None = its default (the Hugging Face cache)."""
-    clip_config: Optional[str] = None
+    clip_config: str | None = None
     """open_clip JSON model config for an architecture open_clip does not ship (its name is the file stem)."""
-    fid_stats_dir: Optional[str] = None
+    fid_stats_dir: str | None = None
     """Where FID reference statistics are cached for reuse; None = OUT/coco/fid_stats."""
     caption_metrics: tuple[str, ...] = CAPTION_METRICS
     """Caption metrics: bleu, meteor (needs java), rouge, cider (SPICE would download; not offered)."""
@@ -136,7 +138,9 @@ class CocoEvalConfig:
             raise ValueError(f"coco.num_caption_images must be >= 1; got {self.num_caption_images}")
         unknown = [m for m in self.caption_metrics if m not in CAPTION_METRICS]
         if unknown or not self.caption_metrics:
-            raise ValueError(f"coco.caption_metrics must be some of {', '.join(CAPTION_METRICS)}; got {unknown or '[]'}")
+            raise ValueError(
+                f"coco.caption_metrics must be some of {', '.join(CAPTION_METRICS)}; got {unknown or '[]'}"
+            )
 
 
 @dataclass(frozen=True)
@@ -151,11 +155,11 @@ class EvaluateConfig:
     """Prompts, images or text sequences per forward pass."""
     ptb_tokenizer: Literal["auto", "java", "python"] = "auto"
     """Caption tokenization before scoring: java (the official PTB tokenizer), python, or auto (java if installed)."""
-    base: Optional[str] = None
+    base: str | None = None
     """Base LM folder overriding the one the checkpoint points at (also the text suite's reference LM)."""
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
     """Tokenizer folder overriding the run's."""
-    vae: Optional[str] = None
+    vae: str | None = None
     """VAE folder overriding the one the run recorded (same weights required)."""
     device: str = "auto"
     """auto (CUDA when available, else CPU) | cpu | cuda[:N]."""
@@ -180,8 +184,10 @@ class EvaluateConfig:
         if self.suite == "coco" and not self.coco.root:
             raise ValueError("suite coco needs the COCO folder: pass --coco-root DIR")
         if "shapes" in self.suites() and len(self.sampling.cfg_scale) > 1:
-            raise ValueError(f"the shapes suite generates with one guidance scale, got {list(self.sampling.cfg_scale)}; "
-                             f"pass one --cfg-scale (several are for --suite coco)")
+            raise ValueError(
+                f"the shapes suite generates with one guidance scale, got {list(self.sampling.cfg_scale)}; "
+                f"pass one --cfg-scale (several are for --suite coco)"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

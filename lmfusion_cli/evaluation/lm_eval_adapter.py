@@ -98,17 +98,28 @@ class TaskResult:
         return [ll for row in self.per_item for ll in row["logliks"]]
 
 
-def evaluate_lm(lm: Any, tasks: list[str | dict[str, Any]], task_manager: Any = None,
-                limit: int | None = None) -> dict[str, TaskResult]:
+def evaluate_lm(
+    lm: Any, tasks: list[str | dict[str, Any]], task_manager: Any = None, limit: int | None = None
+) -> dict[str, TaskResult]:
     """Run lm-eval on `tasks` (names, YAML paths or config dicts) and collect metrics and log-likelihoods."""
     from lm_eval import simple_evaluate
 
-    out = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=True,
-                          bootstrap_iters=0, num_fewshot=None)
+    out = simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=task_manager,
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        num_fewshot=None,
+    )
     results: dict[str, TaskResult] = {}
     for name, samples in out["samples"].items():
-        metrics = {k.split(",")[0]: float(v) for k, v in out["results"][name].items()
-                   if "," in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {
+            k.split(",")[0]: float(v)
+            for k, v in out["results"][name].items()
+            if "," in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         rows = [_sample_row(s) for s in sorted(samples, key=lambda s: s["doc_id"])]
         results[name] = TaskResult(metrics=metrics, num_items=len(rows), per_item=rows)
     return results
@@ -117,8 +128,11 @@ def evaluate_lm(lm: Any, tasks: list[str | dict[str, Any]], task_manager: Any = 
 def _sample_row(sample: dict[str, Any]) -> dict[str, Any]:
     doc = sample.get("doc") if isinstance(sample.get("doc"), dict) else {}
     target = sample.get("target")
-    row: dict[str, Any] = {"doc_id": sample["doc_id"], "id": str(doc.get("id", sample["doc_id"])),
-                           "logliks": [float(r[0]) for r in sample["filtered_resps"]]}
+    row: dict[str, Any] = {
+        "doc_id": sample["doc_id"],
+        "id": str(doc.get("id", sample["doc_id"])),
+        "logliks": [float(r[0]) for r in sample["filtered_resps"]],
+    }
     if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
         row["label"] = int(target)
     for metric in ("acc", "acc_norm"):

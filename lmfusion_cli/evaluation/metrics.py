@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider")
 
 
-def _check_caption_inputs(references: Mapping[Hashable, Sequence[str]],
-                          candidates: Mapping[Hashable, str]) -> list[Hashable]:
+def _check_caption_inputs(
+    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str]
+) -> list[Hashable]:
     """The ids to score, in `candidates` order; ValueError naming ids present on one side only."""
     if not candidates:
         raise ValueError("no candidate captions to score: `candidates` is empty")
@@ -37,7 +38,8 @@ def _check_caption_inputs(references: Mapping[Hashable, Sequence[str]],
     if only_cand or only_refs:
         raise ValueError(
             f"references and candidates must have the same ids: {len(only_cand)} id(s) only in candidates "
-            f"(e.g. {only_cand[:3]}), {len(only_refs)} only in references (e.g. {only_refs[:3]})")
+            f"(e.g. {only_cand[:3]}), {len(only_refs)} only in references (e.g. {only_refs[:3]})"
+        )
     for key, refs in references.items():
         if isinstance(refs, str) or not isinstance(refs, Sequence):
             raise TypeError(f"references[{key!r}] must be a list of strings, got {type(refs).__name__}")
@@ -51,8 +53,9 @@ def _check_caption_inputs(references: Mapping[Hashable, Sequence[str]],
     return list(candidates)
 
 
-def tokenize_pair(references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str],
-                  tokenizer: Backend = "auto") -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
+def tokenize_pair(
+    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str], tokenizer: Backend = "auto"
+) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
     """PTB-tokenize references and candidates in one pass: (gts, res) in pycocoevalcap's input format."""
     ids = _check_caption_inputs(references, candidates)
     # One tokenizer run over both sides (a tuple key keeps them apart whatever the ids are).
@@ -64,8 +67,9 @@ def tokenize_pair(references: Mapping[Hashable, Sequence[str]], candidates: Mapp
     return gts, res
 
 
-def cider_scores(references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str],
-                 tokenizer: Backend = "auto") -> tuple[float, dict[Hashable, float]]:
+def cider_scores(
+    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str], tokenizer: Backend = "auto"
+) -> tuple[float, dict[Hashable, float]]:
     """Corpus CIDEr-D and the per-id scores (pycocoevalcap's `Cider` on PTB-tokenized captions)."""
     from pycocoevalcap.cider.cider import Cider
 
@@ -84,8 +88,12 @@ def cider(references: dict[str, list[str]], candidates: dict[str, str], tokenize
     return cider_scores(references, candidates, tokenizer)[0]
 
 
-def caption_scores(references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str],
-                   metrics: Sequence[str] = CAPTION_METRICS, tokenizer: Backend = "auto") -> dict[str, Any]:
+def caption_scores(
+    references: Mapping[Hashable, Sequence[str]],
+    candidates: Mapping[Hashable, str],
+    metrics: Sequence[str] = CAPTION_METRICS,
+    tokenizer: Backend = "auto",
+) -> dict[str, Any]:
     """COCO caption metrics on PTB-tokenized captions: keys `BLEU-1..4`, `METEOR`, `ROUGE-L`, `CIDEr`.
 
     `metrics` picks among "bleu", "meteor" (needs Java; ~6 s start-up), "rouge", "cider"; a
@@ -137,8 +145,9 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6,
-                     max_imaginary: float = 1e-3) -> float:
+def frechet_distance(
+    mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6, max_imaginary: float = 1e-3
+) -> float:
     """‖mu1 − mu2‖² + tr(Σ1 + Σ2 − 2·(Σ1·Σ2)^½): the Fréchet distance of two Gaussians (FID).
 
     mu: (D,) means, sigma: (D, D) covariances, as numpy arrays or torch tensors (computed in float64).
@@ -166,8 +175,10 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=max_imaginary):
-            raise ValueError(f"Fréchet distance: sqrtm has an imaginary component of "
-                             f"{np.max(np.abs(covmean.imag)):.3g}; the covariances are not valid")
+            raise ValueError(
+                f"Fréchet distance: sqrtm has an imaginary component of "
+                f"{np.max(np.abs(covmean.imag)):.3g}; the covariances are not valid"
+            )
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 

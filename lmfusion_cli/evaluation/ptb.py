@@ -24,19 +24,63 @@ Backend = Literal["auto", "java", "python"]
 
 # Copied from pycocoevalcap.tokenizer.ptbtokenizer (the official list; note `-LRB-` is upper case while
 # the tokenizer lower-cases, so brackets survive as `-lrb-` in the official scorer too).
-PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
-                          ".", "?", "!", ",", ":", "-", "--", "...", ";"])
+PUNCTUATIONS = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
 
 _BRACKETS = {'"': "''", "(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-_ABBREVIATIONS = frozenset(["mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "inc", "co",
-                            "corp", "ltd", "mt", "ft", "ave", "gen", "col", "lt", "sgt", "capt", "gov"])
-_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"),
-                "wanna": ("wan", "na"), "gimme": ("gim", "me"), "lemme": ("lem", "me"),
-                "'tis": ("'t", "is"), "'twas": ("'t", "was")}
-_UNICODE = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u2014": " -- ",
-                          "\u2013": " -- ", "\u2026": "...", "\u00a0": " "})
+_ABBREVIATIONS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "st",
+        "jr",
+        "sr",
+        "vs",
+        "etc",
+        "inc",
+        "co",
+        "corp",
+        "ltd",
+        "mt",
+        "ft",
+        "ave",
+        "gen",
+        "col",
+        "lt",
+        "sgt",
+        "capt",
+        "gov",
+    ]
+)
+_SPLIT_WORDS = {
+    "cannot": ("can", "not"),
+    "gonna": ("gon", "na"),
+    "gotta": ("got", "ta"),
+    "wanna": ("wan", "na"),
+    "gimme": ("gim", "me"),
+    "lemme": ("lem", "me"),
+    "'tis": ("'t", "is"),
+    "'twas": ("'t", "was"),
+}
+_UNICODE = str.maketrans(
+    {
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u2014": " -- ",
+        "\u2013": " -- ",
+        "\u2026": "...",
+        "\u00a0": " ",
+    }
+)
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<tag><[a-z/][^<>\s]*>)                          # SGML-like tag: kept whole
   | (?P<split>'tis|'twas)(?![a-z])
   | (?P<keep>'n')(?![a-z])                              # rock 'n' roll
@@ -48,7 +92,9 @@ _TOKEN = re.compile(r"""
   | (?P<dashes>-{2,})
   | (?P<bang>[!?]+)
   | (?P<other>.)
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 _CLITIC = re.compile(r"^(.+?)(n't|'s|'re|'ve|'d|'ll|'m)$")
 
 

@@ -27,8 +27,9 @@ def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     return path
 
 
-def save_image_grid(images: Sequence[Image.Image], path: str | Path, cols: int = 8, cell: int | None = None,
-                    pad: int = 2) -> Path:
+def save_image_grid(
+    images: Sequence[Image.Image], path: str | Path, cols: int = 8, cell: int | None = None, pad: int = 2
+) -> Path:
     """Tile images (resized to `cell`² pixels, default: the first image's width) into one PNG."""
     if not images:
         raise ValueError("no images for the grid")
@@ -50,7 +51,7 @@ def grid_caption_table(captions: Sequence[str], cols: int = 8) -> str:
         return ""
     cols = max(1, min(cols, len(captions)))
     cells = [_escape(c) for c in captions] + [""] * (-len(captions) % cols)
-    rows = [cells[i:i + cols] for i in range(0, len(cells), cols)]
+    rows = [cells[i : i + cols] for i in range(0, len(cells), cols)]
     header = "| " + " | ".join(f"col {c + 1}" for c in range(cols)) + " |"
     return "\n".join([header, "|" + "---|" * cols] + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -68,8 +69,9 @@ def _figure():
     return plt
 
 
-def plot_accuracy_vs_chance(accuracy: Mapping[str, float | None], chance: Mapping[str, float], path: str | Path,
-                            title: str) -> Path:
+def plot_accuracy_vs_chance(
+    accuracy: Mapping[str, float | None], chance: Mapping[str, float], path: str | Path, title: str
+) -> Path:
     """Bar chart of accuracy per attribute with its chance level beside it (attributes with no value skipped)."""
     plt = _figure()
     names = [k for k, v in accuracy.items() if v is not None]

@@ -48,8 +48,11 @@ _RELATIONS = (  # pattern → (relation, whether the first-mentioned object is t
 
 def shapes_references(attributes: dict[str, Any]) -> list[str]:
     """All template captions of `attributes` (the reference set for CIDEr)."""
-    count = len(shapes.SINGLE_TEMPLATES) if attributes["layout"] == "single" else \
-        len(shapes.PAIR_TEMPLATES[attributes["relation"]])
+    count = (
+        len(shapes.SINGLE_TEMPLATES)
+        if attributes["layout"] == "single"
+        else len(shapes.PAIR_TEMPLATES[attributes["relation"]])
+    )
     return [shapes.caption_for(attributes, i) for i in range(count)]
 
 
@@ -64,8 +67,10 @@ def parse_caption(caption: str) -> dict[str, Any]:
     for m in _BACKGROUND.finditer(text):
         bg = m.group("colour") or m.group("end")
         break
-    objects = [{"colour": m.group("colour"), "shape": m.group("shape"), "size": m.group("size")}
-               for m in _OBJECT.finditer(text)]
+    objects = [
+        {"colour": m.group("colour"), "shape": m.group("shape"), "size": m.group("size")}
+        for m in _OBJECT.finditer(text)
+    ]
     positions = [name for phrase, name in _POSITION.items() if phrase in text]
     relation, first_is_first = None, True
     for pattern, rel, forward in _RELATIONS:
@@ -73,8 +78,13 @@ def parse_caption(caption: str) -> dict[str, Any]:
             relation, first_is_first = rel, forward
             break
     ordered = objects[:2] if first_is_first else objects[:2][::-1]
-    return {"background": bg, "objects": objects, "positions": positions, "relation": relation,
-            "relation_order": [o["colour"] for o in ordered] if relation else None}
+    return {
+        "background": bg,
+        "objects": objects,
+        "positions": positions,
+        "relation": relation,
+        "relation_order": [o["colour"] for o in ordered] if relation else None,
+    }
 
 
 def score_caption(caption: str, attributes: dict[str, Any]) -> dict[str, list[bool]]:
@@ -94,13 +104,15 @@ def score_caption(caption: str, attributes: dict[str, Any]) -> dict[str, list[bo
         if size is not None:
             checks["size"] = [size == want[0]["size"]]
     elif parsed["relation"] is not None:
-        checks["relation"] = [parsed["relation"] == attributes["relation"]
-                              and parsed["relation_order"] == [w["colour"] for w in want]]
+        checks["relation"] = [
+            parsed["relation"] == attributes["relation"] and parsed["relation_order"] == [w["colour"] for w in want]
+        ]
     return checks
 
 
-def score_captions(captions: Mapping[str, str], attributes: Mapping[str, dict[str, Any]],
-                   tokenizer: Backend = "auto") -> dict[str, Any]:
+def score_captions(
+    captions: Mapping[str, str], attributes: Mapping[str, dict[str, Any]], tokenizer: Backend = "auto"
+) -> dict[str, Any]:
     """CIDEr against the template references plus attribute accuracy, for id → caption.
 
     Returns {"cider": float, "cider_per_item": {id: float}, "accuracy": {attr: float | None (never stated)},
@@ -115,14 +127,18 @@ def score_captions(captions: Mapping[str, str], attributes: Mapping[str, dict[st
     applicable: dict[str, int] = {}
     for key, caption in captions.items():
         attrs = attributes[key]
-        names = ["background", "colour", "shape"] + (["position", "size"] if attrs["layout"] == "single"
-                                                     else ["relation"])
+        names = ["background", "colour", "shape"] + (
+            ["position", "size"] if attrs["layout"] == "single" else ["relation"]
+        )
         for name in names:
             applicable[name] = applicable.get(name, 0) + 1
         for name, values in score_caption(caption, attrs).items():
             totals.setdefault(name, []).extend(values)
             stated[name] = stated.get(name, 0) + 1
-    return {"cider": cider, "cider_per_item": per_item,
-            "accuracy": {k: float(np.mean(totals[k])) if k in totals else None for k in applicable},
-            "stated": {k: stated.get(k, 0) / n for k, n in applicable.items()},
-            "counts": {k: len(totals.get(k, [])) for k in applicable}}
+    return {
+        "cider": cider,
+        "cider_per_item": per_item,
+        "accuracy": {k: float(np.mean(totals[k])) if k in totals else None for k in applicable},
+        "stated": {k: stated.get(k, 0) / n for k, n in applicable.items()},
+        "counts": {k: len(totals.get(k, [])) for k in applicable},
+    }

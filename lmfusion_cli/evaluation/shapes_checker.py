@@ -32,8 +32,8 @@ from lmfusion_cli.data import shapes
 _NAMES = list(shapes.COLOURS)
 _PALETTE = np.array([shapes.COLOURS[n] for n in _NAMES], dtype=np.float64) / 255.0  # (K, 3)
 SHAPE_RATIOS = {"triangle": 0.5, "circle": np.pi / 4, "square": 1.0}
-MIN_ALPHA = 0.15          # pixels covered less than this are treated as background
-MAX_RESIDUAL = 0.12       # RGB distance (0..√3) from the blend line beyond which a pixel is unexplained
+MIN_ALPHA = 0.15  # pixels covered less than this are treated as background
+MAX_RESIDUAL = 0.12  # RGB distance (0..√3) from the blend line beyond which a pixel is unexplained
 MIN_OBJECT_FRACTION = 0.004  # an object must cover at least this fraction of the image (α mass)
 RELATION_CHANCE = 0.5
 
@@ -58,7 +58,9 @@ class DetectedObject:
     @property
     def position(self) -> str:
         x, y = self.centroid
-        return min(shapes.POSITIONS, key=lambda p: (shapes.POSITIONS[p][0] - x) ** 2 + (shapes.POSITIONS[p][1] - y) ** 2)
+        return min(
+            shapes.POSITIONS, key=lambda p: (shapes.POSITIONS[p][0] - x) ** 2 + (shapes.POSITIONS[p][1] - y) ** 2
+        )
 
     @property
     def size(self) -> str:
@@ -99,14 +101,14 @@ def _background(rgb: np.ndarray) -> int:
 def _coverage(rgb: np.ndarray, bg: int) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel: the palette colour best explaining it as a bg blend, and its coverage α ∈ [0, 1]."""
     base = _PALETTE[bg]
-    delta = rgb - base                                     # (H, W, 3)
-    dirs = _PALETTE - base                                 # (K, 3)
-    norms = (dirs ** 2).sum(-1)                            # (K,)
+    delta = rgb - base  # (H, W, 3)
+    dirs = _PALETTE - base  # (K, 3)
+    norms = (dirs**2).sum(-1)  # (K,)
     norms[bg] = np.inf
-    alpha = np.clip((delta @ dirs.T) / norms, 0.0, 1.0)    # (H, W, K)
+    alpha = np.clip((delta @ dirs.T) / norms, 0.0, 1.0)  # (H, W, K)
     residual = np.linalg.norm(delta[..., None, :] - alpha[..., None] * dirs, axis=-1)  # (H, W, K)
     residual[..., bg] = np.inf
-    best = residual.argmin(-1)                             # (H, W)
+    best = residual.argmin(-1)  # (H, W)
     best_alpha = np.take_along_axis(alpha, best[..., None], -1)[..., 0]
     best_residual = np.take_along_axis(residual, best[..., None], -1)[..., 0]
     valid = (best_alpha >= MIN_ALPHA) & (best_residual <= MAX_RESIDUAL)
@@ -120,8 +122,13 @@ def _describe(colour: int, alpha: np.ndarray) -> DetectedObject:
     cx = float((alpha * (xs + 0.5)).sum() / area) / w
     cy = float((alpha * (ys + 0.5)).sum() / area) / h
     widest, tallest = float(alpha.sum(1).max()), float(alpha.sum(0).max())
-    return DetectedObject(colour=_NAMES[colour], area=area, centroid=(cx, cy), width=widest / w,
-                          fill_ratio=area / max(widest * tallest, 1e-9))
+    return DetectedObject(
+        colour=_NAMES[colour],
+        area=area,
+        centroid=(cx, cy),
+        width=widest / w,
+        fill_ratio=area / max(widest * tallest, 1e-9),
+    )
 
 
 def analyze_image(image: Image.Image | np.ndarray, max_objects: int = 2) -> ImageAnalysis:
@@ -194,7 +201,9 @@ def score_images(images: Iterable[Image.Image | np.ndarray], attributes: Sequenc
         for name, values in checks.items():
             totals.setdefault(name, []).extend(values)
     chance = chance_levels()
-    return {"accuracy": {k: float(np.mean(v)) for k, v in totals.items()},
-            "chance": {k: chance[k] for k in totals},
-            "counts": {k: len(v) for k, v in totals.items()},
-            "per_image": per_image}
+    return {
+        "accuracy": {k: float(np.mean(v)) for k, v in totals.items()},
+        "chance": {k: chance[k] for k in totals},
+        "counts": {k: len(v) for k, v in totals.items()},
+        "per_image": per_image,
+    }

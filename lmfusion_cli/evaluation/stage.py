@@ -88,11 +88,17 @@ def _generation_settings(cfg: EvaluateConfig, weights_sha256: str) -> dict[str, 
     Item and prompt counts are left out: generation i depends only on its own prompt and seed, so a
     rerun with more items extends the set (COCO's prompt file refuses another draw itself)."""
     s = cfg.sampling
-    return {"weights_sha256": weights_sha256, "base": cfg.base, "vae": cfg.vae, "tokenizer": cfg.tokenizer,
-            "cfg_scale": {suite: list(s.scales_for(suite)) for suite in ("shapes", "coco")}, "steps": s.steps,
-            "sampler": s.sampler,
-            "shapes": {"seed": cfg.shapes.seed, "data": cfg.shapes.data, "resolution": cfg.shapes.resolution},
-            "coco": {"root": cfg.coco.root, "seed": cfg.coco.seed}}
+    return {
+        "weights_sha256": weights_sha256,
+        "base": cfg.base,
+        "vae": cfg.vae,
+        "tokenizer": cfg.tokenizer,
+        "cfg_scale": {suite: list(s.scales_for(suite)) for suite in ("shapes", "coco")},
+        "steps": s.steps,
+        "sampler": s.sampler,
+        "shapes": {"seed": cfg.shapes.seed, "data": cfg.shapes.data, "resolution": cfg.shapes.resolution},
+        "coco": {"root": cfg.coco.root, "seed": cfg.coco.seed},
+    }
 
 
 def _check_resume(out: Path, previous: dict[str, Any] | None, settings: dict[str, Any]) -> None:
@@ -101,8 +107,10 @@ def _check_resume(out: Path, previous: dict[str, Any] | None, settings: dict[str
     before = previous.get("generation_settings") or {}
     changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
     if changed:
-        raise UserError(f"{out} holds generations made with other settings ({', '.join(changed)} differ); "
-                        f"pass --overwrite to redo them or choose another --out.")
+        raise UserError(
+            f"{out} holds generations made with other settings ({', '.join(changed)} differ); "
+            f"pass --overwrite to redo them or choose another --out."
+        )
     log.info("resuming the evaluation in %s (existing generations are kept)", out)
 
 
@@ -151,8 +159,10 @@ def shapes_test_items(folder: str | Path) -> tuple[list, SkipLog]:
     folder = Path(folder)
     manifest = read_manifest(folder, "shards", what="shapes data")
     if (manifest.get("inputs") or {}).get("source") != "shapes":
-        raise UserError(f"{folder} was prepared from '{(manifest.get('inputs') or {}).get('source')}', not shapes; "
-                        f"pass a folder made by `lmfusion prepare --source shapes`.")
+        raise UserError(
+            f"{folder} was prepared from '{(manifest.get('inputs') or {}).get('source')}', not shapes; "
+            f"pass a folder made by `lmfusion prepare --source shapes`."
+        )
     items, skips = [], SkipLog()
     for shard in manifest.get("shards", []):
         if shard.get("split") != "test":
@@ -209,23 +219,39 @@ def _generate_fn(cfg: EvaluateConfig, loaded, cfg_scale: float):
     from lmfusion_cli.sampling import as_generate_fn
 
     s = cfg.sampling
-    return as_generate_fn(loaded.model, tokenizer=loaded.tokenizer, vae=loaded.codec, cfg_scale=cfg_scale,
-                          steps=s.steps, sampler=s.sampler, batch_size=cfg.batch_size, use_cache=s.cache)
+    return as_generate_fn(
+        loaded.model,
+        tokenizer=loaded.tokenizer,
+        vae=loaded.codec,
+        cfg_scale=cfg_scale,
+        steps=s.steps,
+        sampler=s.sampler,
+        batch_size=cfg.batch_size,
+        use_cache=s.cache,
+    )
 
 
 def _caption_fn(cfg: EvaluateConfig, loaded):
     from lmfusion_cli.sampling import as_caption_fn
 
     s = cfg.sampling
-    return as_caption_fn(loaded.model, tokenizer=loaded.tokenizer, vae=loaded.codec, decoding=s.decoding,
-                         max_new_tokens=s.max_new_tokens, num_beams=s.num_beams, batch_size=cfg.batch_size,
-                         use_cache=s.cache)
+    return as_caption_fn(
+        loaded.model,
+        tokenizer=loaded.tokenizer,
+        vae=loaded.codec,
+        decoding=s.decoding,
+        max_new_tokens=s.max_new_tokens,
+        num_beams=s.num_beams,
+        batch_size=cfg.batch_size,
+        use_cache=s.cache,
+    )
 
 
-def _run_text(cfg: EvaluateConfig, out: Path, loaded, inputs: _TextInputs, device: str) -> tuple[dict[str, Any], Section]:
+def _run_text(
+    cfg: EvaluateConfig, out: Path, loaded, inputs: _TextInputs, device: str
+) -> tuple[dict[str, Any], Section]:
     from lmfusion_cli.evaluation.lm_eval_adapter import base_lm, fused_text_lm
     from lmfusion_cli.evaluation.text_suite import items_task, load_tasks, run_text_suite
-
 
     specs = inputs.specs
     if inputs.items is not None:
@@ -236,8 +262,10 @@ def _run_text(cfg: EvaluateConfig, out: Path, loaded, inputs: _TextInputs, devic
     try:
         base = base_lm(model.base_id, batch_size=cfg.batch_size, device=device, dtype=dtype)
     except OSError as e:
-        raise UserError(f"The base model {model.base_id} cannot be loaded with transformers ({type(e).__name__}); "
-                        f"pass its folder with --base.") from e
+        raise UserError(
+            f"The base model {model.base_id} cannot be loaded with transformers ({type(e).__name__}); "
+            f"pass its folder with --base."
+        ) from e
     fused = fused_text_lm(model, tokenizer=model.base_id, batch_size=cfg.batch_size)
     try:
         metrics, section = run_text_suite(out, specs, manager, {"base": base, "fused": fused}, limit=cfg.text.limit)
@@ -245,8 +273,10 @@ def _run_text(cfg: EvaluateConfig, out: Path, loaded, inputs: _TextInputs, devic
         del base
         gc.collect()
     metrics.update(base_model=model.base_id, task_source=inputs.source, limit=cfg.text.limit)
-    section.text += (" The base is lm-eval's `hf` model loaded from the checkpoint's base pointer; the fused model "
-                     "is the same harness over its text path (`FusedTextLM`), logits over the base vocabulary.")
+    section.text += (
+        " The base is lm-eval's `hf` model loaded from the checkpoint's base pointer; the fused model "
+        "is the same harness over its text path (`FusedTextLM`), logits over the base vocabulary."
+    )
     return metrics, section
 
 
@@ -259,28 +289,55 @@ def _run_shapes(cfg: EvaluateConfig, out: Path, loaded, data_items: list | None)
 
     resolution = cfg.shapes.resolution or loaded.codec.image_size
     (scale,) = cfg.sampling.scales_for("shapes")
-    metrics, section = run_shapes_suite(out, cfg.shapes.num_items, cfg.shapes.seed, resolution,
-                                        generate_fn=_generate_fn(cfg, loaded, scale), caption_fn=_caption_fn(cfg, loaded),
-                                        batch_size=cfg.batch_size, tokenizer=cfg.ptb_tokenizer, items=data_items)
-    metrics["items"] = f"test split of {cfg.shapes.data}" if data_items is not None else \
-        f"shapes.make_item(i, seed={cfg.shapes.seed}), i < {cfg.shapes.num_items}"
+    metrics, section = run_shapes_suite(
+        out,
+        cfg.shapes.num_items,
+        cfg.shapes.seed,
+        resolution,
+        generate_fn=_generate_fn(cfg, loaded, scale),
+        caption_fn=_caption_fn(cfg, loaded),
+        batch_size=cfg.batch_size,
+        tokenizer=cfg.ptb_tokenizer,
+        items=data_items,
+    )
+    metrics["items"] = (
+        f"test split of {cfg.shapes.data}"
+        if data_items is not None
+        else f"shapes.make_item(i, seed={cfg.shapes.seed}), i < {cfg.shapes.num_items}"
+    )
     section.metrics = {**section.metrics, "items": metrics["items"]}
     return metrics, section
 
 
-def _run_coco(cfg: EvaluateConfig, out: Path, loaded, scorers: tuple[Any, str, Any, str]) -> tuple[dict[str, Any], Section]:
+def _run_coco(
+    cfg: EvaluateConfig, out: Path, loaded, scorers: tuple[Any, str, Any, str]
+) -> tuple[dict[str, Any], Section]:
     from lmfusion_cli.evaluation.coco_suite import run_coco_suite
 
     extractor, extractor_id, scorer, clip_id = scorers
     c, s = cfg.coco, cfg.sampling
     stats = Path(c.fid_stats_dir) if c.fid_stats_dir else out / "coco" / "fid_stats"
     generate_fns = {scale: _generate_fn(cfg, loaded, scale) for scale in s.scales_for("coco")}
-    return run_coco_suite(out, c.root, c.karpathy_split, c.num_caption_images, c.num_prompts, c.seed,
-                          loaded.codec.image_size, generate_fns=generate_fns, caption_fn=_caption_fn(cfg, loaded),
-                          extractor=extractor, extractor_id=extractor_id, clip_scorer=scorer, clip_id=clip_id,
-                          stats_cache_dir=stats, caption_metrics=c.caption_metrics, batch_size=cfg.batch_size,
-                          tokenizer=cfg.ptb_tokenizer, sampling={"sampler": s.sampler, "steps": s.steps,
-                                                                 "kv_cache": s.cache})
+    return run_coco_suite(
+        out,
+        c.root,
+        c.karpathy_split,
+        c.num_caption_images,
+        c.num_prompts,
+        c.seed,
+        loaded.codec.image_size,
+        generate_fns=generate_fns,
+        caption_fn=_caption_fn(cfg, loaded),
+        extractor=extractor,
+        extractor_id=extractor_id,
+        clip_scorer=scorer,
+        clip_id=clip_id,
+        stats_cache_dir=stats,
+        caption_metrics=c.caption_metrics,
+        batch_size=cfg.batch_size,
+        tokenizer=cfg.ptb_tokenizer,
+        sampling={"sampler": s.sampler, "steps": s.steps, "kv_cache": s.cache},
+    )
 
 
 # ---- the stage -------------------------------------------------------------------------------------
@@ -307,17 +364,29 @@ def _check_inputs(cfg: EvaluateConfig, suites: list[str], device: str) -> _Input
     return inputs
 
 
-def _write_results(out: Path, cfg: EvaluateConfig, loaded, suites: list[str],
-                   results: dict[str, tuple[dict[str, Any], Section]]) -> dict[str, Any]:
+def _write_results(
+    out: Path, cfg: EvaluateConfig, loaded, suites: list[str], results: dict[str, tuple[dict[str, Any], Section]]
+) -> dict[str, Any]:
     """metrics.json and report.md (with a note on the suites `all` could not run); returns the metrics."""
     skipped = {"coco": "no --coco-root given"} if cfg.suite == "all" and "coco" not in suites else {}
-    metrics = {"checkpoint": str(loaded.checkpoint.model_dir), "step": loaded.checkpoint.step,
-               "suites_run": suites, "suites_skipped": skipped, **{name: m for name, (m, _) in results.items()}}
+    metrics = {
+        "checkpoint": str(loaded.checkpoint.model_dir),
+        "step": loaded.checkpoint.step,
+        "suites_run": suites,
+        "suites_skipped": skipped,
+        **{name: m for name, (m, _) in results.items()},
+    }
     sections = [section for _, section in results.values()]
     if skipped:
-        sections.append(Section("suites not run", text="\n".join(
-            f"- **{name}**: {why}; pass `--coco-root DIR` to run it (clean-fid and open_clip fetch their weights, or pass `--inception` and `--clip-weights`)."
-            for name, why in skipped.items())))
+        sections.append(
+            Section(
+                "suites not run",
+                text="\n".join(
+                    f"- **{name}**: {why}; pass `--coco-root DIR` to run it (clean-fid and open_clip fetch their weights, or pass `--inception` and `--clip-weights`)."
+                    for name, why in skipped.items()
+                ),
+            )
+        )
     report.write_metrics(out, metrics)
     title = f"lmfusion evaluation: {loaded.checkpoint.model_dir} (step {loaded.checkpoint.step})"
     report.write_report(out, title, sections)
@@ -340,8 +409,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             for sub in Path(cfg.out).rglob("*"):
                 if sub.is_dir():
                     remove_stale_temps(sub)
-            raise disk_full_error(cfg.out, "evaluate (finished generations are reused)", None,
-                                  "its finished generations are kept") from None
+            raise disk_full_error(
+                cfg.out, "evaluate (finished generations are reused)", None, "its finished generations are kept"
+            ) from None
 
 
 def _overwrite_beside(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -370,10 +440,18 @@ def _run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     settings = _generation_settings(cfg, _weights_sha256(resolve_checkpoint(cfg.checkpoint).model_dir))
     _check_resume(out, _prepare_out(out, cfg.overwrite), settings)
     loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae, device=device)
-    described = {**loaded.describe(), "text_tasks": inputs.text.source, "shapes_data": cfg.shapes.data,
-                 "coco_root": cfg.coco.root}
-    common = {"inputs": described, "config": config_to_dict(cfg), "config_hash": config_hash(cfg),
-              "generation_settings": settings}
+    described = {
+        **loaded.describe(),
+        "text_tasks": inputs.text.source,
+        "shapes_data": cfg.shapes.data,
+        "coco_root": cfg.coco.root,
+    }
+    common = {
+        "inputs": described,
+        "config": config_to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "generation_settings": settings,
+    }
     write_manifest(out, KIND, complete=False, **common)  # first: it is what makes a rerun resume, not refuse
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     log.info("evaluating %s (step %s): %s", loaded.checkpoint.model_dir, loaded.checkpoint.step, ", ".join(suites))
@@ -389,8 +467,11 @@ def _run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 results[suite] = _run_coco(cfg, out, loaded, inputs.coco_scorers)
                 inputs.skips.merge(_coco_skips(results[suite][0]))
     metrics = _write_results(out, cfg, loaded, suites, results)
-    files = {p.relative_to(out).as_posix(): file_entry(p) for p in sorted(out.rglob("*"))
-             if p.is_file() and p.name != MANIFEST_NAME}
+    files = {
+        p.relative_to(out).as_posix(): file_entry(p)
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
     write_manifest(out, KIND, complete=True, files=files, **common, **inputs.skips.to_dict())
     log.info("wrote %s and %s", out / "metrics.json", out / "report.md")
     return metrics

@@ -38,15 +38,16 @@ def generation_path(folder: Path, index: int) -> Path:
     return folder / f"{index:05d}.png"
 
 
-def generate_missing(folder: str | Path, prompts: Sequence[str], seeds: Sequence[int], generate_fn: GenerateFn,
-                     batch_size: int = 8) -> int:
+def generate_missing(
+    folder: str | Path, prompts: Sequence[str], seeds: Sequence[int], generate_fn: GenerateFn, batch_size: int = 8
+) -> int:
     """Write `folder/{index:05d}.png` for every prompt whose image is not there yet; return how many were made."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(len(prompts)) if not generation_path(folder, i).is_file()]
     bar = progress(total=len(prompts), initial=len(prompts) - len(todo), desc="generating", unit="img")
     for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+        chunk = todo[start : start + batch_size]
         images = generate_fn([prompts[i] for i in chunk], [seeds[i] for i in chunk])
         if len(images) != len(chunk):
             raise RuntimeError(f"generate_fn returned {len(images)} images for {len(chunk)} prompts")
@@ -79,11 +80,18 @@ def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
-def run_shapes_suite(out_dir: str | Path, num_items: int = 200, seed: int = 1000, resolution: int = 64,
-                     generate_fn: GenerateFn | None = None, caption_fn: CaptionFn | None = None,
-                     generations_dir: str | Path | None = None, batch_size: int = 8,
-                     tokenizer: str = "auto", items: Sequence[shapes.ShapesItem] | None = None,
-                     ) -> tuple[dict[str, Any], Section]:
+def run_shapes_suite(
+    out_dir: str | Path,
+    num_items: int = 200,
+    seed: int = 1000,
+    resolution: int = 64,
+    generate_fn: GenerateFn | None = None,
+    caption_fn: CaptionFn | None = None,
+    generations_dir: str | Path | None = None,
+    batch_size: int = 8,
+    tokenizer: str = "auto",
+    items: Sequence[shapes.ShapesItem] | None = None,
+) -> tuple[dict[str, Any], Section]:
     """Shapes generation (checker accuracy per attribute vs chance) and captioning (CIDEr, attributes).
 
     Items are `items` when given (e.g. the test split of a prepared shapes set; `num_items` is then
@@ -99,13 +107,19 @@ def run_shapes_suite(out_dir: str | Path, num_items: int = 200, seed: int = 1000
         items = [shapes.make_item(i, seed, resolution) for i in range(num_items)]
     else:
         items, num_items = list(items), len(items)
-    _write_jsonl(root / "prompts.jsonl", [{"index": i, "key": it.key, "caption": it.caption, "seed": seed + i,
-                                           "attributes": it.attributes} for i, it in enumerate(items)])
+    _write_jsonl(
+        root / "prompts.jsonl",
+        [
+            {"index": i, "key": it.key, "caption": it.caption, "seed": seed + i, "attributes": it.attributes}
+            for i, it in enumerate(items)
+        ],
+    )
     metrics: dict[str, Any] = {"num_items": num_items, "seed": seed, "resolution": resolution}
     section = Section("shapes")
     if generate_fn is not None:
-        made = generate_missing(gen_dir, [it.caption for it in items], [seed + i for i in range(num_items)],
-                                generate_fn, batch_size)
+        made = generate_missing(
+            gen_dir, [it.caption for it in items], [seed + i for i in range(num_items)], generate_fn, batch_size
+        )
         log.info("shapes: generated %d new images (%d already there)", made, num_items - made)
     if generate_fn is not None or gen_dir.is_dir():
         images, skips = load_generations(gen_dir, num_items)
@@ -113,34 +127,52 @@ def run_shapes_suite(out_dir: str | Path, num_items: int = 200, seed: int = 1000
             scored = score_images(list(images.values()), [items[i].attributes for i in images])
             metrics["generation"] = {k: scored[k] for k in ("accuracy", "chance", "counts")}
             metrics["generation"]["skipped"] = skips.counts()
-            report.plot_accuracy_vs_chance(scored["accuracy"], scored["chance"], root / "generation_accuracy.png",
-                                           "shapes generation: checker accuracy vs chance")
+            report.plot_accuracy_vs_chance(
+                scored["accuracy"],
+                scored["chance"],
+                root / "generation_accuracy.png",
+                "shapes generation: checker accuracy vs chance",
+            )
             shown = list(images)[:GRID_SIZE]
             report.save_image_grid([images[i] for i in shown], root / "generation_grid.png")
-            section.images += [("shapes/generation_accuracy.png", "generation accuracy vs chance"),
-                               ("shapes/generation_grid.png", "generated images")]
-            section.footer = ("Prompts of the generated images, laid out as the grid:\n\n"
-                              + report.grid_caption_table([items[i].caption for i in shown]))
+            section.images += [
+                ("shapes/generation_accuracy.png", "generation accuracy vs chance"),
+                ("shapes/generation_grid.png", "generated images"),
+            ]
+            section.footer = "Prompts of the generated images, laid out as the grid:\n\n" + report.grid_caption_table(
+                [items[i].caption for i in shown]
+            )
         else:
             log.warning("shapes: no generations found in %s (%s)", gen_dir, skips.summary())
     if caption_fn is not None:
         captions = caption_fn([it.image for it in items])
         _write_jsonl(root / "captions.jsonl", [{"index": i, "caption": c} for i, c in enumerate(captions)])
-        scored = score_captions({it.key: c for it, c in zip(items, captions)},
-                                {it.key: it.attributes for it in items}, tokenizer=tokenizer)
+        scored = score_captions(
+            {it.key: c for it, c in zip(items, captions)}, {it.key: it.attributes for it in items}, tokenizer=tokenizer
+        )
         metrics["captioning"] = {k: scored[k] for k in ("cider", "accuracy", "stated", "counts")}
         from lmfusion_cli.evaluation.shapes_checker import chance_levels
 
-        report.plot_accuracy_vs_chance(scored["accuracy"], chance_levels(), root / "caption_accuracy.png",
-                                       "shapes captioning: attribute accuracy vs chance")
+        report.plot_accuracy_vs_chance(
+            scored["accuracy"],
+            chance_levels(),
+            root / "caption_accuracy.png",
+            "shapes captioning: attribute accuracy vs chance",
+        )
         section.images.append(("shapes/caption_accuracy.png", "caption attribute accuracy vs chance"))
     section.metrics = {k: v for k, v in metrics.items()}
     return metrics, section
 
 
-def write_outputs(out_dir: str | Path, title: str, results: Mapping[str, tuple[dict[str, Any], Section]],
-                  extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
+def write_outputs(
+    out_dir: str | Path,
+    title: str,
+    results: Mapping[str, tuple[dict[str, Any], Section]],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
     """`metrics.json` ({suite: metrics, **extra}) and `report.md` (one section per suite) in `out_dir`."""
     metrics = {**(extra or {}), **{name: m for name, (m, _) in results.items()}}
-    return {"metrics": report.write_metrics(out_dir, metrics),
-            "report": report.write_report(out_dir, title, [s for _, s in results.values()])}
+    return {
+        "metrics": report.write_metrics(out_dir, metrics),
+        "report": report.write_report(out_dir, title, [s for _, s in results.values()]),
+    }

@@ -24,16 +24,29 @@ from lmfusion_cli.data import shapes
 TINY_MC_PATH = Path(__file__).parent / "data" / "tiny_mc.jsonl"
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 FACTS = (
-    ("the sky is", "blue"), ("grass is", "green"), ("snow is", "white"), ("coal is", "black"),
-    ("a banana is", "yellow"), ("a tomato is", "red"), ("an orange is", "orange"), ("the sun is", "yellow"),
-    ("a lemon is", "yellow"), ("milk is", "white"), ("the night is", "black"), ("a leaf is", "green"),
-    ("blood is", "red"), ("the sea is", "blue"), ("a plum is", "purple"), ("a grape is", "purple"),
+    ("the sky is", "blue"),
+    ("grass is", "green"),
+    ("snow is", "white"),
+    ("coal is", "black"),
+    ("a banana is", "yellow"),
+    ("a tomato is", "red"),
+    ("an orange is", "orange"),
+    ("the sun is", "yellow"),
+    ("a lemon is", "yellow"),
+    ("milk is", "white"),
+    ("the night is", "black"),
+    ("a leaf is", "green"),
+    ("blood is", "red"),
+    ("the sea is", "blue"),
+    ("a plum is", "purple"),
+    ("a grape is", "purple"),
 )
 NUM_CHOICES = 4
 
 
-def _item(kind: str, index: int, context: str, answer: str, distractors: list[str],
-          rng: np.random.Generator) -> dict[str, Any]:
+def _item(
+    kind: str, index: int, context: str, answer: str, distractors: list[str], rng: np.random.Generator
+) -> dict[str, Any]:
     wrong = [d for d in dict.fromkeys(distractors) if d != answer][: NUM_CHOICES - 1]
     label = int(rng.integers(len(wrong) + 1))
     choices = wrong[:label] + [answer] + wrong[label:]
@@ -46,13 +59,21 @@ def _all_captions() -> list[str]:
     for bg, c1, c2 in itertools.permutations(colours, 3):
         for s1, s2 in itertools.product(shapes.SHAPES, repeat=2):
             for relation, templates in shapes.PAIR_TEMPLATES.items():
-                attrs = {"background": bg, "layout": "pair", "relation": relation,
-                         "objects": [{"colour": c1, "shape": s1}, {"colour": c2, "shape": s2}]}
+                attrs = {
+                    "background": bg,
+                    "layout": "pair",
+                    "relation": relation,
+                    "objects": [{"colour": c1, "shape": s1}, {"colour": c2, "shape": s2}],
+                }
                 out.extend(shapes.caption_for(attrs, t) for t in range(len(templates)))
     for bg, c1 in itertools.permutations(colours, 2):
         for shape, size, position in itertools.product(shapes.SHAPES, shapes.SIZES, shapes.POSITIONS):
-            attrs = {"background": bg, "layout": "single", "relation": None,
-                     "objects": [{"colour": c1, "shape": shape, "size": size, "position": position}]}
+            attrs = {
+                "background": bg,
+                "layout": "single",
+                "relation": None,
+                "objects": [{"colour": c1, "shape": shape, "size": size, "position": position}],
+            }
             out.extend(shapes.caption_for(attrs, t) for t in range(len(shapes.SINGLE_TEMPLATES)))
     return out
 
@@ -84,7 +105,7 @@ def _counting_items(rng: np.random.Generator) -> list[dict[str, Any]]:
         for length in (2, 3):
             if start + length > 10:
                 continue
-            seq = NUMBERS[start:start + length]
+            seq = NUMBERS[start : start + length]
             answer = NUMBERS[start + length]
             distractors = [str(n) for n in rng.permutation(NUMBERS) if n != answer]
             items.append(_item("counting", i, ", ".join(seq) + ",", answer, distractors, rng))
@@ -98,23 +119,32 @@ def _arithmetic_items(rng: np.random.Generator) -> list[dict[str, Any]]:
         for b in range(1, 6):
             answer = NUMBERS[a + b]
             distractors = [NUMBERS[(a + b + d) % 11] for d in (1, -1, 2, 3, -2)]
-            items.append(_item("arithmetic", i, f"{NUMBERS[a]} plus {NUMBERS[b]} is", answer,
-                               [str(d) for d in rng.permutation(distractors)], rng))
+            items.append(
+                _item(
+                    "arithmetic",
+                    i,
+                    f"{NUMBERS[a]} plus {NUMBERS[b]} is",
+                    answer,
+                    [str(d) for d in rng.permutation(distractors)],
+                    rng,
+                )
+            )
             i += 1
     return items
 
 
 def _fact_items(rng: np.random.Generator) -> list[dict[str, Any]]:
     colours = list(shapes.COLOURS)
-    return [_item("fact", i, context, answer, [str(c) for c in rng.permutation(colours)], rng)
-            for i, (context, answer) in enumerate(FACTS)]
+    return [
+        _item("fact", i, context, answer, [str(c) for c in rng.permutation(colours)], rng)
+        for i, (context, answer) in enumerate(FACTS)
+    ]
 
 
 def build_tiny_mc_set(seed: int = 0, num_caption_items: int = 200) -> list[dict[str, Any]]:
     """The templated set as JSON-ready dicts (id, kind, context, choices, label), same for the same seed."""
     rng = np.random.default_rng(seed)
-    return (_caption_items(rng, num_caption_items) + _counting_items(rng) + _arithmetic_items(rng)
-            + _fact_items(rng))
+    return _caption_items(rng, num_caption_items) + _counting_items(rng) + _arithmetic_items(rng) + _fact_items(rng)
 
 
 def to_jsonl(items: list[dict[str, Any]]) -> str:

@@ -100,8 +100,10 @@ def load_jsonl(path: str | Path, fields: FieldMap = FieldMap()) -> tuple[list[MC
     """Items from a JSONL file; unreadable or malformed lines are skipped and counted by reason."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"The multiple-choice file {path} does not exist; pass a JSONL file with "
-                        f'{{"context", "choices", "label"}} lines.')
+        raise UserError(
+            f"The multiple-choice file {path} does not exist; pass a JSONL file with "
+            f'{{"context", "choices", "label"}} lines.'
+        )
     records, skips = [], SkipLog()
     for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if not raw.strip():
@@ -118,7 +120,9 @@ def load_jsonl(path: str | Path, fields: FieldMap = FieldMap()) -> tuple[list[MC
     return items, skips
 
 
-def load_hf_disk(path: str | Path, fields: FieldMap = FieldMap(), split: str | None = None) -> tuple[list[MCItem], SkipLog]:
+def load_hf_disk(
+    path: str | Path, fields: FieldMap = FieldMap(), split: str | None = None
+) -> tuple[list[MCItem], SkipLog]:
     """Items from a `datasets` dataset saved with `save_to_disk` (a DatasetDict needs `split`)."""
     import datasets
 
@@ -149,10 +153,17 @@ SHIPPED_TASK = Path(__file__).parent / "tasks" / "lmfusion_tiny_mc.yaml"
 TASK_ALIASES = {"siqa": "social_iqa"}
 """Paper names → lm-eval task names (LMFusion's SIQA is lm-eval's `social_iqa`)."""
 ITEMS_TASK_TEMPLATE = {
-    "dataset_path": "json", "output_type": "multiple_choice", "test_split": "test",
-    "doc_to_text": "{{context}}", "doc_to_choice": "{{choices}}", "doc_to_target": "label", "target_delimiter": " ",
-    "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                    {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+    "dataset_path": "json",
+    "output_type": "multiple_choice",
+    "test_split": "test",
+    "doc_to_text": "{{context}}",
+    "doc_to_choice": "{{choices}}",
+    "doc_to_target": "label",
+    "target_delimiter": " ",
+    "metric_list": [
+        {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+        {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+    ],
     "metadata": {"version": 1.0},
 }
 
@@ -172,7 +183,9 @@ def task_from_yaml(path: str | Path) -> dict[str, Any]:
     try:
         cfg = load_yaml(path, resolve_func=True)
     except Exception as e:
-        raise UserError(f"The task file {path} cannot be read by lm-eval ({type(e).__name__}: {e}); fix the YAML.") from e
+        raise UserError(
+            f"The task file {path} cannot be read by lm-eval ({type(e).__name__}: {e}); fix the YAML."
+        ) from e
     if "task" not in cfg:
         raise UserError(f"The task file {path} has no 'task:' name; it must be an lm-eval task YAML.")
     files = (cfg.get("dataset_kwargs") or {}).get("data_files")
@@ -197,8 +210,13 @@ def items_task(items: Sequence[MCItem], path: str | Path, name: str) -> dict[str
     path = Path(path)
     from lmfusion_cli.common.atomic import atomic_write_text
 
-    atomic_write_text(path, "".join(json.dumps({"id": it.id, "context": it.context, "choices": list(it.choices),
-                                                "label": it.label}) + "\n" for it in items))
+    atomic_write_text(
+        path,
+        "".join(
+            json.dumps({"id": it.id, "context": it.context, "choices": list(it.choices), "label": it.label}) + "\n"
+            for it in items
+        ),
+    )
     return {"task": name, **ITEMS_TASK_TEMPLATE, "dataset_kwargs": {"data_files": {"test": str(path.resolve())}}}
 
 
@@ -221,17 +239,20 @@ def load_tasks(specs: Sequence[str | dict[str, Any]]) -> tuple[Any, list[str]]:
     manager = _task_manager(bool(named))
     unknown = [n for n in named if n not in manager.all_tasks]
     if unknown:
-        raise UserError(f"Unknown lm-eval task(s) {', '.join(unknown)}; pass names from `lm_eval ls tasks` "
-                        f"(e.g. hellaswag, siqa, winogrande, piqa) or paths of task YAML files.")
+        raise UserError(
+            f"Unknown lm-eval task(s) {', '.join(unknown)}; pass names from `lm_eval ls tasks` "
+            f"(e.g. hellaswag, siqa, winogrande, piqa) or paths of task YAML files."
+        )
     names = []
     for spec in specs:
         try:
             loaded = manager.load([spec])
         except (ConnectionError, OSError) as e:
             what = spec if isinstance(spec, str) else spec.get("task")
-            raise UserError(f"The data of task {what} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); "
-                            f"go online once so `datasets` caches it, or pass a task YAML with local data_files."
-                            ) from e
+            raise UserError(
+                f"The data of task {what} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); "
+                f"go online once so `datasets` caches it, or pass a task YAML with local data_files."
+            ) from e
         names.extend(loaded["tasks"])
     return manager, names
 
@@ -248,8 +269,13 @@ def _per_item_rows(task: str, result: Any) -> list[dict[str, Any]]:
     return [{"task": task, **row} for row in result.per_item]
 
 
-def run_text_suite(out_dir: str | Path, tasks: Sequence[str | dict[str, Any]], task_manager: Any,
-                   lms: Mapping[str, Any], limit: int | None = None) -> tuple[dict[str, Any], Any]:
+def run_text_suite(
+    out_dir: str | Path,
+    tasks: Sequence[str | dict[str, Any]],
+    task_manager: Any,
+    lms: Mapping[str, Any],
+    limit: int | None = None,
+) -> tuple[dict[str, Any], Any]:
     """Each lm-eval model in `lms` (e.g. {"base": ..., "fused": ...}) on `tasks`; per-task acc / acc_norm
     side by side, and how far each model's per-request log-likelihoods are from the first model's.
 
@@ -283,14 +309,32 @@ def run_text_suite(out_dir: str | Path, tasks: Sequence[str | dict[str, Any]], t
         rows = [r for task, tr in res.items() for r in _per_item_rows(task, tr)]
         atomic_write_text(root / f"per_item_{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     num_items = sum(r["num_items"] for r in per_task.values())
-    models = {name: {metric: sum(per_task[t][name].get(key, 0.0) * per_task[t]["num_items"] for t in per_task) / num_items
-                     for metric, key in (("accuracy", "acc"), ("accuracy_norm", "acc_norm"))} for name in names}
-    metrics = {"tasks": per_task, "models": models, "num_items": num_items, "identical": overall_diff == 0.0,
-               "max_abs_diff": overall_diff, "harness": f"lm-eval {_lm_eval_version()}"}
-    report.plot_values({f"{t}\n{n}": per_task[t][n].get("acc", 0.0) for t in per_task for n in names},
-                       root / "accuracy.png", "text benchmarks (lm-eval)", "acc")
-    text = ("Per-request log-likelihoods are **identical** across models (bit for bit)." if overall_diff == 0.0 else
-            f"Models **differ**: max |Δ log-likelihood| = {overall_diff:.3g}.")
+    models = {
+        name: {
+            metric: sum(per_task[t][name].get(key, 0.0) * per_task[t]["num_items"] for t in per_task) / num_items
+            for metric, key in (("accuracy", "acc"), ("accuracy_norm", "acc_norm"))
+        }
+        for name in names
+    }
+    metrics = {
+        "tasks": per_task,
+        "models": models,
+        "num_items": num_items,
+        "identical": overall_diff == 0.0,
+        "max_abs_diff": overall_diff,
+        "harness": f"lm-eval {_lm_eval_version()}",
+    }
+    report.plot_values(
+        {f"{t}\n{n}": per_task[t][n].get("acc", 0.0) for t in per_task for n in names},
+        root / "accuracy.png",
+        "text benchmarks (lm-eval)",
+        "acc",
+    )
+    text = (
+        "Per-request log-likelihoods are **identical** across models (bit for bit)."
+        if overall_diff == 0.0
+        else f"Models **differ**: max |Δ log-likelihood| = {overall_diff:.3g}."
+    )
     text += " Scored by lm-evaluation-harness (zero-shot; acc, acc_norm as lm-eval defines them)."
     return metrics, Section("text", metrics, [("text/accuracy.png", "text accuracy per task and model")], text)
 

@@ -97,8 +97,9 @@ def expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def sdpa_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: bool,
-            device_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def sdpa_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: bool, device_type: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(k, v, enable_gqa) to pass to `scaled_dot_product_attention`.
 
     On CUDA no fused kernel accepts a mask together with `enable_gqa=True`: PyTorch silently takes the
@@ -172,7 +173,11 @@ class Attention:
         extra = self.kv_length - k.shape[2]
         if extra:  # bucket padding; its keys are masked out by their document id
             k, v = F.pad(k, (0, 0, 0, extra)), F.pad(v, (0, 0, 0, extra))
-        if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        if (
+            q.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad)
+        ):
             raise RuntimeError(
                 "attention_backend='flex' has no backward on CPU in torch; train on CPU with "
                 "attention_backend='sdpa' or 'auto' (flex is for no-grad use here, or a GPU)"

@@ -32,8 +32,17 @@ log = logging.getLogger(__name__)
 WEIGHTS, META = "model.safetensors", "lmfusion_model.json"
 FORMAT_VERSION = 1
 # config keys that describe how a base was loaded or saved, not what it is
-_VOLATILE_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "_attn_implementation",
-                  "_attn_implementation_autoset", "use_cache", "quantization_config", "_commit_hash"}
+_VOLATILE_KEYS = {
+    "_name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "use_cache",
+    "quantization_config",
+    "_commit_hash",
+}
 
 
 def base_config_hash(base_config) -> str:
@@ -63,7 +72,9 @@ def save_trainable(model: LMFusionModel, path: str | os.PathLike) -> None:
 def read_meta(path: str | os.PathLike) -> dict:
     meta_file = Path(path) / META
     if not meta_file.is_file():
-        raise UserError(f"{path} is not an LMFusion checkpoint (no {META}); pass a directory written by save_trainable or merge.")
+        raise UserError(
+            f"{path} is not an LMFusion checkpoint (no {META}); pass a directory written by save_trainable or merge."
+        )
     return json.loads(meta_file.read_text())
 
 
@@ -91,12 +102,16 @@ def load(path: str | os.PathLike, base=None) -> LMFusionModel:
             del state[name]
     unknown = sorted(set(state) - set(params))
     if unknown:
-        raise UserError(f"Checkpoint {path / WEIGHTS} has weights this model lacks ({unknown[:3]}...); check its LMFusion config.")
+        raise UserError(
+            f"Checkpoint {path / WEIGHTS} has weights this model lacks ({unknown[:3]}...); check its LMFusion config."
+        )
     stored = {id(params[n]) for n in state}  # a tied weight counts as stored under any of its names
     missing = sorted(n for n in own_names if params[n].requires_grad and id(params[n]) not in stored)
     if missing:
-        raise UserError(f"Checkpoint {path / WEIGHTS} lacks trainable weights the model has ({', '.join(missing[:3])}"
-                        f"{', ...' if len(missing) > 3 else ''}); pass a complete checkpoint made with this LMFusion config.")
+        raise UserError(
+            f"Checkpoint {path / WEIGHTS} lacks trainable weights the model has ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); pass a complete checkpoint made with this LMFusion config."
+        )
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)

@@ -112,8 +112,7 @@ class LMFusionConfig:
             raise ValueError(f"lambda_image must be >= 0; got {self.lambda_image}")
         if not 0.0 <= self.understanding_max_timestep_fraction <= 1.0:
             raise ValueError(
-                "understanding_max_timestep_fraction must be in [0, 1]; "
-                f"got {self.understanding_max_timestep_fraction}"
+                f"understanding_max_timestep_fraction must be in [0, 1]; got {self.understanding_max_timestep_fraction}"
             )
         if (self.boi_id is None) != (self.eoi_id is None):
             raise ValueError("boi_id and eoi_id must be given together (see sequence.resolve_boi_eoi)")

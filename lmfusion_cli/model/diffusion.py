@@ -45,9 +45,7 @@ class Diffusion:
             self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)  # (T,)
 
     # ---- timesteps -------------------------------------------------------------------------------
-    def sample_timesteps(
-        self, max_fraction: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def sample_timesteps(self, max_fraction: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One timestep per image: u uniform in [0, 1), shifted (`shift_noise_level`) when max_fraction is 1
         (generation images), times max_fraction · T.
 
@@ -121,8 +119,7 @@ def make_training_scheduler(config: LMFusionConfig) -> DDPMScheduler | FlowMatch
             clip_sample=False,
             prediction_type="epsilon",
         )
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.num_train_timesteps,
-                                           shift=config.timestep_shift)
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.num_train_timesteps, shift=config.timestep_shift)
 
 
 def make_inference_scheduler(config: LMFusionConfig) -> DDPMScheduler | FlowMatchEulerDiscreteScheduler:

@@ -71,8 +71,10 @@ class SegmentOutput:
 def base_load_error(name: str, error: BaseException) -> str:
     """One sentence for a base (or its tokenizer) that `transformers` could not load."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
-    return (f"The base model {name} cannot be loaded ({reason}); pass a local Hugging Face folder with --base, "
-            "or a hub id that is downloaded already or reachable online.")
+    return (
+        f"The base model {name} cannot be loaded ({reason}); pass a local Hugging Face folder with --base, "
+        "or a hub id that is downloaded already or reachable online."
+    )
 
 
 def _check_llama_layout(base: nn.Module, name: str) -> None:
@@ -81,15 +83,23 @@ def _check_llama_layout(base: nn.Module, name: str) -> None:
     missing = [p for p in LAYER_PARTS if not hasattr(layer, p)]
     parts = ("embed_tokens", "norm", "rotary_emb")
     if decoder is None or layer is None or missing or not all(hasattr(decoder, p) for p in parts):
-        raise UserError(f"Base model {name} is not a Llama-layout causal LM; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint.")
+        raise UserError(
+            f"Base model {name} is not a Llama-layout causal LM; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint."
+        )
     extra = {n for n, _ in layer.named_children()} - set(LAYER_PARTS)
     if extra:
-        raise UserError(f"Base model {name} has decoder-layer modules {sorted(extra)} outside the Llama layout; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint.")
+        raise UserError(
+            f"Base model {name} has decoder-layer modules {sorted(extra)} outside the Llama layout; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint."
+        )
 
 
 class LMFusionModel(
-    nn.Module, PyTorchModelHubMixin, library_name="lmfusion", tags=["lmfusion", "text-to-image", "image-to-text"],
-    paper_url="https://arxiv.org/abs/2412.15188", pipeline_tag="text-to-image",
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="lmfusion",
+    tags=["lmfusion", "text-to-image", "image-to-text"],
+    paper_url="https://arxiv.org/abs/2412.15188",
+    pipeline_tag="text-to-image",
 ):
     """save_pretrained / from_pretrained / push_to_hub come from the Hub mixin; see `model/hub.py`."""
 
@@ -157,7 +167,9 @@ class LMFusionModel(
 
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_base(cls, base: str | os.PathLike | nn.Module, config: LMFusionConfig | None = None, **options) -> LMFusionModel:
+    def from_base(
+        cls, base: str | os.PathLike | nn.Module, config: LMFusionConfig | None = None, **options
+    ) -> LMFusionModel:
         """Build from a local path, hub id or loaded `transformers` causal LM of the Llama layout.
 
         `options` are `LMFusionConfig` fields, overriding `config` (or the defaults).
@@ -173,9 +185,11 @@ class LMFusionModel(
             except (OSError, ValueError) as e:  # not found, offline, not a causal LM (issue 16)
                 raise UserError(base_load_error(base_id, e)) from e
             except pickle.UnpicklingError as e:  # a `.bin` transformers' weights-only load refuses (issue 17)
-                raise UserError(f"The base model {base_id} has a weights file that is not plain tensors (it holds "
-                                f"{what_was_refused(str(e))}); pass a base saved as safetensors (or a .bin you "
-                                "trust, re-saved as safetensors)") from None
+                raise UserError(
+                    f"The base model {base_id} has a weights file that is not plain tensors (it holds "
+                    f"{what_was_refused(str(e))}); pass a base saved as safetensors (or a .bin you "
+                    "trust, re-saved as safetensors)"
+                ) from None
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)
@@ -206,12 +220,27 @@ class LMFusionModel(
         save_folder(self, save_directory)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
-                         local_files_only=False, token=None, **unused) -> LMFusionModel:
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision=None,
+        cache_dir=None,
+        force_download=False,
+        local_files_only=False,
+        token=None,
+        **unused,
+    ) -> LMFusionModel:
         from lmfusion_cli.model.hub import load_folder
 
-        return load_folder(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                           local_files_only=local_files_only, token=token)
+        return load_folder(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Image experts, patcher, image final norm, BOI/EOI rows (plus text modules if unfrozen)."""
@@ -249,7 +278,9 @@ class LMFusionModel(
         text_trainable = not self.config.freeze_text or self.config.from_scratch
         specials = (self.boi_id, self.eoi_id)
         learnable = learnable_targets(
-            batch, text_trainable=text_trainable, trainable_ids=specials,
+            batch,
+            text_trainable=text_trainable,
+            trainable_ids=specials,
             trainable_label_ids=specials if self.special_head is not None else (),
             trainable_logit_rows=self.special_head is not None,
         )
@@ -261,12 +292,16 @@ class LMFusionModel(
         """(num_images,) bool: images with a diffusion loss. Generation images always; understanding
         images with `understanding_image_loss: diffusion` and a noise cap above 0 (a clean image is
         no diffusion target)."""
-        understanding = (self.config.understanding_image_loss == "diffusion"
-                         and self.config.understanding_max_timestep_fraction > 0)
+        understanding = (
+            self.config.understanding_image_loss == "diffusion" and self.config.understanding_max_timestep_fraction > 0
+        )
         return batch.image_generate | understanding
 
     def _transformer(
-        self, batch: MixedBatch, image_tokens: torch.Tensor | None, cache: KVCache | None,
+        self,
+        batch: MixedBatch,
+        image_tokens: torch.Tensor | None,
+        cache: KVCache | None,
         frozen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Routes, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Embed, run all routed layers. image_tokens: (num_images, N, D) from the patcher.
@@ -324,8 +359,14 @@ class LMFusionModel(
         return next(self.patcher.parameters()).dtype
 
     def _image_out(
-        self, hidden: torch.Tensor, routes: Routes, batch: MixedBatch, num_images: int,
-        timesteps: torch.Tensor, skips: tuple[torch.Tensor, ...], keep: torch.Tensor | None = None,
+        self,
+        hidden: torch.Tensor,
+        routes: Routes,
+        batch: MixedBatch,
+        num_images: int,
+        timesteps: torch.Tensor,
+        skips: tuple[torch.Tensor, ...],
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Image final norm + patcher decode of the images `keep` (all if None): (n, C, H, W)."""
         N = self.num_image_tokens
@@ -338,8 +379,12 @@ class LMFusionModel(
 
     # ---- training ---------------------------------------------------------------------------------
     def _noised(
-        self, latents: torch.Tensor, generate: torch.Tensor, timesteps: torch.Tensor | None,
-        noise: torch.Tensor | None, generator: torch.Generator | None,
+        self,
+        latents: torch.Tensor,
+        generate: torch.Tensor,
+        timesteps: torch.Tensor | None,
+        noise: torch.Tensor | None,
+        generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t, timesteps, noise) for clean latents (n, C, H, W); draws what is not given.
 
@@ -396,8 +441,9 @@ class LMFusionModel(
         token_loss = F.cross_entropy(logits.float(), labels[targets[:num_live]], reduction="none")
         if num_live < targets.shape[0]:
             logits = self._constant_context_logits(hidden[targets[num_live:]])
-            token_loss = torch.cat([token_loss, F.cross_entropy(logits.float(), labels[targets[num_live:]],
-                                                                reduction="none")])  # (N_targets,)
+            token_loss = torch.cat(
+                [token_loss, F.cross_entropy(logits.float(), labels[targets[num_live:]], reduction="none")]
+            )  # (N_targets,)
         num_text = torch.tensor(targets.shape[0], device=hidden.device)
         text_loss = token_loss.sum() / num_text.clamp(min=1)
 
@@ -413,7 +459,9 @@ class LMFusionModel(
             image_losses = self.diffusion.loss_per_image(prediction, latents[keep], noise[keep])  # (n_loss,)
             image_loss = image_losses.mean()
             image_doc = torch.full((num_images,), -1, dtype=torch.long, device=docs.device)
-            image_doc = image_doc.scatter_reduce(0, batch.image_index.reshape(-1)[routes.image], docs[routes.image], "amax")
+            image_doc = image_doc.scatter_reduce(
+                0, batch.image_index.reshape(-1)[routes.image], docs[routes.image], "amax"
+            )
             example_loss = example_loss + cfg.lambda_image * _mean_by(image_losses.detach(), image_doc[keep], E)
         else:
             image_loss = hidden.sum().float() * 0.0  # keeps the graph whole when there are no images

@@ -31,24 +31,34 @@ def save_folder(model, folder: Path) -> None:
     checkpoint._write(folder, model, tensors, getattr(model, "base_ref", None) or model.base_id)
 
 
-def local_folder(model_id: str, *, revision=None, cache_dir=None, force_download=False,
-                 local_files_only=False, token=None) -> Path:
+def local_folder(
+    model_id: str, *, revision=None, cache_dir=None, force_download=False, local_files_only=False, token=None
+) -> Path:
     """A local folder for `model_id`: the folder itself, or a snapshot of the Hub repository."""
     if Path(model_id).is_dir():
         return Path(model_id)
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir,
-                                      force_download=force_download, local_files_only=local_files_only,
-                                      token=token))
+        return Path(
+            snapshot_download(
+                repo_id=model_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
+            )
+        )
     except Exception as e:  # offline, no such repo, gated: one sentence
         raise UserError(fetch_error(model_id, e)) from e
 
 
 def fetch_error(model_id: str, error: BaseException) -> str:
-    return (f"Cannot fetch the LMFusion model {model_id} from the Hugging Face Hub ({type(error).__name__}); "
-            "pass a local folder written by save_pretrained or `lmfusion export`, or log in / go online.")
+    return (
+        f"Cannot fetch the LMFusion model {model_id} from the Hugging Face Hub ({type(error).__name__}); "
+        "pass a local folder written by save_pretrained or `lmfusion export`, or log in / go online."
+    )
 
 
 def load_folder(model_id: str | os.PathLike, **hub_options):

@@ -79,8 +79,12 @@ class UNetPatcher(nn.Module):
             last = level == len(channels) - 1
             self.down_blocks.append(
                 DownBlock2D(
-                    in_channels=previous, out_channels=out, num_layers=layers,
-                    add_downsample=not last, downsample_padding=1, **resnet,
+                    in_channels=previous,
+                    out_channels=out,
+                    num_layers=layers,
+                    add_downsample=not last,
+                    downsample_padding=1,
+                    **resnet,
                 )
             )
             previous = out
@@ -96,8 +100,12 @@ class UNetPatcher(nn.Module):
             skip_in = reversed_channels[min(level + 1, len(channels) - 1)]
             self.up_blocks.append(
                 UpBlock2D(
-                    in_channels=skip_in, prev_output_channel=previous, out_channels=out,
-                    num_layers=layers + 1, add_upsample=level < len(channels) - 1, **resnet,
+                    in_channels=skip_in,
+                    prev_output_channel=previous,
+                    out_channels=out,
+                    num_layers=layers + 1,
+                    add_upsample=level < len(channels) - 1,
+                    **resnet,
                 )
             )
         self.norm_out = nn.GroupNorm(groups, channels[0], eps=1e-6)
@@ -121,7 +129,7 @@ class UNetPatcher(nn.Module):
         temb = self._temb(timesteps, tokens.dtype)
         x = _tokens_to_grid(self.from_tokens(tokens), self.side)  # (n, c_last, h, w)
         for block in self.up_blocks:
-            residuals, skips = skips[-len(block.resnets):], skips[: -len(block.resnets)]
+            residuals, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
             x = block(x, residuals, temb)
         return self.conv_out(nn.functional.silu(self.norm_out(x)))
 

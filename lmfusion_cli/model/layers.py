@@ -53,11 +53,13 @@ class Routes:
     def with_frozen(self, frozen: torch.Tensor) -> Routes:
         """Move the text positions where `frozen` (B·T,) bool is True to the forward-only route."""
         is_frozen = frozen[self.text]
-        return Routes(text=self.text[~is_frozen], image=self.image, num_positions=self.num_positions,
-                      frozen=self.text[is_frozen])
+        return Routes(
+            text=self.text[~is_frozen], image=self.image, num_positions=self.num_positions, frozen=self.text[is_frozen]
+        )
 
-    def merge(self, text_rows: torch.Tensor, image_rows: torch.Tensor,
-              frozen_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def merge(
+        self, text_rows: torch.Tensor, image_rows: torch.Tensor, frozen_rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scatter each expert's rows back to their positions: (N_text, F), (N_image, F) → (B·T, F).
 
         Under autocast or with bf16-stored frozen text the two experts' rows may differ in dtype: the
@@ -125,8 +127,11 @@ def routed_layer(
     x_image = image.input_layernorm(hidden[routes.image])  # (N_image, D)
     x_frozen = _forward_only(text_layer.input_layernorm, hidden[routes.frozen]) if frozen else None  # (N_frozen, D)
     q, k, v = (
-        routes.merge(_project(text_attn, name, x_text), _project(image_attn, name, x_image),
-                     _forward_only(_project, text_attn, name, x_frozen) if frozen else None)  # (B·T, H·hd)
+        routes.merge(
+            _project(text_attn, name, x_text),
+            _project(image_attn, name, x_image),
+            _forward_only(_project, text_attn, name, x_frozen) if frozen else None,
+        )  # (B·T, H·hd)
         .view(B, T, -1, text_attn.head_dim)
         .transpose(1, 2)  # (B, H, T, hd)
         for name in ("q", "k", "v")
@@ -139,7 +144,8 @@ def routed_layer(
     attended = attention(q, k, v, scale=text_attn.scaling)  # (B, Hq, T, hd)
     attended = attended.transpose(1, 2).reshape(B * T, -1)  # (B·T, Hq·hd)
     hidden = hidden + routes.merge(
-        text_attn.o_proj(attended[routes.text]), image_attn.o_proj(attended[routes.image]),
+        text_attn.o_proj(attended[routes.text]),
+        image_attn.o_proj(attended[routes.image]),
         _forward_only(text_attn.o_proj, attended[routes.frozen]) if frozen else None,
     )
 

@@ -221,9 +221,7 @@ def image_to_caption(
     return build_example(parts, num_image_tokens=num_image_tokens, boi_id=boi_id, eoi_id=eoi_id, latents=latents)
 
 
-def pack(
-    examples: Sequence[Example], row_length: int, pad_id: int = 0
-) -> tuple[MixedBatch, torch.Tensor | None]:
+def pack(examples: Sequence[Example], row_length: int, pad_id: int = 0) -> tuple[MixedBatch, torch.Tensor | None]:
     """Pack examples first-fit into rows of `row_length` positions (documents never straddle rows).
 
     Returns the batch and the latents stacked in the batch's image order (None when the examples
@@ -319,15 +317,13 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> MixedBatch:
     valid = torch.zeros((B, T), dtype=torch.bool)
     for b, prompt in enumerate(prompts):
         if len(prompt):
-            ids[b, T - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            valid[b, T - len(prompt):] = True
+            ids[b, T - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+            valid[b, T - len(prompt) :] = True
     positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
     return text_segment(ids, positions, valid)
 
 
-def text_segment(
-    input_ids: torch.Tensor, position_ids: torch.Tensor, valid: torch.Tensor | None = None
-) -> MixedBatch:
+def text_segment(input_ids: torch.Tensor, position_ids: torch.Tensor, valid: torch.Tensor | None = None) -> MixedBatch:
     """A text-only segment (B, T) at explicit positions; `valid` False marks padding."""
     valid = torch.ones_like(input_ids, dtype=torch.bool) if valid is None else valid
     minus_one = torch.full_like(input_ids, -1)
@@ -371,7 +367,8 @@ def concat_segments(*segments: MixedBatch) -> MixedBatch:
     joined = {
         f.name: torch.cat(
             [
-                torch.where(seg.image_index >= 0, seg.image_index + off, -1) if f.name == "image_index"
+                torch.where(seg.image_index >= 0, seg.image_index + off, -1)
+                if f.name == "image_index"
                 else getattr(seg, f.name)
                 for seg, off in zip(segments, offsets)
             ],

@@ -31,8 +31,16 @@ EXPORT_META = "lmfusion_export.json"
 FORMAT_VERSION = 1
 
 
-def run_export(checkpoint: str | Path, out: str | Path, *, merged: bool = False, base_id: str | None = None,
-               vae_id: str | None = None, evals: list[str | Path] | None = None, overwrite: bool = False) -> Path:
+def run_export(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    merged: bool = False,
+    base_id: str | None = None,
+    vae_id: str | None = None,
+    evals: list[str | Path] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the export folder `out` from `checkpoint` (run, step or model folder); return `out`."""
     from lmfusion_cli.data.vae import weights_sha256
     from lmfusion_cli.model import checkpoint as model_checkpoint
@@ -48,15 +56,23 @@ def run_export(checkpoint: str | Path, out: str | Path, *, merged: bool = False,
     model, codec = loaded.model, loaded.codec
     base_ref = base_id or model.base_id
     if not merged and not base_id and Path(model.base_id).is_absolute():
-        log.warning("the base is the local folder %s: the export points at it; pass --base-id HUB_ID (or --merged) "
-                    "so that others can load it", model.base_id)
-    vae_record = {"scaling_factor": codec.scaling_factor, "shift_factor": codec.shift_factor,
-                  "weights_sha256": weights_sha256(codec.vae), "image_size": codec.resolution}
+        log.warning(
+            "the base is the local folder %s: the export points at it; pass --base-id HUB_ID (or --merged) "
+            "so that others can load it",
+            model.base_id,
+        )
+    vae_record = {
+        "scaling_factor": codec.scaling_factor,
+        "shift_factor": codec.shift_factor,
+        "weights_sha256": weights_sha256(codec.vae),
+        "image_size": codec.resolution,
+    }
     with atomic_dir(out, overwrite=True) as tmp:
         if merged:
             model.base.save_pretrained(str(tmp / "base"))
-            model_checkpoint._write(tmp, model, {n: p for n, p in model.named_parameters()
-                                                 if not n.startswith("base.")}, "base")
+            model_checkpoint._write(
+                tmp, model, {n: p for n, p in model.named_parameters() if not n.startswith("base.")}, "base"
+            )
         else:
             model.base_ref = base_ref
             try:
@@ -70,15 +86,28 @@ def run_export(checkpoint: str | Path, out: str | Path, *, merged: bool = False,
         else:
             codec.vae.save_pretrained(str(tmp / "vae"))
             vae_record["id"] = "vae"
-        meta = {"format_version": FORMAT_VERSION, "vae": vae_record, "tokenizer": ".",
-                "source": {"checkpoint": str(loaded.checkpoint.model_dir), "step": loaded.checkpoint.step,
-                           "run": str(loaded.checkpoint.run_dir) if loaded.checkpoint.run_dir else None}}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "vae": vae_record,
+            "tokenizer": ".",
+            "source": {
+                "checkpoint": str(loaded.checkpoint.model_dir),
+                "step": loaded.checkpoint.step,
+                "run": str(loaded.checkpoint.run_dir) if loaded.checkpoint.run_dir else None,
+            },
+        }
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        card = model_card(model, base_ref if not merged else "base/ (merged)", loaded.checkpoint, meta,
-                          [Path(e) for e in evals or []])
+        card = model_card(
+            model, base_ref if not merged else "base/ (merged)", loaded.checkpoint, meta, [Path(e) for e in evals or []]
+        )
         (tmp / "README.md").write_text(card, encoding="utf-8")
-    log.info("exported %s (step %s) to %s%s", loaded.checkpoint.model_dir, loaded.checkpoint.step, out,
-             " (merged)" if merged else "")
+    log.info(
+        "exported %s (step %s) to %s%s",
+        loaded.checkpoint.model_dir,
+        loaded.checkpoint.step,
+        out,
+        " (merged)" if merged else "",
+    )
     return out
 
 
@@ -90,12 +119,17 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, t
     api = HfApi(token=token)
     try:
         repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
-        return str(api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
-                                     commit_message="Upload LMFusion export"))
+        return str(
+            api.upload_folder(
+                repo_id=repo, folder_path=str(folder), repo_type="model", commit_message="Upload LMFusion export"
+            )
+        )
     except Exception as e:  # offline, not logged in, no rights: one sentence
-        raise UserError(f"Cannot push {folder} to the Hub repository {repo_id} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); log in with `huggingface-cli login` "
-                        "and check the repository name.") from e
+        raise UserError(
+            f"Cannot push {folder} to the Hub repository {repo_id} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); log in with `huggingface-cli login` "
+            "and check the repository name."
+        ) from e
 
 
 def read_export(folder: Path) -> dict[str, Any] | None:

@@ -49,18 +49,24 @@ def _training_data(run: Path | None) -> list[str]:
         for s in manifest.get("shards", []):
             splits[s["split"]] += int(s.get("count", 0))
         vae = manifest.get("vae") or {}
-        lines.append(f"- items per split: {', '.join(f'{k} {v}' for k, v in splits.items())}; "
-                     f"resolution {manifest.get('resolution')} px; VAE `{vae.get('id')}`")
+        lines.append(
+            f"- items per split: {', '.join(f'{k} {v}' for k, v in splits.items())}; "
+            f"resolution {manifest.get('resolution')} px; VAE `{vae.get('id')}`"
+        )
         data = Path(str((manifest.get("inputs") or {}).get("data", "")))
         prepared = _read_json(data / "manifest.json") if str(data) else {}
         if prepared:
             inputs = prepared.get("inputs") or {}
-            lines.append(f"- images and captions: source `{inputs.get('source')}`"
-                         + (f" from `{inputs.get('input')}`" if inputs.get("input") else "")
-                         + f", prepared into `{data}`")
+            lines.append(
+                f"- images and captions: source `{inputs.get('source')}`"
+                + (f" from `{inputs.get('input')}`" if inputs.get("input") else "")
+                + f", prepared into `{data}`"
+            )
     mix = config.get("data") or {}
-    lines.append(f"- task mix: generation fraction {mix.get('generation_fraction')}, caption dropout "
-                 f"{mix.get('caption_dropout')}")
+    lines.append(
+        f"- task mix: generation fraction {mix.get('generation_fraction')}, caption dropout "
+        f"{mix.get('caption_dropout')}"
+    )
     return lines
 
 
@@ -73,9 +79,11 @@ def _training(run: Path | None, step: int | None) -> list[str]:
     except (OSError, yaml.YAMLError):
         config = {}
     optim, schedule, train = (config.get(k) or {} for k in ("optim", "schedule", "train"))
-    lines.append(f"- learning rate {optim.get('lr')} (min {schedule.get('min_lr')}, warmup "
-                 f"{schedule.get('warmup_steps')} of {schedule.get('steps')} steps), global batch "
-                 f"{train.get('batch_size')}, seed {train.get('seed')}")
+    lines.append(
+        f"- learning rate {optim.get('lr')} (min {schedule.get('min_lr')}, warmup "
+        f"{schedule.get('warmup_steps')} of {schedule.get('steps')} steps), global batch "
+        f"{train.get('batch_size')}, seed {train.get('seed')}"
+    )
     return lines
 
 
@@ -91,50 +99,79 @@ def _evaluation(run: Path | None, evals: list[Path]) -> list[str]:
     found = sorted(run.rglob("metrics.json")) if run is not None else []
     for path in [*found, *(e / "metrics.json" if e.is_dir() else e for e in evals)]:
         numbers = _flat_numbers(_read_json(path))
-        wanted = [(k, v) for k, v in numbers
-                  if any(w in k for w in ("accuracy", "cider", "fid", "clip", "chance", "identical"))]
+        wanted = [
+            (k, v)
+            for k, v in numbers
+            if any(w in k for w in ("accuracy", "cider", "fid", "clip", "chance", "identical"))
+        ]
         if wanted:
-            lines.append(f"- `{path}`: " + ", ".join(f"{k} {v}" if isinstance(v, bool) else f"{k} {v:.4g}"
-                                                      for k, v in wanted[:16]))
+            lines.append(
+                f"- `{path}`: "
+                + ", ".join(f"{k} {v}" if isinstance(v, bool) else f"{k} {v:.4g}" for k, v in wanted[:16])
+            )
     return lines or ["No evaluation was found in the run; run `lmfusion evaluate` and export with --eval."]
 
 
 def model_card(model, base: str, checkpoint, meta: dict[str, Any], evals: list[Path]) -> str:
     """The README.md text (YAML front matter for the Hub, then the card)."""
     run, step = checkpoint.run_dir, checkpoint.step
-    front = {"library_name": "lmfusion", "pipeline_tag": "text-to-image",
-             "tags": ["lmfusion", "text-to-image", "image-to-text", "multimodal"]}
+    front = {
+        "library_name": "lmfusion",
+        "pipeline_tag": "text-to-image",
+        "tags": ["lmfusion", "text-to-image", "image-to-text", "multimodal"],
+    }
     if not Path(base).is_absolute() and "/" in base and not base.startswith("base/"):
         front["base_model"] = base
     cfg = model.config
     sections = [
-        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-        f"# LMFusion model on `{base}`", "",
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# LMFusion model on `{base}`",
+        "",
         "A frozen text-only language model given image understanding and generation the LMFusion way "
         "(arXiv 2412.15188): parallel image experts in every layer, shared attention, text modules frozen "
-        "so text-only prompts give exactly the base model's outputs.", "",
-        "## Model", "",
+        "so text-only prompts give exactly the base model's outputs.",
+        "",
+        "## Model",
+        "",
         f"- base (frozen): `{base}`",
         f"- image experts: {cfg.experts}, patcher {cfg.patcher} (patch {cfg.patch_size}), objective {cfg.objective}, "
         f"{cfg.num_image_tokens} image tokens of {cfg.latent_channels}×{cfg.latent_size}×{cfg.latent_size} latents",
         f"- VAE: `{meta['vae']['id']}` (scaling {meta['vae']['scaling_factor']:.6g}, shift "
         f"{meta['vae']['shift_factor']:.6g}), {meta['vae']['image_size']}×{meta['vae']['image_size']} images",
-        "", "## Training data", "", *_training_data(run),
-        "", "## Training", "", *_training(run, step),
-        "", "## Evaluation", "", *_evaluation(run, evals),
-        "", "## Intended use", "",
+        "",
+        "## Training data",
+        "",
+        *_training_data(run),
+        "",
+        "## Training",
+        "",
+        *_training(run, step),
+        "",
+        "## Evaluation",
+        "",
+        *_evaluation(run, evals),
+        "",
+        "## Intended use",
+        "",
         "Research on adding image generation and understanding to pretrained language models: text-to-image "
         "samples and image captions in the domain of the training data above. Not for generating images of real "
         "people, for decisions about people, or for use outside the training data's domain without evaluation; "
         "the image side inherits the biases of its training captions, the text side those of the base model.",
-        "", "## How to use", "",
+        "",
+        "## How to use",
+        "",
         "```python",
         "from lmfusion_cli import LMFusionPipeline",
         "",
         'pipe = LMFusionPipeline.from_pretrained("THIS_FOLDER_OR_REPO")',
         'images = pipe("a red circle on a blue background", num_inference_steps=25, guidance_scale=3).images',
         "captions = pipe.caption(images)",
-        "```", "",
-        "or `lmfusion sample --checkpoint THIS_FOLDER --prompt \"...\" --out samples`.", "",
+        "```",
+        "",
+        'or `lmfusion sample --checkpoint THIS_FOLDER --prompt "..." --out samples`.',
+        "",
     ]
     return "\n".join(sections)

@@ -20,8 +20,8 @@ the same surface: `from_pretrained`, `__call__(...).images` (diffusers' `ImagePi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
@@ -33,15 +33,27 @@ class LMFusionPipeline:
         self.model, self.tokenizer, self.codec = model.eval(), tokenizer, codec
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str = "cpu",
-                        revision: str | None = None, cache_dir: str | Path | None = None, token=None,
-                        local_files_only: bool = False) -> LMFusionPipeline:
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        device: str = "cpu",
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        token=None,
+        local_files_only: bool = False,
+    ) -> LMFusionPipeline:
         """Load an `lmfusion export` folder, or the Hub repository it was pushed to."""
         from lmfusion_cli.model.hub import local_folder
         from lmfusion_cli.sampling.loading import load_for_sampling
 
-        folder = local_folder(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
-                              token=token, local_files_only=local_files_only)
+        folder = local_folder(
+            str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
         loaded = load_for_sampling(folder, device=device)
         return cls(loaded.model, loaded.tokenizer, loaded.codec)
 
@@ -54,27 +66,65 @@ class LMFusionPipeline:
     def device(self):
         return next(self.model.parameters()).device
 
-    def __call__(self, prompt: str | Sequence[str], *, num_inference_steps: int = 50, guidance_scale: float = 5.0,
-                 num_images_per_prompt: int = 1, seed: int = 0, sampler: str = "dpm-solver",
-                 batch_size: int = 8, use_cache: bool = True) -> ImagePipelineOutput:
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        num_images_per_prompt: int = 1,
+        seed: int = 0,
+        sampler: str = "dpm-solver",
+        batch_size: int = 8,
+        use_cache: bool = True,
+    ) -> ImagePipelineOutput:
         """Text → image. Defaults are `lmfusion sample`'s (50 steps, guidance 5, dpm-solver, seed 0)."""
         from lmfusion_cli.sampling.generate import generate_images
 
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        out = generate_images(self.model, prompts, tokenizer=self.tokenizer, vae=self.codec,
-                              cfg_scale=guidance_scale, steps=num_inference_steps, sampler=sampler, seed=seed,
-                              batch_size=batch_size, num_per_prompt=num_images_per_prompt, use_cache=use_cache)
+        out = generate_images(
+            self.model,
+            prompts,
+            tokenizer=self.tokenizer,
+            vae=self.codec,
+            cfg_scale=guidance_scale,
+            steps=num_inference_steps,
+            sampler=sampler,
+            seed=seed,
+            batch_size=batch_size,
+            num_per_prompt=num_images_per_prompt,
+            use_cache=use_cache,
+        )
         return ImagePipelineOutput(images=[Image.fromarray(image) for image in out.images])
 
-    def caption(self, images: Image.Image | Sequence[Image.Image | str | Path], *, max_new_tokens: int = 32,
-                decoding: str = "greedy", num_beams: int = 4, top_p: float = 0.9, temperature: float = 1.0,
-                seed: int = 0, batch_size: int = 8) -> list[str]:
+    def caption(
+        self,
+        images: Image.Image | Sequence[Image.Image | str | Path],
+        *,
+        max_new_tokens: int = 32,
+        decoding: str = "greedy",
+        num_beams: int = 4,
+        top_p: float = 0.9,
+        temperature: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,
+    ) -> list[str]:
         """Image → text, one caption per image (an unreadable image gets "")."""
         from lmfusion_cli.sampling.captioning import caption_images
 
         items = [images] if isinstance(images, Image.Image) else list(images)
-        result = caption_images(self.model, items, tokenizer=self.tokenizer, vae=self.codec, decoding=decoding,
-                                max_new_tokens=max_new_tokens, num_beams=num_beams, top_p=top_p,
-                                temperature=temperature, seed=seed, batch_size=batch_size)
+        result = caption_images(
+            self.model,
+            items,
+            tokenizer=self.tokenizer,
+            vae=self.codec,
+            decoding=decoding,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            top_p=top_p,
+            temperature=temperature,
+            seed=seed,
+            batch_size=batch_size,
+        )
         by_index = {r["index"]: r["caption"] for r in result.records}
         return [by_index.get(i, "") for i in range(len(items))]

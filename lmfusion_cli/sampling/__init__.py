@@ -25,6 +25,15 @@ from lmfusion_cli.sampling.loading import Loaded, load_for_sampling
 from lmfusion_cli.sampling.vae import LatentCodec
 
 __all__ = [
-    "Captions", "GeneratedImages", "as_caption_fn", "as_generate_fn", "InterleavedDocument", "LatentCodec", "Loaded", "caption_images",
-    "generate_images", "generate_interleaved", "load_for_sampling",
+    "Captions",
+    "GeneratedImages",
+    "as_caption_fn",
+    "as_generate_fn",
+    "InterleavedDocument",
+    "LatentCodec",
+    "Loaded",
+    "caption_images",
+    "generate_images",
+    "generate_interleaved",
+    "load_for_sampling",
 ]

@@ -47,21 +47,31 @@ def caption_prefix(model, batch_size: int, bos_id: int | None):
     head = left_pad([([bos_id] if bos_id is not None else []) + [model.boi_id]] * batch_size)
     starts = head.position_ids[:, -1] + 1
     image = image_segment(starts, model.num_image_tokens)
-    eoi = text_segment(torch.full((batch_size, 1), model.eoi_id, dtype=torch.long),
-                       (starts + model.num_image_tokens).unsqueeze(1))
+    eoi = text_segment(
+        torch.full((batch_size, 1), model.eoi_id, dtype=torch.long), (starts + model.num_image_tokens).unsqueeze(1)
+    )
     segment = concat_segments(head, image, eoi)
     segment.image_generate[:] = False  # conditions, not generation targets
     return segment
 
 
 @torch.no_grad()
-def caption_latents(model, latents: torch.Tensor, options: DecodingOptions, *, bos_id: int | None,
-                    eos_id: int, use_cache: bool = True, seeds: Sequence[int] | None = None) -> list[list[int]]:
+def caption_latents(
+    model,
+    latents: torch.Tensor,
+    options: DecodingOptions,
+    *,
+    bos_id: int | None,
+    eos_id: int,
+    use_cache: bool = True,
+    seeds: Sequence[int] | None = None,
+) -> list[list[int]]:
     """Caption token ids (EOS excluded) for clean scaled latents (B, C, H, W)."""
     B = latents.shape[0]
     device = next(model.parameters()).device
-    context = SequenceContext(model, caption_prefix(model, B, bos_id), latents.to(device),
-                              torch.zeros(B, device=device), use_cache=use_cache)
+    context = SequenceContext(
+        model, caption_prefix(model, B, bos_id), latents.to(device), torch.zeros(B, device=device), use_cache=use_cache
+    )
     return decode(context, options, stop_ids=[eos_id], seeds=seeds)
 
 
@@ -98,16 +108,25 @@ def caption_images(
     Row i's top-p draws use seed + i (i = position in `images`), so a caption does not depend on
     the batch it falls in. A LLaVA-layout base captions through its own vision path and prompt
     (`vlm_captioning`; `processor` defaults to the one saved with the base; the VAE is unused)."""
-    options = DecodingOptions(strategy=decoding, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                              top_p=top_p, temperature=temperature)
+    options = DecodingOptions(
+        strategy=decoding, max_new_tokens=max_new_tokens, num_beams=num_beams, top_p=top_p, temperature=temperature
+    )
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}.")
     result = Captions()
     if getattr(model, "is_llava", False):
         from lmfusion_cli.sampling.vlm_captioning import caption_with_vlm
 
-        return caption_with_vlm(model, images, result, processor=processor, options=options, seed=seed,
-                                batch_size=batch_size, use_cache=use_cache)
+        return caption_with_vlm(
+            model,
+            images,
+            result,
+            processor=processor,
+            options=options,
+            seed=seed,
+            batch_size=batch_size,
+            use_cache=use_cache,
+        )
     readable: list[tuple[int, str, torch.Tensor]] = []
     for index, item in enumerate(images):
         key = str(item) if not isinstance(item, Image.Image) else f"image-{index:05d}"
@@ -118,7 +137,7 @@ def caption_images(
             log.warning("skipping %s: %s", key, e.reason)
     bar = progress(total=len(readable), desc="captioning", unit="img")
     for start in range(0, len(readable), batch_size):
-        chunk = readable[start:start + batch_size]
+        chunk = readable[start : start + batch_size]
         latents = vae.encode(torch.stack([pixels for _, _, pixels in chunk]))
         expected = (model.config.latent_channels, model.config.latent_size, model.config.latent_size)
         if tuple(latents.shape[1:]) != expected:
@@ -126,8 +145,15 @@ def caption_images(
                 f"The VAE makes latents of shape {tuple(latents.shape[1:])} but the checkpoint expects {expected}; "
                 f"pass the VAE the model was trained with."
             )
-        ids = caption_latents(model, latents, options, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
-                              use_cache=use_cache, seeds=[seed + index for index, _, _ in chunk])
+        ids = caption_latents(
+            model,
+            latents,
+            options,
+            bos_id=tokenizer.bos_token_id,
+            eos_id=tokenizer.eos_token_id,
+            use_cache=use_cache,
+            seeds=[seed + index for index, _, _ in chunk],
+        )
         for (index, key, _), tokens in zip(chunk, ids):
             text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
             result.records.append({"index": index, "key": key, "caption": text, "token_ids": tokens})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from lmfusion_cli.sampling.decoding import STRATEGIES
 from lmfusion_cli.sampling.schedulers import SAMPLERS
@@ -15,9 +15,9 @@ class SampleConfig:
     """Run folder (newest complete checkpoint), a checkpoints/step-N folder, or a model folder."""
     task: Literal["t2i", "caption", "interleaved"] = "t2i"
     """`t2i` (text→image), `caption` (image→text) or `interleaved` (text with images)."""
-    prompt: Optional[str] = None
+    prompt: str | None = None
     """One prompt (t2i, interleaved)."""
-    prompts: Optional[str] = None
+    prompts: str | None = None
     """Prompt file: .txt (one per line) or .jsonl ({"prompt": ...}) (t2i, interleaved)."""
     images: tuple[str, ...] = ()
     """Image folders and/or files to caption (caption)."""
@@ -51,11 +51,11 @@ class SampleConfig:
     """Most images per interleaved document."""
     grid_columns: int = 0
     """Columns of grid.png; 0 = ⌈√n⌉."""
-    base: Optional[str] = None
+    base: str | None = None
     """Base LM folder overriding the one the checkpoint points at (moved files)."""
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
     """Tokenizer folder overriding the run's."""
-    vae: Optional[str] = None
+    vae: str | None = None
     """VAE folder overriding the one the run's latent cache recorded (must have the same weights)."""
     device: str = "auto"
     """`auto` (CUDA when available, else CPU), `cpu` or `cuda[:N]`."""

@@ -53,7 +53,7 @@ class Branch:
         return out.image_prediction[-rows:]
 
     @staticmethod
-    def stack(branches: list["Branch"]) -> "Branch":
+    def stack(branches: list[Branch]) -> Branch:
         """Cached branches as one batch (rows in order, shorter caches left-padded)."""
         if any(b.cache is None for b in branches):
             raise ValueError("only cached branches can be stacked into one batch")
@@ -85,8 +85,14 @@ def _select_segment(
 
 
 class SequenceContext:
-    def __init__(self, model, prefix: MixedBatch, latents: torch.Tensor | None = None,
-                 timesteps: torch.Tensor | None = None, use_cache: bool = True):
+    def __init__(
+        self,
+        model,
+        prefix: MixedBatch,
+        latents: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        use_cache: bool = True,
+    ):
         """prefix: (B, T) segment (left-padded text, images); latents/timesteps for its images."""
         self.model, self.use_cache = model, use_cache
         self.device = next(model.parameters()).device
@@ -125,8 +131,9 @@ class SequenceContext:
 
     def _grow(self, addition: MixedBatch, latents: torch.Tensor | None, timesteps: torch.Tensor | None) -> None:
         if self.use_cache:
-            out = self.model.forward_segment(addition, latents=latents, timesteps=timesteps,
-                                             cache=self.cache, update_cache=True)
+            out = self.model.forward_segment(
+                addition, latents=latents, timesteps=timesteps, cache=self.cache, update_cache=True
+            )
             self.cache, self._logits = out.cache, self._last(out.text_logits)
             return
         self.segment = concat_segments(self.segment, addition)
@@ -162,6 +169,8 @@ class SequenceContext:
         if self.cache is not None:
             self.cache = self.cache.select(rows.to(self.cache.document_ids.device))
         else:
-            self.segment, self.latents, self.timesteps = _select_segment(self.segment, self.latents, self.timesteps, rows)
+            self.segment, self.latents, self.timesteps = _select_segment(
+                self.segment, self.latents, self.timesteps, rows
+            )
         if self._logits is not None:
             self._logits = self._logits[rows.to(self._logits.device)]

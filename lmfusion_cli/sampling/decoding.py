@@ -50,8 +50,9 @@ class DecodingOptions:
             raise ValueError("top_p must be in (0, 1] and temperature > 0")
 
 
-def decode(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int],
-           seeds: Sequence[int] | None = None) -> list[list[int]]:
+def decode(
+    context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int], seeds: Sequence[int] | None = None
+) -> list[list[int]]:
     """Decode every row of `context` with `options`; returns token ids per row (stop token excluded)."""
     if options.strategy == "beam":
         return beam_search(context, options, stop_ids)
@@ -68,8 +69,9 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_tokens(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int],
-                  seeds: Sequence[int] | None = None) -> list[list[int]]:
+def sample_tokens(
+    context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int], seeds: Sequence[int] | None = None
+) -> list[list[int]]:
     """Greedy (argmax) or top-p decoding of all rows at once (row b's draws use seeds[b])."""
     generators = None
     if options.strategy == "top-p":
@@ -79,8 +81,12 @@ def sample_tokens(context: SequenceContext, options: DecodingOptions, stop_ids: 
 
 
 @torch.no_grad()
-def sample_until(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int],
-                 generators: list[torch.Generator] | None) -> tuple[list[list[int]], list[int | None]]:
+def sample_until(
+    context: SequenceContext,
+    options: DecodingOptions,
+    stop_ids: Sequence[int],
+    generators: list[torch.Generator] | None,
+) -> tuple[list[list[int]], list[int | None]]:
     """Decode until a stop token or the limit: (tokens per row, the stop token per row or None).
 
     `generators` None = greedy; else top-p with one generator per row. The stop token is *not*

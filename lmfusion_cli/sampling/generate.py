@@ -60,8 +60,9 @@ def generate_latents(
     C, S = model.config.latent_channels, model.config.latent_size
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     device = next(model.parameters()).device
-    return denoise(denoiser, make_sampler(model.config, sampler, steps), (C, S, S), generators,
-                   device=device, on_step=on_step)
+    return denoise(
+        denoiser, make_sampler(model.config, sampler, steps), (C, S, S), generators, device=device, on_step=on_step
+    )
 
 
 def generate_images(
@@ -90,17 +91,28 @@ def generate_images(
     if seeds is not None and len(seeds) != len(jobs):
         raise ValueError(f"got {len(seeds)} seeds for {len(jobs)} samples")
     sample_seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(jobs))]
-    settings = {"cfg_scale": cfg_scale, "steps": steps, "sampler": sampler, "cache": use_cache,
-                "objective": model.config.objective}
+    settings = {
+        "cfg_scale": cfg_scale,
+        "steps": steps,
+        "sampler": sampler,
+        "cache": use_cache,
+        "objective": model.config.objective,
+    }
     result = GeneratedImages()
     all_latents = []
     bar = progress(total=len(jobs) * steps, desc="sampling", unit="step")
     for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        chunk_seeds = sample_seeds[start:start + len(chunk)]
+        chunk = jobs[start : start + batch_size]
+        chunk_seeds = sample_seeds[start : start + len(chunk)]
         latents = generate_latents(
-            model, [tokenize_prompt(tokenizer, p) for _, p in chunk], chunk_seeds, bos_id=tokenizer.bos_token_id,
-            cfg_scale=cfg_scale, steps=steps, sampler=sampler, use_cache=use_cache,
+            model,
+            [tokenize_prompt(tokenizer, p) for _, p in chunk],
+            chunk_seeds,
+            bos_id=tokenizer.bos_token_id,
+            cfg_scale=cfg_scale,
+            steps=steps,
+            sampler=sampler,
+            use_cache=use_cache,
             on_step=lambda n=len(chunk): bar.update(n),
         )
         pixels = to_uint8(vae.decode(latents))

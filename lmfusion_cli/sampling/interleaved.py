@@ -78,8 +78,9 @@ def generate_document(
     latents: list[torch.Tensor] = []
     budget = options.max_new_tokens
     while True:
-        tokens, stops = sample_until(context, replace(options, max_new_tokens=budget), [eos_id, model.boi_id],
-                                     generators)
+        tokens, stops = sample_until(
+            context, replace(options, max_new_tokens=budget), [eos_id, model.boi_id], generators
+        )
         budget -= len(tokens) + (stops[0] is not None)
         if tokens:
             segments.append({"type": "text", "token_ids": tokens[0]})
@@ -94,8 +95,13 @@ def generate_document(
         if use_cache and len(branches) == 2:
             branches = [Branch.stack(branches)]  # both branches as one batch
         denoiser = GuidedDenoiser(model, branches, 1, cfg_scale)
-        image = denoise(denoiser, make_sampler(model.config, sampler, steps), (C, S, S),
-                        [torch.Generator().manual_seed(seed + len(latents))], device=context.device)
+        image = denoise(
+            denoiser,
+            make_sampler(model.config, sampler, steps),
+            (C, S, S),
+            [torch.Generator().manual_seed(seed + len(latents))],
+            device=context.device,
+        )
         latents.append(image[0].cpu())
         segments.append({"type": "image", "image": len(latents) - 1})
         if budget <= 0:
@@ -129,14 +135,25 @@ def generate_interleaved(
     for p, prompt in enumerate(prompts):
         doc_seed = seed + 1000 * p
         segments, latents, reason = generate_document(
-            model, tokenize_prompt(tokenizer, prompt), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
-            options=options, max_images=max_images, cfg_scale=cfg_scale, steps=steps, sampler=sampler,
-            seed=doc_seed, use_cache=use_cache,
+            model,
+            tokenize_prompt(tokenizer, prompt),
+            bos_id=tokenizer.bos_token_id,
+            eos_id=tokenizer.eos_token_id,
+            options=options,
+            max_images=max_images,
+            cfg_scale=cfg_scale,
+            steps=steps,
+            sampler=sampler,
+            seed=doc_seed,
+            use_cache=use_cache,
         )
         for segment in segments:
             if segment["type"] == "text":
                 segment["text"] = tokenizer.decode(segment["token_ids"], skip_special_tokens=True)
         images = list(to_uint8(vae.decode(torch.stack(latents)))) if latents else []
-        documents.append(InterleavedDocument(prompt=prompt, seed=doc_seed, segments=segments, images=images,
-                                             latents=latents, stop_reason=reason))
+        documents.append(
+            InterleavedDocument(
+                prompt=prompt, seed=doc_seed, segments=segments, images=images, latents=latents, stop_reason=reason
+            )
+        )
     return documents

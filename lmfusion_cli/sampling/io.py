@@ -54,10 +54,10 @@ def read_prompts(path: str | Path) -> list[str]:
                 prompt = record["prompt"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise UserError(
-                    f"Line {number} of {path} is not a JSON object with a \"prompt\" string; fix that line."
+                    f'Line {number} of {path} is not a JSON object with a "prompt" string; fix that line.'
                 ) from e
             if not isinstance(prompt, str):
-                raise UserError(f"Line {number} of {path} has a non-string \"prompt\"; make it a string.")
+                raise UserError(f'Line {number} of {path} has a non-string "prompt"; make it a string.')
             prompts.append(prompt)
         else:
             prompts.append(line.strip())
@@ -111,7 +111,7 @@ def make_grid(arrays: Sequence[np.ndarray], columns: int = 0) -> np.ndarray:
     for k, array in enumerate(arrays):
         r, c = divmod(k, columns)
         top, left = r * (h + GRID_GAP), c * (w + GRID_GAP)
-        grid[top:top + h, left:left + w] = array
+        grid[top : top + h, left : left + w] = array
     return grid
 
 

@@ -57,9 +57,12 @@ class Loaded:
 
     def describe(self) -> dict[str, Any]:
         """What made the samples, for `samples.jsonl` and the output manifest."""
-        return {"checkpoint": str(self.checkpoint.model_dir), "step": self.checkpoint.step,
-                "run": str(self.checkpoint.run_dir) if self.checkpoint.run_dir else None,
-                "base": self.model.base_id}
+        return {
+            "checkpoint": str(self.checkpoint.model_dir),
+            "step": self.checkpoint.step,
+            "run": str(self.checkpoint.run_dir) if self.checkpoint.run_dir else None,
+            "base": self.model.base_id,
+        }
 
 
 def _complete_step(folder: Path) -> bool:
@@ -88,12 +91,16 @@ def resolve_checkpoint(path: str | Path) -> ResolvedCheckpoint:
     """Run folder / step folder / model folder → the model folder to load (see module docstring)."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"Checkpoint {p} does not exist; pass a run folder, one of its checkpoints/step-N folders "
-                        f"or a model folder.")
+        raise UserError(
+            f"Checkpoint {p} does not exist; pass a run folder, one of its checkpoints/step-N folders "
+            f"or a model folder."
+        )
     if (p / MODEL_META).is_file():
         if _UNFINISHED_STEP_RE.match(p.parent.name):  # issue 17: a step still being written, or cut by a kill
-            raise UserError(f"{p.parent} is an unfinished checkpoint (its save was interrupted or is still running); "
-                            "pass a complete checkpoint or the run folder")
+            raise UserError(
+                f"{p.parent} is an unfinished checkpoint (its save was interrupted or is still running); "
+                "pass a complete checkpoint or the run folder"
+            )
         step_dir = p.parent if _step_of(p.parent) is not None else None
         if step_dir is not None:
             _check_step(step_dir)  # a step folder without its complete manifest is refused, not read
@@ -107,13 +114,16 @@ def resolve_checkpoint(path: str | Path) -> ResolvedCheckpoint:
         return ResolvedCheckpoint(p / "model", _step_of(p), run_dir)
     root = p / "checkpoints"
     if root.is_dir():
-        steps = sorted((s for s in root.iterdir() if s.is_dir() and _step_of(s) is not None and _complete_step(s)),
-                       key=_step_of)
+        steps = sorted(
+            (s for s in root.iterdir() if s.is_dir() and _step_of(s) is not None and _complete_step(s)), key=_step_of
+        )
         if not steps:
             raise UserError(f"Run {p} has no complete checkpoint yet; train longer or pass a model folder.")
         _check_step(steps[-1])
         return ResolvedCheckpoint(steps[-1] / "model", _step_of(steps[-1]), p)
-    raise UserError(f"{p} is not a run folder, a checkpoint folder or a model folder; pass what `lmfusion train` wrote.")
+    raise UserError(
+        f"{p} is not a run folder, a checkpoint folder or a model folder; pass what `lmfusion train` wrote."
+    )
 
 
 def _run_record(run_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -132,8 +142,9 @@ def _run_record(run_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return manifest, config
 
 
-def load_codec(vae: str | None, record: dict[str, Any] | None, latent_size: int, latent_channels: int,
-               device: str = "cpu") -> LatentCodec:
+def load_codec(
+    vae: str | None, record: dict[str, Any] | None, latent_size: int, latent_channels: int, device: str = "cpu"
+) -> LatentCodec:
     """The VAE codec: `vae` (a folder/hub id) or the recorded one, checked against the record and model."""
     from lmfusion_cli.data.vae import load_vae, weights_sha256
 
@@ -144,19 +155,29 @@ def load_codec(vae: str | None, record: dict[str, Any] | None, latent_size: int,
     module = load_vae(spec, device)
     recorded_hash = record.get("weights_sha256")
     if recorded_hash and weights_sha256(module) != recorded_hash:
-        raise UserError(f"The VAE {spec} has other weights than the VAE the checkpoint was trained with "
-                        f"({record.get('id')}); pass that VAE with --vae.")
+        raise UserError(
+            f"The VAE {spec} has other weights than the VAE the checkpoint was trained with "
+            f"({record.get('id')}); pass that VAE with --vae."
+        )
     if int(module.config.latent_channels) != latent_channels:
-        raise UserError(f"The VAE {spec} makes {module.config.latent_channels}-channel latents but the checkpoint "
-                        f"expects {latent_channels}; pass the VAE the model was trained with.")
+        raise UserError(
+            f"The VAE {spec} makes {module.config.latent_channels}-channel latents but the checkpoint "
+            f"expects {latent_channels}; pass the VAE the model was trained with."
+        )
     scale = record.get("scaling_factor", module.config.scaling_factor)
     shift = record.get("shift_factor", getattr(module.config, "shift_factor", None) or 0.0)
     factor = 2 ** (len(module.config.block_out_channels) - 1)
     return LatentCodec(module, float(scale), float(shift or 0.0), image_size=latent_size * factor)
 
 
-def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokenizer: str | None = None,
-                      vae: str | None = None, device: str = "cpu") -> Loaded:
+def load_for_sampling(
+    checkpoint: str | Path,
+    *,
+    base: str | None = None,
+    tokenizer: str | None = None,
+    vae: str | None = None,
+    device: str = "cpu",
+) -> Loaded:
     """Everything `lmfusion sample` needs from `--checkpoint` (and the optional overrides)."""
     from transformers import AutoTokenizer
 
@@ -170,25 +191,34 @@ def load_for_sampling(checkpoint: str | Path, *, base: str | None = None, tokeni
     try:
         model = model_checkpoint.load(resolved.model_dir, base=base)
     except SafetensorError as e:  # a truncated or damaged weights file in a bare model folder
-        raise UserError(f"The weights in {resolved.model_dir} cannot be read ({' '.join(str(e).split())}); pass a "
-                        "complete checkpoint (a step folder's hashes are checked first)") from None
+        raise UserError(
+            f"The weights in {resolved.model_dir} cannot be read ({' '.join(str(e).split())}); pass a "
+            "complete checkpoint (a step folder's hashes are checked first)"
+        ) from None
     except OSError as e:
         meta = model_checkpoint.read_meta(resolved.model_dir)
-        raise UserError(f"The base model {base or meta['base']} of checkpoint {resolved.model_dir} cannot be loaded "
-                        f"({type(e).__name__}); pass its folder with --base.") from e
+        raise UserError(
+            f"The base model {base or meta['base']} of checkpoint {resolved.model_dir} cannot be loaded "
+            f"({type(e).__name__}); pass its folder with --base."
+        ) from e
     model = model.to(device).eval()
     from lmfusion_cli.packaging.export import read_export
 
     export = read_export(resolved.model_dir)  # `lmfusion export` folders carry tokenizer and VAE (issue 16)
-    tok_spec = tokenizer or (config.get("base") or {}).get("tokenizer") or (
-        str(resolved.model_dir) if export else model.base_id)
+    tok_spec = (
+        tokenizer
+        or (config.get("base") or {}).get("tokenizer")
+        or (str(resolved.model_dir) if export else model.base_id)
+    )
     try:
         tok = AutoTokenizer.from_pretrained(tok_spec)
     except (OSError, ValueError) as e:
         raise UserError(f"Cannot load the tokenizer {tok_spec} ({type(e).__name__}); pass it with --tokenizer.") from e
     if not model.new_special_rows and resolve_boi_eoi(tok) != (model.boi_id, model.eoi_id):  # legacy ids
-        raise UserError(f"The tokenizer {tok_spec} has other image-token ids than checkpoint {resolved.model_dir}; "
-                        f"pass the tokenizer it was trained with (--tokenizer).")
+        raise UserError(
+            f"The tokenizer {tok_spec} has other image-token ids than checkpoint {resolved.model_dir}; "
+            f"pass the tokenizer it was trained with (--tokenizer)."
+        )
     if tok.eos_token_id is None:
         raise UserError(f"The tokenizer {tok_spec} has no EOS token; pass a tokenizer with one (--tokenizer).")
     record = (manifest.get("trains") or {}).get("latent_vae") or (export or {}).get("vae")

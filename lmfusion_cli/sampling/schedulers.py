@@ -71,8 +71,13 @@ def build_scheduler(model_config: Any, name: str):
         if name == "euler":
             return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift)
         return DPMSolverMultistepScheduler(
-            num_train_timesteps=T, use_flow_sigmas=True, flow_shift=shift, prediction_type="flow_prediction",
-            algorithm_type="dpmsolver++", solver_order=2, thresholding=False,
+            num_train_timesteps=T,
+            use_flow_sigmas=True,
+            flow_shift=shift,
+            prediction_type="flow_prediction",
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            thresholding=False,
         )
     schedule = _ddpm_schedule(model_config)
     if name == "ddpm":
@@ -83,7 +88,10 @@ def build_scheduler(model_config: Any, name: str):
         return EulerDiscreteScheduler(**schedule)
     lambda_min = _COSINE_LAMBDA_MIN if model_config.noise_schedule == "cosine" else -float("inf")
     return DPMSolverMultistepScheduler(
-        **schedule, algorithm_type="dpmsolver++", solver_order=2, thresholding=False,
+        **schedule,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        thresholding=False,
         lambda_min_clipped=lambda_min,
     )
 
@@ -127,8 +135,9 @@ class Sampler:
         scale = getattr(self.scheduler, "scale_model_input", None)
         return latents if scale is None else scale(latents, self.scheduler.timesteps[i])
 
-    def step(self, prediction: torch.Tensor, i: int, latents: torch.Tensor,
-             generators: list[torch.Generator]) -> torch.Tensor:
+    def step(
+        self, prediction: torch.Tensor, i: int, latents: torch.Tensor, generators: list[torch.Generator]
+    ) -> torch.Tensor:
         """x_{t_i} → x_{t_{i+1}} from the model's prediction (ε or velocity) at step i."""
         out = self.scheduler.step(prediction, self.scheduler.timesteps[i], latents, generator=generators)
         return out.prev_sample
@@ -141,5 +150,9 @@ def make_sampler(model_config: Any, name: str, steps: int) -> Sampler:
         raise UserError(f"--steps must be >= 1, got {steps}.")
     scheduler = build_scheduler(model_config, name)
     scheduler.set_timesteps(steps)
-    return Sampler(name=name, scheduler=scheduler, objective=model_config.objective,
-                   num_train_timesteps=model_config.num_train_timesteps)
+    return Sampler(
+        name=name,
+        scheduler=scheduler,
+        objective=model_config.objective,
+        num_train_timesteps=model_config.num_train_timesteps,
+    )

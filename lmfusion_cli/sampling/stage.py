@@ -57,8 +57,10 @@ def check_prompt_lengths(prompts: list[str], model, tokenizer) -> None:
     for number, prompt in enumerate(prompts, start=1):
         n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         if n > room:
-            raise UserError(f"Prompt {number} is {n} tokens, but the model has room for {room} beside an image "
-                            f"({positions} positions, {model.num_image_tokens} image tokens); shorten it")
+            raise UserError(
+                f"Prompt {number} is {n} tokens, but the model has room for {room} beside an image "
+                f"({positions} positions, {model.num_image_tokens} image tokens); shorten it"
+            )
 
 
 def _write_images(folder: Path, names: list[str], images: list, columns: int) -> None:
@@ -72,9 +74,19 @@ def _write_images(folder: Path, names: list[str], images: list, columns: int) ->
 def _t2i(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]) -> SkipLog:
     from lmfusion_cli.sampling.generate import generate_images
 
-    out = generate_images(loaded.model, _prompts(cfg), tokenizer=loaded.tokenizer, vae=loaded.codec,
-                          cfg_scale=cfg.cfg_scale, steps=cfg.steps, sampler=cfg.sampler, seed=cfg.seed,
-                          batch_size=cfg.batch_size, num_per_prompt=cfg.num_per_prompt, use_cache=cfg.cache)
+    out = generate_images(
+        loaded.model,
+        _prompts(cfg),
+        tokenizer=loaded.tokenizer,
+        vae=loaded.codec,
+        cfg_scale=cfg.cfg_scale,
+        steps=cfg.steps,
+        sampler=cfg.sampler,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        num_per_prompt=cfg.num_per_prompt,
+        use_cache=cfg.cache,
+    )
     names = [f"{r['index']:05d}.png" for r in out.records]
     _write_images(folder, names, out.images, cfg.grid_columns)
     records = [{**r, **source, "file": f"images/{name}"} for r, name in zip(out.records, names)]
@@ -87,10 +99,20 @@ def _t2i(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]) -> Ski
 def _caption(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]) -> SkipLog:
     from lmfusion_cli.sampling.captioning import caption_images
 
-    result = caption_images(loaded.model, list_images(cfg.images), tokenizer=loaded.tokenizer, vae=loaded.codec,
-                            decoding=cfg.decoding, max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams,
-                            top_p=cfg.top_p, temperature=cfg.temperature, seed=cfg.seed,
-                            batch_size=cfg.batch_size, use_cache=cfg.cache)
+    result = caption_images(
+        loaded.model,
+        list_images(cfg.images),
+        tokenizer=loaded.tokenizer,
+        vae=loaded.codec,
+        decoding=cfg.decoding,
+        max_new_tokens=cfg.max_new_tokens,
+        num_beams=cfg.num_beams,
+        top_p=cfg.top_p,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        use_cache=cfg.cache,
+    )
     if not result.records:
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(result.skips.skipped.items()))
         raise UserError(f"None of the {result.skips.num_skipped} images could be read ({reasons}); check --images.")
@@ -107,10 +129,22 @@ def _caption(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]) ->
 def _interleaved(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]) -> SkipLog:
     from lmfusion_cli.sampling.interleaved import generate_interleaved
 
-    docs = generate_interleaved(loaded.model, _prompts(cfg), tokenizer=loaded.tokenizer, vae=loaded.codec,
-                                decoding=cfg.decoding, max_new_tokens=cfg.max_new_tokens, max_images=cfg.max_images,
-                                top_p=cfg.top_p, temperature=cfg.temperature, cfg_scale=cfg.cfg_scale,
-                                steps=cfg.steps, sampler=cfg.sampler, seed=cfg.seed, use_cache=cfg.cache)
+    docs = generate_interleaved(
+        loaded.model,
+        _prompts(cfg),
+        tokenizer=loaded.tokenizer,
+        vae=loaded.codec,
+        decoding=cfg.decoding,
+        max_new_tokens=cfg.max_new_tokens,
+        max_images=cfg.max_images,
+        top_p=cfg.top_p,
+        temperature=cfg.temperature,
+        cfg_scale=cfg.cfg_scale,
+        steps=cfg.steps,
+        sampler=cfg.sampler,
+        seed=cfg.seed,
+        use_cache=cfg.cache,
+    )
     names, images, records = [], [], []
     for d, doc in enumerate(docs):
         segments = []
@@ -122,9 +156,20 @@ def _interleaved(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]
                 segments.append({"type": "image", "file": f"images/{name}"})
             else:
                 segments.append({"type": "text", "text": segment["text"], "token_ids": segment["token_ids"]})
-        records.append({"index": d, "prompt": doc.prompt, "seed": doc.seed, "segments": segments,
-                        "stop_reason": doc.stop_reason, "cfg_scale": cfg.cfg_scale, "steps": cfg.steps,
-                        "sampler": cfg.sampler, "decoding": cfg.decoding, **source})
+        records.append(
+            {
+                "index": d,
+                "prompt": doc.prompt,
+                "seed": doc.seed,
+                "segments": segments,
+                "stop_reason": doc.stop_reason,
+                "cfg_scale": cfg.cfg_scale,
+                "steps": cfg.steps,
+                "sampler": cfg.sampler,
+                "decoding": cfg.decoding,
+                **source,
+            }
+        )
     _write_images(folder, names, images, cfg.grid_columns)
     (folder / "interleaved.jsonl").write_text(jsonl_text(records), encoding="utf-8")
     skips = SkipLog()
@@ -158,8 +203,9 @@ def _run_sample(cfg: SampleConfig) -> dict[str, Any]:
     _remove_own_stale_temps(out)
     if cfg.task != "caption":
         _prompts(cfg)  # an empty or broken prompt file fails before the model loads
-    loaded = load_for_sampling(cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae,
-                               device=resolve_device(cfg.device))
+    loaded = load_for_sampling(
+        cfg.checkpoint, base=cfg.base, tokenizer=cfg.tokenizer, vae=cfg.vae, device=resolve_device(cfg.device)
+    )
     if cfg.task != "caption":
         check_prompt_lengths(_prompts(cfg), loaded.model, loaded.tokenizer)
     source = {"checkpoint": str(loaded.checkpoint.model_dir), "step": loaded.checkpoint.step}
@@ -169,13 +215,24 @@ def _run_sample(cfg: SampleConfig) -> dict[str, Any]:
             skips = TASKS[cfg.task](cfg, loaded, tmp, source)
             atomic_write_text(tmp / "config.yaml", dump_yaml(cfg))
             files = {p.relative_to(tmp).as_posix(): file_entry(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-            manifest = write_manifest(tmp, "samples", task=cfg.task, inputs=loaded.describe(),
-                                      config=config_to_dict(cfg), config_hash=config_hash(cfg), files=files,
-                                      **skips.to_dict())
+            manifest = write_manifest(
+                tmp,
+                "samples",
+                task=cfg.task,
+                inputs=loaded.describe(),
+                config=config_to_dict(cfg),
+                config_hash=config_hash(cfg),
+                files=files,
+                **skips.to_dict(),
+            )
         except OSError as e:
             if not is_disk_full(e):
                 raise
-            raise disk_full_error(out, "sample", folder_bytes(tmp),  # at least what it had written
-                                  "nothing was written to it (the previous folder, if any, is intact)") from None
+            raise disk_full_error(
+                out,
+                "sample",
+                folder_bytes(tmp),  # at least what it had written
+                "nothing was written to it (the previous folder, if any, is intact)",
+            ) from None
     log.info("wrote %s: %s", out / MANIFEST_NAME, skips.summary())
     return manifest

@@ -58,12 +58,12 @@ class GuidedDenoiser:
         rows = torch.cat([x_t, x_t]) if self.guided else x_t  # (B or 2B, C, H, W)
         outputs, start = [], 0
         for branch in self.passes:
-            outputs.append(branch.predict(self.model, rows[start:start + branch.batch_size], t))
+            outputs.append(branch.predict(self.model, rows[start : start + branch.batch_size], t))
             start += branch.batch_size
         prediction = torch.cat(outputs)
         if not self.guided:
             return prediction
-        cond, uncond = prediction[: self.batch_size], prediction[self.batch_size:]
+        cond, uncond = prediction[: self.batch_size], prediction[self.batch_size :]
         return uncond + self.cfg_scale * (cond - uncond)
 
 
@@ -82,7 +82,7 @@ def prompt_denoiser(
     rows = [list(p) for p in prefixes]
     if cfg_scale != 1.0:
         rows += [list(uncond_prefix)] * len(prefixes)
-    groups = [rows] if batch_branches or cfg_scale == 1.0 else [rows[: len(prefixes)], rows[len(prefixes):]]
+    groups = [rows] if batch_branches or cfg_scale == 1.0 else [rows[: len(prefixes)], rows[len(prefixes) :]]
     passes = [SequenceContext(model, left_pad(group), use_cache=use_cache).branch() for group in groups]
     return GuidedDenoiser(model, passes, len(prefixes), cfg_scale)
 

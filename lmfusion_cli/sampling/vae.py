@@ -48,4 +48,4 @@ class LatentCodec:
         """(B, 3, H, W) images in [-1, 1] → (B, C, h, w) scaled posterior-mean latents, float32."""
         dtype = next(self.vae.parameters()).dtype
         mean = self.vae.encode(pixels.to(self.device, dtype)).latent_dist.mean
-        return ((mean.float() - self.shift_factor) * self.scaling_factor)
+        return (mean.float() - self.shift_factor) * self.scaling_factor

@@ -43,8 +43,10 @@ def load_processor(base_id: str):
     try:
         return AutoProcessor.from_pretrained(base_id)
     except (OSError, ValueError) as e:
-        raise UserError(f"Cannot load the processor of the LLaVA base {base_id} ({type(e).__name__}); "
-                        "pass a base folder that holds its processor files.") from e
+        raise UserError(
+            f"Cannot load the processor of the LLaVA base {base_id} ({type(e).__name__}); "
+            "pass a base folder that holds its processor files."
+        ) from e
 
 
 def caption_prompt(processor, question: str = CAPTION_QUESTION) -> str:
@@ -65,15 +67,26 @@ def _open(item: str | Path | Image.Image) -> Image.Image:
 
 
 @torch.no_grad()
-def caption_with_vlm(model, images: Sequence[str | Path | Image.Image], result, *, processor=None,
-                     options: DecodingOptions, seed: int = 0, batch_size: int = 8, use_cache: bool = True,
-                     question: str = CAPTION_QUESTION):
+def caption_with_vlm(
+    model,
+    images: Sequence[str | Path | Image.Image],
+    result,
+    *,
+    processor=None,
+    options: DecodingOptions,
+    seed: int = 0,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    question: str = CAPTION_QUESTION,
+):
     """Caption `images` through the VLM path into `result` (a `captioning.Captions`), and return it.
 
     Row i's top-p draws use seed + i, as in `captioning.caption_images`."""
     if options.strategy == "beam" and not use_cache:
-        raise UserError("Beam search over a LLaVA base's prompt runs with the KV cache; drop --no-cache "
-                        "(or decode with greedy / top-p).")
+        raise UserError(
+            "Beam search over a LLaVA base's prompt runs with the KV cache; drop --no-cache "
+            "(or decode with greedy / top-p)."
+        )
     processor = processor if processor is not None else load_processor(model.base_id)
     tokenizer, token_id = processor.tokenizer, llava.image_token_id(model.base)
     text = caption_prompt(processor, question)
@@ -87,11 +100,15 @@ def caption_with_vlm(model, images: Sequence[str | Path | Image.Image], result, 
             log.warning("skipping %s: %s", key, e.reason)
     bar = progress(total=len(readable), desc="captioning (VLM)", unit="img")
     for start in range(0, len(readable), batch_size):
-        chunk = readable[start:start + batch_size]
+        chunk = readable[start : start + batch_size]
         prompts = [vlm_prompt(processor, image, text) for _, _, image in chunk]
-        segment = vision_prompt_segment([ids for ids, _, _ in prompts], token_id,
-                                        torch.cat([p for _, p, _ in prompts]), torch.cat([s for _, _, s in prompts]),
-                                        pad_id=tokenizer.pad_token_id or 0)
+        segment = vision_prompt_segment(
+            [ids for ids, _, _ in prompts],
+            token_id,
+            torch.cat([p for _, p, _ in prompts]),
+            torch.cat([s for _, _, s in prompts]),
+            pad_id=tokenizer.pad_token_id or 0,
+        )
         context = SequenceContext(model, segment, use_cache=use_cache)
         ids = decode(context, options, stop_ids=[tokenizer.eos_token_id], seeds=[seed + i for i, _, _ in chunk])
         for (index, key, _), tokens in zip(chunk, ids):

@@ -113,8 +113,9 @@ def find_resume_point(run_dir: Path, resume: str) -> Path | None:
         return found[-1].path if found else None
     if resume == "never":
         if list_checkpoints(root):
-            raise UserError(f"{run_dir} already holds checkpoints; pass --resume auto to continue it "
-                            "or choose another --out.")
+            raise UserError(
+                f"{run_dir} already holds checkpoints; pass --resume auto to continue it or choose another --out."
+            )
         return None
     path = Path(resume)
     if (path / "checkpoints").is_dir():
@@ -123,8 +124,10 @@ def find_resume_point(run_dir: Path, resume: str) -> Path | None:
             raise UserError(f"{path} has no complete checkpoint to resume from; pass --resume never to start anew.")
         return found[-1].path
     if not is_complete(path):
-        raise UserError(f"{path} is not a complete training checkpoint (no complete {MANIFEST_NAME}); "
-                        "pass a step folder under RUN/checkpoints or --resume auto.")
+        raise UserError(
+            f"{path} is not a complete training checkpoint (no complete {MANIFEST_NAME}); "
+            "pass a step folder under RUN/checkpoints or --resume auto."
+        )
     return path
 
 
@@ -159,15 +162,27 @@ def _disk_error_sentence(step: int, root: Path, err: OSError, previous: list[Che
     what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
     space = "free space"
     if err.errno == errno.ENOSPC and need:
-        space = (f"free about {need / 2**20:.1f} MiB (one checkpoint; {shutil.disk_usage(root).free / 2**20:.1f} MiB "
-                 "are free)")
+        space = (
+            f"free about {need / 2**20:.1f} MiB (one checkpoint; {shutil.disk_usage(root).free / 2**20:.1f} MiB "
+            "are free)"
+        )
     kept = f"the previous checkpoint {previous[-1].path.name} is intact" if previous else "no earlier checkpoint exists"
-    return (f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: {space} or fix "
-            "the folder and rerun with --resume auto.")
+    return (
+        f"Saving checkpoint {step_dir_name(step)} in {root} failed ({what}); {kept}: {space} or fix "
+        "the folder and rerun with --resume auto."
+    )
 
 
-def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], workload: Any, ctx: DistContext, keep_last: int) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    workload: Any,
+    ctx: DistContext,
+    keep_last: int,
+) -> Path:
     """Save everything a resume needs as `root/step-N`, atomically; collective over all processes."""
     final = root / step_dir_name(step)
     tmp = root / (final.name + TMP_MARK + "write")
@@ -189,8 +204,10 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
             workload.save_inference(full, tmp / "model")
         _write_rng(tmp, ctx.rank)
         if ctx.is_main:
-            atomic_write_json(tmp / "trainer.json", {**trainer_state, "step": step, "world_size": ctx.world_size,
-                                                     "trains": workload.describe()})
+            atomic_write_json(
+                tmp / "trainer.json",
+                {**trainer_state, "step": step, "world_size": ctx.world_size, "trains": workload.describe()},
+            )
     except OSError as e:
         error = e
     except BaseException as e:  # DCP wraps a rank's OSError in a CheckpointException (a BaseException)
@@ -232,8 +249,9 @@ def _find_oserror(e: BaseException) -> OSError | None:
     return None
 
 
-def _finish(tmp: Path, final: Path, step: int, ctx: DistContext, root: Path,
-            previous: list[Checkpoint], keep_last: int) -> None:
+def _finish(
+    tmp: Path, final: Path, step: int, ctx: DistContext, root: Path, previous: list[Checkpoint], keep_last: int
+) -> None:
     """Rank 0: hash every file, write the manifest (the marker), rename into place, prune old ones."""
     try:
         files = {str(p.relative_to(tmp)): file_entry(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -264,8 +282,9 @@ def verify_checkpoint(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    ctx: DistContext, workload: Any = None) -> dict[str, Any]:
+def load_checkpoint(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext, workload: Any = None
+) -> dict[str, Any]:
     """Restore weights, optimiser and this rank's RNG from `folder`; return trainer.json.
 
     Rank 0 verifies the checksums first and every process learns the outcome. With `workload`, its
@@ -281,18 +300,22 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     if problem:
         raise UserError(problem)
     trainer_state = json.loads((folder / "trainer.json").read_text())
-    change = input_change(trainer_state["trains"], workload.describe()) if (
-        workload is not None and "trains" in trainer_state) else None
+    change = (
+        input_change(trainer_state["trains"], workload.describe())
+        if (workload is not None and "trains" in trainer_state)
+        else None
+    )
     if change:
-        raise UserError(f"Cannot resume from {folder}: {change}; resume with the latent cache and base model the run "
-                        "was trained on, or start a new --out.")
+        raise UserError(
+            f"Cannot resume from {folder}: {change}; resume with the latent cache and base model the run "
+            "was trained on, or start a new --out."
+        )
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_SHARDED)
     state = {"model": trainable_only(model, model_sd), "optim": optim_sd}  # an older alias in the files is ignored
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         load_dcp(state, folder / "dcp")
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=_SHARDED)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=_SHARDED)
     rng_file = folder / "rng" / f"rank-{ctx.rank:05d}.pt"
     if trainer_state["world_size"] == ctx.world_size and rng_file.is_file():
         set_rng_state(load_rng(rng_file))
@@ -302,9 +325,11 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
 # Where an input lives, not what it is (the config's base.path is a resume-fixed key already; a VAE
 # counts as the same by its weights and config hashes, as in `data.latents.check_expectation`).
 _LOCATION_KEYS = {"base", "latent_vae.id"}
-_NAMES = {"lmfusion_config.latent_size": "the latent size (the cache's resolution)",
-          "lmfusion_config.latent_channels": "the latent channel count",
-          "base_config_sha256": "the base model's config hash"}
+_NAMES = {
+    "lmfusion_config.latent_size": "the latent size (the cache's resolution)",
+    "lmfusion_config.latent_channels": "the latent channel count",
+    "base_config_sha256": "the base model's config hash",
+}
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -324,7 +349,9 @@ def input_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
         if key in _LOCATION_KEYS or old.get(key) == new.get(key):
             continue
         if key.startswith("latent_vae."):
-            return (f"the latent cache was made with another VAE ({key.split('.', 1)[1]} {old.get(key)!r} → "
-                    f"{new.get(key)!r}; VAE '{old.get('latent_vae.id')}' then, '{new.get('latent_vae.id')}' now)")
+            return (
+                f"the latent cache was made with another VAE ({key.split('.', 1)[1]} {old.get(key)!r} → "
+                f"{new.get(key)!r}; VAE '{old.get('latent_vae.id')}' then, '{new.get('latent_vae.id')}' now)"
+            )
         return f"{_NAMES.get(key, key)} changed from {old.get(key)!r} to {new.get(key)!r}"
     return None

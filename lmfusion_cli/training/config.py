@@ -9,14 +9,14 @@ This file owns the options and their checks; it builds nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
 class BaseConfig:
     path: str = "tiny"
     """The frozen text LM: a local Hugging Face folder, or `tiny` for the embedded tiny LM."""
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
     """Tokenizer folder; None = the base folder."""
 
     def __post_init__(self) -> None:
@@ -30,9 +30,9 @@ class DataConfig:
     """Latent cache folder made by `lmfusion encode-latents`."""
     train_split: str = "train"
     """Split of the cache to train on."""
-    val_split: Optional[str] = "val"
+    val_split: str | None = "val"
     """Held-out split for the validation loss; None = no validation."""
-    generation_fraction: Optional[float] = None
+    generation_fraction: float | None = None
     """Fraction of examples that are caption→image (generation); the rest are image→caption. None = the
     base's default: 0.8 for a text-only LM, 1.0 for a LLaVA-layout VLM (its frozen understanding path
     has nothing to learn; see docs/model.md, LLaVAFusion)."""
@@ -77,7 +77,7 @@ class OptimConfig:
     """AdamW decoupled weight decay (paper: 0.1)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 = no clipping."""
-    text_lr: Optional[float] = None
+    text_lr: float | None = None
     """Peak learning rate of the text modules when they are trained (model.freeze_text: false); None = optim.lr."""
 
     def __post_init__(self) -> None:
@@ -160,15 +160,18 @@ class TrainConfig:
                 f"({self.micro_batch_size})"
             )
         if self.save_every < 0 or self.keep_last < 1 or self.max_bad_steps < 1 or self.threads < 0 or self.stop_at < 0:
-            raise ValueError("train.save_every must be >= 0, train.keep_last and train.max_bad_steps >= 1, "
-                             "train.threads and train.stop_at >= 0")
+            raise ValueError(
+                "train.save_every must be >= 0, train.keep_last and train.max_bad_steps >= 1, "
+                "train.threads and train.stop_at >= 0"
+            )
         if not self.resume:
             raise ValueError("train.resume must be `auto`, `never` or a checkpoint folder")
         mode = self.activation_checkpointing
         every = mode.removeprefix("every-")
         if mode not in ("none", "layers") and not (mode.startswith("every-") and every.isdigit() and int(every) >= 1):
-            raise ValueError(f"train.activation_checkpointing must be none, layers or every-K (K >= 1, e.g. "
-                             f"every-2); got {mode!r}")
+            raise ValueError(
+                f"train.activation_checkpointing must be none, layers or every-K (K >= 1, e.g. every-2); got {mode!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ class DistConfig:
     """Processes per node (one per GPU; on CPU, gloo processes). >1 re-launches under torchrun."""
     nodes: int = 1
     """Nodes; >1 needs dist.rdzv_endpoint (or an existing torchrun/SLURM launch)."""
-    rdzv_endpoint: Optional[str] = None
+    rdzv_endpoint: str | None = None
     """host:port of the rendezvous for multi-node launches."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Process-group backend: auto = nccl on CUDA, gloo on CPU."""
@@ -251,6 +254,18 @@ class TrainRunConfig:
 
 
 # Sections whose change makes a resumed run differ from an uninterrupted one (checked on resume).
-RESUME_FIXED_KEYS = ("base", "model", "data.latents", "data.train_split", "data.generation_fraction",
-                     "data.caption_dropout", "data.seq_len", "optim", "train.batch_size", "train.seed",
-                     "schedule.warmup_steps", "schedule.min_lr", "schedule.decay")
+RESUME_FIXED_KEYS = (
+    "base",
+    "model",
+    "data.latents",
+    "data.train_split",
+    "data.generation_fraction",
+    "data.caption_dropout",
+    "data.seq_len",
+    "optim",
+    "train.batch_size",
+    "train.seed",
+    "schedule.warmup_steps",
+    "schedule.min_lr",
+    "schedule.decay",
+)

@@ -22,8 +22,9 @@ import gc
 import os
 import shlex
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -69,11 +70,16 @@ def adopt_slurm_env(env: dict[str, str] | None = None) -> dict[str, str]:
     env = os.environ if env is None else env
     if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
         return {}
-    mapped = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
-              "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+    mapped = {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+    }
     if "MASTER_ADDR" not in env:
-        raise UserError("This SLURM launch has several tasks but no MASTER_ADDR; export MASTER_ADDR and "
-                        "MASTER_PORT in the job script (the first host of the allocation and a free port).")
+        raise UserError(
+            "This SLURM launch has several tasks but no MASTER_ADDR; export MASTER_ADDR and "
+            "MASTER_PORT in the job script (the first host of the allocation and a free port)."
+        )
     env.update(mapped)
     return mapped
 
@@ -87,8 +93,10 @@ def relaunch_command(config: DistConfig, argv: list[str], env: dict[str, str] | 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(config.gpus)]
     if config.nodes > 1:
         if not config.rdzv_endpoint:
-            raise UserError(f"--nodes {config.nodes} needs a rendezvous address; pass --set "
-                            "dist.rdzv_endpoint=HOST:PORT (the same on every node) or launch with torchrun/SLURM.")
+            raise UserError(
+                f"--nodes {config.nodes} needs a rendezvous address; pass --set "
+                "dist.rdzv_endpoint=HOST:PORT (the same on every node) or launch with torchrun/SLURM."
+            )
         cmd += ["--nnodes", str(config.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", config.rdzv_endpoint]
     else:
         cmd += ["--standalone"]
@@ -154,8 +162,9 @@ def store_frozen_bf16_(model: nn.Module) -> int:
     return count
 
 
-def wrap_model(model: nn.Module, units: Iterable[nn.Module | list[nn.Module]], strategy: str,
-               ctx: DistContext, bf16: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module, units: Iterable[nn.Module | list[nn.Module]], strategy: str, ctx: DistContext, bf16: bool = False
+) -> nn.Module:
     """Shard or replicate `model` across processes. `requires_grad` must already be final.
 
     fsdp: `fully_shard` each unit (a module, or a list of modules sharded as one communication group;
@@ -171,8 +180,9 @@ def wrap_model(model: nn.Module, units: Iterable[nn.Module | list[nn.Module]], s
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
-                                      reduce_dtype=torch.float32 if bf16 else None)
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32 if bf16 else None
+        )
         for unit in units:
             fully_shard(unit, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)

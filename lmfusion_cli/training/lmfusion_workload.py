@@ -25,7 +25,6 @@ from torch import nn
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.training.config import TrainRunConfig
 from lmfusion_cli.training.distributed import unwrap
-
 from lmfusion_cli.training.loader import GENERATION, INTERLEAVED, TEXT_ONLY, LatentSource, Sample
 from lmfusion_cli.training.workload import LossSums, MicroBatch
 
@@ -39,8 +38,9 @@ def resolve_base_path(path: str) -> str:
     try:
         from lmfusion_cli.assets import TINY_LM
     except ImportError as e:
-        raise UserError("The embedded tiny LM is missing from lmfusion_cli/assets; run `make assets` "
-                        "or pass --base PATH.") from e
+        raise UserError(
+            "The embedded tiny LM is missing from lmfusion_cli/assets; run `make assets` or pass --base PATH."
+        ) from e
     return str(TINY_LM)
 
 
@@ -72,8 +72,14 @@ class LMFusionWorkload:
     text_parameter_prefix = "base."
     """Parameter names of the text modules (the loaded base LM): `optim.text_lr` applies to them when trained."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, seq_len: int, cache_vae: dict[str, Any] | None,
-                 max_caption_tokens: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        seq_len: int,
+        cache_vae: dict[str, Any] | None,
+        max_caption_tokens: int = 0,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.seq_len = seq_len
@@ -131,8 +137,12 @@ class LMFusionWorkload:
         if len(ids) > budget and room is None:
             self.captions_cut += 1
             if self.captions_cut == 1:
-                log.warning("a caption of %d+ tokens was cut to %d (data.max_caption_tokens); later cuts are "
-                            "counted as captions_cut", len(ids), self.caption_budget)
+                log.warning(
+                    "a caption of %d+ tokens was cut to %d (data.max_caption_tokens); later cuts are "
+                    "counted as captions_cut",
+                    len(ids),
+                    self.caption_budget,
+                )
         return ids[:budget]
 
     def _example(self, s: Sample):
@@ -146,17 +156,25 @@ class LMFusionWorkload:
         if s.task == TEXT_ONLY:  # a negative: no image follows; short, so it does not swamp the mean
             room = (self.seq_len or 48) - 2
             C, S = core.config.latent_channels, core.config.latent_size
-            return sequence.build_example([sequence.TextPart(head + self._caption_ids(s.caption, room) + tail)],
-                                          latents=torch.zeros(0, C, S, S), **kw)
+            return sequence.build_example(
+                [sequence.TextPart(head + self._caption_ids(s.caption, room) + tail)],
+                latents=torch.zeros(0, C, S, S),
+                **kw,
+            )
         if s.task == INTERLEAVED:  # [bos] before BOI image EOI after [eos]: the image is a generation target
             room = (self.seq_len or self.num_image_tokens + 64) - self.num_image_tokens - 4
             before = self._caption_ids(s.caption, room)
             after = self._caption_ids(s.after, room - len(before))
-            parts = [sequence.TextPart(head + before), sequence.ImagePart(generate=True), sequence.TextPart(after + tail)]
+            parts = [
+                sequence.TextPart(head + before),
+                sequence.ImagePart(generate=True),
+                sequence.TextPart(after + tail),
+            ]
             return sequence.build_example(parts, latents=s.latent.unsqueeze(0), **kw)
         build = sequence.caption_to_image if s.task == GENERATION else sequence.image_to_caption
-        return build(self._caption_ids(s.caption), bos_id=self.bos_id, eos_id=self.eos_id,
-                     latents=s.latent.unsqueeze(0), **kw)
+        return build(
+            self._caption_ids(s.caption), bos_id=self.bos_id, eos_id=self.eos_id, latents=s.latent.unsqueeze(0), **kw
+        )
 
     def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch:
         from lmfusion_cli.model import sequence
@@ -167,11 +185,14 @@ class LMFusionWorkload:
         else:
             batch, latents = sequence.collate(examples, pad_id=self.pad_id)
         core = unwrap(self.model)
-        return MicroBatch(inputs=(batch.to(device), latents.to(device), _image_documents(batch)),
-                          keys=[s.key for s in samples],
-                          text_targets=int(core.target_masks(batch)[0].sum()),
-                          generated_images=int(core.image_targets(batch).sum()),
-                          tokens=int((batch.modality != sequence.PAD).sum()), images=batch.num_images)
+        return MicroBatch(
+            inputs=(batch.to(device), latents.to(device), _image_documents(batch)),
+            keys=[s.key for s in samples],
+            text_targets=int(core.target_masks(batch)[0].sum()),
+            generated_images=int(core.image_targets(batch).sum()),
+            tokens=int((batch.modality != sequence.PAD).sum()),
+            images=batch.num_images,
+        )
 
     def _noise(self, micro: MicroBatch, noise_seeds: list[int], fraction: float | None):
         """Per-image (timesteps, noise), each image's drawn from its sample's seed."""
@@ -197,9 +218,11 @@ class LMFusionWorkload:
         batch, latents, _ = micro.inputs
         timesteps, noise = self._noise(micro, noise_seeds, None)
         out = model(batch, latents, timesteps=timesteps, noise=noise)
-        return LossSums(text=out.text_loss.float() * out.num_text_targets + self._touch_root_params(model),
-                        image=out.image_loss.float() * out.num_image_targets,
-                        per_sample=out.example_loss.detach())
+        return LossSums(
+            text=out.text_loss.float() * out.num_text_targets + self._touch_root_params(model),
+            image=out.image_loss.float() * out.num_image_targets,
+            per_sample=out.example_loss.detach(),
+        )
 
     def _touch_root_params(self, model: nn.Module) -> torch.Tensor:
         """0 · Σ(first element of each trainable parameter outside the layer groups).
@@ -213,20 +236,24 @@ class LMFusionWorkload:
         for the root), so these are the full parameters here."""
         if self._outside_groups is None:  # names are stable; the parameter objects change under FSDP2
             in_groups = {id(p) for group in self.shard_units() for m in group for p in m.parameters()}
-            self._outside_groups = {n for n, p in self.model.named_parameters()
-                                    if p.requires_grad and id(p) not in in_groups}
-        touched = [p.reshape(-1)[:1].sum() for n, p in unwrap(model).named_parameters()
-                   if n in self._outside_groups]
+            self._outside_groups = {
+                n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in in_groups
+            }
+        touched = [p.reshape(-1)[:1].sum() for n, p in unwrap(model).named_parameters() if n in self._outside_groups]
         return 0.0 * torch.stack(touched).sum().float() if touched else torch.zeros(())
 
-    def validation_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int],
-                        fraction: float) -> dict[str, float]:
+    def validation_sums(
+        self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int], fraction: float
+    ) -> dict[str, float]:
         batch, latents, _ = micro.inputs
         timesteps, noise = self._noise(micro, noise_seeds, fraction)
         out = model(batch, latents, timesteps=timesteps, noise=noise)
-        return {"text": float(out.text_loss) * int(out.num_text_targets), "text_count": int(out.num_text_targets),
-                "image": float(out.image_loss) * int(out.num_image_targets),
-                "image_count": int(out.num_image_targets)}
+        return {
+            "text": float(out.text_loss) * int(out.num_text_targets),
+            "text_count": int(out.num_text_targets),
+            "image": float(out.image_loss) * int(out.num_image_targets),
+            "image_count": int(out.num_image_targets),
+        }
 
     # ---- outputs -----------------------------------------------------------------------------------
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
@@ -249,23 +276,40 @@ class LMFusionWorkload:
             return None
         if not hasattr(self, "_codec"):
             try:
-                self._codec = load_codec(None, self.cache_vae, self.model.config.latent_size,
-                                         self.model.config.latent_channels, str(next(self.model.parameters()).device))
+                self._codec = load_codec(
+                    None,
+                    self.cache_vae,
+                    self.model.config.latent_size,
+                    self.model.config.latent_channels,
+                    str(next(self.model.parameters()).device),
+                )
             except UserError as e:
                 log.warning("no validation image grid: %s", e)
                 self._codec = None
                 return None
         captions = [source[i]["caption"] for i in range(min(num_items, len(source)))]
         with torch.no_grad():
-            out = generate_images(self.model, captions, tokenizer=self.tokenizer, vae=self._codec, cfg_scale=3.0,
-                                  steps=steps, seed=seed, batch_size=len(captions))
+            out = generate_images(
+                self.model,
+                captions,
+                tokenizer=self.tokenizer,
+                vae=self._codec,
+                cfg_scale=3.0,
+                steps=steps,
+                seed=seed,
+                batch_size=len(captions),
+            )
         return np.ascontiguousarray(make_grid(out.images))
 
     def describe(self) -> dict[str, Any]:
         from lmfusion_cli.model.checkpoint import base_config_hash
 
-        return {"base": self.model.base_id, "base_config_sha256": base_config_hash(self.model.base_config),
-                "lmfusion_config": self.model.config.to_dict(), "latent_vae": self.cache_vae}
+        return {
+            "base": self.model.base_id,
+            "base_config_sha256": base_config_hash(self.model.base_config),
+            "lmfusion_config": self.model.config.to_dict(),
+            "latent_vae": self.cache_vae,
+        }
 
 
 def vision_unit(vlm: nn.Module) -> list[nn.Module]:
@@ -304,29 +348,45 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     options = dict(config.model)
     for key, value in (("latent_channels", channels), ("latent_size", side)):
         if key in options and options[key] != value:
-            raise UserError(f"model.{key}={options[key]} does not match the latent cache ({value}); "
-                            f"remove model.{key} from the config (it comes from the cache).")
+            raise UserError(
+                f"model.{key}={options[key]} does not match the latent cache ({value}); "
+                f"remove model.{key} from the config (it comes from the cache)."
+            )
         options[key] = value
     try:
         model_config = LMFusionConfig.from_dict(options)
     except (TypeError, ValueError) as e:
         raise UserError(f"Invalid model section: {e}.") from e
-    sharded = (config.dist.strategy == "fsdp" and torch.distributed.is_initialized()
-               and torch.distributed.get_world_size() > 1 and can_load_sharded(base, options))
+    sharded = (
+        config.dist.strategy == "fsdp"
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+        and can_load_sharded(base, options)
+    )
     if sharded:  # meta now, each process's shards read after `wrap_model` (issue 22)
         model, kept = build_meta_model(base, model_config)
     else:
         model = LMFusionModel.from_base(base, model_config)
     if model.is_llava and config.data.generation_fraction not in (None, 1.0):
-        raise UserError(f"data.generation_fraction={config.data.generation_fraction} asks for understanding examples, "
-                        f"but the LLaVA base {base} keeps its understanding path frozen (they would teach nothing); "
-                        "set data.generation_fraction to 1 or leave it unset.")
+        raise UserError(
+            f"data.generation_fraction={config.data.generation_fraction} asks for understanding examples, "
+            f"but the LLaVA base {base} keeps its understanding path frozen (they would teach nothing); "
+            "set data.generation_fraction to 1 or leave it unset."
+        )
     manifest = getattr(source, "manifest", None) or {}
-    log.info("model: %s + image experts, %.2f M trainable of %.2f M parameters", base,
-             sum(p.numel() for p in model.trainable_parameters()) / 1e6,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+    log.info(
+        "model: %s + image experts, %.2f M trainable of %.2f M parameters",
+        base,
+        sum(p.numel() for p in model.trainable_parameters()) / 1e6,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
     model.checkpoint_every = config.train.checkpoint_every
-    workload = LMFusionWorkload(model if sharded else model.to(device), tokenizer, config.data.seq_len,
-                                manifest.get("vae"), config.data.max_caption_tokens)
+    workload = LMFusionWorkload(
+        model if sharded else model.to(device),
+        tokenizer,
+        config.data.seq_len,
+        manifest.get("vae"),
+        config.data.max_caption_tokens,
+    )
     workload.pending_load = (kept, device) if sharded else None
     return workload

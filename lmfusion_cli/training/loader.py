@@ -88,8 +88,15 @@ class SampleStream:
     `state_dict()` / `load_state_dict()` carry the one integer `consumed` plus the source length and
     seed, which are checked on load (another cache or seed would silently change the data)."""
 
-    def __init__(self, source: LatentSource, seed: int, generation_fraction: float, caption_dropout: float,
-                 interleaved_fraction: float = 0.0, text_only_fraction: float = 0.0):
+    def __init__(
+        self,
+        source: LatentSource,
+        seed: int,
+        generation_fraction: float,
+        caption_dropout: float,
+        interleaved_fraction: float = 0.0,
+        text_only_fraction: float = 0.0,
+    ):
         if len(source) == 0:
             raise ValueError("the latent source is empty")
         self.source = source
@@ -128,8 +135,14 @@ class SampleStream:
             from lmfusion_cli.data.interleaved import text_only_document
 
             text_index = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-            return Sample(key=f"text-{text_index}", task=TEXT_ONLY, caption=text_only_document(text_index),
-                          latent=None, position=position, noise_seed=0)
+            return Sample(
+                key=f"text-{text_index}",
+                task=TEXT_ONLY,
+                caption=text_only_document(text_index),
+                latent=None,
+                position=position,
+                noise_seed=0,
+            )
         document = _document(item)
         if u_task < self.text_only_fraction + self.interleaved_fraction and document is not None:
             task, caption, after = INTERLEAVED, document["before"], document["after"]
@@ -141,8 +154,15 @@ class SampleStream:
                 caption = ""
         latent = self.source.draw(index, g).float()
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=g))
-        return Sample(key=str(item_field(item, "key")), task=task, caption=caption, latent=latent,
-                      position=position, noise_seed=noise_seed, after=after)
+        return Sample(
+            key=str(item_field(item, "key")),
+            task=task,
+            caption=caption,
+            latent=latent,
+            position=position,
+            noise_seed=noise_seed,
+            after=after,
+        )
 
     def next_step(self, batch_size: int, rank: int = 0, world_size: int = 1) -> list[Sample]:
         """This process's share of the next global batch of `batch_size` samples; advances the stream.

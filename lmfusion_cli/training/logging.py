@@ -62,9 +62,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 class TrainLogger:
     """JSONL + TensorBoard + progress bar, all on rank 0."""
 
-    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool,
-                 report_to: tuple[str, ...] | None = None, params: dict[str, Any] | None = None,
-                 project: str = "lmfusion"):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        tensorboard: bool,
+        report_to: tuple[str, ...] | None = None,
+        params: dict[str, Any] | None = None,
+        project: str = "lmfusion",
+    ):
         """report_to: trackers (`trackers.py`); None = TensorBoard when `tensorboard`, as before issue 16."""
         self.enabled = enabled
         self.path = run_dir / "logs" / "train.jsonl"

@@ -8,15 +8,16 @@ not clip or step; the loop does.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
 from lmfusion_cli.training.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(params: Iterable[tuple[str, torch.nn.Parameter]], config: OptimConfig,
-                    text_prefix: str = "") -> torch.optim.AdamW:
+def build_optimizer(
+    params: Iterable[tuple[str, torch.nn.Parameter]], config: OptimConfig, text_prefix: str = ""
+) -> torch.optim.AdamW:
     """AdamW over named trainable parameters; decay on ≥2-D weights only.
 
     With `config.text_lr` set, trainable parameters whose name starts with `text_prefix` (the text
@@ -32,9 +33,19 @@ def build_optimizer(params: Iterable[tuple[str, torch.nn.Parameter]], config: Op
         raise ValueError("the model has no trainable parameters")
     order = [(False, True), (False, False), (True, True), (True, False)]  # (text, decay)
     return torch.optim.AdamW(
-        [{"params": groups[key], "weight_decay": config.weight_decay if key[1] else 0.0,
-          "lr": config.text_lr if key[0] else config.lr} for key in order if key in groups],
-        lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
+        [
+            {
+                "params": groups[key],
+                "weight_decay": config.weight_decay if key[1] else 0.0,
+                "lr": config.text_lr if key[0] else config.lr,
+            }
+            for key in order
+            if key in groups
+        ],
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+    )
 
 
 def lr_factor(step: int, optim: OptimConfig, schedule: ScheduleConfig) -> float:
@@ -49,7 +60,8 @@ def lr_factor(step: int, optim: OptimConfig, schedule: ScheduleConfig) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
-                    schedule: ScheduleConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, schedule: ScheduleConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR whose `state_dict` (last_epoch) is all a resume needs."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, schedule))

@@ -79,8 +79,10 @@ def base_config(path: str):
     try:
         return AutoConfig.from_pretrained(path)  # a hub id: fetches config.json only, when online
     except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
-        raise UserError(f"Cannot read the config.json of base {path}; pass a local folder with a config.json "
-                        f"(--set base.path=DIR) or go online for the hub id.") from e
+        raise UserError(
+            f"Cannot read the config.json of base {path}; pass a local folder with a config.json "
+            f"(--set base.path=DIR) or go online for the hub id."
+        ) from e
 
 
 def lmfusion_config(config: TrainRunConfig):
@@ -126,7 +128,8 @@ def parameter_counts(model) -> dict[str, int]:
     counts["total"] = sum(counts.values())
     counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     counts["per_layer_group"] = sum(p.numel() for p in model.decoder.layers[0].parameters()) + (
-        sum(p.numel() for p in model.image_experts[0].parameters()) if model.image_experts is not None else 0)
+        sum(p.numel() for p in model.image_experts[0].parameters()) if model.image_experts is not None else 0
+    )
     counts["text_layer"] = sum(p.numel() for p in model.decoder.layers[0].parameters())
     return counts
 
@@ -150,8 +153,9 @@ def _saved_bytes(fn, params: list[torch.Tensor], square: int | None = None) -> t
     return sum(n for n, _ in seen.values()), sum(n for n, m in seen.values() if m)
 
 
-def measure_layer(base_cfg, lm_cfg, image_fraction: float, dtype: torch.dtype, tokens: int,
-                  backend: str, text_trainable: bool) -> tuple[float, float]:
+def measure_layer(
+    base_cfg, lm_cfg, image_fraction: float, dtype: torch.dtype, tokens: int, backend: str, text_trainable: bool
+) -> tuple[float, float]:
     """(saved bytes per token, dense-mask bytes) of one routed layer at `tokens` positions (one row).
 
     Runs the real `routed_layer` on fake tensors of the base's width in `dtype`."""
@@ -161,17 +165,27 @@ def measure_layer(base_cfg, lm_cfg, image_fraction: float, dtype: torch.dtype, t
     from lmfusion_cli.model.attention import Attention, MaskInfo
     from lmfusion_cli.model.layers import ImageExpert, Routes, routed_layer
 
-    small = base_cfg.__class__.from_dict({**base_cfg.to_dict(), "num_hidden_layers": 1, "vocab_size": 8,
-                                          "bos_token_id": None, "eos_token_id": None, "pad_token_id": None})
+    small = base_cfg.__class__.from_dict(
+        {
+            **base_cfg.to_dict(),
+            "num_hidden_layers": 1,
+            "vocab_size": 8,
+            "bos_token_id": None,
+            "eos_token_id": None,
+            "pad_token_id": None,
+        }
+    )
 
     def one(T: int) -> tuple[int, int]:
         n_image = int(round(T * image_fraction))
         modality = torch.zeros(1, T, dtype=torch.long)
-        modality[0, T - n_image:] = 1
+        modality[0, T - n_image :] = 1
         routes = Routes.from_modality(modality, 0, 1)
         docs, images = torch.zeros(1, T, dtype=torch.long), torch.full((1, T), -1)
-        images[0, T - n_image:] = 0
-        attention = Attention(MaskInfo(images, images, docs, docs, 0), "sdpa")  # flex saves the same (q, k, v, out, lse)
+        images[0, T - n_image :] = 0
+        attention = Attention(
+            MaskInfo(images, images, docs, docs, 0), "sdpa"
+        )  # flex saves the same (q, k, v, out, lse)
         positions = torch.arange(T)[None]
         default = torch.get_default_dtype()
         with FakeTensorMode(allow_non_fake_inputs=True):
@@ -185,8 +199,9 @@ def measure_layer(base_cfg, lm_cfg, image_fraction: float, dtype: torch.dtype, t
             hidden = torch.randn(T, small.hidden_size, dtype=dtype, requires_grad=True)
             rope = base.model.rotary_emb(hidden.view(1, T, -1), positions)
             params = list(base.parameters()) + (list(expert.parameters()) if expert is not None else [])
-            return _saved_bytes(lambda: routed_layer(layer, expert, hidden, routes, (1, T), rope, attention),
-                                params, square=T)
+            return _saved_bytes(
+                lambda: routed_layer(layer, expert, hidden, routes, (1, T), rope, attention), params, square=T
+            )
 
     t1, t2 = 256, 512
     (b1, m1), (b2, m2) = one(t1), one(t2)
@@ -215,7 +230,7 @@ def measure_patcher(lm_cfg, hidden: int, dtype: torch.dtype) -> tuple[float, flo
             t = torch.full((n,), 500.0)
             counter = FlopCounterMode(display=False)
 
-            def run():
+            def run(patcher=patcher, latents=latents, t=t):
                 tokens, skips = patcher.encode(latents, t)
                 patcher.decode(tokens, t, skips)
 
@@ -292,7 +307,8 @@ def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
     memory["activations"] = activations_on if every else activations_off
     if backend == "sdpa":
         memory["attention_workspace"] = rows * row_length * row_length * (1 + compute_bytes) + (
-            mask_per_pos2 * row_length * row_length * rows * (layers if not every else 1))
+            mask_per_pos2 * row_length * row_length * rows * (layers if not every else 1)
+        )
     else:  # flex: block mask only (int32 block indexes per 128×128 block)
         blocks = math.ceil(row_length / 128)
         memory["attention_workspace"] = rows * blocks * blocks * 4 * 4
@@ -309,7 +325,9 @@ def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
     detached = caption_first * (options.caption_tokens + 2) * config.train.batch_size if not text_trainable else 0
     text_bwd = 4 if text_trainable else 2
     layer_flops = layers * 2 * P * (3 * image_tokens + (1 + text_bwd / 2) * (text_tokens - detached) + detached)
-    heads = base_cfg.num_attention_heads * (getattr(base_cfg, "head_dim", None) or hidden // base_cfg.num_attention_heads)
+    heads = base_cfg.num_attention_heads * (
+        getattr(base_cfg, "head_dim", None) or hidden // base_cfg.num_attention_heads
+    )
     attention_flops = layers * 4 * example * example * heads * 3 * config.train.batch_size
     head_flops = 2 * hidden * vocab * 2 * targets * config.train.batch_size / micro
     flops = layer_flops + attention_flops + head_flops + 3 * patcher_flops * config.train.batch_size
@@ -319,25 +337,48 @@ def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
     # FSDP2 all-gathers every parameter in the compute dtype in each micro-step's forward and backward
     gathered = 2 * per_process_micros * counts["total"] * compute_bytes * (world - 1) / world if sharded else 0.0
     return {
-        "config": {"base": config.base.path, "gpus": options.gpus, "nodes": options.nodes, "world": world,
-                   "strategy": config.dist.strategy, "compute_dtype": str(compute).removeprefix("torch."),
-                   "frozen_dtype": "bfloat16" if frozen_bytes == 2 else "float32", "attention": backend,
-                   "activation_checkpointing": config.train.activation_checkpointing,
-                   "gpu_memory_bytes": options.gpu_memory, "device": options.device},
-        "params": {"total": counts["total"], "trainable": trainable, "frozen": frozen,
-                   "by_role": {k: counts[k] for k in ("text_frozen", "text_trainable", "image_experts", "image_other")}},
-        "tokens": {"per_example": example, "image_per_example": N, "per_micro_batch": micro_tokens,
-                   "rows_per_micro_batch": rows, "micro_batches_per_process": per_process_micros},
+        "config": {
+            "base": config.base.path,
+            "gpus": options.gpus,
+            "nodes": options.nodes,
+            "world": world,
+            "strategy": config.dist.strategy,
+            "compute_dtype": str(compute).removeprefix("torch."),
+            "frozen_dtype": "bfloat16" if frozen_bytes == 2 else "float32",
+            "attention": backend,
+            "activation_checkpointing": config.train.activation_checkpointing,
+            "gpu_memory_bytes": options.gpu_memory,
+            "device": options.device,
+        },
+        "params": {
+            "total": counts["total"],
+            "trainable": trainable,
+            "frozen": frozen,
+            "by_role": {k: counts[k] for k in ("text_frozen", "text_trainable", "image_experts", "image_other")},
+        },
+        "tokens": {
+            "per_example": example,
+            "image_per_example": N,
+            "per_micro_batch": micro_tokens,
+            "rows_per_micro_batch": rows,
+            "micro_batches_per_process": per_process_micros,
+        },
         "tokens_per_step": tokens_per_step,
-        "memory": {"per_gpu_bytes": total, "parts": memory, "headroom_bytes": headroom,
-                   "activations_checkpointing_off": activations_off, "activations_checkpointing_on": activations_on,
-                   "layer_activation_bytes_per_token": per_token},
+        "memory": {
+            "per_gpu_bytes": total,
+            "parts": memory,
+            "headroom_bytes": headroom,
+            "activations_checkpointing_off": activations_off,
+            "activations_checkpointing_on": activations_on,
+            "layer_activation_bytes_per_token": per_token,
+        },
         "fits": headroom >= 0,
         "flops_per_step": flops,
         "recompute_flops_per_step": recompute_flops,
         "fsdp_gather_bytes_per_gpu_per_step": gathered,
         "fsdp_gather_seconds_at_50GBps": gathered / 50e9,
-        "mfu": options.mfu, "peak_tflops": options.peak_tflops,
+        "mfu": options.mfu,
+        "peak_tflops": options.peak_tflops,
         "step_seconds": step_seconds,
         "tokens_per_second_per_gpu": tokens_per_step / step_seconds / world,
     }
@@ -358,11 +399,16 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"({plan['tokens']['rows_per_micro_batch']} row(s)), {plan['tokens_per_step']:,} per step",
         "memory per GPU:",
     ]
-    names = {"params_frozen": f"parameters, frozen ({c['frozen_dtype']}, sharded)",
-             "params_trainable": "parameters, trainable (fp32 master, sharded)", "grads": "gradients (fp32, sharded)",
-             "optimizer": "AdamW moments (fp32, sharded)", "fsdp_unsharded": "unsharded working set (gathered)",
-             "activations": "activations (one micro-batch)", "attention_workspace": "attention workspace",
-             "reserve": "CUDA context + fragmentation"}
+    names = {
+        "params_frozen": f"parameters, frozen ({c['frozen_dtype']}, sharded)",
+        "params_trainable": "parameters, trainable (fp32 master, sharded)",
+        "grads": "gradients (fp32, sharded)",
+        "optimizer": "AdamW moments (fp32, sharded)",
+        "fsdp_unsharded": "unsharded working set (gathered)",
+        "activations": "activations (one micro-batch)",
+        "attention_workspace": "attention workspace",
+        "reserve": "CUDA context + fragmentation",
+    }
     for key, value in m["parts"].items():
         lines.append(f"  {names.get(key, key):46s}{gib(value)}")
     lines += [
@@ -376,24 +422,38 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"per step, {plan['tokens_per_second_per_gpu']:,.0f} tokens/s per GPU",
     ]
     if plan["fsdp_gather_bytes_per_gpu_per_step"]:
-        lines.append(f"FSDP all-gathers per GPU and step: {plan['fsdp_gather_bytes_per_gpu_per_step'] / 1e9:.0f} GB "
-                     f"({plan['tokens']['micro_batches_per_process']} micro-step(s)); at 50 GB/s "
-                     f"{plan['fsdp_gather_seconds_at_50GBps']:.2f} s, to hide behind compute (fewer, larger "
-                     "micro-batches gather less)")
+        lines.append(
+            f"FSDP all-gathers per GPU and step: {plan['fsdp_gather_bytes_per_gpu_per_step'] / 1e9:.0f} GB "
+            f"({plan['tokens']['micro_batches_per_process']} micro-step(s)); at 50 GB/s "
+            f"{plan['fsdp_gather_seconds_at_50GBps']:.2f} s, to hide behind compute (fewer, larger "
+            "micro-batches gather less)"
+        )
     if not plan["fits"]:
-        lines.append(f"warning: this configuration does not fit: it needs {m['per_gpu_bytes'] / GiB:.1f} GiB per GPU "
-                     f"but has {c['gpu_memory_bytes'] / GiB:.0f} GiB; turn on train.activation_checkpointing, lower "
-                     "train.micro_batch_size or use more GPUs.")
+        lines.append(
+            f"warning: this configuration does not fit: it needs {m['per_gpu_bytes'] / GiB:.1f} GiB per GPU "
+            f"but has {c['gpu_memory_bytes'] / GiB:.0f} GiB; turn on train.activation_checkpointing, lower "
+            "train.micro_batch_size or use more GPUs."
+        )
     return "\n".join(lines)
 
 
 def parse_bytes(text: str) -> int:
     """'80GiB', '80GB', '81920MiB', '8e10' → bytes."""
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
-             "tb": 10**12, "b": 1, "": 1}
+    units = {
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "b": 1,
+        "": 1,
+    }
     s = text.strip().lower().replace(" ", "")
     number = s.rstrip("kmgtib")
-    unit = s[len(number):]
+    unit = s[len(number) :]
     try:
         return int(float(number) * units[unit])
     except (KeyError, ValueError):

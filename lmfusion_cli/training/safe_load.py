@@ -23,7 +23,6 @@ import inspect
 import io
 import pickle
 import random
-import re
 from pathlib import Path, PosixPath, PurePosixPath, PureWindowsPath, WindowsPath
 from typing import Any
 
@@ -49,7 +48,8 @@ class UnsafeCheckpointError(UserError):
 def _refusal(path: Path | str, what: str) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
         f"{path} holds {what}, which lmfusion never unpickles (a checkpoint could run its author's code); "
-        "resume only from checkpoints written by lmfusion, or start a new --out")
+        "resume only from checkpoints written by lmfusion, or start a new --out"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- RNG
@@ -62,10 +62,18 @@ def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "format": RNG_FORMAT,
         "torch": torch.get_rng_state(),
-        "numpy": {"algorithm": str(algorithm), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
+        "numpy": {
+            "algorithm": str(algorithm),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -77,8 +85,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("format") == RNG_FORMAT:
         n = state["numpy"]
-        np.random.set_state((n["algorithm"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                             n["cached_gaussian"]))
+        np.random.set_state(
+            (n["algorithm"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
         p = state["python"]
         random.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss_next"]))
     else:
@@ -95,8 +104,11 @@ def save_rng(path: Path) -> None:
 def _numpy_array_globals() -> list[Any]:
     """What torch.save of a numpy RNG state references: the array rebuilder, ndarray and its dtypes."""
     core = getattr(np, "_core", None) or np.core
-    dtypes = [getattr(np.dtypes, n) for n in ("UInt32DType", "Int64DType", "Float64DType")
-              if hasattr(np, "dtypes") and hasattr(np.dtypes, n)]
+    dtypes = [
+        getattr(np.dtypes, n)
+        for n in ("UInt32DType", "Int64DType", "Float64DType")
+        if hasattr(np, "dtypes") and hasattr(np.dtypes, n)
+    ]
     return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
@@ -109,8 +121,10 @@ def load_rng(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         raise _refusal(path, what_was_refused(str(e))) from None
     if not isinstance(state, dict) or not {"torch", "numpy", "python"} <= set(state):
-        raise UserError(f"{path} is not an lmfusion RNG file (keys {sorted(state) if isinstance(state, dict) else type(state).__name__}); "
-                        "delete that checkpoint folder to resume from an earlier one")
+        raise UserError(
+            f"{path} is not an lmfusion RNG file (keys {sorted(state) if isinstance(state, dict) else type(state).__name__}); "
+            "delete that checkpoint folder to resume from an earlier one"
+        )
     return state
 
 
@@ -160,13 +174,20 @@ def read_dcp_metadata(path: Path) -> Metadata:
     except pickle.UnpicklingError as e:
         raise _refusal(path, what_was_refused(str(e))) from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise UserError(f"{path} is not a readable DCP metadata file ({type(e).__name__}); delete that "
-                        "checkpoint folder to resume from an earlier one") from None
+        raise UserError(
+            f"{path} is not a readable DCP metadata file ({type(e).__name__}); delete that "
+            "checkpoint folder to resume from an earlier one"
+        ) from None
     if not isinstance(metadata, Metadata):
         raise _refusal(path, f"a {type(metadata).__name__} instead of DCP metadata")
     for info in (metadata.storage_data or {}).values():
         relative = str(getattr(info, "relative_path", ""))
-        if not isinstance(info, _StorageInfo) or not relative or Path(relative).name != relative or relative in (".", ".."):
+        if (
+            not isinstance(info, _StorageInfo)
+            or not relative
+            or Path(relative).name != relative
+            or relative in (".", "..")
+        ):
             raise _refusal(path, f"a shard entry pointing outside its folder ({relative!r})")
     return metadata
 

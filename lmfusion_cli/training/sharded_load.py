@@ -28,8 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 class SafetensorsRows:
@@ -43,7 +51,12 @@ class SafetensorsRows:
                 header = json.loads(f.read(size))
             for key, meta in header.items():
                 if key != "__metadata__":
-                    self.entries[key] = (path, _DTYPES[meta["dtype"]], meta["shape"], 8 + size + meta["data_offsets"][0])
+                    self.entries[key] = (
+                        path,
+                        _DTYPES[meta["dtype"]],
+                        meta["shape"],
+                        8 + size + meta["data_offsets"][0],
+                    )
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -66,10 +79,14 @@ def can_load_sharded(base_path: str, lm_options: dict[str, Any]) -> bool:
     """The scalable path needs a local causal-LM folder with safetensors and experts copied from the text ones."""
     folder = Path(base_path)
     if not (folder / "config.json").is_file() or "llava" in json.loads((folder / "config.json").read_text()).get(
-            "model_type", ""):  # a LLaVA base (vision tower, projector) loads through today's path
+        "model_type", ""
+    ):  # a LLaVA base (vision tower, projector) loads through today's path
         return False
-    return (any(folder.glob("*.safetensors")) and lm_options.get("image_init", "copy") == "copy"
-            and not lm_options.get("from_scratch", False))
+    return (
+        any(folder.glob("*.safetensors"))
+        and lm_options.get("image_init", "copy") == "copy"
+        and not lm_options.get("from_scratch", False)
+    )
 
 
 def build_meta_model(base_path: str, lm_config):
@@ -84,8 +101,9 @@ def build_meta_model(base_path: str, lm_config):
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(base_config, dtype=getattr(torch, lm_config.dtype))
     model = LMFusionModel(base, lm_config, base_path)
-    kept = {name: t.detach().clone() for name, t in [*model.named_parameters(), *model.named_buffers()]
-            if not t.is_meta}
+    kept = {
+        name: t.detach().clone() for name, t in [*model.named_parameters(), *model.named_buffers()] if not t.is_meta
+    }
     return model, kept
 
 
@@ -132,7 +150,7 @@ def load_into_shards(model: nn.Module, kept: dict[str, torch.Tensor], device: to
             full = _special_rows(core, files, name, local.dtype)
         else:
             raise ValueError(f"no source for parameter {name} in sharded loading")
-        local.copy_(full[first:first + local.shape[0]] if local.dim() else full)
+        local.copy_(full[first : first + local.shape[0]] if local.dim() else full)
     for name, param in params.items():
         source = _expert_source(name)
         if source is not None:

@@ -45,18 +45,32 @@ class StepResult:
 
 
 def chunk(samples: list[Sample], size: int) -> list[list[Sample]]:
-    return [samples[i:i + size] for i in range(0, len(samples), size)]
+    return [samples[i : i + size] for i in range(0, len(samples), size)]
 
 
-def train_step(model: nn.Module, workload: Workload, optimizer: torch.optim.Optimizer,
-               params: list[nn.Parameter], samples: list[Sample], micro_batch_size: int,
-               grad_clip: float, autocast: contextlib.AbstractContextManager | None,
-               ctx: DistContext) -> StepResult:
+def train_step(
+    model: nn.Module,
+    workload: Workload,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    samples: list[Sample],
+    micro_batch_size: int,
+    grad_clip: float,
+    autocast: contextlib.AbstractContextManager | None,
+    ctx: DistContext,
+) -> StepResult:
     """Run one optimizer step on this process's `samples` (its share of the global batch)."""
     micros = [workload.make_micro_batch(group, ctx.device) for group in chunk(samples, micro_batch_size)]
     seeds = [[s.noise_seed for s in group] for group in chunk(samples, micro_batch_size)]
-    counts = torch.tensor([sum(m.text_targets for m in micros), sum(m.generated_images for m in micros),
-                           sum(m.tokens for m in micros), sum(m.images for m in micros)], dtype=torch.float64)
+    counts = torch.tensor(
+        [
+            sum(m.text_targets for m in micros),
+            sum(m.generated_images for m in micros),
+            sum(m.tokens for m in micros),
+            sum(m.images for m in micros),
+        ],
+        dtype=torch.float64,
+    )
     text_targets, gen_images, tokens, images = all_reduce(counts, ctx).tolist()
     sums = torch.zeros(2, dtype=torch.float64)  # Σ text CE, Σ image MSE (this process)
     bad_keys: list[str] = []
@@ -82,9 +96,17 @@ def train_step(model: nn.Module, workload: Workload, optimizer: torch.optim.Opti
     else:
         bad_keys = [k for keys in gather_objects(bad_keys, ctx) for k in keys]
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(applied=finite, loss=total, text_loss=text_loss, image_loss=image_loss,
-                      grad_norm=grad_norm, tokens=int(tokens), images=int(images),
-                      text_targets=int(text_targets), bad_keys=bad_keys)
+    return StepResult(
+        applied=finite,
+        loss=total,
+        text_loss=text_loss,
+        image_loss=image_loss,
+        grad_norm=grad_norm,
+        tokens=int(tokens),
+        images=int(images),
+        text_targets=int(text_targets),
+        bad_keys=bad_keys,
+    )
 
 
 def _bad_keys(micro: MicroBatch, per_sample: torch.Tensor | None, sums: torch.Tensor) -> list[str]:
@@ -99,8 +121,9 @@ def _clip(params: list[nn.Parameter], max_norm: float) -> float:
     with_grad = [p for p in params if p.grad is not None]
     if not with_grad:
         return 0.0
-    norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm if max_norm > 0 else float("inf"),
-                                          error_if_nonfinite=False)
+    norm = torch.nn.utils.clip_grad_norm_(
+        with_grad, max_norm if max_norm > 0 else float("inf"), error_if_nonfinite=False
+    )
     if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
         norm = norm.full_tensor()
     return float(norm)

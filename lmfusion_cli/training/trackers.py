@@ -22,8 +22,7 @@ from lmfusion_cli.common.errors import UserError
 log = logging.getLogger(__name__)
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
-_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
-             "mlflow": ("mlflow", "mlflow")}
+_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -43,8 +42,10 @@ def check_available(names: tuple[str, ...]) -> None:
     for name in names:
         module, package = _PACKAGES[name]
         if importlib.util.find_spec(module) is None:
-            raise UserError(f"log.report_to names {name} but the {package} package is not installed; run "
-                            f"`pip install {package}` or remove {name} from log.report_to.")
+            raise UserError(
+                f"log.report_to names {name} but the {package} package is not installed; run "
+                f"`pip install {package}` or remove {name} from log.report_to."
+            )
 
 
 class _TensorBoard:
@@ -73,8 +74,14 @@ class _WandB:
         import wandb
 
         # id = the run folder's name: a resume continues the same W&B run
-        self.run = wandb.init(project=project, name=run_name, id=_safe_id(run_name), resume="allow",
-                              dir=str(run_dir / "logs"), config=params)
+        self.run = wandb.init(
+            project=project,
+            name=run_name,
+            id=_safe_id(run_name),
+            resume="allow",
+            dir=str(run_dir / "logs"),
+            config=params,
+        )
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
@@ -122,8 +129,9 @@ def _safe_id(name: str) -> str:
 class Trackers:
     """The trackers of `log.report_to`, fed by `TrainLogger`; does nothing when the list is empty."""
 
-    def __init__(self, names: tuple[str, ...], run_dir: Path, start_step: int, params: dict[str, Any],
-                 project: str = "lmfusion"):
+    def __init__(
+        self, names: tuple[str, ...], run_dir: Path, start_step: int, params: dict[str, Any], project: str = "lmfusion"
+    ):
         check_available(names)
         run_name = run_dir.resolve().name
         self.backends: list[Any] = []
@@ -140,8 +148,11 @@ class Trackers:
         if not self.backends or "step" not in record:
             return
         prefix = "val/" if record.get("event") == "val" else "train/"
-        values = {prefix + k: float(v) for k, v in record.items()
-                  if k not in ("step", "event") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {
+            prefix + k: float(v)
+            for k, v in record.items()
+            if k not in ("step", "event") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if values:
             for backend in self.backends:
                 backend.scalars(values, int(record["step"]))

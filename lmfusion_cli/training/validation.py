@@ -28,14 +28,28 @@ def validation_samples(source: LatentSource, config: LogConfig, task: str, level
         item = source[i]
         g = torch.Generator().manual_seed(sample_seed(config.val_seed, i, salt=7))
         latent = source.draw(i, g).float()
-        samples.append(Sample(key=str(item_field(item, "key")), task=task, caption=item_field(item, "caption"), latent=latent, position=i,
-                              noise_seed=sample_seed(config.val_seed, i, salt=100 + level)))
+        samples.append(
+            Sample(
+                key=str(item_field(item, "key")),
+                task=task,
+                caption=item_field(item, "caption"),
+                latent=latent,
+                position=i,
+                noise_seed=sample_seed(config.val_seed, i, salt=100 + level),
+            )
+        )
     return samples
 
 
 @torch.no_grad()
-def validate(model: nn.Module, workload: Workload, source: LatentSource, config: LogConfig,
-             micro_batch_size: int, ctx: DistContext) -> dict[str, float]:
+def validate(
+    model: nn.Module,
+    workload: Workload,
+    source: LatentSource,
+    config: LogConfig,
+    micro_batch_size: int,
+    ctx: DistContext,
+) -> dict[str, float]:
     """{"val_loss": mean diffusion loss over levels, "val_loss@0.5": ..., "val_caption_loss": ...}."""
     was_training = model.training
     model.eval()
@@ -46,13 +60,14 @@ def validate(model: nn.Module, workload: Workload, source: LatentSource, config:
     for task, level, fraction in jobs:
         every = validation_samples(source, config, task, level)
         every = every[: max(len(every) - len(every) % ctx.world_size, ctx.world_size)]  # same work per rank (FSDP)
-        mine = every[ctx.rank::ctx.world_size]
+        mine = every[ctx.rank :: ctx.world_size]
         sums = torch.zeros(4, dtype=torch.float64)  # text Σ, text n, image Σ, image n
         for group in chunk(mine, micro_batch_size):
             micro = workload.make_micro_batch(group, ctx.device)
             out = workload.validation_sums(model, micro, [s.noise_seed for s in group], fraction)
-            sums += torch.tensor([out["text"], out["text_count"], out["image"], out["image_count"]],
-                                 dtype=torch.float64)
+            sums += torch.tensor(
+                [out["text"], out["text_count"], out["image"], out["image_count"]], dtype=torch.float64
+            )
         text, text_n, image, image_n = all_reduce(sums, ctx).tolist()
         if task == GENERATION:
             level_losses.append(image / max(image_n, 1.0))

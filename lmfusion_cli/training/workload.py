@@ -70,8 +70,9 @@ class Workload(Protocol):
     def loss_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int]) -> LossSums:
         """Forward `micro` through `model` (the wrapped module: call it, so FSDP hooks run)."""
 
-    def validation_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int],
-                        fraction: float) -> tuple[float, int]:
+    def validation_sums(
+        self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int], fraction: float
+    ) -> tuple[float, int]:
         """(Σ diffusion loss, number of images) at a fixed noise level `fraction` with seeded noise."""
 
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:

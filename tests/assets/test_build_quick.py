@@ -19,8 +19,13 @@ pytestmark = pytest.mark.slow  # four short builds: ~60 s of CPU, 2-3 min on the
 
 def run_build(out: Path, *extra: str) -> tuple[dict, float]:
     start = time.time()
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick", *extra],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--quick", *extra],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "build_report.json").read_text()), time.time() - start
 

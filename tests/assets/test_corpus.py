@@ -12,9 +12,11 @@ from lmfusion_cli.data import corpus, shapes
 def test_documents_depend_only_on_seed_split_kind_index():
     a = corpus.make_document("general", "train", 17, seed=3)
     assert a == corpus.make_document("general", "train", 17, seed=3)
-    others = [corpus.make_document("general", "train", 17, seed=4),
-              corpus.make_document("general", "heldout", 17, seed=3),
-              corpus.make_document("general", "train", 18, seed=3)]
+    others = [
+        corpus.make_document("general", "train", 17, seed=4),
+        corpus.make_document("general", "heldout", 17, seed=3),
+        corpus.make_document("general", "train", 18, seed=3),
+    ]
     assert all(o.text != a.text for o in others)
 
 
@@ -34,8 +36,10 @@ def test_heldout_shares_no_sentence_with_training_and_counts_what_it_removed():
 
 def test_captions_are_shapes_captions_from_every_template():
     texts = {corpus.make_document("captions", "train", i).text for i in range(3000)}
+
     def as_regex(template: str) -> re.Pattern:
         return re.compile("^" + re.sub(r"\\\{[a-z0-9]+\\\}", "[a-z ]+", re.escape(template)) + "$")
+
     templates = list(shapes.SINGLE_TEMPLATES) + [t for ts in shapes.PAIR_TEMPLATES.values() for t in ts]
     for template in templates:
         pattern = as_regex(template)

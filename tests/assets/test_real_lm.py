@@ -28,7 +28,7 @@ def test_converted_real_lm_knows_the_capital_of_france():
     enc = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         ids = model.generate(**enc, max_new_tokens=3, do_sample=False)
-    continuation = tokenizer.decode(ids[0, enc["input_ids"].shape[1]:])
+    continuation = tokenizer.decode(ids[0, enc["input_ids"].shape[1] :])
     assert continuation.startswith(" Paris"), continuation
 
 
@@ -50,8 +50,9 @@ def test_existing_conversion_is_reused_unless_overwrite(tmp_path, monkeypatch):
     out.mkdir()
     (out / "config.json").write_text("{}")
     calls = []
-    monkeypatch.setattr(convert_real_lm, "find_gguf", lambda *a: calls.append(a) or (_ for _ in ()).throw(
-        UserError("stop here")))
+    monkeypatch.setattr(
+        convert_real_lm, "find_gguf", lambda *a: calls.append(a) or (_ for _ in ()).throw(UserError("stop here"))
+    )
     assert convert_real_lm.convert(out) == out and calls == []
     with pytest.raises(UserError, match="stop here"):  # --overwrite goes on to look for the GGUF
         convert_real_lm.convert(out, overwrite=True)

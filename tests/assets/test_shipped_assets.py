@@ -55,12 +55,19 @@ def test_paths_and_total_size():
 
 def test_tokenizer_round_trips_and_has_the_special_tokens(tokenizer):
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (
-        "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>")
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|pad|>",
+    )
     for name in ("<|begin_of_image|>", "<|end_of_image|>"):
         ids = tokenizer(name, add_special_tokens=False)["input_ids"]
         assert ids == [tokenizer.convert_tokens_to_ids(name)], name  # one token, not split into pieces
-    for text in ("a red circle on a blue background", "Once upon a time, Émile said: «ça va?» 42 🙂\n\ttabs",
-                 "  two  spaces ", "unseen words: xylophone quizzically"):
+    for text in (
+        "a red circle on a blue background",
+        "Once upon a time, Émile said: «ça va?» 42 🙂\n\ttabs",
+        "  two  spaces ",
+        "unseen words: xylophone quizzically",
+    ):
         ids = tokenizer(text)["input_ids"]
         assert ids[0] == tokenizer.bos_token_id
         assert tokenizer.decode(ids, skip_special_tokens=True) == text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -29,7 +29,7 @@ class Run:
     name: str = "run"
     steps: int = 10
     mode: Literal["a", "b"] = "a"
-    note: Optional[str] = None
+    note: str | None = None
     compile: bool = False
     optim: Optim = field(default_factory=Optim)
 
@@ -40,16 +40,19 @@ def test_build_nested_and_defaults():
     assert cfg.mode == "a" and cfg.note is None
 
 
-@pytest.mark.parametrize("data, key", [
-    ({"stepz": 1}, "'stepz'"),
-    ({"optim": {"lrr": 1}}, "'optim.lrr'"),
-    ({"steps": "ten"}, "'steps'"),
-    ({"steps": True}, "'steps'"),
-    ({"mode": "c"}, "'mode'"),
-    ({"compile": "yes"}, "'compile'"),
-    ({"optim": {"betas": [0.9]}}, "'optim.betas'"),
-    ({"optim": 3}, "'optim'"),
-])
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"stepz": 1}, "'stepz'"),
+        ({"optim": {"lrr": 1}}, "'optim.lrr'"),
+        ({"steps": "ten"}, "'steps'"),
+        ({"steps": True}, "'steps'"),
+        ({"mode": "c"}, "'mode'"),
+        ({"compile": "yes"}, "'compile'"),
+        ({"optim": {"betas": [0.9]}}, "'optim.betas'"),
+        ({"optim": 3}, "'optim'"),
+    ],
+)
 def test_bad_keys_and_types_name_the_key(data, key):
     with pytest.raises(UserError) as err:
         build_config(Run, data)

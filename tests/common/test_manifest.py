@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from lmfusion_cli.common.errors import UserError
@@ -19,8 +18,11 @@ def test_skiplog_counts_and_summary():
     other.keep(2)
     other.skip("k4", "missing-image")
     log.merge(other)
-    assert log.counts() == {"kept": 5, "num_skipped": 4,
-                            "skipped": {"corrupt-image": 2, "empty-caption": 1, "missing-image": 1}}
+    assert log.counts() == {
+        "kept": 5,
+        "num_skipped": 4,
+        "skipped": {"corrupt-image": 2, "empty-caption": 1, "missing-image": 1},
+    }
     assert "skipped 4 (corrupt-image: 2, empty-caption: 1, missing-image: 1)" in log.summary()
     assert [i["key"] for i in log.items] == ["k1", "k2", "k3", "k4"]
     assert SkipLog.from_dict(log.to_dict()).counts() == log.counts()

@@ -24,9 +24,32 @@ def invoke(*args):
 
 
 def test_prepare_options(captured, tmp_path):
-    r = invoke("prepare", "--source", "coco", "--coco-root", "/c", "--karpathy-split", "/k.json", "--out", "/o",
-               "--num-items", "7", "--seed", "3", "--resolution", "32", "--shard-size", "5", "--workers", "4",
-               "--overwrite", "--set", "image_format=jpg", "--set", "val_fraction=0.2")
+    r = invoke(
+        "prepare",
+        "--source",
+        "coco",
+        "--coco-root",
+        "/c",
+        "--karpathy-split",
+        "/k.json",
+        "--out",
+        "/o",
+        "--num-items",
+        "7",
+        "--seed",
+        "3",
+        "--resolution",
+        "32",
+        "--shard-size",
+        "5",
+        "--workers",
+        "4",
+        "--overwrite",
+        "--set",
+        "image_format=jpg",
+        "--set",
+        "val_fraction=0.2",
+    )
     assert r.exit_code == 0, r.output
     c = captured["cfg"]
     assert (c.source, c.input, c.karpathy_split, c.out) == ("coco", "/c", "/k.json", "/o")
@@ -40,23 +63,49 @@ def test_prepare_options(captured, tmp_path):
 
 
 def test_encode_options(captured):
-    r = invoke("encode-latents", "--data", "/d", "--out", "/l", "--vae", "/v", "--resolution", "128",
-               "--batch-size", "9", "--workers", "0", "--gpus", "3", "--dtype", "bf16", "--store", "sample",
-               "--flip", "--seed", "5", "--overwrite")
+    r = invoke(
+        "encode-latents",
+        "--data",
+        "/d",
+        "--out",
+        "/l",
+        "--vae",
+        "/v",
+        "--resolution",
+        "128",
+        "--batch-size",
+        "9",
+        "--workers",
+        "0",
+        "--gpus",
+        "3",
+        "--dtype",
+        "bf16",
+        "--store",
+        "sample",
+        "--flip",
+        "--seed",
+        "5",
+        "--overwrite",
+    )
     assert r.exit_code == 0, r.output
     c = captured["cfg"]
     assert (c.data, c.out, c.vae, c.resolution, c.batch_size, c.workers, c.gpus) == ("/d", "/l", "/v", 128, 9, 0, 3)
     assert (c.dtype, c.store, c.flip, c.seed, c.overwrite) == ("bf16", "sample", True, 5, True)
 
 
-def test_encode_bad_input_exit_2(captured):
+def test_encode_bad_input_exit_2(captured, capsys):
     from lmfusion_cli.cli import main
 
-    for args, needle in [(["--data", "/d", "--out", "/l", "--dtype", "fp8"], "dtype"),
-                         (["--out", "/l"], "--data"), (["--data", "/d", "--out", "/l", "--gpus", "0"], "gpus")]:
+    for args, needle in [
+        (["--data", "/d", "--out", "/l", "--dtype", "fp8"], "dtype"),
+        (["--out", "/l"], "--data"),
+        (["--data", "/d", "--out", "/l", "--gpus", "0"], "gpus"),
+    ]:
         with pytest.raises(SystemExit) as e:
             main(["encode-latents", *args])
         assert e.value.code == 2, args
+        assert needle in capsys.readouterr().err, args
     assert "cfg" not in captured  # refused before the stage ran
 
 

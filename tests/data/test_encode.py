@@ -24,6 +24,7 @@ from lmfusion_cli.data.latents import expect_from_vae, open_latent_cache, verify
 from lmfusion_cli.data.prepare import run_prepare
 from lmfusion_cli.data.shards import Sample, iter_samples, write_shard
 from lmfusion_cli.data.vae import default_vae_path
+
 from .latent_helpers import make_vae
 
 torch.set_num_threads(1)
@@ -32,14 +33,20 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("enc")
-    run_prepare(build_config(PrepareConfig, {"out": str(root / "data"), "num_items": 40, "shard_size": 16,
-                                             "val_fraction": 0.2, "test_fraction": 0.0}))
+    run_prepare(
+        build_config(
+            PrepareConfig,
+            {"out": str(root / "data"), "num_items": 40, "shard_size": 16, "val_fraction": 0.2, "test_fraction": 0.0},
+        )
+    )
     return root, make_vae(root / "vae"), make_vae(root / "vae2", seed=1)
 
 
 def ecfg(root, name, vae, **kw) -> EncodeConfig:
-    return build_config(EncodeConfig, {"data": str(root / "data"), "out": str(root / name), "vae": str(vae),
-                                       "workers": 0, "batch_size": 8, **kw})
+    return build_config(
+        EncodeConfig,
+        {"data": str(root / "data"), "out": str(root / name), "vae": str(vae), "workers": 0, "batch_size": 8, **kw},
+    )
 
 
 def direct(vae_dir, data_dir, flip=False):
@@ -117,7 +124,12 @@ def test_other_vae_or_settings_refused_naming_both(setup):
     with pytest.raises(UserError) as e:
         open_latent_cache(root / "lat", expect=expect_from_vae(str(vae2), 64))
     assert str(vae) in str(e.value) and str(vae2) in str(e.value)
-    for key, value in [("resolution", 128), ("scaling_factor", 0.18215), ("shift_factor", 0.0), ("latent_channels", 16)]:
+    for key, value in [
+        ("resolution", 128),
+        ("scaling_factor", 0.18215),
+        ("shift_factor", 0.0),
+        ("latent_channels", 16),
+    ]:
         with pytest.raises(UserError, match=key):
             open_latent_cache(root / "lat", expect={key: value})
     with pytest.raises(UserError, match="manifest"):
@@ -135,8 +147,12 @@ def test_verify_catches_a_damaged_byte(setup, tmp_path):
     target.write_bytes(bytes(data))
     problems = verify_cache(tmp_path / "lat")
     assert len(problems) == 1 and "train-00001.safetensors" in problems[0]
-    r = subprocess.run([sys.executable, "-m", "lmfusion_cli", "encode-latents", "--verify", str(tmp_path / "lat")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "lmfusion_cli", "encode-latents", "--verify", str(tmp_path / "lat")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "train-00001.safetensors" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -155,9 +171,12 @@ def test_options_sample_flip_dtype_resolution(setup):
         fmean, fstd = ref_flip[item["key"]]
         want = mean + std * _item_noise(3, item["key"], (4, 16, 16))
         torch.testing.assert_close(item["sample"].float(), want, atol=2e-2, rtol=1e-2)  # bf16 rounding
-        torch.testing.assert_close(item["sample_flip"].float(),
-                                   fmean + fstd * _item_noise(3, item["key"] + "_flip", (4, 16, 16)),
-                                   atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(
+            item["sample_flip"].float(),
+            fmean + fstd * _item_noise(3, item["key"] + "_flip", (4, 16, 16)),
+            atol=2e-2,
+            rtol=1e-2,
+        )
         torch.testing.assert_close(cache.draw(i), (item["sample"].float() - 0.1) * 0.5)
     assert not torch.allclose(cache[0]["sample"].float(), cache[0]["sample_flip"].float())
     m = run_encode(ecfg(root, "lat-32", vae, resolution=32, dtype="fp32"))
@@ -182,8 +201,12 @@ def test_bad_items_in_input_shards_are_counted(setup, tmp_path):
     second = manifest["shards"][1]["name"]
     raw = (data / second).read_bytes()
     (data / second).write_bytes(raw[: len(raw) // 2])  # truncated shard
-    m = run_encode(build_config(EncodeConfig, {"data": str(data), "out": str(tmp_path / "lat"), "vae": str(vae),
-                                               "workers": 2, "batch_size": 8}))
+    m = run_encode(
+        build_config(
+            EncodeConfig,
+            {"data": str(data), "out": str(tmp_path / "lat"), "vae": str(vae), "workers": 2, "batch_size": 8},
+        )
+    )
     reasons = m["counts"]["skipped"]
     assert reasons["corrupt-image"] == 1 and reasons["duplicate-key"] == 1 and reasons["truncated-shard"] == 1
     keys = {(i["key"], i["reason"]) for i in m["skipped_items"]}
@@ -207,8 +230,10 @@ def test_disk_full_keeps_finished_shards_and_rerun_completes(setup, tmp_path, mo
         return real(*args, **kw)
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
-    cfg = build_config(EncodeConfig, {"data": str(root / "data"), "out": str(tmp_path / "lat"), "vae": str(vae),
-                                      "workers": 0, "batch_size": 8})
+    cfg = build_config(
+        EncodeConfig,
+        {"data": str(root / "data"), "out": str(tmp_path / "lat"), "vae": str(vae), "workers": 0, "batch_size": 8},
+    )
     with pytest.raises(UserError, match="No space left") as e:
         run_encode(cfg)
     assert "\n" not in str(e.value)

@@ -16,6 +16,7 @@ from lmfusion_cli.data.config import EncodeConfig, PrepareConfig
 from lmfusion_cli.data.encode import run_encode
 from lmfusion_cli.data.latents import open_latent_cache
 from lmfusion_cli.data.prepare import run_prepare
+
 from .latent_helpers import make_vae
 
 
@@ -40,8 +41,23 @@ def test_sigkill_then_rerun_equals_uninterrupted(straight):
     tmp_path, vae, common, _ = straight
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "lmfusion_cli", "-q", "encode-latents", "--data", str(tmp_path / "data"),
-           "--vae", str(vae), "--out", str(out), "--batch-size", "3", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmfusion_cli",
+        "-q",
+        "encode-latents",
+        "--data",
+        str(tmp_path / "data"),
+        "--vae",
+        str(vae),
+        "--out",
+        str(out),
+        "--batch-size",
+        "3",
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -53,7 +69,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(straight):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists()
-    done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors") if (out / ".parts" / f"{p.stem}.json").exists()}
+    done_before = {
+        p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors") if (out / ".parts" / f"{p.stem}.json").exists()
+    }
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert files(out) == files(tmp_path / "straight")  # no temp leftovers, same bytes

@@ -78,11 +78,20 @@ def test_bad_coco_records_are_skipped_and_counted(tmp_path):
     m = prepare(tmp_path, source="coco", input=str(tmp_path / "coco"))
     assert m["counts"]["skipped"]["bad-record"] == 2 and m["counts"]["kept"] == 2
 
-    karpathy = {"images": [{"cocoid": 1, "filepath": "val2017", "filename": "a.jpg", "sentences": ["a string"]},
-                           {"cocoid": 2, "filepath": "val2017", "filename": "b.png", "sentences": [{"raw": "g"}]}]}
+    karpathy = {
+        "images": [
+            {"cocoid": 1, "filepath": "val2017", "filename": "a.jpg", "sentences": ["a string"]},
+            {"cocoid": 2, "filepath": "val2017", "filename": "b.png", "sentences": [{"raw": "g"}]},
+        ]
+    }
     (tmp_path / "k.json").write_text(json.dumps(karpathy))
-    m = prepare(tmp_path, source="coco", input=str(tmp_path / "coco"), karpathy_split=str(tmp_path / "k.json"),
-                out=str(tmp_path / "out2"))
+    m = prepare(
+        tmp_path,
+        source="coco",
+        input=str(tmp_path / "coco"),
+        karpathy_split=str(tmp_path / "k.json"),
+        out=str(tmp_path / "out2"),
+    )
     assert m["counts"]["skipped"] == {"bad-record": 1} and m["counts"]["kept"] == 1
 
 
@@ -91,8 +100,12 @@ def test_bad_imagefolder_rows_are_skipped_and_counted(tmp_path):
     root.mkdir()
     (root / "p.png").write_bytes(image_bytes())
     (tmp_path / "secret.png").write_bytes(image_bytes())
-    rows = [{"file_name": "p.png", "text": "pee"}, {"file_name": str(tmp_path / "secret.png"), "text": "abs"},
-            ["a", "list"], {"file_name": "../secret.png", "text": "up"}]
+    rows = [
+        {"file_name": "p.png", "text": "pee"},
+        {"file_name": str(tmp_path / "secret.png"), "text": "abs"},
+        ["a", "list"],
+        {"file_name": "../secret.png", "text": "up"},
+    ]
     (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     m = prepare(tmp_path, source="imagefolder", input=str(root))
     assert m["counts"]["skipped"] == {"bad-record": 1, "outside-root": 2} and m["counts"]["kept"] == 1
@@ -105,13 +118,17 @@ def test_sources_are_confined_to_their_root_unless_allowed(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "in.png").write_bytes(image_bytes())
-    lines = [{"image": "in.png", "caption": "in"}, {"image": "../outside/s.png", "caption": "dots", "key": "dots"},
-             {"image": str(outside / "s.png"), "caption": "absolute", "key": "abs"}]
+    lines = [
+        {"image": "in.png", "caption": "in"},
+        {"image": "../outside/s.png", "caption": "dots", "key": "dots"},
+        {"image": str(outside / "s.png"), "caption": "absolute", "key": "abs"},
+    ]
     (src / "p.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     m = prepare(tmp_path, source="jsonl", input=str(src / "p.jsonl"))
     assert reasons(m) == {"dots": "outside-root", "abs": "outside-root"} and m["counts"]["kept"] == 1
-    m = prepare(tmp_path, source="jsonl", input=str(src / "p.jsonl"), allow_outside_root=True,
-                out=str(tmp_path / "out2"))
+    m = prepare(
+        tmp_path, source="jsonl", input=str(src / "p.jsonl"), allow_outside_root=True, out=str(tmp_path / "out2")
+    )
     assert m["counts"]["kept"] == 3
 
     folder = tmp_path / "folder"
@@ -128,8 +145,9 @@ def test_a_long_caption_is_cut_and_counted(tmp_path):
     (tmp_path / "x.png").write_bytes(image_bytes())
     (tmp_path / "y.png").write_bytes(image_bytes())
     long = " ".join(["word"] * 10_000)  # 50 KB
-    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "x.png", "caption": long}) + "\n"
-                                      + json.dumps({"image": "y.png", "caption": "short"}))
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"image": "x.png", "caption": long}) + "\n" + json.dumps({"image": "y.png", "caption": "short"})
+    )
     m = prepare(tmp_path, source="jsonl", input=str(tmp_path / "p.jsonl"))
     assert m["captions_truncated"] == 1 and m["counts"]["kept"] == 2
     import webdataset as wds

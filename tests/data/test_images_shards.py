@@ -11,6 +11,7 @@ from PIL import Image
 
 from lmfusion_cli.data.images import BadImage, decode_image, encode_image, resize_center_crop
 from lmfusion_cli.data.shards import Sample, iter_samples, safe_key, scan_shard, write_shard
+
 from .helpers import image_bytes, truncated_jpeg
 
 
@@ -36,8 +37,10 @@ def test_resize_center_crop_takes_the_middle():
 
 
 def _samples(n=4):
-    return [Sample(f"k{i}", encode_image(Image.new("RGB", (8, 8), (i, 0, 0)), "png"), "png", f"caption {i}",
-                   {"i": i}) for i in range(n)]
+    return [
+        Sample(f"k{i}", encode_image(Image.new("RGB", (8, 8), (i, 0, 0)), "png"), "png", f"caption {i}", {"i": i})
+        for i in range(n)
+    ]
 
 
 def test_write_is_deterministic_and_readable(tmp_path):
@@ -73,13 +76,21 @@ def test_truncated_shard_keeps_members_before_the_cut(tmp_path, cut):
 
 def test_bad_members_are_counted_by_reason_and_key(tmp_path):
     path = tmp_path / "bad.tar"
-    members = [("a.png", image_bytes()), ("a.txt", b"ok"),
-               ("b.png", image_bytes()), ("b.txt", b"\xff\xfe not utf-8"),
-               ("c.png", image_bytes()),
-               ("d.txt", b"caption only"),
-               ("e.gif", b"GIF89a"), ("e.txt", b"gif"),
-               ("f.png", image_bytes()), ("f.txt", b"x"), ("f.json", b"{not json"),
-               ("g.png", image_bytes()), ("g.txt", b"   ")]
+    members = [
+        ("a.png", image_bytes()),
+        ("a.txt", b"ok"),
+        ("b.png", image_bytes()),
+        ("b.txt", b"\xff\xfe not utf-8"),
+        ("c.png", image_bytes()),
+        ("d.txt", b"caption only"),
+        ("e.gif", b"GIF89a"),
+        ("e.txt", b"gif"),
+        ("f.png", image_bytes()),
+        ("f.txt", b"x"),
+        ("f.json", b"{not json"),
+        ("g.png", image_bytes()),
+        ("g.txt", b"   "),
+    ]
     with tarfile.open(path, "w") as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
@@ -88,6 +99,12 @@ def test_bad_members_are_counted_by_reason_and_key(tmp_path):
     scan = scan_shard(path)
     assert [s.key for s in scan.samples] == ["a"]
     reasons = {item["key"]: item["reason"] for item in scan.log.items}
-    assert reasons == {"b": "bad-caption-encoding", "c": "missing-caption", "d": "missing-image",
-                       "e": "unsupported-extension", "f": "bad-json", "g": "empty-caption"}
+    assert reasons == {
+        "b": "bad-caption-encoding",
+        "c": "missing-caption",
+        "d": "missing-image",
+        "e": "unsupported-extension",
+        "f": "bad-json",
+        "g": "empty-caption",
+    }
     assert json.dumps(scan.log.counts())  # JSON-able for the manifest

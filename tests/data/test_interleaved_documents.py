@@ -45,27 +45,51 @@ def test_jsonl_interleaved_documents(tmp_path):
     (tmp_path / "a.png").write_bytes(image_bytes((200, 0, 0)))
     (tmp_path / "b.png").write_bytes(image_bytes((0, 0, 200)))
     lines = [
-        {"key": "doc1", "parts": [{"text": "A red one:"}, {"image": "a.png"}, {"text": "Then a blue one:"},
-                                  {"image": "b.png", "caption": "blue"}, {"text": "The end."}]},
+        {
+            "key": "doc1",
+            "parts": [
+                {"text": "A red one:"},
+                {"image": "a.png"},
+                {"text": "Then a blue one:"},
+                {"image": "b.png", "caption": "blue"},
+                {"text": "The end."},
+            ],
+        },
         {"key": "doc2", "parts": [{"text": "no image here"}]},  # skipped: no image
         {"key": "doc3", "parts": [{"text": "x"}, {"video": "v.mp4"}]},  # skipped: unknown part
         {"key": "doc4", "parts": "not a list"},
         {"image": "a.png", "caption": "a plain pair still works", "key": "pair"},
     ]
     (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    m = run_prepare(build_config(PrepareConfig, {"source": "jsonl", "input": str(tmp_path / "docs.jsonl"),
-                                                 "out": str(tmp_path / "out"), "resolution": 16,
-                                                 "val_fraction": 0.0, "test_fraction": 0.0}))
+    m = run_prepare(
+        build_config(
+            PrepareConfig,
+            {
+                "source": "jsonl",
+                "input": str(tmp_path / "docs.jsonl"),
+                "out": str(tmp_path / "out"),
+                "resolution": 16,
+                "val_fraction": 0.0,
+                "test_fraction": 0.0,
+            },
+        )
+    )
     assert m["counts"]["kept"] == 3 and m["counts"]["skipped"] == {"bad-record": 3}
     got = {s["__key__"]: (s["txt"].decode(), json.loads(s["json"])) for s in _samples(tmp_path / "out")}
-    assert got["doc1-0"][0] == "A red one:" and got["doc1-0"][1]["document"] == {"before": "A red one:",
-                                                                                  "after": "Then a blue one:"}
-    assert got["doc1-1"][0] == "blue" and got["doc1-1"][1]["document"] == {"before": "Then a blue one:",
-                                                                           "after": "The end."}
+    assert got["doc1-0"][0] == "A red one:" and got["doc1-0"][1]["document"] == {
+        "before": "A red one:",
+        "after": "Then a blue one:",
+    }
+    assert got["doc1-1"][0] == "blue" and got["doc1-1"][1]["document"] == {
+        "before": "Then a blue one:",
+        "after": "The end.",
+    }
     assert "document" not in got["pair"][1]
 
 
 def test_jsonl_items_splits_text_around_each_image():
     parts = [{"image": "1.png"}, {"text": "one"}, {"text": "two"}, {"image": "2.png"}]
-    assert jsonl_items(parts) == [("1.png", {"before": "", "after": "one two"}, None),
-                                  ("2.png", {"before": "one two", "after": ""}, None)]
+    assert jsonl_items(parts) == [
+        ("1.png", {"before": "", "after": "one two"}, None),
+        ("2.png", {"before": "one two", "after": ""}, None),
+    ]

@@ -15,6 +15,7 @@ from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import verify_files
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.prepare import assign_split, run_prepare
+
 from .helpers import image_bytes, make_coco, truncated_jpeg
 
 
@@ -77,8 +78,16 @@ def _reasons(manifest):
 
 def test_coco_bad_items_skipped_and_counted(tmp_path):
     expected = make_coco(tmp_path / "coco")
-    m = run_prepare(cfg(source="coco", input=str(tmp_path / "coco"), out=str(tmp_path / "out"), resolution=16,
-                        val_fraction=0.0, test_fraction=0.0))
+    m = run_prepare(
+        cfg(
+            source="coco",
+            input=str(tmp_path / "coco"),
+            out=str(tmp_path / "out"),
+            resolution=16,
+            val_fraction=0.0,
+            test_fraction=0.0,
+        )
+    )
     bad = {k: r for k, r in expected.items() if r != "kept"}
     assert _reasons(m) == bad
     assert m["counts"]["kept"] == 2 and m["counts"]["num_skipped"] == len(bad)
@@ -94,13 +103,22 @@ def test_coco_bad_items_skipped_and_counted(tmp_path):
 
 def test_coco_karpathy_split(tmp_path):
     make_coco(tmp_path / "coco")
-    karpathy = {"images": [
-        {"cocoid": 1, "filepath": "val2017", "filename": "a.jpg", "split": "test", "sentences": [{"raw": "red"}]},
-        {"cocoid": 2, "filepath": "val2017", "filename": "b.png", "split": "restval", "sentences": [{"raw": "gr"}]},
-    ]}
+    karpathy = {
+        "images": [
+            {"cocoid": 1, "filepath": "val2017", "filename": "a.jpg", "split": "test", "sentences": [{"raw": "red"}]},
+            {"cocoid": 2, "filepath": "val2017", "filename": "b.png", "split": "restval", "sentences": [{"raw": "gr"}]},
+        ]
+    }
     (tmp_path / "k.json").write_text(json.dumps(karpathy))
-    m = run_prepare(cfg(source="coco", input=str(tmp_path / "coco"), karpathy_split=str(tmp_path / "k.json"),
-                        out=str(tmp_path / "out"), resolution=16))
+    m = run_prepare(
+        cfg(
+            source="coco",
+            input=str(tmp_path / "coco"),
+            karpathy_split=str(tmp_path / "k.json"),
+            out=str(tmp_path / "out"),
+            resolution=16,
+        )
+    )
     assert {s: v["items"] for s, v in m["splits"].items()} == {"train": 1, "val": 0, "test": 1}
 
 
@@ -123,10 +141,24 @@ def test_folder_bad_items_by_reason_and_key(tmp_path):
     (src / "dup.jpg").write_bytes(image_bytes(fmt="JPEG"))
     (src / "dup.txt").write_text("duplicate")
     (src / "nocap.png").write_bytes(image_bytes())
-    m = run_prepare(cfg(source="folder", input=str(src), out=str(tmp_path / "out"), resolution=16,
-                        val_fraction=0.0, test_fraction=0.0))
-    assert _reasons(m) == {"trunc": "truncated-image", "zero": "empty-image", "wrong_gif2": "unsupported-extension",
-                           "latin": "bad-caption-encoding", "dup": "duplicate-key", "nocap": "missing-caption"}
+    m = run_prepare(
+        cfg(
+            source="folder",
+            input=str(src),
+            out=str(tmp_path / "out"),
+            resolution=16,
+            val_fraction=0.0,
+            test_fraction=0.0,
+        )
+    )
+    assert _reasons(m) == {
+        "trunc": "truncated-image",
+        "zero": "empty-image",
+        "wrong_gif2": "unsupported-extension",
+        "latin": "bad-caption-encoding",
+        "dup": "duplicate-key",
+        "nocap": "missing-caption",
+    }
     assert m["counts"]["kept"] == 3  # good, sub/also, and the first dup file
     import webdataset as wds
 
@@ -139,14 +171,25 @@ def test_jsonl_source(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "x.png").write_bytes(image_bytes((1, 2, 3), (100, 50)))
     (tmp_path / "img" / "y.png").write_bytes(image_bytes())
-    lines = [json.dumps({"image": "img/x.png", "caption": "ex", "split": "test", "attributes": {"a": 1}}),
-             json.dumps({"image": "img/y.png", "caption": ["why", "y"], "key": "yy"}),
-             json.dumps({"image": "img/x.png", "caption": "again", "key": "img_x"}),  # same key as line 1
-             "{broken", json.dumps({"caption": "no image"}),
-             json.dumps({"image": "img/missing.png", "caption": "gone"})]
+    lines = [
+        json.dumps({"image": "img/x.png", "caption": "ex", "split": "test", "attributes": {"a": 1}}),
+        json.dumps({"image": "img/y.png", "caption": ["why", "y"], "key": "yy"}),
+        json.dumps({"image": "img/x.png", "caption": "again", "key": "img_x"}),  # same key as line 1
+        "{broken",
+        json.dumps({"caption": "no image"}),
+        json.dumps({"image": "img/missing.png", "caption": "gone"}),
+    ]
     (tmp_path / "pairs.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + b'{"image": "\xff"}\n')
-    m = run_prepare(cfg(source="jsonl", input=str(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"),
-                        resolution=16, val_fraction=0.0, test_fraction=0.0))
+    m = run_prepare(
+        cfg(
+            source="jsonl",
+            input=str(tmp_path / "pairs.jsonl"),
+            out=str(tmp_path / "out"),
+            resolution=16,
+            val_fraction=0.0,
+            test_fraction=0.0,
+        )
+    )
     assert m["counts"]["skipped"] == {"bad-record": 3, "duplicate-key": 1, "missing-image": 1}
     assert m["splits"]["test"]["items"] == 1 and m["splits"]["train"]["items"] == 1
 
@@ -154,8 +197,9 @@ def test_jsonl_source(tmp_path):
 def test_hf_disk_and_imagefolder_sources(tmp_path):
     import datasets
 
-    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (20, 20), (i * 50, 0, 0)) for i in range(4)],
-                                     "text": ["zero", "one", "", "three"]})
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (20, 20), (i * 50, 0, 0)) for i in range(4)], "text": ["zero", "one", "", "three"]}
+    )
     ds = ds.cast_column("image", datasets.Image())
     datasets.DatasetDict({"train": ds, "validation": ds.select([0])}).save_to_disk(str(tmp_path / "hf"))
     m = run_prepare(cfg(source="hf-disk", input=str(tmp_path / "hf"), out=str(tmp_path / "o1"), resolution=16))
@@ -167,7 +211,8 @@ def test_hf_disk_and_imagefolder_sources(tmp_path):
     for name in ("p.png", "q.png", "r.png"):
         (root / "train" / name).write_bytes(image_bytes())
     (root / "train" / "metadata.jsonl").write_text(
-        json.dumps({"file_name": "p.png", "text": "pee"}) + "\n" + json.dumps({"file_name": "q.png", "caption": "q"}))
+        json.dumps({"file_name": "p.png", "text": "pee"}) + "\n" + json.dumps({"file_name": "q.png", "caption": "q"})
+    )
     m = run_prepare(cfg(source="imagefolder", input=str(root), out=str(tmp_path / "o2"), resolution=16))
     assert m["splits"]["train"]["items"] == 2
     assert _reasons(m) == {"train_r": "missing-caption"}
@@ -207,8 +252,20 @@ def test_cli_bad_input_is_one_sentence_exit_2(tmp_path):
     assert r.returncode == 2 and "shard_sise" in r.stderr and "Traceback" not in r.stderr
     r = _cli("prepare", "--source", "coco", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "--input" in r.stderr
-    r = _cli("-q", "prepare", "--out", str(tmp_path / "o"), "--num-items", "12", "--shard-size", "5",
-             "--resolution", "16", "--seed", "2")
+    r = _cli(
+        "-q",
+        "prepare",
+        "--out",
+        str(tmp_path / "o"),
+        "--num-items",
+        "12",
+        "--shard-size",
+        "5",
+        "--resolution",
+        "16",
+        "--seed",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["counts"]["kept"] == 12 and m["resolution"] == 16 and m["seed"] == 2

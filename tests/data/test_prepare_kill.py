@@ -34,8 +34,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    run_prepare(build_config(PrepareConfig, {"out": str(tmp_path / "straight"), "num_items": 2500,
-                                             "shard_size": 50, "seed": 5}))
+    run_prepare(
+        build_config(PrepareConfig, {"out": str(tmp_path / "straight"), "num_items": 2500, "shard_size": 50, "seed": 5})
+    )
     killed = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     straight = {p.name: p.read_bytes() for p in sorted((tmp_path / "straight").iterdir())}
     assert set(killed) == set(straight)  # no temp leftovers, no .parts, same shard names

@@ -9,10 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-GRANDCHILD = ("import os, time; from lmfusion_cli.data.restart import exit_with_parent; "
-              "exit_with_parent(os.getppid()); time.sleep(60)")
-MIDDLE = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {GRANDCHILD!r}]); "
-          "print(p.pid, flush=True); time.sleep(60)")
+GRANDCHILD = (
+    "import os, time; from lmfusion_cli.data.restart import exit_with_parent; "
+    "exit_with_parent(os.getppid()); time.sleep(60)"
+)
+MIDDLE = (
+    f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {GRANDCHILD!r}]); "
+    "print(p.pid, flush=True); time.sleep(60)"
+)
 
 
 def _alive(pid: int) -> bool:

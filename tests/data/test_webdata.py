@@ -33,15 +33,28 @@ STEMS = ("train-00000", "train-00001", "train-00002", "val-00000", "test-00000")
 def shapes(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("wds") / "shapes"
-    run_prepare(build_config(PrepareConfig, {"out": str(out), "num_items": 30, "seed": 0, "resolution": 32,
-                                             "shard_size": 9, "val_fraction": 0.1, "test_fraction": 0.1}))
+    run_prepare(
+        build_config(
+            PrepareConfig,
+            {
+                "out": str(out),
+                "num_items": 30,
+                "seed": 0,
+                "resolution": 32,
+                "shard_size": 9,
+                "val_fraction": 0.1,
+                "test_fraction": 0.1,
+            },
+        )
+    )
     assert sorted(p.stem for p in out.glob("*.tar")) == sorted(STEMS)
     return out
 
 
 def _encode(data: str, out: Path, **extra) -> dict:
-    return run_encode(build_config(EncodeConfig, {"data": data, "out": str(out), "workers": 0, "batch_size": 4,
-                                                  **extra}))
+    return run_encode(
+        build_config(EncodeConfig, {"data": data, "out": str(out), "workers": 0, "batch_size": 4, **extra})
+    )
 
 
 def _cache_bytes(folder: Path) -> dict[str, bytes]:
@@ -49,8 +62,7 @@ def _cache_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def _spec(prefix: str, root: str) -> str:
-    return "::".join([f"{prefix}{root}/train-{{00000..00002}}.tar",
-                      *(f"{prefix}{root}/{s}.tar" for s in STEMS[3:])])
+    return "::".join([f"{prefix}{root}/train-{{00000..00002}}.tar", *(f"{prefix}{root}/{s}.tar" for s in STEMS[3:])])
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +107,14 @@ def test_a_streamed_shard_counts_bad_items_and_a_break(tmp_path):
     good = encode_image(Image.new("RGB", (8, 8), (9, 9, 9)), "png")
     path = tmp_path / "train-00000.tar"
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in [("a.png", good), ("a.txt", b"a caption"), ("b.png", good),  # b: no caption
-                           ("c.png", good), ("c.txt", b"\xff\xfe"), ("d.txt", b"only text")]:
+        for name, data in [
+            ("a.png", good),
+            ("a.txt", b"a caption"),
+            ("b.png", good),  # b: no caption
+            ("c.png", good),
+            ("c.txt", b"\xff\xfe"),
+            ("d.txt", b"only text"),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -106,21 +124,28 @@ def test_a_streamed_shard_counts_bad_items_and_a_break(tmp_path):
     assert {("b", "missing-caption"), ("c", "bad-caption-encoding"), ("d", "missing-image")} <= reasons
     # a stream that breaks off: the command fails (as curl does when a server drops the connection)
     cut = stream_shard(f"pipe:head -c {path.stat().st_size // 2} {path}; exit 18")
-    assert ("train-00000.tar", "truncated-shard") in {(i["key"], i["reason"]) for i in cut.log.to_dict()["skipped_items"]}
+    assert ("train-00000.tar", "truncated-shard") in {
+        (i["key"], i["reason"]) for i in cut.log.to_dict()["skipped_items"]
+    }
 
 
 def test_new_shards_read_like_old_ones(tmp_path):
     """Shards written by tarfile before issue 16 (members image, txt, json) and by ShardWriter now
     (json, image, txt) give the same samples to the local reader and to the streaming one."""
-    samples = [Sample(f"k{i}", encode_image(Image.new("RGB", (8, 8), (i, 0, 0)), "png"), "png", f"caption {i}",
-                      {"i": i}) for i in range(3)]
+    samples = [
+        Sample(f"k{i}", encode_image(Image.new("RGB", (8, 8), (i, 0, 0)), "png"), "png", f"caption {i}", {"i": i})
+        for i in range(3)
+    ]
     new = tmp_path / "new.tar"
     write_shard(new, samples)
     old = tmp_path / "old.tar"
     with tarfile.open(old, "w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
-            for name, data in [(f"{s.key}.png", s.image), (f"{s.key}.txt", s.caption.encode()),
-                               (f"{s.key}.json", json.dumps(s.meta, sort_keys=True).encode())]:
+            for name, data in [
+                (f"{s.key}.png", s.image),
+                (f"{s.key}.txt", s.caption.encode()),
+                (f"{s.key}.json", json.dumps(s.meta, sort_keys=True).encode()),
+            ]:
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = len(data), 0o644
                 tar.addfile(info, io.BytesIO(data))

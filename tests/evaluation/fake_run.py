@@ -21,8 +21,29 @@ from lmfusion_cli.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES
 from lmfusion_cli.model import LMFusionModel, checkpoint, resolve_boi_eoi
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|begin_of_image|>", "<|end_of_image|>"]
-WORDS = ["a", "an", "the", "on", "of", "in", "is", "and", "background", "image", "shape", "with", ".",
-         "one", "two", "three", "four", "five", "plus", "sky", "grass"]
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "on",
+    "of",
+    "in",
+    "is",
+    "and",
+    "background",
+    "image",
+    "shape",
+    "with",
+    ".",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "plus",
+    "sky",
+    "grass",
+]
 
 
 def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
@@ -34,22 +55,43 @@ def make_tokenizer() -> transformers.PreTrainedTokenizerFast:
                     words.append(w)
     core = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(SPECIALS + words)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                                pad_token="<pad>", unk_token="<unk>",
-                                                additional_special_tokens=SPECIALS[4:])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIALS[4:],
+    )
 
 
 def make_vae() -> AutoencoderKL:
     torch.manual_seed(0)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
-                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                         block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8).eval()
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+    ).eval()
 
 
 def make_fused(base_dir: Path, tokenizer, freeze_text: bool = True, seed: int = 0) -> LMFusionModel:
     boi, eoi = resolve_boi_eoi(tokenizer)
-    model = LMFusionModel.from_base(str(base_dir), latent_size=8, latent_channels=4, patch_size=2,
-                                    unet_channels=(16, 32), boi_id=boi, eoi_id=eoi, freeze_text=freeze_text)
+    model = LMFusionModel.from_base(
+        str(base_dir),
+        latent_size=8,
+        latent_channels=4,
+        patch_size=2,
+        unet_channels=(16, 32),
+        boi_id=boi,
+        eoi_id=eoi,
+        freeze_text=freeze_text,
+    )
     torch.manual_seed(seed)
     with torch.no_grad():
         for p in model.trainable_parameters():
@@ -72,9 +114,18 @@ def build_fake_run(root: Path) -> Path:
 
     tok = make_tokenizer()
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
     vae = make_vae()

@@ -9,9 +9,11 @@ import torch
 
 from lmfusion_cli.data import shapes
 
-TINY_CLIP_CONFIG = {"embed_dim": 16,
-                    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-                    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_CLIP_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 class TinyInception(torch.nn.Module):
@@ -19,8 +21,9 @@ class TinyInception(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(),
-                                          torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+        self.layers = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()
+        )
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         return self.layers(x)

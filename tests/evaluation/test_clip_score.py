@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stand_ins import save_tiny_clip
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.data import shapes
 from lmfusion_cli.evaluation.clip_score import clip_score, clip_scores, load_clip
-from stand_ins import save_tiny_clip
 
 
 @pytest.fixture(scope="module")

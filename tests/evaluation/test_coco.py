@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from stand_ins import make_coco_fixture
 
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.evaluation.coco import (find_layout, generation_images, karpathy_ids, load_images, make_prompts,
-                                          prompt_manifest, select_test_images)
-from stand_ins import make_coco_fixture
+from lmfusion_cli.evaluation.coco import (
+    find_layout,
+    generation_images,
+    karpathy_ids,
+    load_images,
+    make_prompts,
+    prompt_manifest,
+    select_test_images,
+)
 
 
 def test_layout_images_and_karpathy_split(tmp_path):
@@ -59,7 +66,9 @@ def test_coco30k_prompts_are_distinct_seeded_and_from_every_validation_image(tmp
     ids = [p["image_id"] for p in prompts]
     assert len(set(ids)) == 30 and {103, 117}.isdisjoint(ids)
     by_id = {im.image_id: im.captions for im in pool}
-    assert all(p["caption"] in by_id[p["image_id"]] for p in prompts) and [p["index"] for p in prompts] == list(range(30))
+    assert all(p["caption"] in by_id[p["image_id"]] for p in prompts) and [p["index"] for p in prompts] == list(
+        range(30)
+    )
     assert make_prompts(pool, 30, seed=7) == prompts and make_prompts(pool, 30, seed=8) != prompts
     assert len({p["image_id"] for p in make_prompts(pool, 38, seed=0)}) == 38  # every image, once
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from stand_ins import save_tiny_inception
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.data import shapes
 from lmfusion_cli.evaluation.fid import fid_from_feats, fid_from_folders, files_features, list_images, load_inception
 from lmfusion_cli.evaluation.metrics import frechet_distance, gaussian_stats
-from stand_ins import save_tiny_inception
 
 
 @pytest.fixture(scope="module")

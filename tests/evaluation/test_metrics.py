@@ -10,28 +10,37 @@ from lmfusion_cli.evaluation.metrics import caption_scores, cider, cider_scores,
 from lmfusion_cli.evaluation.ptb import java_available, tokenize_captions
 
 REFS = {
-    "1": ["A man riding a wave on top of a surfboard.", "A surfer rides a large wave!",
-          "Someone's surfing on the ocean."],
+    "1": [
+        "A man riding a wave on top of a surfboard.",
+        "A surfer rides a large wave!",
+        "Someone's surfing on the ocean.",
+    ],
     "2": ["A kitchen with a stove, a sink, and a refrigerator.", "The kitchen has white cabinets."],
     "3": ["Two dogs' toys aren't on the floor.", "Dogs play with toys (outside)."],
     "4": ["A red circle on a blue background", "a red circle in the center on a blue background"],
 }
-CANDS = {"1": "A man surfing a wave.", "2": "a kitchen with a sink", "3": "two dogs playing",
-         "4": "A red circle on a blue background."}
+CANDS = {
+    "1": "A man surfing a wave.",
+    "2": "a kitchen with a sink",
+    "3": "two dogs playing",
+    "4": "A red circle on a blue background.",
+}
 
 
 def _official(refs, cands, backend):
     from pycocoevalcap.cider.cider import Cider
 
-    toks = tokenize_captions({**{("r", k): v for k, v in refs.items()}, **{("c", k): [c] for k, c in cands.items()}},
-                             backend)
+    toks = tokenize_captions(
+        {**{("r", k): v for k, v in refs.items()}, **{("c", k): [c] for k, c in cands.items()}}, backend
+    )
     gts = {k: toks[("r", k)] for k in cands}
     res = {k: toks[("c", k)] for k in cands}
     return Cider().compute_score(gts, res)
 
 
-@pytest.mark.parametrize("backend", ["python", pytest.param("java", marks=pytest.mark.skipif(
-    not java_available(), reason="needs java"))])
+@pytest.mark.parametrize(
+    "backend", ["python", pytest.param("java", marks=pytest.mark.skipif(not java_available(), reason="needs java"))]
+)
 def test_cider_equals_pycocoevalcap(backend):
     score, per_item = _official(REFS, CANDS, backend)
     assert abs(cider(REFS, CANDS, tokenizer=backend) - score) < 1e-9
@@ -83,8 +92,9 @@ def test_caption_scores_match_pycocoevalcap():
 
     metrics = ("bleu", "rouge", "cider") + (("meteor",) if java_available() else ())
     out = caption_scores(REFS, CANDS, metrics=metrics, tokenizer="python")
-    toks = tokenize_captions({**{("r", k): v for k, v in REFS.items()}, **{("c", k): [c] for k, c in CANDS.items()}},
-                             "python")
+    toks = tokenize_captions(
+        {**{("r", k): v for k, v in REFS.items()}, **{("c", k): [c] for k, c in CANDS.items()}}, "python"
+    )
     gts = {k: toks[("r", k)] for k in CANDS}
     res = {k: toks[("c", k)] for k in CANDS}
     assert out["BLEU-4"] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3], abs=1e-12)
@@ -175,6 +185,10 @@ def test_frechet_distance_singular_product_adds_eps(monkeypatch):
     out = frechet_distance(mu1, s1, mu2, s2, eps=1e-3)
     offset = np.eye(5) * 1e-3
     assert np.allclose(seen[1], (s1 + offset) @ (s2 + offset))
-    expected = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2)
-                     - 2 * np.trace(real_sqrtm((s1 + offset) @ (s2 + offset)).real))
+    expected = float(
+        ((mu1 - mu2) ** 2).sum()
+        + np.trace(s1)
+        + np.trace(s2)
+        - 2 * np.trace(real_sqrtm((s1 + offset) @ (s2 + offset)).real)
+    )
     assert out == pytest.approx(expected, rel=1e-9)

@@ -43,8 +43,17 @@ def _fixture() -> dict[str, list[str]]:
 
 
 def test_python_rules_on_known_cases():
-    assert tokenize_python("Don't (stop) the U.S. team.") == ["do", "n't", "-lrb-", "stop", "-rrb-", "the",
-                                                              "u.s.", "team", "."]
+    assert tokenize_python("Don't (stop) the U.S. team.") == [
+        "do",
+        "n't",
+        "-lrb-",
+        "stop",
+        "-rrb-",
+        "the",
+        "u.s.",
+        "team",
+        ".",
+    ]
     assert tokenize_captions({"a": ["A dog, running!", ""]}, "python") == {"a": ["a dog running", ""]}
 
 

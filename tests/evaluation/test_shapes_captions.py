@@ -40,20 +40,42 @@ def test_references_cover_all_templates():
 
 
 def test_parse_and_score_details():
-    attrs = {"background": "blue", "layout": "single", "relation": None,
-             "objects": [{"shape": "circle", "colour": "red", "size": "large", "position": "left"}]}
+    attrs = {
+        "background": "blue",
+        "layout": "single",
+        "relation": None,
+        "objects": [{"shape": "circle", "colour": "red", "size": "large", "position": "left"}],
+    }
     parsed = parse_caption("A large red circle on the left, on a blue background.")
     assert parsed["background"] == "blue" and parsed["positions"] == ["left"]
     assert parsed["objects"] == [{"colour": "red", "shape": "circle", "size": "large"}]
     assert score_caption("a small red square at the top on a blue background", attrs) == {
-        "background": [True], "colour": [True], "shape": [False], "position": [False], "size": [False]}
+        "background": [True],
+        "colour": [True],
+        "shape": [False],
+        "position": [False],
+        "size": [False],
+    }
     assert score_caption("a red circle on a blue background", attrs) == {  # position, size not stated
-        "background": [True], "colour": [True], "shape": [True]}
-    pair = {"background": "white", "layout": "pair", "relation": "left of",
-            "objects": [{"shape": "square", "colour": "red", "size": "small", "position": "left"},
-                        {"shape": "circle", "colour": "green", "size": "small", "position": "right"}]}
-    assert score_caption("a green circle to the right of a red square on a white background", pair)["relation"] == [True]
-    assert score_caption("a green circle to the left of a red square on a white background", pair)["relation"] == [False]
+        "background": [True],
+        "colour": [True],
+        "shape": [True],
+    }
+    pair = {
+        "background": "white",
+        "layout": "pair",
+        "relation": "left of",
+        "objects": [
+            {"shape": "square", "colour": "red", "size": "small", "position": "left"},
+            {"shape": "circle", "colour": "green", "size": "small", "position": "right"},
+        ],
+    }
+    assert score_caption("a green circle to the right of a red square on a white background", pair)["relation"] == [
+        True
+    ]
+    assert score_caption("a green circle to the left of a red square on a white background", pair)["relation"] == [
+        False
+    ]
     out = score_captions({"a": "nothing useful"}, {"a": pair}, tokenizer="python")
     assert out["accuracy"]["relation"] is None and out["stated"]["relation"] == 0.0
     with pytest.raises(ValueError, match="no attributes"):

@@ -39,9 +39,15 @@ def test_wrong_prompt_is_caught():
 
 
 def test_predict_attributes_reads_a_drawn_pair_in_relation_order():
-    attrs = {"background": "white", "layout": "pair", "relation": "above",
-             "objects": [{"shape": "square", "colour": "red", "size": "small", "position": "top"},
-                         {"shape": "triangle", "colour": "blue", "size": "small", "position": "bottom"}]}
+    attrs = {
+        "background": "white",
+        "layout": "pair",
+        "relation": "above",
+        "objects": [
+            {"shape": "square", "colour": "red", "size": "small", "position": "top"},
+            {"shape": "triangle", "colour": "blue", "size": "small", "position": "bottom"},
+        ],
+    }
     image = shapes.render(attrs, 64, np.random.default_rng(0))
     pred = predict_attributes(image, layout="pair")
     assert pred["background"] == "white" and pred["relation"] == "above"

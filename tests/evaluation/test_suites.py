@@ -6,13 +6,13 @@ import json
 
 import pytest
 from PIL import Image
+from stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
 
 from lmfusion_cli.data import shapes
 from lmfusion_cli.evaluation.clip_score import load_clip
 from lmfusion_cli.evaluation.coco_suite import run_coco_suite
 from lmfusion_cli.evaluation.fid import load_inception
 from lmfusion_cli.evaluation.suites import generation_path, run_shapes_suite, write_outputs
-from stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
 
 N, SEED, RES = 24, 1000, 32
 
@@ -43,8 +43,16 @@ def test_shapes_suite_scores_resumes_and_reports(tmp_path):
         images_to_caption.extend(images)
         return [truth[shapes.make_item(i, SEED, RES).key] for i in range(len(images))]
 
-    metrics, section = run_shapes_suite(tmp_path, N, SEED, RES, generate_fn=_truth_generator(calls),
-                                        caption_fn=caption, batch_size=5, tokenizer="python")
+    metrics, section = run_shapes_suite(
+        tmp_path,
+        N,
+        SEED,
+        RES,
+        generate_fn=_truth_generator(calls),
+        caption_fn=caption,
+        batch_size=5,
+        tokenizer="python",
+    )
     assert sorted(calls) == list(range(SEED, SEED + N)) and len(images_to_caption) == N
     assert all(acc >= 0.95 for acc in metrics["generation"]["accuracy"].values())
     assert metrics["generation"]["chance"]["colour"] == pytest.approx(1 / 7)
@@ -56,7 +64,9 @@ def test_shapes_suite_scores_resumes_and_reports(tmp_path):
     assert calls == [SEED + 3]
     # scoring an existing folder of generations needs no generator; a missing image is counted
     generation_path(tmp_path / "shapes" / "generations", 5).unlink()
-    rescored, _ = run_shapes_suite(tmp_path / "again", N, SEED, RES, generations_dir=tmp_path / "shapes" / "generations")
+    rescored, _ = run_shapes_suite(
+        tmp_path / "again", N, SEED, RES, generations_dir=tmp_path / "shapes" / "generations"
+    )
     assert rescored["generation"]["skipped"]["skipped"] == {"not-generated": 1}
     paths = write_outputs(tmp_path, "shapes evaluation", {"shapes": (metrics, section)}, {"checkpoint": "none"})
     saved = json.loads(paths["metrics"].read_text())
@@ -84,16 +94,30 @@ def test_coco_suite_end_to_end_with_stand_in_weights(tmp_path):
         def generate(prompts, seeds):
             calls.append((scale, list(prompts), list(seeds)))
             return [shapes.make_item(s, 9 + int(scale * 10), 24).image for s in seeds]
+
         return generate
 
     def caption(images):
         return ["a red circle on a blue background"] * len(images)
 
-    metrics, section = run_coco_suite(tmp_path / "out", root, root / "dataset_coco.json", num_prompts=20, seed=0,
-                                      resolution=24, generate_fns={1.0: generator(1.0), 1.55: generator(1.55)},
-                                      caption_fn=caption, extractor=extractor, extractor_id="tiny", clip_scorer=scorer,
-                                      clip_id="tiny-test-clip (test)", stats_cache_dir=tmp_path / "stats",
-                                      batch_size=8, tokenizer="python", sampling={"sampler": "euler", "steps": 2})
+    metrics, section = run_coco_suite(
+        tmp_path / "out",
+        root,
+        root / "dataset_coco.json",
+        num_prompts=20,
+        seed=0,
+        resolution=24,
+        generate_fns={1.0: generator(1.0), 1.55: generator(1.55)},
+        caption_fn=caption,
+        extractor=extractor,
+        extractor_id="tiny",
+        clip_scorer=scorer,
+        clip_id="tiny-test-clip (test)",
+        stats_cache_dir=tmp_path / "stats",
+        batch_size=8,
+        tokenizer="python",
+        sampling={"sampler": "euler", "steps": 2},
+    )
     assert metrics["num_test_images"] == 18 and 0 <= metrics["captioning"]["CIDEr"] < 10  # Karpathy test: even ids
     gen = metrics["generation"]
     prompts = [json.loads(line) for line in (tmp_path / "out" / "coco" / "prompts.jsonl").read_text().splitlines()[1:]]
@@ -102,15 +126,22 @@ def test_coco_suite_end_to_end_with_stand_in_weights(tmp_path):
     assert any(i % 2 for i in ids)  # drawn from all validation images, not the captioning (Karpathy test) split
     protocol = gen["protocol"]
     assert (protocol["num_prompts"], protocol["num_distinct_images"], protocol["num_reference_images"]) == (20, 20, 20)
-    assert (protocol["resolution"], protocol["extractor"], protocol["cfg_scales"], protocol["seed"]) == (24, "tiny", [1.0, 1.55], 0)
+    assert (protocol["resolution"], protocol["extractor"], protocol["cfg_scales"], protocol["seed"]) == (
+        24,
+        "tiny",
+        [1.0, 1.55],
+        0,
+    )
     assert (protocol["sampler"], protocol["steps"], protocol["clip_model"]) == ("euler", 2, "tiny-test-clip (test)")
     assert set(gen["by_cfg_scale"]) == {"cfg=1", "cfg=1.55"}
     for key in ("cfg=1", "cfg=1.55"):
         figures = gen["by_cfg_scale"][key]
         assert figures["num_generated"] == 20 and figures["fid"] > 0 and 0 <= figures["clip_score"] <= 100
     assert gen["by_cfg_scale"]["cfg=1"]["fid"] != gen["by_cfg_scale"]["cfg=1.55"]["fid"]
-    by_scale = {scale: (sum((c[1] for c in calls if c[0] == scale), []), sum((c[2] for c in calls if c[0] == scale), []))
-                for scale in (1.0, 1.55)}
+    by_scale = {
+        scale: (sum((c[1] for c in calls if c[0] == scale), []), sum((c[2] for c in calls if c[0] == scale), []))
+        for scale in (1.0, 1.55)
+    }
     assert by_scale[1.0] == by_scale[1.55] and by_scale[1.0][1] == list(range(20))  # same prompts, same seeds
     # the reference statistics are those of exactly the prompts' images, centre-cropped and resized to 24 px
     by_id = {int(p.stem[-12:]): p for p in (root / "val2014").iterdir()}
@@ -123,14 +154,35 @@ def test_coco_suite_end_to_end_with_stand_in_weights(tmp_path):
     assert direct["fid"] == pytest.approx(gen["by_cfg_scale"]["cfg=1.55"]["fid"], rel=1e-6)
     assert not protocol["reference_stats_cached"] and len(list((tmp_path / "stats").glob("*.npz"))) == 1
     # a rerun scores the saved generations against the cached statistics; another draw is another cache entry
-    again, _ = run_coco_suite(tmp_path / "out", root, root / "dataset_coco.json", num_prompts=20, seed=0, resolution=24,
-                              extractor=extractor, extractor_id="tiny", stats_cache_dir=tmp_path / "stats",
-                              cfg_scales=(1.0, 1.55))
+    again, _ = run_coco_suite(
+        tmp_path / "out",
+        root,
+        root / "dataset_coco.json",
+        num_prompts=20,
+        seed=0,
+        resolution=24,
+        extractor=extractor,
+        extractor_id="tiny",
+        stats_cache_dir=tmp_path / "stats",
+        cfg_scales=(1.0, 1.55),
+    )
     assert again["generation"]["protocol"]["reference_stats_cached"]
     assert again["generation"]["by_cfg_scale"]["cfg=1"]["fid"] == pytest.approx(gen["by_cfg_scale"]["cfg=1"]["fid"])
-    other, _ = run_coco_suite(tmp_path / "other", root, num_prompts=20, seed=5, resolution=24, extractor=extractor,
-                              extractor_id="tiny", stats_cache_dir=tmp_path / "stats", generate_fns={1.0: generator(1.0)})
-    assert not other["generation"]["protocol"]["reference_stats_cached"] and len(list((tmp_path / "stats").glob("*.npz"))) == 2
+    other, _ = run_coco_suite(
+        tmp_path / "other",
+        root,
+        num_prompts=20,
+        seed=5,
+        resolution=24,
+        extractor=extractor,
+        extractor_id="tiny",
+        stats_cache_dir=tmp_path / "stats",
+        generate_fns={1.0: generator(1.0)},
+    )
+    assert (
+        not other["generation"]["protocol"]["reference_stats_cached"]
+        and len(list((tmp_path / "stats").glob("*.npz"))) == 2
+    )
     paths = write_outputs(tmp_path / "out", "coco", {"coco": (metrics, section)})
     for rel, _ in section.images:
         assert _valid_png(tmp_path / "out" / rel) and rel in paths["report"].read_text()

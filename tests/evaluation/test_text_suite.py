@@ -12,8 +12,18 @@ import torch
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.evaluation.text_data import TINY_MC_PATH, build_tiny_mc_set, to_jsonl
-from lmfusion_cli.evaluation.text_suite import (SHIPPED_TASK, FieldMap, MCItem, items_task, load_hf_disk, load_jsonl,
-                                                load_tasks, run_text_suite, task_from_yaml, task_specs)
+from lmfusion_cli.evaluation.text_suite import (
+    SHIPPED_TASK,
+    FieldMap,
+    MCItem,
+    items_task,
+    load_hf_disk,
+    load_jsonl,
+    load_tasks,
+    run_text_suite,
+    task_from_yaml,
+    task_specs,
+)
 
 
 def test_shipped_set_is_reproducible_and_clean():
@@ -26,9 +36,15 @@ def test_shipped_set_is_reproducible_and_clean():
 
 def test_jsonl_bad_lines_are_counted_not_fatal(tmp_path):
     path = tmp_path / "mc.jsonl"
-    lines = [json.dumps({"context": "a", "choices": ["b", "c"], "label": 1}), "{not json",
-             json.dumps({"context": "a", "choices": ["b", "c"]}), json.dumps({"context": "a", "choices": ["b"], "label": 0}),
-             json.dumps({"context": "a", "choices": ["b", "c"], "label": 5}), "", json.dumps([1, 2])]
+    lines = [
+        json.dumps({"context": "a", "choices": ["b", "c"], "label": 1}),
+        "{not json",
+        json.dumps({"context": "a", "choices": ["b", "c"]}),
+        json.dumps({"context": "a", "choices": ["b"], "label": 0}),
+        json.dumps({"context": "a", "choices": ["b", "c"], "label": 5}),
+        "",
+        json.dumps([1, 2]),
+    ]
     path.write_text("\n".join(lines) + "\n")
     items, skips = load_jsonl(path)
     assert [(i.id, i.label) for i in items] == [("mc.jsonl:1", 1)]
@@ -43,8 +59,14 @@ def test_jsonl_bad_lines_are_counted_not_fatal(tmp_path):
 def test_field_maps_and_hf_disk(tmp_path):
     import datasets
 
-    piqa = datasets.Dataset.from_dict({"goal": ["open a jar", "dry hair"], "sol1": ["twist the lid", "use a towel"],
-                                       "sol2": ["eat the lid", "use a fork"], "answer": ["1", "1"]})
+    piqa = datasets.Dataset.from_dict(
+        {
+            "goal": ["open a jar", "dry hair"],
+            "sol1": ["twist the lid", "use a towel"],
+            "sol2": ["eat the lid", "use a fork"],
+            "answer": ["1", "1"],
+        }
+    )
     datasets.DatasetDict({"validation": piqa}).save_to_disk(str(tmp_path / "piqa"))
     fields = FieldMap(context="goal", choices=("sol1", "sol2"), label="answer", label_offset=1)
     items, _skips = load_hf_disk(tmp_path / "piqa", fields, split="validation")
@@ -68,16 +90,25 @@ def _direct_hf(path: Path, tasks, batch_size: int, limit: int | None = None) -> 
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    out = simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=tasks, batch_size=batch_size,
-                          device="cpu", bootstrap_iters=0, task_manager=TaskManager(include_defaults=False), limit=limit)
+    out = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={path}",
+        tasks=tasks,
+        batch_size=batch_size,
+        device="cpu",
+        bootstrap_iters=0,
+        task_manager=TaskManager(include_defaults=False),
+        limit=limit,
+    )
     return out
 
 
 def _fused(path: Path):
     from lmfusion_cli.model import LMFusionModel
 
-    return LMFusionModel.from_base(str(path), latent_size=8, latent_channels=4, patch_size=2,
-                                   unet_channels=(16, 32)).eval()
+    return LMFusionModel.from_base(
+        str(path), latent_size=8, latent_channels=4, patch_size=2, unet_channels=(16, 32)
+    ).eval()
 
 
 def _parity(path: Path, tmp_path: Path, batch_size: int = 16, limit: int | None = None):
@@ -86,8 +117,10 @@ def _parity(path: Path, tmp_path: Path, batch_size: int = 16, limit: int | None 
     specs = task_specs([str(SHIPPED_TASK)])
     manager, names = load_tasks(specs)
     assert names == ["lmfusion_tiny_mc"]
-    lms = {"base": base_lm(str(path), batch_size=batch_size, device="cpu", dtype="float32"),
-           "fused": fused_text_lm(_fused(path), tokenizer=str(path), batch_size=batch_size)}
+    lms = {
+        "base": base_lm(str(path), batch_size=batch_size, device="cpu", dtype="float32"),
+        "fused": fused_text_lm(_fused(path), tokenizer=str(path), batch_size=batch_size),
+    }
     metrics, _ = run_text_suite(tmp_path, specs, manager, lms, limit=limit)
     direct = _direct_hf(path, specs, batch_size, limit)
     task = metrics["tasks"]["lmfusion_tiny_mc"]
@@ -123,7 +156,7 @@ def test_lm_eval_parity_on_smollm2(tmp_path):
     _parity(SMOLLM2, tmp_path, limit=64)  # the full 257 items pass too (measured: 403 s on 2 busy cores)
 
 
-WINO_FUNCS = '''
+WINO_FUNCS = """
 def doc_to_text(doc):
     return {"1": 0, "2": 1}[doc["answer"]]
 
@@ -135,8 +168,8 @@ def doc_to_target(doc):
 def doc_to_choice(doc):
     i = doc["sentence"].index("_")
     return [doc["sentence"][:i] + doc["option1"], doc["sentence"][:i] + doc["option2"]]
-'''
-WINO_YAML = '''task: wino_style_local
+"""
+WINO_YAML = """task: wino_style_local
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -148,7 +181,7 @@ doc_to_target: !function wino_funcs.doc_to_target
 doc_to_choice: !function wino_funcs.doc_to_choice
 metric_list:
   - metric: acc
-'''
+"""
 
 
 def _hand_loglik(model, tokenizer, context: str, continuation: str) -> float:
@@ -171,10 +204,16 @@ def test_winogrande_style_partial_scoring_matches_a_hand_computation(tmp_path):
         fused_text_lm,
     )
 
-    rows = [{"sentence": "a red circle and a blue square are shown: the _ is round.", "option1": "circle",
-             "option2": "square", "answer": "1"},
-            {"sentence": "two plus _ is four.", "option1": "three", "option2": "two", "answer": "2"},
-            {"sentence": "the sky is blue and the _ is green.", "option1": "grass", "option2": "snow", "answer": "1"}]
+    rows = [
+        {
+            "sentence": "a red circle and a blue square are shown: the _ is round.",
+            "option1": "circle",
+            "option2": "square",
+            "answer": "1",
+        },
+        {"sentence": "two plus _ is four.", "option1": "three", "option2": "two", "answer": "2"},
+        {"sentence": "the sky is blue and the _ is green.", "option1": "grass", "option2": "snow", "answer": "1"},
+    ]
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "wino.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "wino_funcs.py").write_text(WINO_FUNCS)
@@ -189,7 +228,7 @@ def test_winogrande_style_partial_scoring_matches_a_hand_computation(tmp_path):
     right = 0
     for row, got, got_fused in zip(rows, res.per_item, fused.per_item):
         i = row["sentence"].index("_")
-        cont = " " + row["sentence"][i + 1:].strip()
+        cont = " " + row["sentence"][i + 1 :].strip()
         hand = [_hand_loglik(model, tok, row["sentence"][:i] + row[f"option{k}"], cont) for k in (1, 2)]
         assert got["logliks"] == pytest.approx(hand, abs=1e-4)
         assert got_fused["logliks"] == got["logliks"]
@@ -202,8 +241,9 @@ def test_winogrande_style_partial_scoring_matches_a_hand_computation(tmp_path):
 def test_items_file_becomes_a_task_and_bad_tasks_are_user_errors(tmp_path):
     items, _ = load_jsonl(TINY_MC_PATH)
     spec = items_task(items[:5], tmp_path / "items.jsonl", "my_items")
-    assert [json.loads(line)["id"] for line in (tmp_path / "items.jsonl").read_text().splitlines()] == \
-        [it.id for it in items[:5]]
+    assert [json.loads(line)["id"] for line in (tmp_path / "items.jsonl").read_text().splitlines()] == [
+        it.id for it in items[:5]
+    ]
     _manager, names = load_tasks([spec])
     assert names == ["my_items"]
     assert task_specs(["siqa"]) == ["social_iqa"]  # the paper's name for lm-eval's task
@@ -212,7 +252,9 @@ def test_items_file_becomes_a_task_and_bad_tasks_are_user_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("dataset_path: json\n")
     with pytest.raises(UserError, match="no 'task:'"):
         task_specs([str(tmp_path / "bad.yaml")])
-    (tmp_path / "gone.yaml").write_text(WINO_YAML.replace("wino_style_local", "gone").replace("!function wino_funcs.", "!function nothere."))
+    (tmp_path / "gone.yaml").write_text(
+        WINO_YAML.replace("wino_style_local", "gone").replace("!function wino_funcs.", "!function nothere.")
+    )
     with pytest.raises(UserError, match="cannot be read"):
         task_specs([str(tmp_path / "gone.yaml")])
 

@@ -9,13 +9,29 @@ from lmfusion_cli.model import LMFusionModel, caption_to_image, image_to_caption
 
 VOCAB = 96
 _COMMON = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
 )
 LAYOUTS = {
-    "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(
-        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
-                             high_freq_factor=4.0, original_max_position_embeddings=64))),
+    "llama3": (
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
+        dict(
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            )
+        ),
+    ),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),  # QKV bias
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=8)),  # q/k norms
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, dict(sliding_window=None)),
@@ -57,7 +73,10 @@ def mixed_examples(model: LMFusionModel, seed: int = 0, captions=((5, 6, 7), (8,
 
     two = build_example(
         [TextPart([1, *captions[2]]), ImagePart(True), TextPart([14, 15]), ImagePart(False), TextPart([16, 2])],
-        num_image_tokens=N, boi_id=model.boi_id, eoi_id=model.eoi_id, latents=lat(2),
+        num_image_tokens=N,
+        boi_id=model.boi_id,
+        eoi_id=model.eoi_id,
+        latents=lat(2),
     )
     return [
         caption_to_image(captions[0], latents=lat(1), **kw),

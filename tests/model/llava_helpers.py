@@ -20,11 +20,23 @@ PINPOINTS = [[28, 28], [28, 56]]
 
 def _configs():
     text = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     vision = transformers.CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=28,
         patch_size=14,
     )
     return text, vision
@@ -36,12 +48,16 @@ def tiny_vlm(kind: str = "llava_next", seed: int = 0, image_token: int = IMAGE_T
     torch.manual_seed(seed)
     if kind == "llava_next":
         config = transformers.LlavaNextConfig(
-            vision_config=vision, text_config=text, image_token_id=image_token, image_grid_pinpoints=PINPOINTS,
+            vision_config=vision,
+            text_config=text,
+            image_token_id=image_token,
+            image_grid_pinpoints=PINPOINTS,
             vision_feature_layer=-2,
         )
         return transformers.LlavaNextForConditionalGeneration(config).eval()
-    config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token,
-                                      vision_feature_layer=-2)
+    config = transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=image_token, vision_feature_layer=-2
+    )
     return transformers.LlavaForConditionalGeneration(config).eval()
 
 
@@ -49,7 +65,9 @@ def image_processor(kind: str = "llava_next"):
     """The VLM's own image processor at the tiny vision size (no normalisation surprises: CLIP's)."""
     if kind == "llava_next":
         return transformers.LlavaNextImageProcessor(
-            size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=PINPOINTS,
+            size={"shortest_edge": 28},
+            crop_size={"height": 28, "width": 28},
+            image_grid_pinpoints=PINPOINTS,
         )
     return transformers.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
 
@@ -80,8 +98,13 @@ def vlm_processor(kind: str, tokenizer):
     """The VLM's full processor (tokenizer + image processor) at the tiny sizes; `<image>` expands to
     one placeholder per vision row (CLIP's CLS dropped: 'default' strategy, 1 additional token)."""
     cls = transformers.LlavaNextProcessor if kind == "llava_next" else transformers.LlavaProcessor
-    return cls(image_processor=image_processor(kind), tokenizer=tokenizer, patch_size=14,
-               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    return cls(
+        image_processor=image_processor(kind),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
 
 
 def tokenizer_with_image_token(tokenizer):
@@ -101,10 +124,17 @@ def save_tiny_llava_next(folder, seed: int = 0):
     tokenizer = tokenizer_with_image_token(AutoTokenizer.from_pretrained(TINY_LM))
     text, vision = _configs()
     text.vocab_size, text.bos_token_id, text.eos_token_id, text.pad_token_id = (
-        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        len(tokenizer),
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
     config = transformers.LlavaNextConfig(
-        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_layer=-2,
     )
     torch.manual_seed(seed)
     model = transformers.LlavaNextForConditionalGeneration(config).eval()

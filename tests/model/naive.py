@@ -74,7 +74,8 @@ def naive_hidden(
         x_t, x_i = text.input_layernorm(h), image.input_layernorm(h)
         qkv = [
             torch.where(is_image[:, :, None], _proj(i_attn, n, x_i), _proj(t_attn, n, x_t))
-            .view(B, T, -1, t_attn.head_dim).transpose(1, 2)
+            .view(B, T, -1, t_attn.head_dim)
+            .transpose(1, 2)
             for n in ("q", "k", "v")
         ]
         q, k = rope_function(text)(qkv[0], qkv[1], cos, sin)
@@ -89,8 +90,10 @@ def naive_hidden(
         att = att.transpose(1, 2).reshape(B, T, -1)
         h = h + _both(t_attn.o_proj, i_attn.o_proj, att, is_image) * is_real[:, :, None]
         mlp = _both(
-            lambda x: text.mlp(text.post_attention_layernorm(x)),
-            lambda x: image.mlp(image.post_attention_layernorm(x)), h, is_image,
+            lambda x, text=text: text.mlp(text.post_attention_layernorm(x)),
+            lambda x, image=image: image.mlp(image.post_attention_layernorm(x)),
+            h,
+            is_image,
         )
         h = h + mlp * is_real[:, :, None]
     return h

@@ -126,18 +126,21 @@ def test_flex_sampling_does_not_recompile_per_step():
     torch._dynamo.reset()
     counters.clear()
     with torch.no_grad():
-        cache = model.forward_segment(left_pad([[1, 5, 6, 7, model.boi_id], [1, model.boi_id]]),
-                                      update_cache=True).cache
+        cache = model.forward_segment(
+            left_pad([[1, 5, 6, 7, model.boi_id], [1, model.boi_id]]), update_cache=True
+        ).cache
         x_t = torch.randn(2, 4, 8, 8)
 
         def denoise(cache):
-            return model.forward_segment(image_segment(cache.next_positions, N), x_t, torch.tensor([500.0, 500.0]),
-                                         cache=cache).image_prediction
+            return model.forward_segment(
+                image_segment(cache.next_positions, N), x_t, torch.tensor([500.0, 500.0]), cache=cache
+            ).image_prediction
 
         def decode(cache, token):
             ids = torch.full((2, 1), token)
-            return model.forward_segment(text_segment(ids, cache.next_positions[:, None]), cache=cache,
-                                         update_cache=True).cache
+            return model.forward_segment(
+                text_segment(ids, cache.next_positions[:, None]), cache=cache, update_cache=True
+            ).cache
 
         for _ in range(2):  # warm-up: the first compiles
             denoise(cache)

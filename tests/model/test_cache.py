@@ -38,7 +38,7 @@ def test_cached_equals_uncached_on_a_mixed_sequence():
     torch.testing.assert_close(first.text_logits, full.text_logits[:, :P], atol=ATOL, rtol=0)
     torch.testing.assert_close(denoise.image_prediction, full.image_prediction, atol=ATOL, rtol=0)
     torch.testing.assert_close(commit.image_prediction, full.image_prediction, atol=ATOL, rtol=0)
-    torch.testing.assert_close(commit.text_logits[:, N:], full.text_logits[:, P + N:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(commit.text_logits[:, N:], full.text_logits[:, P + N :], atol=ATOL, rtol=0)
     assert commit.cache.length == P + N + tail.input_ids.shape[1]
     assert commit.cache.next_positions.tolist() == [P + N + tail.input_ids.shape[1]]
 
@@ -74,10 +74,14 @@ def test_cfg_branches_with_different_prefix_lengths_run_as_one_batch():
         cond = model.forward_segment(_text(cond_prompt), update_cache=True).cache
         uncond = model.forward_segment(_text(uncond_prompt), update_cache=True).cache
         both = KVCache.stack([cond, uncond])
-        step = model.forward_segment(image_segment(both.next_positions, N), x_t.repeat(2, 1, 1, 1), t.repeat(2), cache=both)
+        step = model.forward_segment(
+            image_segment(both.next_positions, N), x_t.repeat(2, 1, 1, 1), t.repeat(2), cache=both
+        )
         # the same from one left-padded prompt batch
         padded = model.forward_segment(left_pad([cond_prompt, uncond_prompt]), update_cache=True).cache
-        step2 = model.forward_segment(image_segment(padded.next_positions, N), x_t.repeat(2, 1, 1, 1), t.repeat(2), cache=padded)
+        step2 = model.forward_segment(
+            image_segment(padded.next_positions, N), x_t.repeat(2, 1, 1, 1), t.repeat(2), cache=padded
+        )
     assert both.document_ids[1].tolist() == [-1] * 4 + [0] * 2
     for prediction in (step.image_prediction, step2.image_prediction):
         torch.testing.assert_close(prediction[0:1], alone[0], atol=ATOL, rtol=0)
@@ -92,7 +96,9 @@ def test_flex_with_cache_equals_sdpa_with_cache():
     with torch.no_grad():
         for model in (sdpa, flex):
             cache = model.forward_segment(left_pad([[1, 5, 6, 7, boi], [1, boi]]), update_cache=True).cache
-            outs.append(model.forward_segment(image_segment(cache.next_positions, N), x_t, t, cache=cache).image_prediction)
+            outs.append(
+                model.forward_segment(image_segment(cache.next_positions, N), x_t, t, cache=cache).image_prediction
+            )
     torch.testing.assert_close(outs[1], outs[0], atol=ATOL, rtol=1e-5)
 
 

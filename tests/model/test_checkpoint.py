@@ -88,7 +88,9 @@ def test_packed_documents_match_each_document_alone():
         span = slice(start, start + len(ex))
         text = alone_batch.modality[0] == TEXT
         torch.testing.assert_close(together.text_logits[0, span][text], alone.text_logits[0][text], atol=1e-5, rtol=0)
-        torch.testing.assert_close(together.image_prediction[image : image + k], alone.image_prediction, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            together.image_prediction[image : image + k], alone.image_prediction, atol=1e-5, rtol=0
+        )
         start, image = start + len(ex), image + k
 
 

@@ -31,7 +31,13 @@ def test_invalid_values_name_the_field(changes, field):
 
 def test_defaults_follow_the_paper():
     c = LMFusionConfig(latent_size=32)
-    assert (c.image_init, c.patcher, c.patch_size, c.objective, c.noise_schedule) == ("copy", "unet", 2, "ddpm-eps", "cosine")
+    assert (c.image_init, c.patcher, c.patch_size, c.objective, c.noise_schedule) == (
+        "copy",
+        "unet",
+        2,
+        "ddpm-eps",
+        "cosine",
+    )
     assert (c.num_train_timesteps, c.lambda_image, c.experts, c.freeze_text) == (1000, 5.0, "deep", True)
     assert c.num_image_tokens == 256
     assert LMFusionConfig(latent_size=32, patch_size=4, unet_channels=(8, 16, 32)).num_image_tokens == 64

@@ -40,12 +40,19 @@ def test_ddpm_noising_target_and_conversions_equal_diffusers(data):
     # conversions through x0 divide by √ᾱ_t, ~1e-4 at t=999 of the cosine schedule: fp32 noise there
     t = torch.tensor([0, 1, 250, 700, 950])
     x_t = diffusion.add_noise(x0, eps, t)
-    torch.testing.assert_close(diffusion.to_velocity(eps, x_t, t), reference.get_velocity(x0, eps, t), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        diffusion.to_velocity(eps, x_t, t), reference.get_velocity(x0, eps, t), atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(diffusion.to_eps(eps, x_t, t), eps)
     reference.set_timesteps(1000)
     for i, step in enumerate(t.tolist()):  # x0 estimate == the scheduler step's pred_original_sample
         out = reference.step(eps[i : i + 1], step, x_t[i : i + 1])
-        torch.testing.assert_close(diffusion.to_x0(eps[i : i + 1], x_t[i : i + 1], t[i : i + 1]), out.pred_original_sample, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            diffusion.to_x0(eps[i : i + 1], x_t[i : i + 1], t[i : i + 1]),
+            out.pred_original_sample,
+            atol=1e-4,
+            rtol=1e-4,
+        )
 
 
 def test_flow_noising_target_and_conversions_equal_diffusers(data):
@@ -101,7 +108,9 @@ def test_understanding_images_are_capped_or_clean(understanding_loss):
     from .helpers import tiny_model
 
     for cap in (0.5, 0.0):
-        model = tiny_model("llama3", understanding_max_timestep_fraction=cap, understanding_image_loss=understanding_loss)
+        model = tiny_model(
+            "llama3", understanding_max_timestep_fraction=cap, understanding_image_loss=understanding_loss
+        )
         kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id)
         batch, latents = collate([image_to_caption([5, 6], latents=torch.randn(1, 4, 8, 8), **kw) for _ in range(64)])
         g = torch.Generator().manual_seed(0)
@@ -158,8 +167,9 @@ def test_timestep_shift_moves_training_noise_levels_like_diffusers(objective):
     shifted = (shift * grid / (1 + (shift - 1) * grid)).double()
     sched_sigmas = reference.sigmas.double()  # diffusers' shifted training grid, high → low noise
     unshifted = torch.linspace(1, 1 / 1000, 1000, dtype=torch.float64)
-    torch.testing.assert_close(sched_sigmas[::100], (shift * unshifted / (1 + (shift - 1) * unshifted))[::100],
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        sched_sigmas[::100], (shift * unshifted / (1 + (shift - 1) * unshifted))[::100], atol=1e-6, rtol=0
+    )
     empirical_cdf = (sigma.double()[None, :] <= shifted[:, None]).double().mean(1)
     assert (empirical_cdf - grid.double()).abs().max() < 0.02
     assert (sigma > 0.5).double().mean() > 0.8  # most draws at high noise (0.5 with no shift)

@@ -77,7 +77,7 @@ def test_tiny_lmfusion_learns():
     image_before, text_before = evaluate()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3, weight_decay=0.0)
     kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id, bos_id=1, eos_id=2)
-    for step in range(300):
+    for _ in range(300):
         rows = torch.randint(0, 64, (16,), generator=g).tolist()
         examples = [caption_to_image(captions[i], latents=latents[i : i + 1], **kw) for i in rows[:8]]
         examples += [image_to_caption(captions[i], latents=latents[i : i + 1], **kw) for i in rows[8:]]

@@ -32,9 +32,17 @@ def _understanding_batch(model, kind, sizes=((20, 40), (28, 28))):
         pixels, size = processed(kind, [random_image(h, w, seed=i)])
         n = llava.num_vision_tokens(model.base, pixels, tuple(size[0].tolist()))
         question = [1, 5, *[IMAGE_TOKEN] * n, 7 + i, 8, 9, 10]
-        parts = [TextPart([1, 5]), VisionPart(n, IMAGE_TOKEN), TextPart(question[2 + n:])]
-        examples.append(build_example(parts, num_image_tokens=model.num_image_tokens, boi_id=model.boi_id,
-                                      eoi_id=model.eoi_id, vision_pixels=pixels, vision_sizes=size))
+        parts = [TextPart([1, 5]), VisionPart(n, IMAGE_TOKEN), TextPart(question[2 + n :])]
+        examples.append(
+            build_example(
+                parts,
+                num_image_tokens=model.num_image_tokens,
+                boi_id=model.boi_id,
+                eoi_id=model.eoi_id,
+                vision_pixels=pixels,
+                vision_sizes=size,
+            )
+        )
         ids.append(question)
     return collate(examples)[0], ids
 
@@ -104,7 +112,10 @@ def _mixed_llava_batch(model, kind="llava_next"):
     C, S = model.config.latent_channels, model.config.latent_size
     first = build_example(
         [TextPart([1, 5], loss=False), VisionPart(n, IMAGE_TOKEN), TextPart([6, 7, 8]), ImagePart(True), TextPart([2])],
-        latents=torch.randn(1, C, S, S, generator=g), vision_pixels=pixels, vision_sizes=size, **kw,
+        latents=torch.randn(1, C, S, S, generator=g),
+        vision_pixels=pixels,
+        vision_sizes=size,
+        **kw,
     )
     second = caption_to_image([9, 10, 11], bos_id=1, eos_id=2, latents=torch.randn(1, C, S, S, generator=g), **kw)
     return pack([first, second], len(first) + len(second) + 2)
@@ -160,7 +171,7 @@ def test_llava_image_experts_learn_generation():
     model = LMFusionModel.from_base(tiny_vlm(), latent_size=8, unet_channels=(32, 64), lambda_image=1.0)
     latents, captions = shapes_set(8, 4)
     kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id, bos_id=1, eos_id=2)
-    every = collate([caption_to_image(c, latents=latents[i: i + 1], **kw) for i, c in enumerate(captions)])
+    every = collate([caption_to_image(c, latents=latents[i : i + 1], **kw) for i, c in enumerate(captions)])
     g = torch.Generator().manual_seed(1)
     eval_t, eval_noise = torch.linspace(0, 999, 64).round(), torch.randn(latents.shape, generator=g)
     understanding, _ = _understanding_batch(model, "llava_next")
@@ -170,8 +181,9 @@ def test_llava_image_experts_learn_generation():
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3, weight_decay=0.0)
     for _ in range(60):
         rows = torch.randint(0, 64, (16,), generator=g).tolist()
-        loss = model(*collate([caption_to_image(captions[i], latents=latents[i: i + 1], **kw) for i in rows]),
-                     generator=g).loss
+        loss = model(
+            *collate([caption_to_image(captions[i], latents=latents[i : i + 1], **kw) for i in rows]), generator=g
+        ).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -15,9 +15,18 @@ from lmfusion_cli.model import LMFusionConfig, LMFusionModel
 
 PAPER = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "paper-llama3-8b.yaml"
 LLAMA3_8B = dict(  # meta-llama/Meta-Llama-3-8B config.json
-    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-    num_key_value_heads=8, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
-    bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False,
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    tie_word_embeddings=False,
 )
 
 

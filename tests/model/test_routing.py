@@ -105,7 +105,9 @@ def test_trainable_sets_of_ablations():
     scratch = tiny_model("llama3", from_scratch=True, seed=3)
     reference = tiny_model("llama3", seed=3)
     assert all(p.requires_grad for p in scratch.base.parameters())
-    assert not torch.equal(scratch.base.model.layers[0].mlp.up_proj.weight, reference.base.model.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(
+        scratch.base.model.layers[0].mlp.up_proj.weight, reference.base.model.layers[0].mlp.up_proj.weight
+    )
     dense = tiny_model("llama3", experts="none", freeze_text=False)
     assert dense.image_experts is None
     options = dict(latent_size=8, unet_channels=(16, 32))

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from lmfusion_cli.model import (
-    IGNORE, IMAGE, PAD, TEXT, caption_to_image, collate, image_to_caption, left_pad, pack, resolve_boi_eoi,
+    IGNORE,
+    IMAGE,
+    PAD,
+    TEXT,
+    caption_to_image,
+    collate,
+    image_to_caption,
+    left_pad,
+    pack,
+    resolve_boi_eoi,
 )
 
 N, BOI, EOI = 4, 90, 91
@@ -65,11 +74,15 @@ def _tokenizer(extra=()):
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(["<unk>", "a", "b", *extra])}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")), unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")), unk_token="<unk>"
+    )
 
 
 def test_resolve_boi_eoi_prefers_named_then_reserved_then_new():
-    named = _tokenizer(["<|reserved_special_token_0|>", "<|reserved_special_token_1|>", "<|begin_of_image|>", "<|end_of_image|>"])
+    named = _tokenizer(
+        ["<|reserved_special_token_0|>", "<|reserved_special_token_1|>", "<|begin_of_image|>", "<|end_of_image|>"]
+    )
     assert resolve_boi_eoi(named) == (5, 6)
     reserved = _tokenizer(["<|reserved_special_token_0|>", "<|reserved_special_token_1|>"])
     assert resolve_boi_eoi(reserved) == (3, 4)

@@ -42,10 +42,19 @@ def _random_examples(model, rng: random.Random):
             if rng.random() < 0.4:
                 parts.append(ImagePart(generate=rng.random() < 0.5))
             else:
-                parts.append(TextPart([rng.randrange(3, 80) for _ in range(rng.randint(1, 4))], loss=rng.random() < 0.8))
+                parts.append(
+                    TextPart([rng.randrange(3, 80) for _ in range(rng.randint(1, 4))], loss=rng.random() < 0.8)
+                )
         images = sum(isinstance(p, ImagePart) for p in parts)
-        examples.append(build_example(parts, num_image_tokens=N, boi_id=model.boi_id, eoi_id=model.eoi_id,
-                                      latents=torch.randn(images, C, S, S)))
+        examples.append(
+            build_example(
+                parts,
+                num_image_tokens=N,
+                boi_id=model.boi_id,
+                eoi_id=model.eoi_id,
+                latents=torch.randn(images, C, S, S),
+            )
+        )
     return examples
 
 
@@ -106,12 +115,17 @@ def test_frozen_context_layout_rules():
     und = image_to_caption([8, 9], latents=torch.randn(1, 4, 4, 4), **kw)  # bos BOI img EOI 8 9 eos
     batch, _ = pack([gen, und], row_length=len(gen) + len(und))
     frozen = frozen_context(batch, (boi, eoi))[0].tolist()
-    assert frozen[:4] == [True] * 4 and not any(frozen[4:len(gen)])
-    assert frozen[len(gen)] and not any(frozen[len(gen) + 1:])
+    assert frozen[:4] == [True] * 4 and not any(frozen[4 : len(gen)])
+    assert frozen[len(gen)] and not any(frozen[len(gen) + 1 :])
     # legacy layout: caption targets before the image (and BOI's, a frozen logit row) cannot learn
     legacy = tiny_model("llama3", latent_size=4, boi_id=90, eoi_id=91)
-    batch, _ = collate([caption_to_image([5, 6, 7], latents=torch.randn(1, 4, 4, 4), num_image_tokens=N,
-                                         boi_id=90, eoi_id=91, bos_id=1, eos_id=2)])
+    batch, _ = collate(
+        [
+            caption_to_image(
+                [5, 6, 7], latents=torch.randn(1, 4, 4, 4), num_image_tokens=N, boi_id=90, eoi_id=91, bos_id=1, eos_id=2
+            )
+        ]
+    )
     learnable, _ = legacy.target_masks(batch)
     assert not learnable[0, :4].any()  # bos 5 6 7 → 5 6 7 BOI
     assert learnable[0, len(batch.labels[0]) - 2]  # EOI → eos: its context holds the image

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmfusion_cli.model.sequence import text_segment
-
 from lmfusion_cli.model import LMFusionModel, caption_to_image, collate
+from lmfusion_cli.model.sequence import text_segment
 
 from .helpers import LAYOUTS, VOCAB, tiny_base, tiny_model
 
@@ -46,7 +45,11 @@ def test_caption_logits_in_a_mixed_sequence_equal_base_on_caption_alone(layout):
     caption = [1, 7, 8, 9, 10, 11]
     C, S, N = 4, model.config.latent_size, model.num_image_tokens
     example = caption_to_image(
-        caption, num_image_tokens=N, boi_id=model.boi_id, eoi_id=model.eoi_id, eos_id=2,
+        caption,
+        num_image_tokens=N,
+        boi_id=model.boi_id,
+        eoi_id=model.eoi_id,
+        eos_id=2,
         latents=torch.randn(1, C, S, S),
     )
     batch, latents = collate([example])

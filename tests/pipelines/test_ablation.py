@@ -36,8 +36,12 @@ def _pipeline_env(tmp: Path, **extra: str) -> dict[str, str]:
 def ablation(tmp_path_factory):
     """One minimal run of the whole pipeline: lmfusion (frozen text) and unfrozen (text_lr)."""
     tmp = tmp_path_factory.mktemp("ablation")
-    build = subprocess.run([sys.executable, str(REPO / "scripts" / "build_assets.py"), "--out", str(tmp / "assets"),
-                            "--quick"], capture_output=True, text=True, cwd=REPO)
+    build = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_assets.py"), "--out", str(tmp / "assets"), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     config = yaml.safe_load((REPO / "pipelines/configs/ablation/tiny.yaml").read_text())
     config["model"]["unet_channels"] = [16, 32]
@@ -47,10 +51,25 @@ def ablation(tmp_path_factory):
     shipped = (REPO / "lmfusion_cli/evaluation/data/tiny_mc.jsonl").read_text().splitlines()
     (tmp / "items.jsonl").write_text("\n".join(shipped[:6]) + "\n")
     env = _pipeline_env(
-        tmp, WORK=str(tmp / "work"), CONFIG=str(tmp / "config.yaml"), VARIANTS="lmfusion unfrozen", STEPS="2",
-        NUM_ITEMS="48", RESOLUTION="32", EVAL_ITEMS="2", EVAL_STEPS="1", TEXT_ITEMS=str(tmp / "items.jsonl"),
-        TEXT_LR="1e-3", JOBS="2", WORKERS="1", BASE=str(tmp / "assets/tiny-lm"), VAE=str(tmp / "assets/tiny-vae"),
-        RESULTS=str(tmp / "docs/results.md"), PLOT=str(tmp / "docs/ablation_loss.png"), NOTE="Run by the test.")
+        tmp,
+        WORK=str(tmp / "work"),
+        CONFIG=str(tmp / "config.yaml"),
+        VARIANTS="lmfusion unfrozen",
+        STEPS="2",
+        NUM_ITEMS="48",
+        RESOLUTION="32",
+        EVAL_ITEMS="2",
+        EVAL_STEPS="1",
+        TEXT_ITEMS=str(tmp / "items.jsonl"),
+        TEXT_LR="1e-3",
+        JOBS="2",
+        WORKERS="1",
+        BASE=str(tmp / "assets/tiny-lm"),
+        VAE=str(tmp / "assets/tiny-vae"),
+        RESULTS=str(tmp / "docs/results.md"),
+        PLOT=str(tmp / "docs/ablation_loss.png"),
+        NOTE="Run by the test.",
+    )
     proc = subprocess.run(["bash", "pipelines/ablation.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, proc.stdout
@@ -85,8 +104,10 @@ def test_pipeline_writes_the_table_and_plot_from_its_runs(ablation):
         assert int(row[9].removesuffix(" s")) == int((work / name / "run.wall_s").read_text())
     # frozen text: bit-identical to the base; text modules trained at text_lr: not
     assert _row(results, "lmfusion")[7] == "identical" and _row(results, "unfrozen")[7].startswith("differs")
-    assert "optim.text_lr=0.001" in results and "frozen text modules keep the base LM's text ability exactly — " \
-                                                   "here **agrees**" in results
+    assert (
+        "optim.text_lr=0.001" in results
+        and "frozen text modules keep the base LM's text ability exactly — here **agrees**" in results
+    )
     # the unfrozen run trains more parameters and counts their weight gradients
     trained = {n: float(_row(results, n)[1].removesuffix(" M")) for n in ("lmfusion", "unfrozen")}
     assert trained["unfrozen"] > trained["lmfusion"]
@@ -98,10 +119,22 @@ def test_pipeline_writes_the_table_and_plot_from_its_runs(ablation):
 def test_rerun_skips_every_finished_stage(ablation):
     tmp, _ = ablation
     env = _pipeline_env(
-        tmp, WORK=str(tmp / "work"), CONFIG=str(tmp / "config.yaml"), VARIANTS="lmfusion", STEPS="2", NUM_ITEMS="48",
-        RESOLUTION="32", EVAL_ITEMS="2", EVAL_STEPS="1", TEXT_ITEMS=str(tmp / "items.jsonl"), WORKERS="1",
-        BASE=str(tmp / "assets/tiny-lm"), VAE=str(tmp / "assets/tiny-vae"), RESULTS=str(tmp / "again/results.md"),
-        PLOT=str(tmp / "again/loss.png"))
+        tmp,
+        WORK=str(tmp / "work"),
+        CONFIG=str(tmp / "config.yaml"),
+        VARIANTS="lmfusion",
+        STEPS="2",
+        NUM_ITEMS="48",
+        RESOLUTION="32",
+        EVAL_ITEMS="2",
+        EVAL_STEPS="1",
+        TEXT_ITEMS=str(tmp / "items.jsonl"),
+        WORKERS="1",
+        BASE=str(tmp / "assets/tiny-lm"),
+        VAE=str(tmp / "assets/tiny-vae"),
+        RESULTS=str(tmp / "again/results.md"),
+        PLOT=str(tmp / "again/loss.png"),
+    )
     proc = subprocess.run(["bash", "pipelines/ablation.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tmp / "work/lmfusion.log").read_text()
@@ -117,34 +150,69 @@ def test_unknown_variant_is_refused_before_any_work(tmp_path):
 
 
 def test_report_names_a_missing_run(tmp_path, capsys):
-    assert report.main(["--work", str(tmp_path), "--variants", "lmfusion", "--results", str(tmp_path / "r.md"),
-                        "--plot", str(tmp_path / "p.png")]) == 2
+    assert (
+        report.main(
+            [
+                "--work",
+                str(tmp_path),
+                "--variants",
+                "lmfusion",
+                "--results",
+                str(tmp_path / "r.md"),
+                "--plot",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 2
+    )
     assert re.search(r"lmfusion/run/manifest.json is missing; run pipelines/ablation.sh", capsys.readouterr().err)
 
 
-def _variant(name: str, cider: float, caption: float, generation: float, flops: float, identical: bool = True,
-             **model) -> report.Variant:
+def _variant(
+    name: str, cider: float, caption: float, generation: float, flops: float, identical: bool = True, **model
+) -> report.Variant:
     acc = {a: caption for a in report.CORE_ATTRIBUTES}
     gen = {a: generation for a in report.CORE_ATTRIBUTES}
     chance = {"background": 0.125, "colour": 0.14, "shape": 0.1}
     return report.Variant(
-        name=name, model={"freeze_text": True, "from_scratch": False, **model}, config={}, records=[], vals=[],
-        trained_params=1, total_flops=flops, cpu_s=1.0, wall_s={"run": 1.0},
-        shapes={"num_items": 100, "captioning": {"cider": cider, "accuracy": acc}, "generation": {"accuracy": gen, "chance": chance}},
+        name=name,
+        model={"freeze_text": True, "from_scratch": False, **model},
+        config={},
+        records=[],
+        vals=[],
+        trained_params=1,
+        total_flops=flops,
+        cpu_s=1.0,
+        wall_s={"run": 1.0},
+        shapes={
+            "num_items": 100,
+            "captioning": {"cider": cider, "accuracy": acc},
+            "generation": {"accuracy": gen, "chance": chance},
+        },
         text={"identical": identical, "models": {"fused": {"accuracy": 0.5}, "base": {"accuracy": 0.5}}},
-        text_ppl={"base": 2.0, "fused": 2.0})
+        text_ppl={"base": 2.0, "fused": 2.0},
+    )
 
 
 def test_claims_say_agree_disagree_or_within_noise():
     lm = _variant("lmfusion", cider=1.0, caption=0.8, generation=0.7, flops=1.0)
-    scratch = _variant("from-scratch", cider=0.2, caption=0.3, generation=0.2, flops=2.0, freeze_text=False,
-                       from_scratch=True, identical=False)
+    scratch = _variant(
+        "from-scratch",
+        cider=0.2,
+        caption=0.3,
+        generation=0.2,
+        flops=2.0,
+        freeze_text=False,
+        from_scratch=True,
+        identical=False,
+    )
     ffn = _variant("ffn-only", cider=1.2, caption=0.95, generation=0.9, flops=1.0)
-    dense = _variant("dense", cider=1.0, caption=0.81, generation=0.69, flops=1.5, freeze_text=False,
-                     identical=False)
+    dense = _variant("dense", cider=1.0, caption=0.81, generation=0.69, flops=1.5, freeze_text=False, identical=False)
     lines = report.claims({v.name: v for v in (lm, scratch, ffn, dense)})
     text = "\n".join(lines)
-    assert "beats a Transfusion model trained from scratch on image understanding and generation — here **agrees**" in text
+    assert (
+        "beats a Transfusion model trained from scratch on image understanding and generation — here **agrees**" in text
+    )
     assert "here **agrees**: at the same steps and batch LMFusion's training costs 0.50× the FLOPs" in text
     assert "deep separation (attention + FFN experts) beats shallow (FFN only) — here **disagrees**" in text
     # 0.80 vs 0.81 over 300 outcomes is within two standard errors; CIDEr equal
@@ -166,4 +234,5 @@ def test_attributes_below_chance_in_every_variant_are_named():
     assert report.chance_lines(variants) == [
         "- Generation above the checker's chance level in every variant: background, colour.",
         "- Generation *below* chance in every variant: shape — the checker does not recognise these attributes in "
-        "the generated images yet, so they do not separate the variants."]
+        "the generated images yet, so they do not separate the variants.",
+    ]

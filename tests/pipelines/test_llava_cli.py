@@ -35,7 +35,7 @@ def _vlm_greedy(folder, image_path, max_new_tokens):
     inputs = processor(images=[image], text=[caption_prompt(processor)], return_tensors="pt")
     with torch.no_grad():
         out = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
     eos = processor.tokenizer.eos_token_id
     return new[: new.index(eos)] if eos in new else new
 
@@ -49,9 +49,27 @@ def trained(tmp_path_factory):
     lmfusion("prepare", "--source", "shapes", "--out", str(data), "--num-items", "24", "--workers", "1")
     lmfusion("encode-latents", "--data", str(data), "--out", str(latents), "--workers", "1")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    lmfusion("train", "--base", str(base), "--latents", str(latents), "--out", str(run), "--steps", "2",
-             "--batch-size", "2", "--micro-batch-size", "2", "--set", "model.patcher=linear",
-             "--set", "log.tensorboard=false", "--set", "log.val_items=2")
+    lmfusion(
+        "train",
+        "--base",
+        str(base),
+        "--latents",
+        str(latents),
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--set",
+        "model.patcher=linear",
+        "--set",
+        "log.tensorboard=false",
+        "--set",
+        "log.val_items=2",
+    )
     yield base, run
     torch.set_num_threads(threads)  # training in this process set its own; later tests get theirs back
     torch.use_deterministic_algorithms(deterministic)
@@ -71,14 +89,36 @@ def test_llava_next_base_trains_samples_and_captions(trained, tmp_path):
     assert any(n.startswith("image_experts.") for n in names)
     assert not any(n.startswith("base.") for n in names)  # the frozen VLM (vision tower too) is never stored
 
-    lmfusion("sample", "--checkpoint", str(run), "--prompt", "a red circle on a blue background", "--steps", "2",
-             "--out", str(tmp_path / "t2i"))
+    lmfusion(
+        "sample",
+        "--checkpoint",
+        str(run),
+        "--prompt",
+        "a red circle on a blue background",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "t2i"),
+    )
     assert (tmp_path / "t2i" / "images" / "00000.png").is_file()
 
     images = [tmp_path / "t2i" / "images" / "00000.png", tmp_path / "wide.png"]
     Image.new("RGB", (40, 20), (200, 30, 30)).save(tmp_path / "wide.png")  # AnyRes: base crop + 2 tiles
-    lmfusion("sample", "--task", "caption", "--checkpoint", str(run), "--images", str(images[0]),
-             "--images", str(images[1]), "--max-new-tokens", "6", "--out", str(tmp_path / "captions"))
+    lmfusion(
+        "sample",
+        "--task",
+        "caption",
+        "--checkpoint",
+        str(run),
+        "--images",
+        str(images[0]),
+        "--images",
+        str(images[1]),
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(tmp_path / "captions"),
+    )
     captions = [json.loads(line) for line in (tmp_path / "captions" / "captions.jsonl").read_text().splitlines()]
     assert len(captions) == 2
     for record, image in zip(captions, images):
@@ -92,13 +132,45 @@ def test_coco_suite_captions_through_the_vlm_path(trained, tmp_path):
     root = make_coco_fixture(tmp_path / "coco")
     clip_config, clip_weights = save_tiny_clip(tmp_path)
     out = tmp_path / "eval"
-    lmfusion("evaluate", "--suite", "coco", "--checkpoint", str(run), "--out", str(out), "--coco-root", str(root),
-             "--karpathy-split", str(root / "dataset_coco.json"), "--num-prompts", "2", "--num-caption-images", "2",
-             "--inception", str(save_tiny_inception(tmp_path / "inception.pt")), "--clip-arch", "tiny-test-clip",
-             "--clip-weights", str(clip_weights), "--clip-config", str(clip_config),
-             "--fid-stats-dir", str(tmp_path / "stats"), "--set", "coco.caption_metrics=[cider]",
-             "--steps", "2", "--cfg-scale", "1.5", "--max-new-tokens", "4", "--decoding", "greedy",
-             "--ptb-tokenizer", "python")
+    lmfusion(
+        "evaluate",
+        "--suite",
+        "coco",
+        "--checkpoint",
+        str(run),
+        "--out",
+        str(out),
+        "--coco-root",
+        str(root),
+        "--karpathy-split",
+        str(root / "dataset_coco.json"),
+        "--num-prompts",
+        "2",
+        "--num-caption-images",
+        "2",
+        "--inception",
+        str(save_tiny_inception(tmp_path / "inception.pt")),
+        "--clip-arch",
+        "tiny-test-clip",
+        "--clip-weights",
+        str(clip_weights),
+        "--clip-config",
+        str(clip_config),
+        "--fid-stats-dir",
+        str(tmp_path / "stats"),
+        "--set",
+        "coco.caption_metrics=[cider]",
+        "--steps",
+        "2",
+        "--cfg-scale",
+        "1.5",
+        "--max-new-tokens",
+        "4",
+        "--decoding",
+        "greedy",
+        "--ptb-tokenizer",
+        "python",
+    )
     coco = json.loads((out / "metrics.json").read_text())["coco"]
     assert "CIDEr" in coco["captioning"] and coco["generation"]["by_cfg_scale"]["cfg=1.5"]["num_generated"] == 2
     rows = [json.loads(line) for line in (out / "coco" / "captions.jsonl").read_text().splitlines()]
@@ -137,7 +209,16 @@ def test_text_suite_on_a_llava_base_equals_the_vlm(trained, tmp_path):
     _, run = trained
     shipped = (Path(__file__).resolve().parents[2] / "lmfusion_cli/evaluation/data/tiny_mc.jsonl").read_text()
     (tmp_path / "items.jsonl").write_text("\n".join(shipped.splitlines()[:4]) + "\n")
-    lmfusion("evaluate", "--suite", "text", "--checkpoint", str(run), "--out", str(tmp_path / "eval"),
-             "--text-items", str(tmp_path / "items.jsonl"))
+    lmfusion(
+        "evaluate",
+        "--suite",
+        "text",
+        "--checkpoint",
+        str(run),
+        "--out",
+        str(tmp_path / "eval"),
+        "--text-items",
+        str(tmp_path / "items.jsonl"),
+    )
     text = json.loads((tmp_path / "eval" / "metrics.json").read_text())["text"]
     assert text["num_items"] == 4 and text["identical"] is True

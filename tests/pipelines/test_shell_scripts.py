@@ -37,10 +37,23 @@ def test_shellcheck_clean(script):
 
 @pytest.mark.parametrize("name", ["coco.sh", "paper.sh"])
 def test_dry_run_prints_the_resolved_commands(name, tmp_path):
-    env = dict(os.environ, COCO_ROOT="/data/coco", BASE="/models/llama-1b", GPUS="8", NODES="2",
-               WORK=str(tmp_path / "w"), LMFUSION="lmfusion")
-    result = subprocess.run(["bash", str(REPO / "pipelines" / name), "--dry-run"], capture_output=True,
-                            text=True, env=env, cwd=REPO, timeout=30)
+    env = dict(
+        os.environ,
+        COCO_ROOT="/data/coco",
+        BASE="/models/llama-1b",
+        GPUS="8",
+        NODES="2",
+        WORK=str(tmp_path / "w"),
+        LMFUSION="lmfusion",
+    )
+    result = subprocess.run(
+        ["bash", str(REPO / "pipelines" / name), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("+ lmfusion ")]
     stages = [line.split()[2] for line in lines]
@@ -51,6 +64,7 @@ def test_dry_run_prints_the_resolved_commands(name, tmp_path):
 
 
 def test_unknown_argument_is_refused():
-    result = subprocess.run(["bash", str(REPO / "pipelines" / "coco.sh"), "--bogus"], capture_output=True,
-                            text=True, cwd=REPO, timeout=30)
+    result = subprocess.run(
+        ["bash", str(REPO / "pipelines" / "coco.sh"), "--bogus"], capture_output=True, text=True, cwd=REPO, timeout=30
+    )
     assert result.returncode == 2 and "--bogus" in result.stderr

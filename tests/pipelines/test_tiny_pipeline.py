@@ -25,9 +25,20 @@ def _env(tmp: Path) -> dict[str, str]:
     (tmp / "items.jsonl").write_text("\n".join(shipped[:6]) + "\n")
     (tmp / "prompts.txt").write_text("a red circle on a blue background\na small green square on a white background\n")
     env = dict(os.environ)
-    env.update(LMFUSION=str(Path(sys.executable).parent / "lmfusion"), PY=sys.executable, WORK=str(tmp / "work"),
-               NUM_ITEMS="48", STEPS="2", SAMPLE_STEPS="1", EVAL_ITEMS="2", EVAL_STEPS="1", WORKERS="1",
-               PROMPTS=str(tmp / "prompts.txt"), TEXT_ITEMS=str(tmp / "items.jsonl"), LMFUSION_QUIET="1")
+    env.update(
+        LMFUSION=str(Path(sys.executable).parent / "lmfusion"),
+        PY=sys.executable,
+        WORK=str(tmp / "work"),
+        NUM_ITEMS="48",
+        STEPS="2",
+        SAMPLE_STEPS="1",
+        EVAL_ITEMS="2",
+        EVAL_STEPS="1",
+        WORKERS="1",
+        PROMPTS=str(tmp / "prompts.txt"),
+        TEXT_ITEMS=str(tmp / "items.jsonl"),
+        LMFUSION_QUIET="1",
+    )
     return env
 
 
@@ -35,8 +46,7 @@ def _env(tmp: Path) -> dict[str, str]:
 def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny")
     env = _env(tmp)
-    proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp / "work", proc.stdout, env
 
@@ -53,8 +63,10 @@ def test_every_stage_leaves_a_complete_valid_artifact(demo):
         assert int((work / f"{name}.wall_s").read_text()) >= 0
     assert list((work / "run" / "checkpoints").glob("step-00000002"))
     samples = [json.loads(line) for line in (work / "samples" / "samples.jsonl").read_text().splitlines()]
-    assert [s["prompt"] for s in samples] == ["a red circle on a blue background",
-                                              "a small green square on a white background"]
+    assert [s["prompt"] for s in samples] == [
+        "a red circle on a blue background",
+        "a small green square on a white background",
+    ]
     pngs = sorted((work / "samples").rglob("*.png"))
     assert len(pngs) == 3  # two samples and the grid
     for png in pngs:
@@ -86,8 +98,7 @@ def test_summary_names_the_grid_reports_and_figures(demo):
 @pytest.mark.slow
 def test_rerun_skips_every_stage(demo):
     work, _, env = demo
-    proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("is complete, skipped") == len(STAGES)
     assert "lmfusion demo finished" in proc.stdout

@@ -14,7 +14,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 from tiny_base import build_tiny_base, cli, write_fake_cache  # noqa: E402
 
-
 __all__ = ["build_tiny_base", "write_fake_cache", "cli", "error_line", "train_args", "flip_byte", "set_vae"]
 
 
@@ -29,10 +28,36 @@ def error_line(capsys: pytest.CaptureFixture) -> str:
 
 def train_args(base: Path, latents: Path, out: Path, steps: int, *extra, save_every: int = 1) -> list:
     """`lmfusion train` arguments for a tiny single-process run saving every `save_every` steps."""
-    return ["train", "--base", base, "--latents", latents, "--out", out, "--steps", steps, "--batch-size", 2,
-            "--micro-batch-size", 2, "--save-every", save_every, "--strategy", "none", "--set", "model.patcher=linear",
-            "--set", "schedule.warmup_steps=1", "--set", "log.tensorboard=false", "--set", "data.val_split=null",
-            "--set", "train.threads=1", *extra]
+    return [
+        "train",
+        "--base",
+        base,
+        "--latents",
+        latents,
+        "--out",
+        out,
+        "--steps",
+        steps,
+        "--batch-size",
+        2,
+        "--micro-batch-size",
+        2,
+        "--save-every",
+        save_every,
+        "--strategy",
+        "none",
+        "--set",
+        "model.patcher=linear",
+        "--set",
+        "schedule.warmup_steps=1",
+        "--set",
+        "log.tensorboard=false",
+        "--set",
+        "data.val_split=null",
+        "--set",
+        "train.threads=1",
+        *extra,
+    ]
 
 
 def flip_byte(path: Path, offset: int = -5) -> None:

@@ -30,8 +30,12 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs need
 def tmpfs(kib: int):
     where = Path(f"/tmp/lmfusion-tmpfs-{uuid.uuid4().hex[:8]}")
     where.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        != 0
+    ):
         where.rmdir()
         pytest.skip("cannot mount a tmpfs here")
     try:
@@ -71,7 +75,9 @@ def test_train_on_a_full_disk(tmp_path, capsys):
 def test_encode_latents_on_a_full_disk(tmp_path, capsys):
     from lmfusion_cli.assets import TINY_VAE
 
-    assert cli("prepare", "--source", "shapes", "--num-items", 200, "--resolution", 32, "--out", tmp_path / "shards") == 0
+    assert (
+        cli("prepare", "--source", "shapes", "--num-items", 200, "--resolution", 32, "--out", tmp_path / "shards") == 0
+    )
     with tmpfs(150) as disk:
         capsys.readouterr()
         assert cli("encode-latents", "--data", tmp_path / "shards", "--out", disk / "lat", "--vae", TINY_VAE) == 2
@@ -104,12 +110,16 @@ def test_sample_on_a_full_disk_keeps_the_previous_output(fake_run, capsys):
 
 def test_evaluate_on_a_full_disk(fake_run, tmp_path, capsys):
     items = tmp_path / "mc.jsonl"
-    items.write_text('{"id": "q", "context": "a red circle on a", "choices": ["blue background", "left"], "label": 0}\n')
+    items.write_text(
+        '{"id": "q", "context": "a red circle on a", "choices": ["blue background", "left"], "label": 0}\n'
+    )
     with tmpfs(1024) as disk:
         fill(disk, 2)
         capsys.readouterr()
-        assert cli("evaluate", "--suite", "text", "--checkpoint", fake_run, "--text-items", items,
-                   "--out", disk / "eval") == 2
+        assert (
+            cli("evaluate", "--suite", "text", "--checkpoint", fake_run, "--text-items", items, "--out", disk / "eval")
+            == 2
+        )
         line = error_line(capsys)
         assert "No space left" in line and str(disk / "eval") in line
         assert leftovers(disk) == []

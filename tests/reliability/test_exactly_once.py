@@ -30,8 +30,9 @@ def cache_dir(tmp_path_factory):
 
 
 def stream(cache_dir, seed: int = 7) -> SampleStream:
-    return SampleStream(open_latent_cache(cache_dir, splits="train"), seed, generation_fraction=0.5,
-                        caption_dropout=0.3)
+    return SampleStream(
+        open_latent_cache(cache_dir, splits="train"), seed, generation_fraction=0.5, caption_dropout=0.3
+    )
 
 
 def view(samples) -> list[tuple]:

@@ -52,15 +52,19 @@ def step(tmp_path_factory):
 def resign(folder: Path) -> None:
     """Rewrite the manifest's hashes the way an attacker who wrote the files would."""
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    manifest["files"] = {str(p.relative_to(folder)): file_entry(p) for p in sorted(folder.rglob("*"))
-                         if p.is_file() and p.name != MANIFEST_NAME}
+    manifest["files"] = {
+        str(p.relative_to(folder)): file_entry(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
 def load_into_fresh(folder: Path, tmp_path: Path) -> dict:
     workload = ToyWorkload()
-    optimizer = build_optimizer([(n, p) for n, p in workload.model.named_parameters() if p.requires_grad],
-                                make_config(tmp_path).optim)
+    optimizer = build_optimizer(
+        [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
+    )
     return load_checkpoint(folder, workload.model, optimizer, DistContext())
 
 
@@ -72,8 +76,10 @@ def copy_of(step: Path, tmp_path: Path) -> Path:
 
 def test_a_hostile_rng_file_is_refused_and_runs_nothing(step, tmp_path):
     folder, marker = copy_of(step, tmp_path), tmp_path / "pwned"
-    torch.save({"torch": torch.get_rng_state(), "numpy": Payload(marker), "python": random.getstate()},
-               folder / "rng" / "rank-00000.pt")
+    torch.save(
+        {"torch": torch.get_rng_state(), "numpy": Payload(marker), "python": random.getstate()},
+        folder / "rng" / "rank-00000.pt",
+    )
     resign(folder)
     with pytest.raises(UserError, match=r"rank-00000\.pt holds a reference to the Python object (builtins\.)?exec"):
         load_into_fresh(folder, tmp_path)
@@ -96,15 +102,18 @@ def test_a_hostile_non_tensor_dcp_entry_is_refused_and_runs_nothing(step, tmp_pa
     with weights_only=False. Here one of them is the payload, written through DCP itself."""
     folder, marker = copy_of(step, tmp_path), tmp_path / "pwned"
     workload = ToyWorkload()
-    optimizer = build_optimizer([(n, p) for n, p in workload.model.named_parameters() if p.requires_grad],
-                                make_config(tmp_path).optim)
+    optimizer = build_optimizer(
+        [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
+    )
     model_sd, optim_sd = get_state_dict(workload.model, optimizer, options=_SHARDED)
     optim_sd["param_groups"][0]["lr"] = Payload(marker)
     shutil.rmtree(folder / "dcp")
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"), no_dist=True)
     resign(folder)
     assert not marker.exists()
-    with pytest.raises(UserError, match=r"optim\.param_groups\.0\.lr holds a reference to the Python object (builtins\.)?exec"):
+    with pytest.raises(
+        UserError, match=r"optim\.param_groups\.0\.lr holds a reference to the Python object (builtins\.)?exec"
+    ):
         load_into_fresh(folder, tmp_path)
     assert not marker.exists()
 
@@ -165,8 +174,10 @@ def test_train_resume_from_a_hostile_checkpoint_is_one_line_exit_2(tmp_path, cap
     base, cache, out = build_tiny_base(tmp_path / "base"), write_fake_cache(tmp_path / "lat"), tmp_path / "run"
     assert cli(*train_args(base, cache, out, 1)) == 0
     folder, marker = out / "checkpoints" / "step-00000001", tmp_path / "pwned"
-    torch.save({"torch": torch.get_rng_state(), "numpy": Payload(marker), "python": random.getstate()},
-               folder / "rng" / "rank-00000.pt")
+    torch.save(
+        {"torch": torch.get_rng_state(), "numpy": Payload(marker), "python": random.getstate()},
+        folder / "rng" / "rank-00000.pt",
+    )
     resign(folder)
     capsys.readouterr()
     assert cli(*train_args(base, cache, out, 2), "--resume", "auto") == 2

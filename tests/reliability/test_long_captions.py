@@ -34,8 +34,15 @@ def test_a_50kb_caption_makes_a_row_no_longer_than_the_positions(tmp_path):
     from lmfusion_cli.training.lmfusion_workload import build_lmfusion_workload
 
     base, cache = build_tiny_base(tmp_path / "base"), with_long_caption(write_fake_cache(tmp_path / "lat"))
-    config = build_config(TrainRunConfig, {"base": {"path": str(base)}, "data": {"latents": str(cache)},
-                                           "train": {"out": str(tmp_path / "run")}, "model": {"patcher": "linear"}})
+    config = build_config(
+        TrainRunConfig,
+        {
+            "base": {"path": str(base)},
+            "data": {"latents": str(cache)},
+            "train": {"out": str(tmp_path / "run")},
+            "model": {"patcher": "linear"},
+        },
+    )
     workload = build_lmfusion_workload(config, open_latent_cache(str(cache), splits="train"), torch.device("cpu"))
     latent = torch.zeros(4, 8, 8)
     for task in ("generation", "understanding"):
@@ -44,9 +51,15 @@ def test_a_50kb_caption_makes_a_row_no_longer_than_the_positions(tmp_path):
         assert batch.input_ids.shape[-1] <= 256  # the tiny base's max_position_embeddings (was 12,820)
     assert workload.captions_cut == 2
 
-    small = build_config(TrainRunConfig, {"base": {"path": str(base)}, "train": {"out": str(tmp_path / "r2")},
-                                          "data": {"latents": str(cache), "max_caption_tokens": 10},
-                                          "model": {"patcher": "linear"}})
+    small = build_config(
+        TrainRunConfig,
+        {
+            "base": {"path": str(base)},
+            "train": {"out": str(tmp_path / "r2")},
+            "data": {"latents": str(cache), "max_caption_tokens": 10},
+            "model": {"patcher": "linear"},
+        },
+    )
     workload = build_lmfusion_workload(small, open_latent_cache(str(cache), splits="train"), torch.device("cpu"))
     assert workload.caption_budget == 10
 
@@ -64,7 +77,6 @@ def test_sample_refuses_a_prompt_longer_than_the_positions_in_one_line(tmp_path,
     set_vae(cache, id=str(TINY_VAE), weights_sha256=weights_sha256(load_vae(str(TINY_VAE))))  # a VAE that loads
     assert cli(*train_args(base, cache, tmp_path / "run", 1)) == 0
     capsys.readouterr()
-    assert cli("sample", "--checkpoint", tmp_path / "run", "--prompt", LONG, "--out", tmp_path / "s",
-               "--steps", 2) == 2
+    assert cli("sample", "--checkpoint", tmp_path / "run", "--prompt", LONG, "--out", tmp_path / "s", "--steps", 2) == 2
     assert "Prompt 1 is 12800 tokens" in error_line(capsys)
     assert not (tmp_path / "s").exists()

@@ -39,15 +39,21 @@ def _replace_cache(cache, shape):
 
 
 CHANGES = {
-    "another-vae": (lambda base, cache: set_vae(cache, id="other-vae", weights_sha256="1" * 64, config_hash="2" * 64),
-                    ["another VAE", "'fake-vae' then, 'other-vae' now"]),
+    "another-vae": (
+        lambda base, cache: set_vae(cache, id="other-vae", weights_sha256="1" * 64, config_hash="2" * 64),
+        ["another VAE", "'fake-vae' then, 'other-vae' now"],
+    ),
     "scale": (lambda base, cache: set_vae(cache, scaling_factor=0.5), ["another VAE", "scaling_factor 1.0 → 0.5"]),
     "shift": (lambda base, cache: set_vae(cache, shift_factor=0.1), ["another VAE", "shift_factor 0.0 → 0.1"]),
-    "resolution": (lambda base, cache: _replace_cache(cache, (4, 4, 4)),
-                   ["latent size (the cache's resolution) changed from 8 to 4"]),
+    "resolution": (
+        lambda base, cache: _replace_cache(cache, (4, 4, 4)),
+        ["latent size (the cache's resolution) changed from 8 to 4"],
+    ),
     "channels": (lambda base, cache: _replace_cache(cache, (8, 8, 8)), ["another VAE", "latent_channels 4 → 8"]),
-    "base-config": (lambda base, cache: (shutil.rmtree(base), _other_config_base(base)),
-                    ["the base model's config hash changed"]),
+    "base-config": (
+        lambda base, cache: (shutil.rmtree(base), _other_config_base(base)),
+        ["the base model's config hash changed"],
+    ),
 }
 
 
@@ -87,8 +93,22 @@ def test_sample_with_a_base_of_another_config_is_one_sentence_exit_2(inputs, tmp
     other = tmp_path / "other-base"
     _other_config_base(other)
     capsys.readouterr()
-    assert cli("sample", "--checkpoint", run, "--base", other, "--prompt", "a red circle", "--steps", 1,
-               "--out", tmp_path / "samples") == 2
+    assert (
+        cli(
+            "sample",
+            "--checkpoint",
+            run,
+            "--base",
+            other,
+            "--prompt",
+            "a red circle",
+            "--steps",
+            1,
+            "--out",
+            tmp_path / "samples",
+        )
+        == 2
+    )
     line = error_line(capsys)
     assert "was trained on a base model with a different config" in line and str(base) in line, line
     assert not (tmp_path / "samples").exists()

@@ -11,12 +11,15 @@ import pytest
 from reliability_helpers import build_tiny_base, cli, error_line, train_args, write_fake_cache
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["train", "--stepz", "3"], "No such option: --stepz"),
-    (["train", "--steps", "abc"], "Invalid value for '--steps'"),
-    (["prepare", "--num-items", "1.5", "--out", "x"], "Invalid value for '--num-items'"),
-    (["bogus-command"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--stepz", "3"], "No such option: --stepz"),
+        (["train", "--steps", "abc"], "Invalid value for '--steps'"),
+        (["prepare", "--num-items", "1.5", "--out", "x"], "Invalid value for '--num-items'"),
+        (["bogus-command"], "No such command"),
+    ],
+)
 def test_click_usage_errors_are_one_line_exit_2(capsys, args, needle):
     assert cli(*args) == 2
     line = error_line(capsys)
@@ -34,8 +37,10 @@ def test_a_binary_config_file_is_one_line(tmp_path, capsys):
 def test_a_binary_text_items_file_is_one_line(tmp_path, capsys):
     items = tmp_path / "items.jsonl"
     items.write_bytes(b"\xff\xfe\x00\x81" * 40 + b"\n" + b"\x80\x81" * 10)
-    assert cli("evaluate", "--checkpoint", tmp_path, "--suite", "text", "--text-items", items,
-               "--out", tmp_path / "o") == 2
+    assert (
+        cli("evaluate", "--checkpoint", tmp_path, "--suite", "text", "--text-items", items, "--out", tmp_path / "o")
+        == 2
+    )
     assert "items.jsonl" in error_line(capsys)
 
 
@@ -59,6 +64,8 @@ def test_sample_from_a_half_written_step_is_one_line(run, tmp_path, capsys):
 
     no_manifest = tmp_path / "checkpoints" / "step-00000003"
     half.rename(no_manifest)  # under a final name, but no manifest (a copy cut by hand)
-    assert cli("sample", "--checkpoint", no_manifest / "model", "--prompt", "a red circle", "--out", tmp_path / "s") == 2
+    assert (
+        cli("sample", "--checkpoint", no_manifest / "model", "--prompt", "a red circle", "--out", tmp_path / "s") == 2
+    )
     assert "has no manifest.json" in error_line(capsys)
     assert not (tmp_path / "s").exists()

@@ -37,16 +37,23 @@ def test_a_concurrent_second_train_is_refused_and_the_first_finishes_whole(tmp_p
     torch.set_num_threads(1)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, str(RUNNER), str(out), json.dumps(SECTIONS), "0.5"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, str(RUNNER), str(out), json.dumps(SECTIONS), "0.5"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "logs" / "train.jsonl").is_file():
         assert first.poll() is None, first.stderr.read()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
     with pytest.raises(UserError, match=rf"is being written by pid {first.pid} on {socket.gethostname()}"):
-        run_training(make_config(out, schedule=SECTIONS["schedule"], train={**SECTIONS["train"], "resume": "auto"}),
-                     *toy_factories())
+        run_training(
+            make_config(out, schedule=SECTIONS["schedule"], train={**SECTIONS["train"], "resume": "auto"}),
+            *toy_factories(),
+        )
     assert first.wait(timeout=180) == 0, first.stderr.read()[-3000:]
     steps = [r["step"] for r in read_jsonl(out / "logs" / "train.jsonl") if "event" not in r]
     assert steps == list(range(1, 9))  # every record of the first run, nothing from the second
@@ -59,12 +66,16 @@ def test_a_concurrent_second_train_is_refused_and_the_first_finishes_whole(tmp_p
 def test_every_stage_takes_the_lock_of_its_output_folder(tmp_path, capsys, command):
     """While this process holds `out`'s lock, the stage refuses in one line before reading its inputs."""
     out = tmp_path / "out"
-    args = {"prepare": ["prepare", "--source", "shapes", "--num-items", 4, "--resolution", 8, "--out", out],
-            "encode-latents": ["encode-latents", "--data", tmp_path / "shards", "--out", out, "--vae", "tiny"],
-            "sample": ["sample", "--checkpoint", tmp_path / "nothing", "--prompt", "a", "--out", out],
-            "evaluate": ["evaluate", "--checkpoint", tmp_path / "nothing", "--suite", "text", "--out", out]}[command]
+    args = {
+        "prepare": ["prepare", "--source", "shapes", "--num-items", 4, "--resolution", 8, "--out", out],
+        "encode-latents": ["encode-latents", "--data", tmp_path / "shards", "--out", out, "--vae", "tiny"],
+        "sample": ["sample", "--checkpoint", tmp_path / "nothing", "--prompt", "a", "--out", out],
+        "evaluate": ["evaluate", "--checkpoint", tmp_path / "nothing", "--suite", "text", "--out", out],
+    }[command]
     if command == "encode-latents":
-        assert cli("prepare", "--source", "shapes", "--num-items", 4, "--resolution", 8, "--out", tmp_path / "shards") == 0
+        assert (
+            cli("prepare", "--source", "shapes", "--num-items", 4, "--resolution", 8, "--out", tmp_path / "shards") == 0
+        )
     with output_lock(out, "test-holder"):
         capsys.readouterr()
         assert cli(*args) == 2
@@ -80,8 +91,19 @@ def test_train_out_on_another_stages_artifact_is_refused_untouched(tmp_path, cap
         assert cli("prepare", "--source", "shapes", "--num-items", 4, "--resolution", 8, "--out", folder) == 0
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     capsys.readouterr()
-    code = cli("train", "--base", "tiny", "--latents", write_fake_cache(tmp_path / "cache"), "--out", folder,
-               "--steps", 1, "--strategy", "none")
+    code = cli(
+        "train",
+        "--base",
+        "tiny",
+        "--latents",
+        write_fake_cache(tmp_path / "cache"),
+        "--out",
+        folder,
+        "--steps",
+        1,
+        "--strategy",
+        "none",
+    )
     assert code == 2
     assert "artifact of another stage" in error_line(capsys)
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
@@ -91,13 +113,17 @@ def test_train_out_on_another_stages_artifact_is_refused_untouched(tmp_path, cap
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys, command):
     out = tmp_path / "a-file"
     out.write_text("not a folder")
-    args = {"train": ["train", "--base", "tiny", "--latents", tmp_path, "--out", out, "--steps", 1],
-            "prepare": ["prepare", "--source", "shapes", "--num-items", 4, "--out", out],
-            "encode-latents": ["encode-latents", "--data", tmp_path / "shards", "--out", out, "--vae", "tiny"],
-            "sample": ["sample", "--checkpoint", tmp_path, "--prompt", "a", "--out", out],
-            "evaluate": ["evaluate", "--checkpoint", tmp_path, "--suite", "text", "--out", out]}[command]
+    args = {
+        "train": ["train", "--base", "tiny", "--latents", tmp_path, "--out", out, "--steps", 1],
+        "prepare": ["prepare", "--source", "shapes", "--num-items", 4, "--out", out],
+        "encode-latents": ["encode-latents", "--data", tmp_path / "shards", "--out", out, "--vae", "tiny"],
+        "sample": ["sample", "--checkpoint", tmp_path, "--prompt", "a", "--out", out],
+        "evaluate": ["evaluate", "--checkpoint", tmp_path, "--suite", "text", "--out", out],
+    }[command]
     if command == "encode-latents":
-        assert cli("prepare", "--source", "shapes", "--num-items", 4, "--resolution", 8, "--out", tmp_path / "shards") == 0
+        assert (
+            cli("prepare", "--source", "shapes", "--num-items", 4, "--resolution", 8, "--out", tmp_path / "shards") == 0
+        )
     capsys.readouterr()
     assert cli(*args) == 2
     assert "is a file" in error_line(capsys)

@@ -39,9 +39,13 @@ def test_kill_resume_keeps_text_logits_and_equals_uninterrupted(tmp_path):
     cache = write_fake_cache(tmp_path / "lat")
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMFUSION_QUIET": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lmfusion_cli",
-                             *map(str, train_args(base, cache, run, STEPS, *EXTRA, save_every=4))],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmfusion_cli", *map(str, train_args(base, cache, run, STEPS, *EXTRA, save_every=4))],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while not list_checkpoints(run / "checkpoints"):  # the first complete checkpoint
         assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read()[-2000:]}"

@@ -25,14 +25,22 @@ from lmfusion_cli.training.logging import read_jsonl  # noqa: E402
 from lmfusion_cli.training.loop import run_training  # noqa: E402
 
 RUNNER = Path(__file__).with_name("train_toy_run.py")
-SECTIONS = {"schedule": {"steps": 8, "warmup_steps": 2, "min_lr": 1e-4}, "data": {"generation_fraction": 0.5},
-            "train": {"save_every": 2, "keep_last": 1, "deterministic": True}}
+SECTIONS = {
+    "schedule": {"steps": 8, "warmup_steps": 2, "min_lr": 1e-4},
+    "data": {"generation_fraction": 0.5},
+    "train": {"save_every": 2, "keep_last": 1, "deterministic": True},
+}
 
 
 def start(out: Path, save_delay: float) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(RUNNER), str(out), json.dumps(SECTIONS), str(save_delay)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(RUNNER), str(out), json.dumps(SECTIONS), str(save_delay)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:

@@ -19,8 +19,11 @@ from toy_workload import make_config, toy_factories  # noqa: E402
 from lmfusion_cli.training.checkpointing import list_checkpoints  # noqa: E402
 from lmfusion_cli.training.logging import read_jsonl  # noqa: E402
 
-SECTIONS = {"schedule": {"steps": 4, "warmup_steps": 1}, "dist": {"strategy": "fsdp"},
-            "train": {"save_every": 0, "micro_batch_size": 1}}
+SECTIONS = {
+    "schedule": {"steps": 4, "warmup_steps": 1},
+    "dist": {"strategy": "fsdp"},
+    "train": {"save_every": 0, "micro_batch_size": 1},
+}
 
 
 def _poisoned_key() -> str:
@@ -46,5 +49,7 @@ def test_nan_on_one_process_is_skipped_on_every_process(tmp_path):
     assert len(bad) == 1 and bad[0]["keys"] == [_poisoned_key()] and bad[0]["step"] == 2
     steps = [r for r in records if "event" not in r]
     assert len(steps) == 4 and steps[-1]["skipped_total"] == 1
-    weights = load_file(str(list_checkpoints(tmp_path / "run" / "checkpoints")[-1].path / "model" / "trainable.safetensors"))
+    weights = load_file(
+        str(list_checkpoints(tmp_path / "run" / "checkpoints")[-1].path / "model" / "trainable.safetensors")
+    )
     assert all(torch.isfinite(w).all() for w in weights.values())

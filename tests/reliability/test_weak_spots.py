@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
-from reliability_helpers import cli, error_line  # noqa: E402
+from reliability_helpers import cli  # noqa: E402
 from toy_workload import make_config, toy_factories  # noqa: E402
 
 from lmfusion_cli.common.manifest import verify_files  # noqa: E402
@@ -31,9 +31,13 @@ def test_a_kill_before_the_first_checkpoint_leaves_one_step_0_validation(tmp_pat
     torch.set_num_threads(1)
     out = tmp_path / "run"
     sections = {"data": {"val_split": "val"}, "train": {"save_every": 2, "keep_last": 1}}
-    proc = subprocess.Popen([sys.executable, str(RUNNER), str(out), json.dumps(sections), "3.0"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(RUNNER), str(out), json.dumps(sections), "3.0"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "step-00000002.tmp-write").is_dir():
         assert proc.poll() is None, proc.stderr.read()[-2000:]
@@ -50,8 +54,20 @@ def test_a_kill_before_the_first_checkpoint_leaves_one_step_0_validation(tmp_pat
 
 
 def _prepare(out: Path, num_items: int, *extra) -> list:
-    return ["prepare", "--source", "shapes", "--num-items", num_items, "--resolution", 8, "--shard-size", 4,
-            "--out", out, *extra]
+    return [
+        "prepare",
+        "--source",
+        "shapes",
+        "--num-items",
+        num_items,
+        "--resolution",
+        8,
+        "--shard-size",
+        4,
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def test_a_kill_during_overwrite_leaves_the_old_output_whole(tmp_path):
@@ -90,7 +106,9 @@ def test_encode_latents_checks_each_shard_against_prepares_manifest(tmp_path):
             import io
 
             t.addfile(m, io.BytesIO(data))
-    assert cli("encode-latents", "--data", shards, "--out", tmp_path / "lat", "--vae", "lmfusion_cli/assets/tiny-vae") == 0
+    assert (
+        cli("encode-latents", "--data", shards, "--out", tmp_path / "lat", "--vae", "lmfusion_cli/assets/tiny-vae") == 0
+    )
     manifest = json.loads((tmp_path / "lat" / "manifest.json").read_text())
     assert manifest["counts"]["skipped"] == {"damaged-shard": 1}  # skipped whole and counted, never trained on
     assert [i["key"] for i in manifest["skipped_items"]] == [tar.name]
@@ -102,7 +120,9 @@ def test_overwrite_of_a_finished_encode_swaps_whole(tmp_path, flag):
     assert cli(*_prepare(shards, 8)) == 0
     vae = "lmfusion_cli/assets/tiny-vae"
     assert cli("encode-latents", "--data", shards, "--out", tmp_path / "lat", "--vae", vae) == 0
-    assert cli("encode-latents", "--data", shards, "--out", tmp_path / "lat", "--vae", vae, "--dtype", "fp32", flag) == 0
+    assert (
+        cli("encode-latents", "--data", shards, "--out", tmp_path / "lat", "--vae", vae, "--dtype", "fp32", flag) == 0
+    )
     assert json.loads((tmp_path / "lat" / "manifest.json").read_text())["dtype"] == "fp32"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
@@ -115,7 +135,9 @@ def test_evaluate_overwrite_builds_beside_and_a_failure_keeps_the_old_one(tmp_pa
 
     run = build_fake_run(tmp_path / "fake")
     items = tmp_path / "mc.jsonl"
-    items.write_text('{"id": "q", "context": "a red circle on a", "choices": ["blue background", "left"], "label": 0}\n')
+    items.write_text(
+        '{"id": "q", "context": "a red circle on a", "choices": ["blue background", "left"], "label": 0}\n'
+    )
     out = tmp_path / "eval"
     args = ["evaluate", "--suite", "text", "--checkpoint", run, "--text-items", items, "--out", out]
     assert cli(*args) == 0
@@ -123,6 +145,7 @@ def test_evaluate_overwrite_builds_beside_and_a_failure_keeps_the_old_one(tmp_pa
 
     def killed(*a, **k):
         raise KeyboardInterrupt  # the process dies after the new evaluation started writing
+
     monkeypatch.setattr(stage, "_write_results", killed)
     assert cli(*args, "--overwrite") == 130
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

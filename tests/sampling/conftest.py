@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sampling_helpers import make_model, make_tokenizer, make_vae
 
 from lmfusion_cli.sampling.vae import LatentCodec

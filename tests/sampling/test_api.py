@@ -12,8 +12,17 @@ SETTINGS = dict(cfg_scale=2.0, steps=2, sampler="euler")
 
 
 def test_generate_images_seeds_records_and_batch_independence(model, tokenizer, codec):
-    a = generate_images(model, ["red circle", "blue"], tokenizer=tokenizer, vae=codec, seed=10, batch_size=3,
-                        num_per_prompt=2, keep_latents=True, **SETTINGS)
+    a = generate_images(
+        model,
+        ["red circle", "blue"],
+        tokenizer=tokenizer,
+        vae=codec,
+        seed=10,
+        batch_size=3,
+        num_per_prompt=2,
+        keep_latents=True,
+        **SETTINGS,
+    )
     assert [r["seed"] for r in a.records] == [10, 11, 12, 13]
     assert [r["prompt_index"] for r in a.records] == [0, 0, 1, 1]
     assert a.latents.shape == (4, 4, 8, 8) and all(img.shape == (32, 32, 3) for img in a.images)

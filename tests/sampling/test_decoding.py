@@ -31,7 +31,7 @@ def text_model(tokenizer):
 
 def _hf(model, prompt, **kw):
     out = model.base.generate(torch.tensor([prompt]), do_sample=False, eos_token_id=2, pad_token_id=0, **kw)
-    tokens = out[0, len(prompt):].tolist()
+    tokens = out[0, len(prompt) :].tolist()
     return tokens[: tokens.index(2)] if 2 in tokens else tokens
 
 
@@ -42,8 +42,10 @@ def test_decoding_matches_transformers_generate(text_model, num_beams):
     try:
         opts = DecodingOptions(strategy="beam" if num_beams > 1 else "greedy", max_new_tokens=10, num_beams=num_beams)
         ours = decode(SequenceContext(text_model, left_pad(PROMPTS)), opts, stop_ids=[2])
-        hf = [_hf(text_model, p, max_new_tokens=10, num_beams=num_beams, length_penalty=1.0,
-              early_stopping=True) for p in PROMPTS]
+        hf = [
+            _hf(text_model, p, max_new_tokens=10, num_beams=num_beams, length_penalty=1.0, early_stopping=True)
+            for p in PROMPTS
+        ]
     finally:
         with torch.no_grad():
             text_model.base.lm_head.weight[2] -= text_model.base.lm_head.weight[36]

@@ -23,9 +23,16 @@ def chatty_model(tokenizer):
     m = make_model(tokenizer, seed=7)
     N, C, S = m.num_image_tokens, m.config.latent_channels, m.config.latent_size
     g = torch.Generator().manual_seed(0)
-    docs = [build_example([TextPart([1, 6, 14, 9]), ImagePart(True), TextPart([9, 2])], num_image_tokens=N,
-                          boi_id=m.boi_id, eoi_id=m.eoi_id, latents=torch.randn(1, C, S, S, generator=g))
-            for _ in range(4)]
+    docs = [
+        build_example(
+            [TextPart([1, 6, 14, 9]), ImagePart(True), TextPart([9, 2])],
+            num_image_tokens=N,
+            boi_id=m.boi_id,
+            eoi_id=m.eoi_id,
+            latents=torch.randn(1, C, S, S, generator=g),
+        )
+        for _ in range(4)
+    ]
     batch, latents = collate(docs)
     optimizer = torch.optim.AdamW(m.trainable_parameters(), lr=3e-2)
     m.train()
@@ -37,8 +44,17 @@ def chatty_model(tokenizer):
 
 
 def _doc(model, use_cache, **kw):
-    args = dict(bos_id=1, eos_id=2, options=DecodingOptions(max_new_tokens=12), max_images=2, cfg_scale=3.0,
-                steps=3, sampler="ddim", seed=4, use_cache=use_cache)
+    args = dict(
+        bos_id=1,
+        eos_id=2,
+        options=DecodingOptions(max_new_tokens=12),
+        max_images=2,
+        cfg_scale=3.0,
+        steps=3,
+        sampler="ddim",
+        seed=4,
+        use_cache=use_cache,
+    )
     args.update(kw)
     return generate_document(model, [6, 14, 9], **args)
 
@@ -65,8 +81,18 @@ def test_image_limit_and_beam_refused(chatty_model):
 
 
 def test_generate_interleaved_decodes_text_and_images(chatty_model, tokenizer, codec):
-    docs = generate_interleaved(chatty_model, ["red circle", "blue"], tokenizer=tokenizer, vae=codec,
-                                max_new_tokens=10, max_images=1, cfg_scale=2.0, steps=2, sampler="ddim", seed=3)
+    docs = generate_interleaved(
+        chatty_model,
+        ["red circle", "blue"],
+        tokenizer=tokenizer,
+        vae=codec,
+        max_new_tokens=10,
+        max_images=1,
+        cfg_scale=2.0,
+        steps=2,
+        sampler="ddim",
+        seed=3,
+    )
     assert [d.seed for d in docs] == [3, 1003]
     for d in docs:
         assert len(d.images) == sum(s["type"] == "image" for s in d.segments) <= 1

@@ -12,7 +12,14 @@ from PIL import Image
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.sampling.io import (
-    GRID_GAP, list_images, make_grid, png_bytes, read_prompts, to_uint8, write_jsonl, write_png,
+    GRID_GAP,
+    list_images,
+    make_grid,
+    png_bytes,
+    read_prompts,
+    to_uint8,
+    write_jsonl,
+    write_png,
 )
 
 
@@ -75,8 +82,8 @@ def test_make_grid_layout():
     tiles = [np.full((4, 5, 3), k * 40, np.uint8) for k in range(5)]
     grid = make_grid(tiles, columns=3)
     assert grid.shape == (2 * 4 + GRID_GAP, 3 * 5 + 2 * GRID_GAP, 3)
-    assert (grid[0:4, 0:5] == 0).all() and (grid[4 + GRID_GAP:, 5 + GRID_GAP:10 + GRID_GAP] == 160).all()
-    assert (grid[4 + GRID_GAP:, 2 * (5 + GRID_GAP):] == 255).all()  # empty sixth cell stays white
+    assert (grid[0:4, 0:5] == 0).all() and (grid[4 + GRID_GAP :, 5 + GRID_GAP : 10 + GRID_GAP] == 160).all()
+    assert (grid[4 + GRID_GAP :, 2 * (5 + GRID_GAP) :] == 255).all()  # empty sixth cell stays white
     assert make_grid(tiles).shape[1] == 3 * 5 + 2 * GRID_GAP  # auto: ceil(sqrt(5)) = 3 columns
 
 

@@ -24,8 +24,9 @@ def _setup(kind):
     tok = tokenizer_with_image_token(make_tokenizer())
     image_token = tok.convert_tokens_to_ids("<image>")
     boi, eoi = resolve_boi_eoi(tok)
-    model = LMFusionModel.from_base(tiny_vlm(kind, image_token=image_token), latent_size=8,
-                                    unet_channels=(16, 32), boi_id=boi, eoi_id=eoi)
+    model = LMFusionModel.from_base(
+        tiny_vlm(kind, image_token=image_token), latent_size=8, unet_channels=(16, 32), boi_id=boi, eoi_id=eoi
+    )
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.trainable_parameters():
@@ -35,9 +36,14 @@ def _setup(kind):
 
 def _vlm_greedy(reference, processor, image, max_new_tokens):
     inputs = processor(images=[image], text=[caption_prompt(processor)], return_tensors="pt")
-    out = reference.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=processor.tokenizer.eos_token_id, pad_token_id=0)
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+    out = reference.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=processor.tokenizer.eos_token_id,
+        pad_token_id=0,
+    )
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
     eos = processor.tokenizer.eos_token_id
     return new[: new.index(eos)] if eos in new else new
 
@@ -46,8 +52,16 @@ def _vlm_greedy(reference, processor, image, max_new_tokens):
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_caption_equals_the_vlms_own_greedy_generate(kind, use_cache):
     model, reference, tok, processor = _setup(kind)
-    result = caption_images(model, IMAGES, tokenizer=tok, vae=None, processor=processor, max_new_tokens=10,
-                            batch_size=2, use_cache=use_cache)
+    result = caption_images(
+        model,
+        IMAGES,
+        tokenizer=tok,
+        vae=None,
+        processor=processor,
+        max_new_tokens=10,
+        batch_size=2,
+        use_cache=use_cache,
+    )
     assert [r["index"] for r in result.records] == [0, 1, 2]
     for record, image in zip(result.records, IMAGES):
         theirs = _vlm_greedy(reference, processor, image, 10)
@@ -59,8 +73,14 @@ def test_vlm_captions_skip_unreadable_images(tmp_path):
     model, _, tok, processor = _setup("llava_next")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    result = caption_images(model, [IMAGES[0], bad, tmp_path / "missing.png"], tokenizer=tok, vae=None,
-                            processor=processor, max_new_tokens=3)
+    result = caption_images(
+        model,
+        [IMAGES[0], bad, tmp_path / "missing.png"],
+        tokenizer=tok,
+        vae=None,
+        processor=processor,
+        max_new_tokens=3,
+    )
     assert [r["index"] for r in result.records] == [0]
     assert result.skips.skipped == {"corrupt-image": 1, "missing-file": 1}
 
@@ -86,12 +106,14 @@ def test_an_image_after_an_understanding_image_cached_equals_uncached():
     ids, pixels, sizes = vlm_prompt(processor, IMAGES[0], caption_prompt(processor, "draw it again"))
     results = []
     for use_cache in (True, False):
-        context = SequenceContext(model, vision_prompt_segment([ids], llava.image_token_id(model.base), pixels, sizes),
-                                  use_cache=use_cache)
+        context = SequenceContext(
+            model, vision_prompt_segment([ids], llava.image_token_id(model.base), pixels, sizes), use_cache=use_cache
+        )
         context.add_tokens(torch.tensor([model.boi_id]))
         sampler = make_sampler(model.config, "ddim", 3)
-        image = denoise(GuidedDenoiser(model, [context.branch()], 1, 1.0), sampler, (4, 8, 8),
-                        [torch.Generator().manual_seed(0)])
+        image = denoise(
+            GuidedDenoiser(model, [context.branch()], 1, 1.0), sampler, (4, 8, 8), [torch.Generator().manual_seed(0)]
+        )
         context.add_image(image, model.eoi_id)
         results.append((image, context.logits()))
     assert_close_scaled(results[0][0], results[1][0])
@@ -108,8 +130,16 @@ def test_generate_document_takes_a_vision_prefix():
     model, reference, _, processor = _setup("llava_next")
     ids, pixels, sizes = vlm_prompt(processor, IMAGES[1], caption_prompt(processor))
     prefix = vision_prompt_segment([ids], llava.image_token_id(model.base), pixels, sizes)
-    segments, _, reason = generate_document(model, [], bos_id=None, eos_id=2, prefix=prefix,
-                                                  options=DecodingOptions(max_new_tokens=5), steps=2, sampler="ddim")
+    segments, _, reason = generate_document(
+        model,
+        [],
+        bos_id=None,
+        eos_id=2,
+        prefix=prefix,
+        options=DecodingOptions(max_new_tokens=5),
+        steps=2,
+        sampler="ddim",
+    )
     text = [t for s in segments if s["type"] == "text" for t in s["token_ids"]]
     # the text (up to any BOI, which the VLM's frozen head scores too) is the VLM's own greedy answer
     assert text and text == _vlm_greedy(reference, processor, IMAGES[1], 5)[: len(text)]
@@ -120,17 +150,26 @@ def test_beam_captions_equal_the_vlms_beam_search():
     from lmfusion_cli.common.errors import UserError
 
     model, reference, tok, processor = _setup("llava_next")
-    result = caption_images(model, IMAGES[:2], tokenizer=tok, vae=None, processor=processor, decoding="beam",
-                            num_beams=2, max_new_tokens=6)
+    result = caption_images(
+        model, IMAGES[:2], tokenizer=tok, vae=None, processor=processor, decoding="beam", num_beams=2, max_new_tokens=6
+    )
     for record, image in zip(result.records, IMAGES):
         inputs = processor(images=[image], text=[caption_prompt(processor)], return_tensors="pt")
-        out = reference.generate(**inputs, max_new_tokens=6, num_beams=2, do_sample=False, early_stopping=True,
-                                 pad_token_id=0, eos_token_id=tok.eos_token_id)
-        theirs = out[0, inputs["input_ids"].shape[1]:].tolist()
+        out = reference.generate(
+            **inputs,
+            max_new_tokens=6,
+            num_beams=2,
+            do_sample=False,
+            early_stopping=True,
+            pad_token_id=0,
+            eos_token_id=tok.eos_token_id,
+        )
+        theirs = out[0, inputs["input_ids"].shape[1] :].tolist()
         assert record["token_ids"] == (theirs[: theirs.index(2)] if 2 in theirs else theirs)
     with pytest.raises(UserError, match="drop --no-cache"):
-        caption_images(model, IMAGES[:1], tokenizer=tok, vae=None, processor=processor, decoding="beam",
-                       use_cache=False)
+        caption_images(
+            model, IMAGES[:1], tokenizer=tok, vae=None, processor=processor, decoding="beam", use_cache=False
+        )
 
 
 def test_a_llava_base_without_its_processor_is_one_sentence(tmp_path):

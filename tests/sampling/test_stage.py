@@ -3,7 +3,6 @@ checkpoint resolution, byte-identical PNGs for the same seed, skipped bad images
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from pathlib import Path
@@ -44,8 +43,15 @@ def run_dir(tmp_path_factory) -> Path:
     vae = make_vae()
     vae.save_pretrained(root / "vae")
     boi, eoi = resolve_boi_eoi(tok)
-    model = LMFusionModel.from_base(str(root / "base"), latent_size=8, latent_channels=4, patch_size=2,
-                                    unet_channels=(16, 32), boi_id=boi, eoi_id=eoi)
+    model = LMFusionModel.from_base(
+        str(root / "base"),
+        latent_size=8,
+        latent_channels=4,
+        patch_size=2,
+        unet_channels=(16, 32),
+        boi_id=boi,
+        eoi_id=eoi,
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.trainable_parameters():
@@ -115,8 +121,24 @@ def _pngs(folder: Path) -> dict[str, bytes]:
 def test_t2i_same_seed_same_bytes_other_seed_differs(run_dir, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("red circle\nblue square on green background\n")
-    common = ["--checkpoint", run_dir, "--prompts", prompts, "--steps", 3, "--sampler", "ddim", "--cfg-scale", 3,
-              "--batch-size", 3, "--num-per-prompt", 2, "--grid-columns", 4]
+    common = [
+        "--checkpoint",
+        run_dir,
+        "--prompts",
+        prompts,
+        "--steps",
+        3,
+        "--sampler",
+        "ddim",
+        "--cfg-scale",
+        3,
+        "--batch-size",
+        3,
+        "--num-per-prompt",
+        2,
+        "--grid-columns",
+        4,
+    ]
     assert _cli(*common, "--seed", 7, "--out", tmp_path / "a") == 0
     assert _cli(*common, "--seed", 7, "--out", tmp_path / "b") == 0
     assert _cli(*common, "--seed", 8, "--out", tmp_path / "c") == 0
@@ -154,8 +176,24 @@ def test_caption_skips_bad_images_and_counts_them(run_dir, tmp_path):
         Image.new("RGB", (48, 40), colour).save(folder / f"{k}.png")
     (folder / "2.png").write_bytes(b"not a png")
     out = tmp_path / "caps"
-    code = _cli("--checkpoint", run_dir, "--task", "caption", "--images", folder, "--images", tmp_path / "gone.jpg",
-                "--max-new-tokens", 4, "--decoding", "beam", "--num-beams", 2, "--out", out)
+    code = _cli(
+        "--checkpoint",
+        run_dir,
+        "--task",
+        "caption",
+        "--images",
+        folder,
+        "--images",
+        tmp_path / "gone.jpg",
+        "--max-new-tokens",
+        4,
+        "--decoding",
+        "beam",
+        "--num-beams",
+        2,
+        "--out",
+        out,
+    )
     assert code == 0
     records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert [Path(r["key"]).name for r in records] == ["0.png", "1.png"]
@@ -167,15 +205,32 @@ def test_caption_skips_bad_images_and_counts_them(run_dir, tmp_path):
 
 def test_interleaved_writes_documents(run_dir, tmp_path):
     out = tmp_path / "doc"
-    assert _cli("--checkpoint", run_dir, "--task", "interleaved", "--prompt", "a red", "--max-new-tokens", 5,
-                "--steps", 2, "--out", out) == 0
+    assert (
+        _cli(
+            "--checkpoint",
+            run_dir,
+            "--task",
+            "interleaved",
+            "--prompt",
+            "a red",
+            "--max-new-tokens",
+            5,
+            "--steps",
+            2,
+            "--out",
+            out,
+        )
+        == 0
+    )
     record = json.loads((out / "interleaved.jsonl").read_text())
     assert record["prompt"] == "a red" and record["stop_reason"] in ("eos", "max-new-tokens", "image-limit")
     for segment in record["segments"]:
         assert segment["type"] == "text" or (out / segment["file"]).is_file()
 
 
-@pytest.mark.parametrize("case", ["empty-prompts", "all-bad-images", "not-empty-out", "missing-checkpoint", "unknown-sampler"])
+@pytest.mark.parametrize(
+    "case", ["empty-prompts", "all-bad-images", "not-empty-out", "missing-checkpoint", "unknown-sampler"]
+)
 def test_user_errors_are_one_sentence_exit_2(run_dir, tmp_path, capsys, case):
     args = {
         "empty-prompts": ["--prompts", tmp_path / "empty.txt"],
@@ -226,8 +281,11 @@ def test_base_and_tokenizer_overrides(run_dir, tmp_path):
     shutil.copytree(run_dir.parent / "base", moved)
     loaded = load_for_sampling(run_dir, base=str(moved))
     assert loaded.model.base_id == str(moved)
-    core = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "<s>": 1, "</s>": 2, "<|end_of_image|>": 3,
-                                             "<|begin_of_image|>": 4}, unk_token="<unk>"))
+    core = Tokenizer(
+        models.WordLevel(
+            vocab={"<unk>": 0, "<s>": 1, "</s>": 2, "<|end_of_image|>": 3, "<|begin_of_image|>": 4}, unk_token="<unk>"
+        )
+    )
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>").save_pretrained(tmp_path / "tok")
     with pytest.raises(UserError, match="other image-token ids"):

@@ -27,8 +27,9 @@ def _prefixes(model, prompts):
 
 def _naive_prediction(model, prompt, x_t, t):
     """One prompt, full sequence `[BOS] prompt BOI image EOI` as training lays it out, no cache."""
-    ex = caption_to_image(prompt, num_image_tokens=model.num_image_tokens, boi_id=model.boi_id,
-                          eoi_id=model.eoi_id, bos_id=1)
+    ex = caption_to_image(
+        prompt, num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id, bos_id=1
+    )
     batch, _ = collate([ex])
     return model.forward_segment(batch, latents=x_t, timesteps=torch.full((1,), float(t))).image_prediction
 

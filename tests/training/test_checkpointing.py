@@ -10,8 +10,13 @@ import torch
 from toy_workload import ToyWorkload, make_config, toy_factories
 
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.checkpointing import (find_resume_point, is_complete, list_checkpoints,
-                                                 load_checkpoint, save_checkpoint)
+from lmfusion_cli.training.checkpointing import (
+    find_resume_point,
+    is_complete,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lmfusion_cli.training.distributed import DistContext
 from lmfusion_cli.training.loop import run_training
 from lmfusion_cli.training.optim import build_optimizer
@@ -29,7 +34,9 @@ def test_retention_keeps_the_last_complete_ones(run):
     assert [c.step for c in list_checkpoints(run / "checkpoints")] == [4, 6]
     manifest = json.loads((run / "checkpoints" / "step-00000006" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["step"] == 6
-    assert {"trainer.json", "rng/rank-00000.pt", "model/trainable.safetensors", "dcp/.metadata"} <= set(manifest["files"])
+    assert {"trainer.json", "rng/rank-00000.pt", "model/trainable.safetensors", "dcp/.metadata"} <= set(
+        manifest["files"]
+    )
     assert all(len(e["sha256"]) == 64 for e in manifest["files"].values())
 
 
@@ -55,8 +62,9 @@ def test_a_flipped_byte_is_caught_on_load_naming_the_file(run, tmp_path):
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
     workload = ToyWorkload()
-    optimizer = build_optimizer([(n, p) for n, p in workload.model.named_parameters() if p.requires_grad],
-                                make_config(tmp_path).optim)
+    optimizer = build_optimizer(
+        [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
+    )
     with pytest.raises(UserError, match=r"__0_0\.distcp does not match its SHA-256"):
         load_checkpoint(folder, workload.model, optimizer, DistContext())
 
@@ -69,12 +77,14 @@ def test_save_then_load_restores_weights_optimizer_and_rng(tmp_path):
         p.grad = torch.ones_like(p)
     optimizer.step()
     torch.manual_seed(123)
-    folder = save_checkpoint(tmp_path / "checkpoints", 1, workload.model, optimizer, {"data": {}}, workload,
-                             DistContext(), keep_last=1)
+    folder = save_checkpoint(
+        tmp_path / "checkpoints", 1, workload.model, optimizer, {"data": {}}, workload, DistContext(), keep_last=1
+    )
     expected_draw = torch.rand(3)
     other = ToyWorkload()
-    other_opt = build_optimizer([(n, p) for n, p in other.model.named_parameters() if p.requires_grad],
-                                make_config(tmp_path).optim)
+    other_opt = build_optimizer(
+        [(n, p) for n, p in other.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
+    )
     state = load_checkpoint(folder, other.model, other_opt, DistContext())
     assert state["step"] == 1 and state["world_size"] == 1
     assert torch.equal(torch.rand(3), expected_draw)  # RNG restored to the save point
@@ -88,7 +98,9 @@ def test_save_then_load_restores_weights_optimizer_and_rng(tmp_path):
 def test_resuming_an_older_step_with_newer_ones_present_is_refused(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    config = make_config(copy, train={"save_every": 2, "keep_last": 2, "resume": str(copy / "checkpoints" / "step-00000004")})
+    config = make_config(
+        copy, train={"save_every": 2, "keep_last": 2, "resume": str(copy / "checkpoints" / "step-00000004")}
+    )
     with pytest.raises(UserError, match=r"newer than step-00000004 \(step-00000006\)"):
         run_training(config, *toy_factories())
     shutil.rmtree(copy / "checkpoints" / "step-00000006")

@@ -17,18 +17,42 @@ from lmfusion_cli.training.logging import read_jsonl
 
 def lmfusion(*args, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LMFUSION_QUIET": "1"}
-    return subprocess.run([sys.executable, "-m", "lmfusion_cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "lmfusion_cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.distributed
 def test_gpus_2_relaunches_under_torchrun_and_trains(tmp_path):
     base = build_tiny_base(tmp_path / "base")
     cache = write_fake_cache(tmp_path / "latents")
-    proc = lmfusion("train", "--base", str(base), "--latents", str(cache), "--out", str(tmp_path / "run"),
-                    "--steps", "2", "--batch-size", "4", "--micro-batch-size", "1", "--gpus", "2",
-                    "--set", "model.patcher=linear", "--set", "schedule.warmup_steps=1",
-                    "--set", "log.tensorboard=false", "--set", "log.val_items=2", "--save-every", "1")
+    proc = lmfusion(
+        "train",
+        "--base",
+        str(base),
+        "--latents",
+        str(cache),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "1",
+        "--gpus",
+        "2",
+        "--set",
+        "model.patcher=linear",
+        "--set",
+        "schedule.warmup_steps=1",
+        "--set",
+        "log.tensorboard=false",
+        "--set",
+        "log.val_items=2",
+        "--save-every",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "train done: step 2" in proc.stdout
     saved = list_checkpoints(tmp_path / "run" / "checkpoints")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from forked import run_forked
+from safetensors.torch import load_file
 from toy_workload import make_config, toy_factories
 
 from lmfusion_cli.training.checkpointing import list_checkpoints
@@ -19,8 +19,11 @@ from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
 
 pytestmark = pytest.mark.distributed
-COMMON = {"schedule": {"steps": 6, "warmup_steps": 2, "min_lr": 1e-4}, "data": {"generation_fraction": 0.5},
-          "train": {"save_every": 0, "micro_batch_size": 1}}
+COMMON = {
+    "schedule": {"steps": 6, "warmup_steps": 2, "min_lr": 1e-4},
+    "data": {"generation_fraction": 0.5},
+    "train": {"save_every": 0, "micro_batch_size": 1},
+}
 LOSS_TOLERANCE = 1e-5  # float re-association of gradient sums (MEASURED-NOTES: 4.8e-7 over 5 steps)
 
 
@@ -82,8 +85,9 @@ def test_two_process_resume_is_exact_and_world_size_change_keeps_the_batch(tmp_p
     # the same 2-process checkpoint resumed by one process: same global batch and data order
     other = tmp_path / "cut-1proc" / "cut"
     torch.set_num_threads(1)
-    result = run_training(make_config(other, **sections(dist={"strategy": "none"}, train={"deterministic": True})),
-                          *toy_factories())
+    result = run_training(
+        make_config(other, **sections(dist={"strategy": "none"}, train={"deterministic": True})), *toy_factories()
+    )
     assert result.step == 6 and len(result.losses) == 3
     assert max(abs(a - b) for a, b in zip(losses(other), losses(tmp_path / "straight"))) < LOSS_TOLERANCE
     torch.use_deterministic_algorithms(False)
@@ -92,8 +96,9 @@ def test_two_process_resume_is_exact_and_world_size_change_keeps_the_batch(tmp_p
 def test_a_batch_that_cannot_be_split_over_the_processes_is_refused(tmp_path):
     errors = torchrun(tmp_path / "run", dist={"strategy": "fsdp"}, train={"batch_size": 3, "micro_batch_size": 1})
     assert len(errors) == 2
-    assert all("train.batch_size=3 is not a multiple of train.micro_batch_size × processes = 1 × 2" in e
-               for e in errors)
+    assert all(
+        "train.batch_size=3 is not a multiple of train.micro_batch_size × processes = 1 × 2" in e for e in errors
+    )
 
 
 # bf16 (issue 22): FSDP2 with MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32) on 2 processes
@@ -124,7 +129,7 @@ def test_two_processes_bf16_policy_match_one_process_autocast(tmp_path, single_b
 
 
 def test_frozen_bf16_storage_keeps_trainable_fp32(tmp_path):
-    from toy_workload import ToySource, ToyWorkload
+    from toy_workload import ToyWorkload
 
     from lmfusion_cli.training.distributed import store_frozen_bf16_
 

@@ -28,17 +28,24 @@ class DocumentCache(FakeLatentCache):
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory):
     base = build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-llama")
-    config = build_config(TrainRunConfig, {
-        "base": {"path": str(base)}, "model": {"patcher": "linear", "patch_size": 2},
-        "data": {"latents": "fake", "val_split": None}, "train": {"out": "unused"},
-        "dist": {"strategy": "none"}})
+    config = build_config(
+        TrainRunConfig,
+        {
+            "base": {"path": str(base)},
+            "model": {"patcher": "linear", "patch_size": 2},
+            "data": {"latents": "fake", "val_split": None},
+            "train": {"out": "unused"},
+            "dist": {"strategy": "none"},
+        },
+    )
     return build_lmfusion_workload(config, DocumentCache(), torch.device("cpu"))
 
 
 def test_stream_mix_and_unchanged_default():
     cache = DocumentCache(num_items=16)
-    mixed = SampleStream(cache, seed=0, generation_fraction=0.5, caption_dropout=0.0,
-                         interleaved_fraction=0.4, text_only_fraction=0.2)
+    mixed = SampleStream(
+        cache, seed=0, generation_fraction=0.5, caption_dropout=0.0, interleaved_fraction=0.4, text_only_fraction=0.2
+    )
     tasks = [mixed.sample_at(p).task for p in range(400)]
     assert 0.12 < tasks.count(TEXT_ONLY) / 400 < 0.28
     assert 0.12 < tasks.count(INTERLEAVED) / 400 < 0.28  # 0.4 of draws, half the items have a document
@@ -46,19 +53,27 @@ def test_stream_mix_and_unchanged_default():
     text = next(mixed.sample_at(p) for p in range(400) if mixed.sample_at(p).task == TEXT_ONLY)
     assert text.latent is None and len(text.caption.split()) > 3
     plain = SampleStream(cache, seed=0, generation_fraction=0.5, caption_dropout=0.0)
-    zero = SampleStream(cache, seed=0, generation_fraction=0.5, caption_dropout=0.0,
-                        interleaved_fraction=0.0, text_only_fraction=0.0)
+    zero = SampleStream(
+        cache, seed=0, generation_fraction=0.5, caption_dropout=0.0, interleaved_fraction=0.0, text_only_fraction=0.0
+    )
     for p in range(50):
         a, b = plain.sample_at(p), zero.sample_at(p)
         assert (a.task, a.caption, a.noise_seed) == (b.task, b.caption, b.noise_seed)
 
 
 def test_layouts_and_a_training_step(workload):
-    stream = SampleStream(DocumentCache(), seed=1, generation_fraction=0.5, caption_dropout=0.0,
-                          interleaved_fraction=0.5, text_only_fraction=0.25)
+    stream = SampleStream(
+        DocumentCache(),
+        seed=1,
+        generation_fraction=0.5,
+        caption_dropout=0.0,
+        interleaved_fraction=0.5,
+        text_only_fraction=0.25,
+    )
     samples = [stream.sample_at(p) for p in range(40)]
-    chosen = [next(s for s in samples if s.task == task) for task in ("interleaved", "text", "generation",
-                                                                        "understanding")]
+    chosen = [
+        next(s for s in samples if s.task == task) for task in ("interleaved", "text", "generation", "understanding")
+    ]
     micro = workload.make_micro_batch(chosen, torch.device("cpu"))
     batch, latents, _ = micro.inputs
     model = workload.model

@@ -24,14 +24,16 @@ def _loss_and_grads(out: str | None) -> dict:
     ctx = init_distributed(DistConfig())
     model = tiny_llava_model()
     batch, latents = _mixed_llava_batch(model)
-    workload = LMFusionWorkload(model, type("Tok", (), {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})(),
-                                0, None)
+    workload = LMFusionWorkload(
+        model, type("Tok", (), {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})(), 0, None
+    )
     units = workload.shard_units()
     vision = units[-1]
     tower = model.base.model.vision_tower
     assert vision == [*tower.children(), model.base.model.multi_modal_projector]
-    assert {id(p) for m in vision for p in m.parameters()} == {id(p) for m in (tower, model.base.model.multi_modal_projector)
-                                                              for p in m.parameters()}
+    assert {id(p) for m in vision for p in m.parameters()} == {
+        id(p) for m in (tower, model.base.model.multi_modal_projector) for p in m.parameters()
+    }
     assert not any(p.requires_grad for m in vision for p in m.parameters())
     wrapped = wrap_model(model, units, "fsdp", ctx)
     g = torch.Generator().manual_seed(0)
@@ -39,8 +41,11 @@ def _loss_and_grads(out: str | None) -> dict:
     loss = wrapped(batch, latents, timesteps=timesteps, noise=noise).loss
     loss.backward()
     assert all(p.grad is None for p in model.base.parameters())
-    grads = {n: float(p.grad.full_tensor().abs().sum() if hasattr(p.grad, "full_tensor") else p.grad.abs().sum())
-             for n, p in model.named_parameters() if p.grad is not None}
+    grads = {
+        n: float(p.grad.full_tensor().abs().sum() if hasattr(p.grad, "full_tensor") else p.grad.abs().sum())
+        for n, p in model.named_parameters()
+        if p.grad is not None
+    }
     result = {"loss": float(loss.detach()), "grads": grads}
     if out is not None and ctx.rank == 0:
         Path(out).write_text(json.dumps(result))

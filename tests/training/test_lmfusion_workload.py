@@ -26,11 +26,16 @@ def base(tmp_path_factory):
 
 
 def make(base, out, **sections) -> TrainRunConfig:
-    data = {"base": {"path": str(base)}, "model": {"patcher": "linear", "patch_size": 2},
-            "data": {"latents": "fake", "val_split": None, "generation_fraction": 0.5},
-            "train": {"out": str(out), "batch_size": 4, "micro_batch_size": 2, "save_every": 0},
-            "schedule": {"steps": 3, "warmup_steps": 1}, "optim": {"lr": 1e-3},
-            "dist": {"strategy": "none"}, "log": {"tensorboard": False, "val_items": 4}}
+    data = {
+        "base": {"path": str(base)},
+        "model": {"patcher": "linear", "patch_size": 2},
+        "data": {"latents": "fake", "val_split": None, "generation_fraction": 0.5},
+        "train": {"out": str(out), "batch_size": 4, "micro_batch_size": 2, "save_every": 0},
+        "schedule": {"steps": 3, "warmup_steps": 1},
+        "optim": {"lr": 1e-3},
+        "dist": {"strategy": "none"},
+        "log": {"tensorboard": False, "val_items": 4},
+    }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return build_config(TrainRunConfig, data)
@@ -42,8 +47,9 @@ def source(path, split):
 
 def test_layouts_packing_and_per_sample_noise(base, tmp_path):
     torch.manual_seed(0)
-    workload = build_lmfusion_workload(make(base, tmp_path, data={"seq_len": 80}), source("", "train"),
-                                       torch.device("cpu"))
+    workload = build_lmfusion_workload(
+        make(base, tmp_path, data={"seq_len": 80}), source("", "train"), torch.device("cpu")
+    )
     vocab = workload.model.vocab_size  # BOI/EOI: the model's own new rows, not the tokenizer's tokens 4/5
     assert (workload.model.boi_id, workload.model.eoi_id) == (vocab, vocab + 1)
     stream = SampleStream(source("", "train"), seed=0, generation_fraction=0.5, caption_dropout=0.0)

@@ -39,8 +39,7 @@ def test_resume_equals_uninterrupted(tmp_path, stop_at):
     """2k steps straight == k steps, resume, k more (batch 4 = 2 micro-batches of 2: the resume
     point is a gradient-accumulation boundary); 24 items = 6 steps per epoch."""
     wf, sf = toy_factories()
-    common = dict(schedule=STEPS, data={"generation_fraction": 0.5},
-                  train={"deterministic": True, "save_every": 0})
+    common = dict(schedule=STEPS, data={"generation_fraction": 0.5}, train={"deterministic": True, "save_every": 0})
     run_training(make_config(tmp_path / "straight", **common), wf, sf)
     cut = make_config(tmp_path / "cut", **{**common, "train": {**common["train"], "stop_at": stop_at}})
     first = run_training(cut, wf, sf)
@@ -145,8 +144,17 @@ def test_logs_jsonl_tensorboard_and_validation(tmp_path):
     records = read_jsonl(tmp_path / "run" / "logs" / "train.jsonl")
     steps = [r for r in records if "event" not in r]
     assert [r["step"] for r in steps] == list(range(1, 7))
-    for key in ("loss", "text_loss", "image_loss", "lr", "grad_norm", "tokens_per_s", "images_per_s", "memory_mb",
-                "cpu_s"):
+    for key in (
+        "loss",
+        "text_loss",
+        "image_loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "images_per_s",
+        "memory_mb",
+        "cpu_s",
+    ):
         assert all(isinstance(r[key], float) for r in steps), key
     assert steps[0]["lr"] == pytest.approx(3e-3 / 2)  # warmup 2 steps
     vals = [r for r in records if r.get("event") == "val"]
@@ -165,7 +173,8 @@ def test_compile_option_compiles_every_unit(tmp_path, monkeypatch):
     once, same losses as eager; here only the wiring is checked)."""
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
-    result = run_training(make_config(tmp_path / "run", train={"compile": True}, schedule={"steps": 1}),
-                          *toy_factories())
+    result = run_training(
+        make_config(tmp_path / "run", train={"compile": True}, schedule={"steps": 1}), *toy_factories()
+    )
     assert result.step == 1
     assert len(compiled) == 2 and all(type(m).__name__ == "ToyLayer" for m in compiled)

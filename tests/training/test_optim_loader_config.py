@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 
 import pytest
-import torch
 from toy_workload import ToyModel, ToySource
 
 from lmfusion_cli.common.configs import build_config

@@ -19,12 +19,39 @@ from lmfusion_cli.training.logging import read_jsonl
 def test_two_processes_train_with_the_gpu_config_features(tmp_path):
     base = build_tiny_base(tmp_path / "base")
     cache = write_fake_cache(tmp_path / "latents")
-    proc = lmfusion("train", "--base", str(base), "--latents", str(cache), "--out", str(tmp_path / "run"),
-                    "--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--gpus", "2",
-                    "--set", "model.patcher=linear", "--set", "schedule.warmup_steps=1",
-                    "--set", "log.tensorboard=false", "--set", "log.val_items=2", "--set", "train.precision=bf16",
-                    "--set", "train.frozen_bf16=true", "--set", "train.activation_checkpointing=layers",
-                    "--set", "data.seq_len=64")
+    proc = lmfusion(
+        "train",
+        "--base",
+        str(base),
+        "--latents",
+        str(cache),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--gpus",
+        "2",
+        "--set",
+        "model.patcher=linear",
+        "--set",
+        "schedule.warmup_steps=1",
+        "--set",
+        "log.tensorboard=false",
+        "--set",
+        "log.val_items=2",
+        "--set",
+        "train.precision=bf16",
+        "--set",
+        "train.frozen_bf16=true",
+        "--set",
+        "train.activation_checkpointing=layers",
+        "--set",
+        "data.seq_len=64",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "logs" / "train.jsonl") if "event" not in r]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

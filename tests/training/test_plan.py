@@ -18,27 +18,49 @@ from lmfusion_cli.model import LMFusionConfig, LMFusionModel, caption_to_image, 
 from lmfusion_cli.training.config import TrainRunConfig
 
 CAPTION = 12
-MODEL = {"latent_size": 8, "latent_channels": 4, "patcher": "unet", "unet_channels": [16, 32],
-         "attention_backend": "sdpa"}
+MODEL = {
+    "latent_size": 8,
+    "latent_channels": 4,
+    "patcher": "unet",
+    "unet_channels": [16, 32],
+    "attention_backend": "sdpa",
+}
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("base")
-    config = transformers.LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
 
 def run_config(base_dir, micro: int, seq_len: int, checkpointing: str = "none") -> TrainRunConfig:
-    return build_config(TrainRunConfig, {
-        "base": {"path": str(base_dir)}, "model": MODEL, "data": {"latents": "none", "seq_len": seq_len,
-                                                                  "generation_fraction": 0.5},
-        "train": {"out": "plan", "batch_size": micro, "micro_batch_size": micro, "precision": "fp32",
-                  "activation_checkpointing": checkpointing},
-        "dist": {"strategy": "none"}})
+    return build_config(
+        TrainRunConfig,
+        {
+            "base": {"path": str(base_dir)},
+            "model": MODEL,
+            "data": {"latents": "none", "seq_len": seq_len, "generation_fraction": 0.5},
+            "train": {
+                "out": "plan",
+                "batch_size": micro,
+                "micro_batch_size": micro,
+                "precision": "fp32",
+                "activation_checkpointing": checkpointing,
+            },
+            "dist": {"strategy": "none"},
+        },
+    )
 
 
 _PLAN_SCRIPT = """
@@ -59,8 +81,12 @@ def plan_in_own_process(config: TrainRunConfig, tmp_path, **options) -> dict:
 
     path = tmp_path / "plan-run.yaml"
     path.write_text(dump_yaml(config))
-    done = subprocess.run([sys.executable, "-c", _PLAN_SCRIPT, str(path), json.dumps(options)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _PLAN_SCRIPT, str(path), json.dumps(options)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -72,9 +98,12 @@ def measured_peak_bytes(base_dir, micro: int, seq_len: int, checkpoint_every: in
     optimizer = torch.optim.AdamW(model.trainable_parameters())
     g = torch.Generator().manual_seed(0)
     kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id, bos_id=1, eos_id=2)
-    examples = [(caption_to_image if i % 2 == 0 else image_to_caption)(
-        torch.randint(3, 90, (CAPTION,), generator=g).tolist(), latents=torch.randn(1, 4, 8, 8, generator=g), **kw)
-        for i in range(micro)]
+    examples = [
+        (caption_to_image if i % 2 == 0 else image_to_caption)(
+            torch.randint(3, 90, (CAPTION,), generator=g).tolist(), latents=torch.randn(1, 4, 8, 8, generator=g), **kw
+        )
+        for i in range(micro)
+    ]
     batch, latents = pack(examples, seq_len)
     static = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -98,16 +127,19 @@ def test_parameter_counts_are_exact(base_dir, tmp_path):
     assert plan["params"]["frozen"] == sum(p.numel() for p in model.base.parameters())
 
 
-@pytest.mark.parametrize("micro, seq_len, checkpointing, every", [
-    (16, 256, "none", 0), (16, 256, "layers", 1), (32, 512, "none", 0)])
+@pytest.mark.parametrize(
+    "micro, seq_len, checkpointing, every", [(16, 256, "none", 0), (16, 256, "layers", 1), (32, 512, "none", 0)]
+)
 def test_plan_is_within_25_percent_of_measured_peak(base_dir, tmp_path, micro, seq_len, checkpointing, every):
     torch.set_num_threads(1)
     config = run_config(base_dir, micro, seq_len, checkpointing)
     plan = plan_in_own_process(config, tmp_path, gpus=1, device="cpu", caption_tokens=CAPTION, gpu_memory=2**30)
     measured = measured_peak_bytes(base_dir, micro, seq_len, every)
     predicted = plan["memory"]["per_gpu_bytes"]
-    print(f"micro {micro} × row {seq_len} checkpointing {checkpointing}: plan {predicted / 2**20:.1f} MiB, "
-          f"measured {measured / 2**20:.1f} MiB, ratio {predicted / measured:.3f}")
+    print(
+        f"micro {micro} × row {seq_len} checkpointing {checkpointing}: plan {predicted / 2**20:.1f} MiB, "
+        f"measured {measured / 2**20:.1f} MiB, ratio {predicted / measured:.3f}"
+    )
     assert math.isclose(predicted, measured, rel_tol=0.25), (predicted, measured, plan["memory"]["parts"])
 
 
@@ -124,7 +156,9 @@ def test_plan_json_and_warning_from_the_cli(base_dir, tmp_path):
     plan = json.loads(result.output)
     for key in ("total", "trainable"):
         assert plan["params"][key] > 0
-    assert plan["fits"] is False and plan["flops_per_step"] > 0 and plan["tokens_per_step"] == 16 * (16 + 36 + 4)  # --caption-tokens default 36
+    assert (
+        plan["fits"] is False and plan["flops_per_step"] > 0 and plan["tokens_per_step"] == 16 * (16 + 36 + 4)
+    )  # --caption-tokens default 36
     assert set(plan["memory"]["parts"]) >= {"params_frozen", "params_trainable", "grads", "optimizer", "activations"}
     result = CliRunner().invoke(app, ["plan", "-c", str(path), "--gpus", "1", "--gpu-memory", "1MiB"])
     assert result.exit_code == 0 and "warning: this configuration does not fit" in result.output

@@ -16,9 +16,12 @@ from forked import run_forked
 REAL_LM = Path(__file__).resolve().parents[2] / ".cache" / "smollm2-135m-instruct"
 OPTIONS = {"latent_size": 8, "latent_channels": 4, "unet_channels": (16, 32)}
 
-pytestmark = [pytest.mark.distributed,
-              pytest.mark.skipif(not (REAL_LM / "model.safetensors").is_file(),
-                                 reason="SmolLM2-135M is not converted (make real-lm)")]
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(
+        not (REAL_LM / "model.safetensors").is_file(), reason="SmolLM2-135M is not converted (make real-lm)"
+    ),
+]
 
 
 def _peak_rss_bytes() -> int:
@@ -76,6 +79,8 @@ def test_sharded_loading_equals_today_at_three_quarters_of_the_memory(tmp_path):
         assert sharded["tied"] == today["tied"]
     today_sum = sum(r["peak"] for r in runs["today"])
     sharded_sum = sum(r["peak"] for r in runs["sharded"])
-    print(f"summed peak RSS: today {today_sum / 2**20:.0f} MiB, sharded {sharded_sum / 2**20:.0f} MiB, "
-          f"ratio {sharded_sum / today_sum:.2f}")
+    print(
+        f"summed peak RSS: today {today_sum / 2**20:.0f} MiB, sharded {sharded_sum / 2**20:.0f} MiB, "
+        f"ratio {sharded_sum / today_sum:.2f}"
+    )
     assert sharded_sum <= 0.75 * today_sum

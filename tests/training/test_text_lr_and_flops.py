@@ -28,7 +28,7 @@ def _one_thread():
 class _TwoPart(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.base = torch.nn.Linear(4, 4)    # "text modules"
+        self.base = torch.nn.Linear(4, 4)  # "text modules"
         self.expert = torch.nn.Linear(4, 4)  # "image modules"
 
 

@@ -36,13 +36,53 @@ def tied_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("tied")
     base = build_tiny_base(tmp / "tied-llama", tie_word_embeddings=True, words=_shape_words())
     assert json.loads((base / "config.json").read_text())["tie_word_embeddings"] is True
-    assert cli("prepare", "--source", "shapes", "--out", tmp / "shapes", "--num-items", 24, "--seed", 0,
-               "--resolution", 64, "--workers", 1) == 0
+    assert (
+        cli(
+            "prepare",
+            "--source",
+            "shapes",
+            "--out",
+            tmp / "shapes",
+            "--num-items",
+            24,
+            "--seed",
+            0,
+            "--resolution",
+            64,
+            "--workers",
+            1,
+        )
+        == 0
+    )
     assert cli("encode-latents", "--data", tmp / "shapes", "--out", tmp / "latents", "--workers", 0) == 0
-    assert cli("train", "--config", "pipelines/configs/tiny.yaml", "--base", base, "--latents", tmp / "latents",
-               "--out", tmp / "run", "--steps", 3, "--batch-size", 4, "--micro-batch-size", 4,
-               "--save-every", 0, "--set", "log.val_items=2", "--set", "log.tensorboard=false",
-               "--set", "train.threads=1") == 0
+    assert (
+        cli(
+            "train",
+            "--config",
+            "pipelines/configs/tiny.yaml",
+            "--base",
+            base,
+            "--latents",
+            tmp / "latents",
+            "--out",
+            tmp / "run",
+            "--steps",
+            3,
+            "--batch-size",
+            4,
+            "--micro-batch-size",
+            4,
+            "--save-every",
+            0,
+            "--set",
+            "log.val_items=2",
+            "--set",
+            "log.tensorboard=false",
+            "--set",
+            "train.threads=1",
+        )
+        == 0
+    )
     return tmp
 
 
@@ -60,36 +100,111 @@ def test_checkpoint_holds_exactly_the_trainable_parameters(tied_run):
     assert set(stored) == _trainable_names(tied_run / "run")
     from torch.distributed.checkpoint import FileSystemReader
 
-    dcp_keys = {k[len("model."):] for k in FileSystemReader(str(step / "dcp")).read_metadata().state_dict_metadata
-                if k.startswith("model.")}
+    dcp_keys = {
+        k[len("model.") :]
+        for k in FileSystemReader(str(step / "dcp")).read_metadata().state_dict_metadata
+        if k.startswith("model.")
+    }
     assert dcp_keys == set(stored)
 
 
 def test_samples_captions_and_evaluates(tied_run):
     prompts = tied_run / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    assert cli("sample", "--checkpoint", tied_run / "run", "--prompts", prompts, "--out", tied_run / "t2i",
-               "--steps", 2, "--seed", 0) == 0
+    assert (
+        cli(
+            "sample",
+            "--checkpoint",
+            tied_run / "run",
+            "--prompts",
+            prompts,
+            "--out",
+            tied_run / "t2i",
+            "--steps",
+            2,
+            "--seed",
+            0,
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (tied_run / "t2i" / "samples.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == list(PROMPTS)
     images = sorted(p for p in (tied_run / "t2i").rglob("*.png") if p.name != "grid.png")
     assert len(images) == 2
-    assert cli("sample", "--checkpoint", tied_run / "run", "--task", "caption", "--images", images[0],
-               "--out", tied_run / "caps", "--max-new-tokens", 4) == 0
+    assert (
+        cli(
+            "sample",
+            "--checkpoint",
+            tied_run / "run",
+            "--task",
+            "caption",
+            "--images",
+            images[0],
+            "--out",
+            tied_run / "caps",
+            "--max-new-tokens",
+            4,
+        )
+        == 0
+    )
     captions = [json.loads(line) for line in (tied_run / "caps" / "captions.jsonl").read_text().splitlines()]
     assert len(captions) == 1 and isinstance(captions[0]["caption"], str)
-    assert cli("evaluate", "--suite", "all", "--checkpoint", tied_run / "run", "--out", tied_run / "eval",
-               "--num-items", 2, "--steps", 1, "--max-new-tokens", 4, "--ptb-tokenizer", "python") == 0
+    assert (
+        cli(
+            "evaluate",
+            "--suite",
+            "all",
+            "--checkpoint",
+            tied_run / "run",
+            "--out",
+            tied_run / "eval",
+            "--num-items",
+            2,
+            "--steps",
+            1,
+            "--max-new-tokens",
+            4,
+            "--ptb-tokenizer",
+            "python",
+        )
+        == 0
+    )
     metrics = json.loads((tied_run / "eval" / "metrics.json").read_text())
     assert metrics["shapes"]["num_items"] == 2 and metrics["text"]["identical"] is True
 
 
 def test_resume_reads_the_tied_checkpoint(tied_run):
     """The same command again resumes from step 3 (DCP load of the trainable-only state) and ends there."""
-    assert cli("train", "--config", "pipelines/configs/tiny.yaml", "--base", tied_run / "tied-llama",
-               "--latents", tied_run / "latents", "--out", tied_run / "run", "--steps", 3, "--batch-size", 4,
-               "--micro-batch-size", 4, "--save-every", 0, "--set", "log.val_items=2",
-               "--set", "log.tensorboard=false", "--set", "train.threads=1", "--resume", "auto") == 0
+    assert (
+        cli(
+            "train",
+            "--config",
+            "pipelines/configs/tiny.yaml",
+            "--base",
+            tied_run / "tied-llama",
+            "--latents",
+            tied_run / "latents",
+            "--out",
+            tied_run / "run",
+            "--steps",
+            3,
+            "--batch-size",
+            4,
+            "--micro-batch-size",
+            4,
+            "--save-every",
+            0,
+            "--set",
+            "log.val_items=2",
+            "--set",
+            "log.tensorboard=false",
+            "--set",
+            "train.threads=1",
+            "--resume",
+            "auto",
+        )
+        == 0
+    )
     assert _trainable_names(tied_run / "run")
 
 
@@ -103,22 +218,76 @@ def test_real_smollm2_trains_samples_and_evaluates(tied_run):
     stage. ~4-7 min on the loaded 2-core machine (a 1.6 GB checkpoint is written and hashed)."""
     assert json.loads((REAL_LM / "config.json").read_text())["tie_word_embeddings"] is True
     run = tied_run / "smol"
-    assert cli("train", "--config", "pipelines/configs/tiny.yaml", "--base", REAL_LM, "--latents",
-               tied_run / "latents", "--out", run, "--steps", 1, "--batch-size", 2, "--micro-batch-size", 2,
-               "--save-every", 0, "--set", "log.val_items=1", "--set", "log.tensorboard=false",
-               "--set", "train.threads=2") == 0
+    assert (
+        cli(
+            "train",
+            "--config",
+            "pipelines/configs/tiny.yaml",
+            "--base",
+            REAL_LM,
+            "--latents",
+            tied_run / "latents",
+            "--out",
+            run,
+            "--steps",
+            1,
+            "--batch-size",
+            2,
+            "--micro-batch-size",
+            2,
+            "--save-every",
+            0,
+            "--set",
+            "log.val_items=1",
+            "--set",
+            "log.tensorboard=false",
+            "--set",
+            "train.threads=2",
+        )
+        == 0
+    )
     stored = load_file(str(run / "checkpoints" / "step-00000001" / "model" / "model.safetensors"))
     assert not any(k.startswith("base.") for k in stored)
-    assert cli("sample", "--checkpoint", run, "--prompt", PROMPTS[0], "--out", tied_run / "smol-t2i",
-               "--steps", 1, "--seed", 0) == 0
+    assert (
+        cli(
+            "sample",
+            "--checkpoint",
+            run,
+            "--prompt",
+            PROMPTS[0],
+            "--out",
+            tied_run / "smol-t2i",
+            "--steps",
+            1,
+            "--seed",
+            0,
+        )
+        == 0
+    )
     image = next((tied_run / "smol-t2i" / "images").glob("*.png"))
-    assert cli("sample", "--checkpoint", run, "--task", "caption", "--images", image, "--out",
-               tied_run / "smol-caps", "--max-new-tokens", 3) == 0
+    assert (
+        cli(
+            "sample",
+            "--checkpoint",
+            run,
+            "--task",
+            "caption",
+            "--images",
+            image,
+            "--out",
+            tied_run / "smol-caps",
+            "--max-new-tokens",
+            3,
+        )
+        == 0
+    )
     items = tied_run / "items.jsonl"
     shipped = (Path(__file__).resolve().parents[2] / "lmfusion_cli/evaluation/data/tiny_mc.jsonl").read_text()
     items.write_text("\n".join(shipped.splitlines()[:2]) + "\n")
-    assert cli("evaluate", "--suite", "text", "--checkpoint", run, "--out", tied_run / "smol-eval",
-               "--text-items", items) == 0
+    assert (
+        cli("evaluate", "--suite", "text", "--checkpoint", run, "--out", tied_run / "smol-eval", "--text-items", items)
+        == 0
+    )
     text = json.loads((tied_run / "smol-eval" / "metrics.json").read_text())["text"]
     assert text["num_items"] == 2 and text["identical"] is True  # the fused model's text = SmolLM2's
 
@@ -167,8 +336,24 @@ def _sampled(tied_run: Path, checkpoint: Path, name: str):
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tied_run / f"samples-{name}"
     if not out.exists():
-        assert cli("sample", "--checkpoint", checkpoint, "--prompts", prompts, "--out", out, "--steps", 2,
-                   "--cfg-scale", 3, "--seed", 0) == 0  # no --vae / --tokenizer / --base
+        assert (
+            cli(
+                "sample",
+                "--checkpoint",
+                checkpoint,
+                "--prompts",
+                prompts,
+                "--out",
+                out,
+                "--steps",
+                2,
+                "--cfg-scale",
+                3,
+                "--seed",
+                0,
+            )
+            == 0
+        )  # no --vae / --tokenizer / --base
     return np.stack([np.asarray(Image.open(out / "images" / f"{i:05d}.png")) for i in range(2)])
 
 
@@ -183,12 +368,23 @@ def test_export_loads_in_a_fresh_process_and_matches_lmfusion_sample(tied_run, m
 
     export = tied_run / ("export-merged" if merged else "export")
     assert cli("export", tied_run / "run", "--out", export, *(["--merged"] if merged else [])) == 0
-    assert {"lmfusion_model.json", "model.safetensors", "config.json", "README.md", "lmfusion_export.json",
-            "tokenizer_config.json"} <= {p.name for p in export.iterdir()}
+    assert {
+        "lmfusion_model.json",
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "lmfusion_export.json",
+        "tokenizer_config.json",
+    } <= {p.name for p in export.iterdir()}
     assert (export / "vae" / "config.json").is_file() and (export / "base").is_dir() == merged
     card = (export / "README.md").read_text()
-    for words in ("## Training data", "optimizer steps: 3", "validation loss at step 3", "## Intended use",
-                  "library_name: lmfusion"):
+    for words in (
+        "## Training data",
+        "optimizer steps: 3",
+        "validation loss at step 3",
+        "## Intended use",
+        "library_name: lmfusion",
+    ):
         assert words in card, words
     assert "base.lm_head.weight" not in load_file(str(export / "model.safetensors"))
 
@@ -197,8 +393,9 @@ def test_export_loads_in_a_fresh_process_and_matches_lmfusion_sample(tied_run, m
     assert np.array_equal(from_export, from_run)
 
     out = tied_run / f"fresh-{export.name}"
-    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(export), str(out)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(export), str(out)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(Path(str(out) + ".json").read_text())
     assert result["same_weights"] and result["type"] == "Image" and len(result["captions"]) == 2

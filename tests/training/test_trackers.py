@@ -15,7 +15,6 @@ from PIL import Image
 from tiny_base import cli
 
 
-
 def wandb_records(path: Path):
     """The records of a `.wandb` file (a LevelDB-style log after the 7-byte `:W&B` header), each parsed
     with wandb's own protobuf `Record`."""
@@ -29,11 +28,11 @@ def wandb_records(path: Path):
         if room < 7:
             pos += room
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:
             pos += room
             continue
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):  # full or last fragment
@@ -46,17 +45,55 @@ def wandb_records(path: Path):
 def latents(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("trk")
-    assert cli("prepare", "--source", "shapes", "--out", tmp / "shapes", "--num-items", 16, "--resolution", 64, "--val-fraction", 0.3,
-               "--workers", 1) == 0
+    assert (
+        cli(
+            "prepare",
+            "--source",
+            "shapes",
+            "--out",
+            tmp / "shapes",
+            "--num-items",
+            16,
+            "--resolution",
+            64,
+            "--val-fraction",
+            0.3,
+            "--workers",
+            1,
+        )
+        == 0
+    )
     assert cli("encode-latents", "--data", tmp / "shapes", "--out", tmp / "latents", "--workers", 0) == 0
     return tmp / "latents"
 
 
 def _train(latents: Path, out: Path, *extra) -> int:
-    return cli("train", "--config", "pipelines/configs/tiny.yaml", "--latents", latents, "--out", out,
-               "--steps", 2, "--batch-size", 2, "--micro-batch-size", 2, "--save-every", 0,
-               "--set", "log.val_items=2", "--set", "log.grid_items=2", "--set", "log.grid_steps=1",
-               "--set", "train.threads=1", *extra)
+    return cli(
+        "train",
+        "--config",
+        "pipelines/configs/tiny.yaml",
+        "--latents",
+        latents,
+        "--out",
+        out,
+        "--steps",
+        2,
+        "--batch-size",
+        2,
+        "--micro-batch-size",
+        2,
+        "--save-every",
+        0,
+        "--set",
+        "log.val_items=2",
+        "--set",
+        "log.grid_items=2",
+        "--set",
+        "log.grid_steps=1",
+        "--set",
+        "train.threads=1",
+        *extra,
+    )
 
 
 def test_wandb_offline_run_holds_params_scalars_and_the_grid(latents, tmp_path, monkeypatch, capsys):
@@ -70,15 +107,22 @@ def test_wandb_offline_run_holds_params_scalars_and_the_grid(latents, tmp_path, 
     assert not (run / "logs" / "tb").exists()  # only what report_to names
     (wandb_file,) = (run / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
     records = list(wandb_records(wandb_file))
-    history = [{item.key or "/".join(item.nested_key): item.value_json for item in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {item.key or "/".join(item.nested_key): item.value_json for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     logged = {k: json.loads(v) for h in history for k, v in h.items()}
     jsonl = [json.loads(x) for x in (run / "logs" / "train.jsonl").read_text().splitlines()]
     last_train = [r for r in jsonl if "loss" in r and "event" not in r][-1]
     assert logged["train/loss"] == pytest.approx(last_train["loss"])
     assert logged["val/val_loss"] == pytest.approx([r for r in jsonl if r.get("event") == "val"][-1]["val_loss"])
-    config = {item.key: item.value_json for r in records if r.WhichOneof("record_type") == "run"
-              for item in r.run.config.update}
+    config = {
+        item.key: item.value_json
+        for r in records
+        if r.WhichOneof("record_type") == "run"
+        for item in r.run.config.update
+    }
     assert json.loads(config["optim.lr"]) == pytest.approx(2e-3)  # tiny.yaml's, as a hyperparameter
     grids = sorted((wandb_file.parent / "files" / "media" / "images" / "val").glob("grid_*.png"))
     assert len(grids) == 2  # before the first step and at the end

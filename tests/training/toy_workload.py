@@ -40,8 +40,9 @@ class ToySource:
         self.mean = torch.randn(num_items, C, H, H, generator=g)
         self.std = 0.1 * torch.rand(num_items, C, H, H, generator=g)
         words = ["red", "blue", "circle", "square", "big", "small"]
-        self.items = [ToyItem(f"item-{i:04d}", " ".join(words[(i * k) % 6] for k in range(1, 4)))
-                      for i in range(num_items)]
+        self.items = [
+            ToyItem(f"item-{i:04d}", " ".join(words[(i * k) % 6] for k in range(1, 4))) for i in range(num_items)
+        ]
         for i, item in enumerate(self.items):
             if item.key in nan_keys:
                 self.mean[i, 0, 0, 0] = float("nan")
@@ -119,9 +120,14 @@ class ToyWorkload:
         text_mask = ((ids > 0) & (gen[:, None] == 0)).float()
         text_mask[:, 0] = 0
         latents = torch.stack([s.latent for s in samples])
-        return MicroBatch(inputs=(ids, latents, text_mask, gen), keys=[s.key for s in samples],
-                          text_targets=int(text_mask.sum()), generated_images=int(gen.sum()),
-                          tokens=int((ids > 0).sum()) + len(samples), images=len(samples))
+        return MicroBatch(
+            inputs=(ids, latents, text_mask, gen),
+            keys=[s.key for s in samples],
+            text_targets=int(text_mask.sum()),
+            generated_images=int(gen.sum()),
+            tokens=int((ids > 0).sum()) + len(samples),
+            images=len(samples),
+        )
 
     def _noise(self, seeds: list[int], fraction: float | None = None):
         noise, t = [], []
@@ -141,8 +147,12 @@ class ToyWorkload:
         ids, latents, text_mask, gen = micro.inputs
         noise, t = self._noise(noise_seeds, fraction)
         text_per, mse = model(ids, latents, noise, t, text_mask, gen)
-        return {"text": float(text_per.sum()), "text_count": micro.text_targets,
-                "image": float(mse.sum()), "image_count": micro.generated_images}
+        return {
+            "text": float(text_per.sum()),
+            "text_count": micro.text_targets,
+            "image": float(mse.sum()),
+            "image_count": micro.generated_images,
+        }
 
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -171,6 +181,7 @@ def make_config(out: Path, **sections: dict[str, Any]) -> TrainRunConfig:
 
 def toy_factories(num_items: int = 24, nan_keys: tuple[str, ...] = (), save_delay: float = 0.0):
     """(workload_factory, source_factory) for `run_training`."""
+
     def workload_factory(config, source, device):
         return ToyWorkload(save_delay=save_delay)
 
