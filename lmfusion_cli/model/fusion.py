@@ -13,6 +13,7 @@ in `checkpoint.py`, batch layout in `sequence.py`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import pickle
 from dataclasses import dataclass
@@ -177,7 +178,8 @@ class LMFusionModel(
         if config is None:
             config = LMFusionConfig(**options)
         elif options:
-            config = config.replace(**options)
+            config = dataclasses.replace(config, **options)
+        config.num_image_tokens  # noqa: B018 - a ValueError now if latent_size is unset, before the base loads
         if isinstance(base, (str, os.PathLike)):
             base_id = str(base)
             try:
