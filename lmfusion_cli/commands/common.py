@@ -123,7 +123,7 @@ def config_epilog(cls: type, flags: Sequence[Flag] = ()) -> str:
         default = "" if f.default is None else f" = {_show(f.default)}" if f.default != "" else " = ''"
         flag = f"  ({by_key[f.key].name})" if f.key in by_key else ""
         lines.append(f"  {f.key}{default}  <{f.type_name}>{flag}")
-        lines += textwrap.wrap(f.doc, 100, initial_indent="      ", subsequent_indent="      ")
+        lines += textwrap.wrap(f.doc, 100, initial_indent=" " * 6, subsequent_indent=" " * 6, break_on_hyphens=False)
     return "\n".join(lines)
 
 
