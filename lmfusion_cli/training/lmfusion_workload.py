@@ -295,7 +295,6 @@ class LMFusionWorkload:
                 captions,
                 tokenizer=self.tokenizer,
                 vae=self._codec,
-                cfg_scale=3.0,
                 steps=steps,
                 seed=seed,
                 batch_size=len(captions),
