@@ -38,7 +38,8 @@ class EvalSamplingConfig(SamplingSettings):
         return self.cfg_scale or DEFAULT_CFG_SCALES[suite]
 
     def options(self, cfg_scale: float | None = None) -> DecodingOptions:
-        """The `DecodingOptions` the sampling functions take, at guidance `cfg_scale` (None: no images)."""
+        """The `DecodingOptions` the sampling functions take, at guidance `cfg_scale` (None: captions only,
+        the default guidance)."""
         return options_of(self, **({} if cfg_scale is None else {"cfg_scale": cfg_scale}))
 
 

@@ -79,7 +79,9 @@ def with_settings(options: DecodingOptions | None, settings: dict[str, Any]) -> 
 def options_of(settings: SamplingSettings, **changes) -> DecodingOptions:
     """The `DecodingOptions` part of a config that holds its fields (`SampleConfig`, or
     `EvalSamplingConfig` with `cfg_scale=` one of its scales), with `changes` applied."""
-    values = {f.name: getattr(settings, f.name) for f in fields(DecodingOptions) if hasattr(settings, f.name)}
+    values = {f.name: getattr(settings, f.name) for f in fields(SamplingSettings)}
+    if isinstance(settings, DecodingOptions):
+        values["cfg_scale"] = settings.cfg_scale
     return DecodingOptions(**{**values, **changes})
 
 
