@@ -3,7 +3,7 @@
 Names are imported on first use (PEP 562), so reading `LMFusionConfig` (the CLI's option parsing)
 does not load torch, transformers and diffusers."""
 
-import importlib
+from lmfusion_cli.common.lazy import lazy_attributes
 
 _SOURCES = {
     "KVCache": "cache",
@@ -41,40 +41,5 @@ _SOURCES = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-__all__ = [
-    "IGNORE",
-    "IMAGE",
-    "PAD",
-    "TEXT",
-    "VISION",
-    "Diffusion",
-    "Example",
-    "FusionOutput",
-    "ImagePart",
-    "KVCache",
-    "LMFusionConfig",
-    "LMFusionModel",
-    "MixedBatch",
-    "SegmentOutput",
-    "TextPart",
-    "VisionPart",
-    "build_example",
-    "caption_to_image",
-    "collate",
-    "concat_segments",
-    "image_segment",
-    "image_to_caption",
-    "left_pad",
-    "make_inference_scheduler",
-    "pack",
-    "resolve_boi_eoi",
-    "text_segment",
-]
+__getattr__ = lazy_attributes(__name__, _SOURCES)
+__all__ = sorted(_SOURCES)

@@ -19,7 +19,7 @@ for a LLaVA base: the VLM's own vision path and prompt), `interleaved.py`,
 `generate.py`, `vae.py` (latent codec), `loading.py`, `io.py`, `config.py`, `stage.py`.
 """
 
-import importlib
+from lmfusion_cli.common.lazy import lazy_attributes
 
 _SOURCES = {
     "Captions": "captioning",
@@ -36,25 +36,5 @@ _SOURCES = {
 }
 
 
-def __getattr__(name: str):
-    """Names are imported on first use (PEP 562): `sampling.config` (checking a config) loads no torch."""
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-__all__ = [
-    "Captions",
-    "GeneratedImages",
-    "as_caption_fn",
-    "as_generate_fn",
-    "InterleavedDocument",
-    "LatentCodec",
-    "Loaded",
-    "caption_images",
-    "generate_images",
-    "generate_interleaved",
-    "load_for_sampling",
-]
+__getattr__ = lazy_attributes(__name__, _SOURCES)
+__all__ = sorted(_SOURCES)
