@@ -2,7 +2,7 @@
 
 The base model's modules *are* the text expert (frozen unless the config says otherwise); every
 decoder layer gets an `ImageExpert` copy, the image path gets its own final norm, and latents enter
-and leave through the patcher (`image_io`). One forward routes tokens by index (`layers`), applies
+and leave through the patcher (`patchers`). One forward routes tokens by index (`layers`), applies
 the hybrid mask (`attention`) and returns losses (training), logits (text only) or, segment by
 segment against a `KVCache`, text logits and image predictions (sampling).
 
@@ -29,8 +29,8 @@ from lmfusion_cli.model.attention import Attention, MaskInfo
 from lmfusion_cli.model.cache import KVCache
 from lmfusion_cli.model.config import LMFusionConfig
 from lmfusion_cli.model.diffusion import Diffusion
-from lmfusion_cli.model.image_io import make_patcher
 from lmfusion_cli.model.layers import LAYER_PARTS, ImageExpert, Routes, reinitialise_, routed_layer
+from lmfusion_cli.model.patchers import make_patcher
 from lmfusion_cli.model.sequence import IMAGE, TEXT, VISION, MixedBatch, text_segment
 from lmfusion_cli.model.targets import frozen_context, learnable_targets
 
