@@ -56,7 +56,7 @@ def _ddpm_schedule(model_config: Any) -> dict[str, Any]:
     )
 
 
-def build_scheduler(model_config: Any, name: str):
+def build_noise_scheduler(model_config: Any, name: str):
     """The configured diffusers scheduler for `name` (before `set_timesteps`)."""
     if name not in SAMPLERS:
         raise UserError(f"Unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}.")
@@ -148,7 +148,7 @@ def make_sampler(model_config: Any, name: str, steps: int) -> Sampler:
     num_train_timesteps) with `steps` denoising steps."""
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}.")
-    scheduler = build_scheduler(model_config, name)
+    scheduler = build_noise_scheduler(model_config, name)
     scheduler.set_timesteps(steps)
     return Sampler(
         name=name,
