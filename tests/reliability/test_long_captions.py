@@ -47,7 +47,7 @@ def test_a_50kb_caption_makes_a_row_no_longer_than_the_positions(tmp_path):
     latent = torch.zeros(4, 8, 8)
     for task in ("generation", "understanding"):
         micro = workload.make_micro_batch([Sample("k", task, LONG, latent, 0, 0)], torch.device("cpu"))
-        batch = micro.inputs[0]
+        batch = micro.inputs.batch
         assert batch.input_ids.shape[-1] <= 256  # the tiny base's max_position_embeddings (was 12,820)
     assert workload.captions_cut == 2
 
