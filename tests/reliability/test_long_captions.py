@@ -71,7 +71,7 @@ def test_training_on_a_cache_with_a_50kb_caption_runs(tmp_path):
 
 def test_sample_refuses_a_prompt_longer_than_the_positions_in_one_line(tmp_path, capsys):
     from lmfusion_cli.assets import TINY_VAE
-    from lmfusion_cli.data.vae import load_vae, weights_sha256
+    from lmfusion_cli.common.vae import load_vae, weights_sha256
 
     base, cache = build_tiny_base(tmp_path / "base"), write_fake_cache(tmp_path / "lat")
     set_vae(cache, id=str(TINY_VAE), weights_sha256=weights_sha256(load_vae(str(TINY_VAE))))  # a VAE that loads
