@@ -11,13 +11,15 @@ from typing import Any
 
 
 def lazy_attributes(package: str, sources: dict[str, str]) -> Callable[[str], Any]:
-    """A module `__getattr__` for `package` that imports `name` from submodule `sources[name]` when asked."""
+    """A module `__getattr__` for `package` that imports `name` from `sources[name]` when asked: a submodule
+    of `package` (`"config"`) or an absolute module name (`"lmfusion_cli.common.vae"`)."""
     namespace = importlib.import_module(package).__dict__
 
     def __getattr__(name: str) -> Any:
         if name not in sources:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{sources[name]}"), name)
+        module = sources[name] if "." in sources[name] else f"{package}.{sources[name]}"
+        value = getattr(importlib.import_module(module), name)
         namespace[name] = value  # later lookups skip this function
         return value
 

@@ -9,7 +9,6 @@ _SOURCES = {
     "KVCache": "cache",
     "LMFusionConfig": "config",
     "Diffusion": "diffusion",
-    "make_inference_scheduler": "diffusion",
     "FusionOutput": "fusion",
     "LMFusionModel": "fusion",
     "SegmentOutput": "fusion",

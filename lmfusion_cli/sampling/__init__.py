@@ -16,7 +16,8 @@ Python API (used by `lmfusion sample` and by `evaluate`):
 Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached sequence state), `t2i.py`
 (guidance + denoising loop), `decoding.py` (greedy / beam / top-p), `captioning.py` (+ `vlm_captioning.py`
 for a LLaVA base: the VLM's own vision path and prompt), `interleaved.py`,
-`generate.py`, `vae.py` (latent codec), `loading.py`, `io.py`, `config.py`, `stage.py`.
+`generate.py`, `loading.py`, `io.py`, `config.py`, `stage.py`. The latent codec (`LatentCodec`) is
+`common/vae.py`'s, shared with the data stages.
 """
 
 from lmfusion_cli.common.lazy import lazy_attributes
@@ -32,7 +33,7 @@ _SOURCES = {
     "generate_interleaved": "interleaved",
     "Loaded": "loading",
     "load_for_sampling": "loading",
-    "LatentCodec": "vae",
+    "LatentCodec": "lmfusion_cli.common.vae",
 }
 
 
