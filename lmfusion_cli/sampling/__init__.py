@@ -9,7 +9,7 @@ Python API (used by `lmfusion sample` and by `evaluate`):
   → `Captions(records, skips)`
 - `generate_interleaved(model, prompts, tokenizer=, vae=, ...)` → `list[InterleavedDocument]`
 - `as_generate_fn(model, tokenizer=, vae=, **settings)` / `as_caption_fn(...)`: the plain callables
-  `evaluation.suites` takes (`generate_fn(prompts, seeds) -> [PIL]`, `caption_fn(images) -> [str]`)
+  `evaluation.generations` takes (`generate_fn(prompts, seeds) -> [PIL]`, `caption_fn(images) -> [str]`)
 - `run_sample(SampleConfig)`: the whole stage (files, manifest).
 
 Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached sequence state), `t2i.py`

@@ -128,7 +128,7 @@ def generate_images(
 
 
 def as_generate_fn(model, *, tokenizer, vae: LatentCodec, **settings):
-    """`generate_fn(prompts, seeds) -> list[PIL.Image]` for `evaluation.suites` (settings: cfg_scale,
+    """`generate_fn(prompts, seeds) -> list[PIL.Image]` for `evaluation.generations` (settings: cfg_scale,
     steps, sampler, batch_size, use_cache, as for `generate_images`)."""
     from PIL import Image
 
