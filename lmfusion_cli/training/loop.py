@@ -47,10 +47,10 @@ from lmfusion_cli.training.distributed import (
     wrap_model,
 )
 from lmfusion_cli.training.loader import LatentSource, SampleStream
-from lmfusion_cli.training.logging import TrainLogger, memory_mb
 from lmfusion_cli.training.optim import build_optimizer, build_scheduler
 from lmfusion_cli.training.step import train_step
 from lmfusion_cli.training.trackers import flatten
+from lmfusion_cli.training.train_log import TrainLogger, memory_mb
 from lmfusion_cli.training.validation import validate
 from lmfusion_cli.training.workload import Workload
 

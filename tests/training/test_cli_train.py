@@ -12,7 +12,7 @@ import pytest
 from tiny_base import build_tiny_base, write_fake_cache
 
 from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 def lmfusion(*args, timeout=240):

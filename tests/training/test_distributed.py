@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from toy_workload import make_config, toy_factories
 
 from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
+from lmfusion_cli.training.train_log import read_jsonl
 
 pytestmark = pytest.mark.distributed
 COMMON = {

@@ -12,8 +12,8 @@ from toy_workload import ToyModel, ToyWorkload, make_config, toy_factories
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import TrainingStopped, run_training
+from lmfusion_cli.training.train_log import read_jsonl
 
 STEPS = dict(steps=9, warmup_steps=2, min_lr=1e-4)
 

@@ -10,9 +10,9 @@ import torch
 from tiny_base import cli, write_fake_cache
 from toy_workload import make_config, toy_factories
 
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
 from lmfusion_cli.training.optim import lr_factor
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 @pytest.mark.parametrize("base", ["someone/no-such-model", "folder-that-is-not-there/x"])
