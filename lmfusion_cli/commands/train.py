@@ -65,7 +65,7 @@ def command(
             "train.save_every": save_every,
         },
     )
-    from lmfusion_cli.training.distributed import format_command, relaunch_command
+    from lmfusion_cli.common.launch import format_command, relaunch_command
 
     relaunch = relaunch_command(cfg.dist, sys.argv[1:])
     if relaunch is not None:

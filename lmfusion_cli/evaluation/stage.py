@@ -190,7 +190,7 @@ def _overwrite_beside(cfg: EvaluateConfig) -> dict[str, Any]:
 def _run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     suites = cfg.suites()
-    from lmfusion_cli.sampling.stage import resolve_device
+    from lmfusion_cli.common.devices import resolve_device
 
     device = resolve_device(cfg.device)
     inputs = check_inputs(cfg, suites, device)

@@ -28,6 +28,7 @@ import torch
 
 from lmfusion_cli.common.atomic import atomic_write_text
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
+from lmfusion_cli.common.devices import bf16_compute
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import write_manifest
 from lmfusion_cli.common.output_folder import output_lock, refuse_foreign
@@ -37,7 +38,6 @@ from lmfusion_cli.training.distributed import (
     DistContext,
     all_reduce,
     barrier,
-    bf16_compute,
     broadcast_object,
     compute_context,
     init_distributed,
