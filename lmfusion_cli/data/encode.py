@@ -29,12 +29,12 @@ from lmfusion_cli.common.hashing import sha256_file, sha256_json
 from lmfusion_cli.common.launch import LaunchFailed, launch_local, launched_rank
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, read_manifest, write_manifest
 from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
+from lmfusion_cli.common.vae import load_vae, resolve_vae, vae_identity
 from lmfusion_cli.data.config import EncodeConfig
 from lmfusion_cli.data.encode_jobs import ShardJob, encode_jobs
 from lmfusion_cli.data.latents import KIND
 from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output
 from lmfusion_cli.data.shards import ShardScan, scan_shard
-from lmfusion_cli.data.vae import load_vae, resolve_vae, vae_identity
 
 log = logging.getLogger(__name__)
 _OURS = re.compile(r"^(train|val|test)-\d{5}\.(safetensors|jsonl)$")

@@ -18,12 +18,12 @@ from torch.utils.data import DataLoader, Dataset
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import SkipLog, file_entry
 from lmfusion_cli.common.progress import progress
+from lmfusion_cli.common.vae import encode_posterior
 from lmfusion_cli.data.config import EncodeConfig
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
 from lmfusion_cli.data.latents import DTYPES, write_latent_shard
 from lmfusion_cli.data.restart import write_part
 from lmfusion_cli.data.shards import SampleRef, read_image_bytes
-from lmfusion_cli.data.vae import encode_posterior
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from lmfusion_cli.training.distributed import (
     wrap_model,
 )
 from lmfusion_cli.training.loader import LatentSource, SampleStream
-from lmfusion_cli.training.optim import build_optimizer, build_scheduler
+from lmfusion_cli.training.optim import build_lr_scheduler, build_optimizer
 from lmfusion_cli.training.step import train_step
 from lmfusion_cli.training.trackers import flatten
 from lmfusion_cli.training.train_log import TrainLogger, memory_mb
@@ -210,7 +210,7 @@ def _build(
         config.optim,
         getattr(workload, "text_parameter_prefix", ""),
     )
-    scheduler = build_scheduler(optimizer, config.optim, _schedule_to_follow(config, resume_from))
+    scheduler = build_lr_scheduler(optimizer, config.optim, _schedule_to_follow(config, resume_from))
     fraction = config.data.generation_fraction
     fraction = getattr(workload, "default_generation_fraction", 0.8) if fraction is None else fraction
     stream = SampleStream(
