@@ -9,17 +9,19 @@ import pytest
 import torch
 from toy_workload import ToyWorkload, make_config, toy_factories
 
+from lmfusion_cli.common.checkpoint_layout import is_complete, list_checkpoints
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.checkpointing import (
-    find_resume_point,
-    is_complete,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from lmfusion_cli.training.checkpointing import Checkpointer
 from lmfusion_cli.training.distributed import DistContext
 from lmfusion_cli.training.loop import run_training
 from lmfusion_cli.training.optim import build_optimizer
+from lmfusion_cli.training.resume import find_resume_point
+from lmfusion_cli.training.state import ModelState, OptimizerState, RNGState, TrainProgress
+
+
+def checkpointer(root, model, optimizer, workload=None, **more):
+    states = {"model": ModelState(model), "optim": OptimizerState(model, optimizer), "rng": RNGState(), **more}
+    return Checkpointer(root, states, DistContext(), workload)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +68,10 @@ def test_a_flipped_byte_is_caught_on_load_naming_the_file(run, tmp_path):
         [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
     )
     with pytest.raises(UserError, match=r"__0_0\.distcp does not match its SHA-256"):
-        load_checkpoint(folder, workload.model, optimizer, DistContext())
+        checkpointer(tmp_path, workload.model, optimizer).load(folder)
 
 
-def test_save_then_load_restores_weights_optimizer_and_rng(tmp_path):
+def test_save_then_load_restores_weights_optimizer_rng_and_counters(tmp_path):
     workload = ToyWorkload()
     params = [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad]
     optimizer = build_optimizer(params, make_config(tmp_path).optim)
@@ -77,16 +79,18 @@ def test_save_then_load_restores_weights_optimizer_and_rng(tmp_path):
         p.grad = torch.ones_like(p)
     optimizer.step()
     torch.manual_seed(123)
-    folder = save_checkpoint(
-        tmp_path / "checkpoints", 1, workload.model, optimizer, {"data": {}}, workload, DistContext(), keep_last=1
-    )
+    progress = TrainProgress(step=1, bad_in_row=0, skipped_steps=2)
+    saver = checkpointer(tmp_path / "checkpoints", workload.model, optimizer, workload, progress=progress)
+    folder = saver.save(1)
     expected_draw = torch.rand(3)
     other = ToyWorkload()
     other_opt = build_optimizer(
         [(n, p) for n, p in other.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
     )
-    state = load_checkpoint(folder, other.model, other_opt, DistContext())
+    restored = TrainProgress()
+    state = checkpointer(tmp_path / "checkpoints", other.model, other_opt, other, progress=restored).load(folder)
     assert state["step"] == 1 and state["world_size"] == 1
+    assert restored == progress
     assert torch.equal(torch.rand(3), expected_draw)  # RNG restored to the save point
     for (name, p), q in zip(params, [p for p in other.model.parameters() if p.requires_grad]):
         assert torch.equal(p, q), name
