@@ -31,8 +31,10 @@ MODEL_META = "lmfusion_model.json"
 """The model package's checkpoint metadata file, in `model/` (and in merged or exported model folders)."""
 DCP_DIR = "dcp"
 TRAINER_FILE = "trainer.json"
-_STEP_RE = re.compile(r"^step-(\d{8,})$")
-_UNFINISHED_RE = re.compile(r"^step-\d{8,}" + re.escape(TMP_MARK))
+_STEP = r"step-(\d{8,})"
+"""The step folder name (`step_dir_name` writes 8 digits or more); the one pattern for it."""
+_STEP_RE = re.compile(f"^{_STEP}$")
+_UNFINISHED_RE = re.compile(f"^{_STEP}{re.escape(TMP_MARK)}")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmfusion_cli.common.checkpoint_layout import CHECKPOINTS_DIR
 from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.output_folder import output_lock, refuse_foreign
@@ -90,7 +91,7 @@ def run_training(
         shutdown(ctx)
 
 
-RUN_FOLDER_ENTRIES = ("config.yaml", "checkpoints", "logs")
+RUN_FOLDER_ENTRIES = ("config.yaml", CHECKPOINTS_DIR, "logs")
 """What a run folder holds besides its manifest (`refuse_foreign` refuses any other entry)."""
 
 

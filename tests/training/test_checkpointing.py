@@ -110,3 +110,20 @@ def test_resuming_an_older_step_with_newer_ones_present_is_refused(run, tmp_path
     shutil.rmtree(copy / "checkpoints" / "step-00000006")
     result = run_training(config, *toy_factories())
     assert result.step == 6 and len(result.losses) == 2
+
+
+def test_the_layout_names_steps_and_finds_the_latest_complete_one(run, tmp_path):
+    from lmfusion_cli.common import checkpoint_layout as layout
+
+    assert layout.step_dir_name(100) == "step-00000100" and layout.step_of(tmp_path / "step-00000100") == 100
+    assert (
+        layout.step_of(tmp_path / "step-100") is None and layout.step_of(tmp_path / "step-00000100.tmp-write") is None
+    )
+    assert layout.is_unfinished(tmp_path / layout.temp_dir_name(7)) and not layout.is_unfinished(run)
+    latest = layout.latest_complete(layout.checkpoints_root(run))
+    assert latest.step == 6 and layout.run_of(latest.path) == run
+    assert (
+        layout.recorded_sha256(layout.model_dir(latest.path), "trainable.safetensors")
+        == (json.loads(layout.manifest_path(latest.path).read_text())["files"]["model/trainable.safetensors"]["sha256"])
+    )
+    assert layout.latest_complete(tmp_path / "nothing") is None
