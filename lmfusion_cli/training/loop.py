@@ -114,6 +114,7 @@ def _rank0_lock(config: TrainRunConfig, ctx: DistContext):
 def _run(
     config: TrainRunConfig, ctx: DistContext, workload_factory: WorkloadFactory, source_factory: SourceFactory
 ) -> TrainResult:
+    """Build (and maybe resume), then per step: train, count non-finite, log, validate, save, check signals."""
     run = build_run(config, ctx, workload_factory, source_factory)
     progress = run.progress
     end = min(config.train.stop_at or config.schedule.steps, config.schedule.steps)
