@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +87,33 @@ _NAMES = {
 }
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` → `{"a.b": 1}` (after a JSON round trip: tuples compare as the lists saved)."""
-    if not prefix:
-        data = json.loads(json.dumps(data))
-    if not isinstance(data, dict):
-        return {prefix: data}
+def _flatten(data: Any) -> dict[str, Any]:
+    """`{"a": {"b": 1}}` → `{"a.b": 1}`, after a JSON round trip (tuples compare as the lists saved)."""
     flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+
+    def walk(value: Any, prefix: str) -> None:
+        if not isinstance(value, dict):
+            flat[prefix] = value
+            return
+        for key, inner in value.items():
+            walk(inner, f"{prefix}.{key}" if prefix else str(key))
+
+    walk(json.loads(json.dumps(data)), "")
     return flat
+
+
+def _defaults(cls: type, prefix: str = "") -> dict[str, Any]:
+    """The flattened field defaults of a config dataclass, read from its fields (some sections cannot be
+    built without values): what a checkpoint that predates an option ran with."""
+    hints, found = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            found.update(_defaults(hints[f.name], f"{prefix}{f.name}."))
+        elif f.default is not dataclasses.MISSING:
+            found.update(_flatten({f"{prefix}{f.name}": f.default}))
+        elif f.default_factory is not dataclasses.MISSING:
+            found.update(_flatten({f"{prefix}{f.name}": f.default_factory()}))
+    return found
 
 
 def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -114,6 +132,8 @@ def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 
 def _config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    if any(k not in old for k in new):  # an option added since the checkpoint: it ran with the default
+        old = {**{k: v for k, v in _defaults(TrainRunConfig).items() if k in new}, **old}
     for fixed in RESUME_FIXED_KEYS:
         keys = sorted(k for k in set(old) | set(new) if k == fixed or k.startswith(fixed + "."))
         changed = [f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -128,7 +148,8 @@ def _config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 def resume_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
     """The first difference between a checkpoint's record (trainer.json: `trains`, `config`) and the run
     now that would make the resumed run differ, as a clause with its fix; None when it may resume.
-    Inputs are compared by content, not location; a section missing on either side is not compared."""
+    Inputs are compared by content, not location; a config option the checkpoint does not record (added
+    since) counts as its default; a section missing on either side is not compared."""
     if "trains" in saved and "trains" in now:
         change = _input_change(_flatten(saved["trains"]), _flatten(now["trains"]))
         if change:

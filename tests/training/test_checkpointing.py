@@ -127,3 +127,27 @@ def test_the_layout_names_steps_and_finds_the_latest_complete_one(run, tmp_path)
         == (json.loads(layout.manifest_path(latest.path).read_text())["files"]["model/trainable.safetensors"]["sha256"])
     )
     assert layout.latest_complete(tmp_path / "nothing") is None
+
+
+def test_one_compatibility_check_compares_fixed_keys_and_inputs(tmp_path):
+    from lmfusion_cli.common.configs import config_to_dict
+    from lmfusion_cli.training.resume import resume_change
+
+    config = config_to_dict(make_config(tmp_path))
+    trains = {"base": "/a", "base_config_sha256": "1", "latent_vae": {"id": "/v", "weights_sha256": "2"}}
+    saved = {"config": config, "trains": trains}
+    moved = {**trains, "base": "/b", "latent_vae": {"id": "/w", "weights_sha256": "2"}}  # same contents elsewhere
+    assert resume_change(saved, {"config": config, "trains": moved}) is None
+    other = {**trains, "base_config_sha256": "3"}
+    assert resume_change(saved, {"config": config, "trains": other}).startswith(
+        "the base model's config hash changed from '1' to '3'"
+    )
+    lr = {**config, "optim": {**config["optim"], "lr": 1.0}}
+    assert "config key 'optim' changed (optim.lr 0.003 → 1.0)" in resume_change(saved, {"config": lr})
+    assert resume_change(saved, {"config": {**config, "log": {}}}) is None  # log.* may change
+    model = {**config, "model": {"image_layers": 2}}  # an override added on resume
+    assert "config key 'model' changed (model.image_layers None → 2)" in resume_change(saved, {"config": model})
+    older = {"config": {**config, "optim": {k: v for k, v in config["optim"].items() if k != "text_lr"}}}
+    assert resume_change(older, {"config": config}) is None  # an option added since: the default then
+    text_lr = {**config, "optim": {**config["optim"], "text_lr": 1e-5}}
+    assert "optim.text_lr None → 1e-05" in resume_change(older, {"config": text_lr})
