@@ -2,6 +2,7 @@
 
 Files: `sources.py` (listing each source, loading pixels), `images.py` (decode → RGB → resize/crop →
 bytes), `shards.py` (webdataset tar writer and tolerant reader), `prepare.py` (the prepare stage),
-`vae.py` (VAE loading, identity, encoding), `latents.py` (cache format, reader `open_latent_cache`,
+`latents.py` (cache format, reader `open_latent_cache`,
 `verify_cache`), `encode.py` (the encode-latents stage), `restart.py` (shard-by-shard restart records),
-`config.py` (PrepareConfig, EncodeConfig), `shapes.py` (the synthetic shapes set)."""
+`config.py` (PrepareConfig, EncodeConfig), `shapes.py` (the synthetic shapes set). The VAE (loading,
+identity, encoding, latent scaling) is `common/vae.py`'s, shared with sampling."""

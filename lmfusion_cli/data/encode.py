@@ -31,12 +31,12 @@ from lmfusion_cli.common.hashing import sha256_file, sha256_json
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, write_manifest
 from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
 from lmfusion_cli.common.progress import progress
+from lmfusion_cli.common.vae import encode_posterior, load_vae, resolve_vae, vae_identity
 from lmfusion_cli.data.config import EncodeConfig
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
 from lmfusion_cli.data.latents import DTYPES, KIND, write_latent_shard
 from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output, write_part
 from lmfusion_cli.data.shards import SampleRef, ShardScan, read_image_bytes, scan_shard
-from lmfusion_cli.data.vae import encode_posterior, load_vae, resolve_vae, vae_identity
 
 log = logging.getLogger(__name__)
 _OURS = re.compile(r"^(train|val|test)-\d{5}\.(safetensors|jsonl)$")

@@ -2,7 +2,7 @@
 
 from lmfusion_cli.model.cache import KVCache
 from lmfusion_cli.model.config import LMFusionConfig
-from lmfusion_cli.model.diffusion import Diffusion, make_inference_scheduler
+from lmfusion_cli.model.diffusion import Diffusion
 from lmfusion_cli.model.fusion import FusionOutput, LMFusionModel, SegmentOutput
 from lmfusion_cli.model.sequence import (
     IGNORE,
@@ -51,7 +51,6 @@ __all__ = [
     "image_segment",
     "image_to_caption",
     "left_pad",
-    "make_inference_scheduler",
     "pack",
     "resolve_boi_eoi",
     "text_segment",

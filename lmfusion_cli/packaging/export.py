@@ -42,7 +42,7 @@ def run_export(
     overwrite: bool = False,
 ) -> Path:
     """Write the export folder `out` from `checkpoint` (run, step or model folder); return `out`."""
-    from lmfusion_cli.data.vae import weights_sha256
+    from lmfusion_cli.common.vae import weights_sha256
     from lmfusion_cli.model import checkpoint as model_checkpoint
     from lmfusion_cli.packaging.model_card import model_card
     from lmfusion_cli.sampling.loading import load_for_sampling

@@ -15,14 +15,15 @@ Python API (used by `lmfusion sample` and by `evaluate`):
 Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached sequence state), `t2i.py`
 (guidance + denoising loop), `decoding.py` (greedy / beam / top-p), `captioning.py` (+ `vlm_captioning.py`
 for a LLaVA base: the VLM's own vision path and prompt), `interleaved.py`,
-`generate.py`, `vae.py` (latent codec), `loading.py`, `io.py`, `config.py`, `stage.py`.
+`generate.py`, `loading.py`, `io.py`, `config.py`, `stage.py`. The latent codec (`LatentCodec`) is
+`common/vae.py`'s, shared with the data stages.
 """
 
+from lmfusion_cli.common.vae import LatentCodec
 from lmfusion_cli.sampling.captioning import Captions, as_caption_fn, caption_images
 from lmfusion_cli.sampling.generate import GeneratedImages, as_generate_fn, generate_images
 from lmfusion_cli.sampling.interleaved import InterleavedDocument, generate_interleaved
 from lmfusion_cli.sampling.loading import Loaded, load_for_sampling
-from lmfusion_cli.sampling.vae import LatentCodec
 
 __all__ = [
     "Captions",

@@ -23,11 +23,11 @@ from PIL import Image
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import SkipLog
 from lmfusion_cli.common.progress import progress
+from lmfusion_cli.common.vae import LatentCodec
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
 from lmfusion_cli.model.sequence import concat_segments, image_segment, left_pad, text_segment
 from lmfusion_cli.sampling.context import SequenceContext
 from lmfusion_cli.sampling.decoding import DecodingOptions, decode
-from lmfusion_cli.sampling.vae import LatentCodec
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import torch
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.progress import progress
+from lmfusion_cli.common.vae import LatentCodec
 from lmfusion_cli.sampling.io import to_uint8
 from lmfusion_cli.sampling.schedulers import make_sampler
 from lmfusion_cli.sampling.t2i import denoise, image_prefix, prompt_denoiser
-from lmfusion_cli.sampling.vae import LatentCodec
 
 
 @dataclass

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.vae import LatentCodec
 from lmfusion_cli.model.sequence import MixedBatch, left_pad
 from lmfusion_cli.sampling.context import Branch, SequenceContext
 from lmfusion_cli.sampling.decoding import DecodingOptions, sample_until
@@ -28,7 +29,6 @@ from lmfusion_cli.sampling.generate import tokenize_prompt
 from lmfusion_cli.sampling.io import to_uint8
 from lmfusion_cli.sampling.schedulers import make_sampler
 from lmfusion_cli.sampling.t2i import GuidedDenoiser, denoise
-from lmfusion_cli.sampling.vae import LatentCodec
 
 
 @dataclass

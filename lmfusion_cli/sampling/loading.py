@@ -28,7 +28,7 @@ from lmfusion_cli.common import checkpoint_layout as layout
 from lmfusion_cli.common.checkpoint_layout import MODEL_META, step_of
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, read_manifest, verify_files
-from lmfusion_cli.sampling.vae import LatentCodec
+from lmfusion_cli.common.vae import LatentCodec
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def load_codec(
     vae: str | None, record: dict[str, Any] | None, latent_size: int, latent_channels: int, device: str = "cpu"
 ) -> LatentCodec:
     """The VAE codec: `vae` (a folder/hub id) or the recorded one, checked against the record and model."""
-    from lmfusion_cli.data.vae import load_vae, weights_sha256
+    from lmfusion_cli.common.vae import load_vae, weights_sha256
 
     record = record or {}
     spec = vae or record.get("id")

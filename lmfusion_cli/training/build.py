@@ -33,7 +33,7 @@ from lmfusion_cli.training.distributed import (
     wrap_model,
 )
 from lmfusion_cli.training.loader import LatentSource, SampleStream
-from lmfusion_cli.training.optim import build_optimizer, build_scheduler
+from lmfusion_cli.training.optim import build_lr_scheduler, build_optimizer
 from lmfusion_cli.training.resume import find_resume_point, refuse_newer_checkpoints, schedule_to_follow
 from lmfusion_cli.training.state import TrainProgress, train_states
 from lmfusion_cli.training.workload import Workload
@@ -91,7 +91,7 @@ def build_run(
         config.optim,
         getattr(workload, "text_parameter_prefix", ""),
     )
-    scheduler = build_scheduler(optimizer, config.optim, schedule_to_follow(config, resume_from))
+    scheduler = build_lr_scheduler(optimizer, config.optim, schedule_to_follow(config, resume_from))
     fraction = config.data.generation_fraction
     fraction = getattr(workload, "default_generation_fraction", 0.8) if fraction is None else fraction
     stream = SampleStream(

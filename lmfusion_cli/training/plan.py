@@ -215,7 +215,7 @@ def measure_patcher(lm_cfg, hidden: int, dtype: torch.dtype) -> tuple[float, flo
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lmfusion_cli.model.image_io import make_patcher
+    from lmfusion_cli.model.patchers import make_patcher
 
     results = []
     for n in (1, 2):

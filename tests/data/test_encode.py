@@ -17,13 +17,13 @@ from PIL import Image
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import file_entry
+from lmfusion_cli.common.vae import default_vae_path
 from lmfusion_cli.data.config import EncodeConfig, PrepareConfig
 from lmfusion_cli.data.encode import run_encode
 from lmfusion_cli.data.images import to_unit_tensor_array
 from lmfusion_cli.data.latents import expect_from_vae, open_latent_cache, verify_cache
 from lmfusion_cli.data.prepare import run_prepare
 from lmfusion_cli.data.shards import Sample, iter_samples, write_shard
-from lmfusion_cli.data.vae import default_vae_path
 
 from .latent_helpers import make_vae
 

@@ -56,7 +56,7 @@ def test_layouts_packing_and_per_sample_noise(base, tmp_path):
     samples = stream.next_step(4)
     assert {s.task for s in samples} == {"generation", "understanding"}
     micro = workload.make_micro_batch(samples, torch.device("cpu"))
-    batch, latents, docs = micro.inputs
+    batch, latents, docs = micro.inputs.batch, micro.inputs.latents, micro.inputs.image_documents
     assert batch.input_ids.shape[0] < 4 and batch.input_ids.shape[1] == 80  # packed: fewer rows than samples
     assert micro.generated_images == 4 and micro.images == 4  # understanding images are diffusion targets too
     seeds = [s.noise_seed for s in samples]

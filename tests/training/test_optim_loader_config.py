@@ -15,7 +15,7 @@ from lmfusion_cli.config import resolve_config
 from lmfusion_cli.training.config import DistConfig, OptimConfig, ScheduleConfig, TrainRunConfig
 from lmfusion_cli.training.distributed import adopt_slurm_env, relaunch_command, under_launcher
 from lmfusion_cli.training.loader import GENERATION, SampleStream
-from lmfusion_cli.training.optim import build_optimizer, build_scheduler, lr_factor
+from lmfusion_cli.training.optim import build_lr_scheduler, build_optimizer, lr_factor
 
 
 def test_schedule_warmup_cosine_floor_and_constant():
@@ -43,7 +43,7 @@ def test_adamw_gets_trainable_parameters_only_with_paper_defaults():
     assert decay["betas"] == (0.9, 0.95) and decay["eps"] == 1e-8 and decay["lr"] == 1e-4
     with pytest.raises(ValueError, match="frozen parameter"):
         build_optimizer(list(model.named_parameters()), OptimConfig())
-    scheduler = build_scheduler(opt, OptimConfig(), ScheduleConfig(steps=10, warmup_steps=2))
+    scheduler = build_lr_scheduler(opt, OptimConfig(), ScheduleConfig(steps=10, warmup_steps=2))
     assert scheduler.get_last_lr()[0] == pytest.approx(0.5e-4)
 
 
