@@ -40,7 +40,7 @@ def command(request: ConfigRequest) -> None:
     import typer
 
     cfg = request.resolve()
-    from lmfusion_cli.training.distributed import format_command, relaunch_command
+    from lmfusion_cli.common.launch import format_command, relaunch_command
 
     relaunch = relaunch_command(cfg.dist, sys.argv[1:])
     if relaunch is not None:

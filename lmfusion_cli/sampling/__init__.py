@@ -10,7 +10,7 @@ Python API (used by `lmfusion sample` and by `evaluate`):
 - Each takes one `DecodingOptions` (`config.py`: every sampling default, written once); keyword settings
   with its field names (`cfg_scale=2.0, steps=10`) change single options.
 - `as_generate_fn(model, tokenizer=, vae=, **settings)` / `as_caption_fn(...)`: the plain callables
-  `evaluation.suites` takes (`generate_fn(prompts, seeds) -> [PIL]`, `caption_fn(images) -> [str]`)
+  `evaluation.generations` takes (`generate_fn(prompts, seeds) -> [PIL]`, `caption_fn(images) -> [str]`)
 - `run_sample(SampleConfig)`: the whole stage (files, manifest).
 
 Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached sequence state), `t2i.py`

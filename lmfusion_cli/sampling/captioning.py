@@ -162,7 +162,7 @@ def caption_images(
 
 
 def as_caption_fn(model, *, tokenizer, vae: LatentCodec, **settings):
-    """`caption_fn(images) -> list[str]` for the evaluation suites (settings as for `caption_images`);
+    """`caption_fn(images) -> list[str]` for `evaluation.generations` (settings as for `caption_images`);
     an image that cannot be used gets the empty caption (and a warning), keeping the list aligned."""
 
     def caption_fn(images: list) -> list[str]:

@@ -125,7 +125,7 @@ def generate_images(
 
 
 def as_generate_fn(model, *, tokenizer, vae: LatentCodec, **settings):
-    """`generate_fn(prompts, seeds) -> list[PIL.Image]` for the evaluation suites (settings: options=,
+    """`generate_fn(prompts, seeds) -> list[PIL.Image]` for `evaluation.generations` (settings: options=,
     batch_size= and `DecodingOptions` fields, as for `generate_images`)."""
     from PIL import Image
 

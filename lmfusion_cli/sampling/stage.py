@@ -21,10 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmfusion_cli.common.atomic import TMP_MARK, atomic_dir, atomic_write_text
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
+from lmfusion_cli.common.devices import resolve_device
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
 from lmfusion_cli.common.output_folder import disk_full_error, folder_bytes, is_disk_full, output_lock
@@ -32,15 +31,6 @@ from lmfusion_cli.sampling.config import SampleConfig, options_of
 from lmfusion_cli.sampling.io import jsonl_text, list_images, make_grid, png_bytes, read_prompts
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(spec: str) -> str:
-    """`auto` → cuda when available, else cpu; an unavailable `cuda[:N]` is a one-sentence UserError."""
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {spec} was asked for but no CUDA device is available; use --device cpu.")
-    return spec
 
 
 def _prompts(cfg: SampleConfig) -> list[str]:

@@ -162,7 +162,7 @@ def test_options_sample_flip_dtype_resolution(setup):
     cache = open_latent_cache(root / "lat-opts")
     assert m["store"] == "sample" and m["flip"] and m["dtype"] == "bf16"
     ref, ref_flip = direct(vae, root / "data"), direct(vae, root / "data", flip=True)
-    from lmfusion_cli.data.encode import _item_noise
+    from lmfusion_cli.data.encode_jobs import _item_noise
 
     for i in (0, 17):
         item = cache[i]

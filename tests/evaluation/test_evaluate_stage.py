@@ -552,9 +552,9 @@ def test_every_option_reaches_its_config_field_and_yaml_is_overridden(tmp_path, 
 
 
 def test_an_interrupted_run_resumes_keeping_what_it_generated(run_dir, tmp_path, monkeypatch):
-    import lmfusion_cli.evaluation.stage as stage
+    import lmfusion_cli.evaluation.suite_runs as suite_runs
 
-    real = stage._generate_fn
+    real = suite_runs._generate_fn
     calls = []
 
     def crashing(cfg, loaded, cfg_scale):
@@ -570,13 +570,13 @@ def test_an_interrupted_run_resumes_keeping_what_it_generated(run_dir, tmp_path,
 
     out = tmp_path / "eval"
     args = ["--suite", "shapes", "--checkpoint", run_dir, "--out", out, "--num-items", 4, *FAST, "--batch-size", 2]
-    monkeypatch.setattr(stage, "_generate_fn", crashing)
+    monkeypatch.setattr(suite_runs, "_generate_fn", crashing)
     assert _cli(*args) == 130
     gens = out / "shapes" / "generations"
     first = {p.name: p.stat().st_mtime_ns for p in gens.iterdir()}
     assert sorted(first) == ["00000.png", "00001.png"] and not (out / "metrics.json").exists()
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
-    monkeypatch.setattr(stage, "_generate_fn", real)
+    monkeypatch.setattr(suite_runs, "_generate_fn", real)
     assert _cli(*args) == 0
     assert all((gens / name).stat().st_mtime_ns == t for name, t in first.items()) and len(list(gens.iterdir())) == 4
     assert json.loads((out / "manifest.json").read_text())["complete"] is True

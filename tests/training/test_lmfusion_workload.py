@@ -10,14 +10,14 @@ import torch
 from forked import run_forked
 from tiny_base import FakeLatentCache, build_tiny_base
 
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.checkpointing import list_checkpoints
 from lmfusion_cli.training.config import TrainRunConfig
 from lmfusion_cli.training.lmfusion_workload import build_lmfusion_workload
 from lmfusion_cli.training.loader import SampleStream
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from toy_workload import ToyModel, ToySource
 
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.launch import adopt_slurm_env, relaunch_command, under_launcher
 from lmfusion_cli.config import resolve_config
 from lmfusion_cli.training.config import DistConfig, OptimConfig, ScheduleConfig, TrainRunConfig
-from lmfusion_cli.training.distributed import adopt_slurm_env, relaunch_command, under_launcher
 from lmfusion_cli.training.loader import GENERATION, SampleStream
 from lmfusion_cli.training.optim import build_lr_scheduler, build_optimizer, lr_factor
 

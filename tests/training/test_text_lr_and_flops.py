@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 from toy_workload import ToyWorkload, make_config, toy_factories
 
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.checkpointing import list_checkpoints
 from lmfusion_cli.training.config import OptimConfig, ScheduleConfig, TrainRunConfig
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
 from lmfusion_cli.training.optim import build_lr_scheduler, build_optimizer
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 @pytest.fixture(autouse=True)
