@@ -33,12 +33,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from lmfusion_cli.common.configs import build_config
+    from lmfusion_cli.common.vae import default_vae_path, encode_posterior, load_vae
     from lmfusion_cli.data.config import EncodeConfig, PrepareConfig
     from lmfusion_cli.data.encode import run_encode
     from lmfusion_cli.data.images import to_unit_tensor_array
     from lmfusion_cli.data.prepare import run_prepare
     from lmfusion_cli.data.shards import iter_samples
-    from lmfusion_cli.data.vae import default_vae_path, encode_posterior, load_vae
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-encode-"))
     try:

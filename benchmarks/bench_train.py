@@ -125,7 +125,7 @@ class Variant:
         self.optimizer = build_optimizer(named, config.optim)
         self.stream = SampleStream(source, 0, generation_fraction=0.8, caption_dropout=0.1)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else None
-        batch = self.workload.make_micro_batch(self.stream.next_step(args.batch), torch.device("cpu")).inputs[0]
+        batch = self.workload.make_micro_batch(self.stream.next_step(args.batch), torch.device("cpu")).inputs.batch
         self.n_image, self.n_text = int((batch.modality == 1).sum()), int((batch.modality == 0).sum())
         counter = FlopCounterMode(display=False)
         with counter:  # warm-up, counted

@@ -3,8 +3,8 @@
     python scripts/build_assets.py --out lmfusion_cli/assets            # the shipped build (make assets)
     python scripts/build_assets.py --out /tmp/assets --quick            # shortened build for the test (< 2 min)
 
-Steps: generate the corpus (`lmfusion_cli/data/corpus.py`) → train a byte-level BPE tokenizer → pretrain
-`LlamaForCausalLM` → measure held-out perplexity and greedy continuations → train `AutoencoderKL` on
+Steps: generate the corpus (`scripts/lm_corpus.py`, documents from `lmfusion_cli/data/corpus.py`) → train a
+byte-level BPE tokenizer → pretrain `LlamaForCausalLM` → measure held-out perplexity and greedy continuations → train `AutoencoderKL` on
 shapes images → measure held-out PSNR → store the latent scale/shift in the VAE config → write
 `tiny-lm/`, `tiny-vae/` (each atomically), `build_report.json` and the generated `README.md`.
 
@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_lm  # noqa: E402
 import tiny_vae  # noqa: E402
 import torch  # noqa: E402
+from lm_corpus import build_corpus  # noqa: E402
 from readme_assets import render_readme  # noqa: E402
 
 from lmfusion_cli.common.atomic import atomic_dir, atomic_write_json, atomic_write_text, remove_stale_temps  # noqa: E402
-from lmfusion_cli.data.corpus import build_corpus  # noqa: E402
 
 FULL = {
     "num_captions": 40000,

@@ -2,203 +2,56 @@
 
 Flow: read the shards manifest; scan every shard's index (cheap, headers only; truncation and bad
 members counted) and drop duplicate keys across shards (first kept); split the unfinished shards over
-`gpus` processes; in each, a `DataLoader` whose workers read and decode images (resize/crop to the
-resolution) while the main thread runs `AutoencoderKL.encode`; batches never cross shards, so a shard
+`gpus` processes (`common/launch.launch_local`, torchrun's agent, as `train --gpus` uses); in each,
+`encode_jobs.py` encodes its share: a `DataLoader` whose workers read and decode images (resize/crop to
+the resolution) while the main thread runs `AutoencoderKL.encode`; batches never cross shards, so a shard
 is written (atomically) as soon as its last batch is encoded, then its part record — the rerun after a
 crash redoes only shards without one (see `restart.py`). An image that fails to decode is skipped and
 counted. A full disk stops the run with one sentence; finished shards stay and a rerun completes."""
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import os
 import re
-import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from lmfusion_cli.common.atomic import atomic_write_json
 from lmfusion_cli.common.configs import config_to_dict
+from lmfusion_cli.common.devices import rank_device
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file, sha256_json
-from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, read_manifest, write_manifest
+from lmfusion_cli.common.launch import LaunchFailed, launch_local, launched_rank
+from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, read_manifest, write_manifest
 from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swap_in
-from lmfusion_cli.common.progress import progress
+from lmfusion_cli.common.vae import load_vae, resolve_vae, vae_identity
 from lmfusion_cli.data.config import EncodeConfig
-from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
-from lmfusion_cli.data.latents import DTYPES, KIND, write_latent_shard
-from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output, write_part
-from lmfusion_cli.data.shards import SampleRef, ShardScan, read_image_bytes, scan_shard
-from lmfusion_cli.data.vae import encode_posterior, load_vae, resolve_vae, vae_identity
+from lmfusion_cli.data.encode_jobs import ShardJob, encode_jobs
+from lmfusion_cli.data.latents import KIND
+from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output
+from lmfusion_cli.data.shards import ShardScan, scan_shard
 
 log = logging.getLogger(__name__)
 _OURS = re.compile(r"^(train|val|test)-\d{5}\.(safetensors|jsonl)$")
 
 
-@dataclass(frozen=True)
-class ShardJob:
-    """One source shard to encode into `{stem}.safetensors` + `{stem}.jsonl`."""
-
-    stem: str
-    split: str
-    path: str
-    samples: tuple[SampleRef, ...]
-
-
-class _DecodeDataset(Dataset):
-    """Flat index over the jobs' images: item i → (i, pixels (3, R, R) in [-1, 1] or None, reason, detail)."""
-
-    def __init__(self, refs: list[tuple[str, int, int] | bytes], resolution: int):
-        self.refs, self.resolution = refs, resolution
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int):
-        ref = self.refs[i]  # (path, offset, size) in a local shard, or the bytes of a streamed image
-        try:
-            data = ref if isinstance(ref, bytes) else read_image_bytes(*ref)
-            img = resize_center_crop(decode_image(data), self.resolution)
-        except BadImage as e:
-            return i, None, e.reason, e.detail
-        return i, torch.from_numpy(to_unit_tensor_array(img)), "", ""
-
-
-def _collate(batch):
-    good = [b for b in batch if b[1] is not None]
-    pixels = torch.stack([b[1] for b in good]) if good else None
-    return [b[0] for b in good], pixels, [(b[0], b[2], b[3]) for b in batch if b[1] is None]
-
-
-def _item_noise(seed: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Noise of one item for store=sample: depends only on (seed, key), not on batch or process."""
-    g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"))
-    return torch.randn(shape, generator=g)
-
-
-def _stored(cfg: EncodeConfig, keys: list[str], mean: torch.Tensor, std: torch.Tensor, suffix: str) -> dict:
-    dtype = DTYPES[cfg.dtype]
-    if cfg.store == "mean-std":
-        return {"mean" + suffix: mean.to(dtype), "std" + suffix: std.to(dtype)}
-    noise = torch.stack([_item_noise(cfg.seed, k + suffix, tuple(mean.shape[1:])) for k in keys]) if keys else mean
-    return {"sample" + suffix: (mean + std * noise).to(dtype)}
-
-
-def _write_job(
-    out: Path, job: ShardJob, cfg: EncodeConfig, rows: list[tuple[int, torch.Tensor, ...]], skips: SkipLog
-) -> dict[str, Any]:
-    """Write one finished job's latent shard and then its part record; ENOSPC becomes one sentence."""
-    rows.sort(key=lambda r: r[0])  # source order
-    keys = [job.samples[r[0]].key for r in rows]
-    files: dict[str, Any] = {}
-    if rows:
-        tensors = _stored(cfg, keys, torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows]), "")
-        if cfg.flip:
-            tensors |= _stored(cfg, keys, torch.stack([r[3] for r in rows]), torch.stack([r[4] for r in rows]), "_flip")
-        records = [{"key": s.key, "caption": s.caption, "meta": s.meta} for s in (job.samples[r[0]] for r in rows)]
-        try:
-            write_latent_shard(out, job.stem, tensors, records)
-        except Exception as e:  # safetensors reports a full disk as a SafetensorError (issue 17)
-            if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)):
-                raise
-            need = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
-            free = shutil.disk_usage(out).free / 2**20
-            raise UserError(
-                f"No space left on the device of {out} while writing {job.stem}.safetensors (it needs "
-                f"about {need:.1f} MiB, {free:.1f} MiB are free); free space and rerun encode-latents "
-                "(finished shards are kept, only the rest is redone)"
-            ) from None
-        files = {f"{job.stem}.{ext}": file_entry(out / f"{job.stem}.{ext}") for ext in ("safetensors", "jsonl")}
-    part = {"stem": job.stem, "split": job.split, "count": len(rows), "files": files, **skips.to_dict()}
-    write_part(out, job.stem, part)
-    return part
-
-
-def encode_jobs(
-    jobs: list[ShardJob],
-    cfg: EncodeConfig,
-    vae,
-    resolution: int,
-    show_progress: bool = True,
-    scan_logs: list[SkipLog] | None = None,
-) -> None:
-    """Encode `jobs` in this process with the loaded `vae`: DataLoader workers decode, this thread encodes.
-
-    `scan_logs`: problems found while reading each job's shard (streamed shards), kept in its part record."""
-    refs, batches, batch_job = [], [], []
-    for j, job in enumerate(jobs):
-        start = len(refs)
-        refs.extend(
-            (job.path, s.image_offset, s.image_size) if s.image_bytes is None else s.image_bytes for s in job.samples
-        )
-        for b in range(start, len(refs), cfg.batch_size):
-            batches.append(list(range(b, min(b + cfg.batch_size, len(refs)))))
-            batch_job.append(j)
-    starts = {}
-    for j in range(len(jobs)):
-        starts[j] = starts[j - 1] + len(jobs[j - 1].samples) if j else 0
-    remaining = [len(job.samples) for job in jobs]
-    rows: list[list] = [[] for _ in jobs]
-    skips = [SkipLog() for _ in jobs]
-    for log_j, scanned in zip(skips, scan_logs or []):
-        log_j.merge(scanned)
-    for j, job in enumerate(jobs):
-        if not job.samples:
-            _write_job(Path(cfg.out), job, cfg, [], skips[j])
-    loader = DataLoader(
-        _DecodeDataset(refs, resolution), batch_sampler=batches, num_workers=cfg.workers, collate_fn=_collate
-    )
-    bar = progress(total=len(refs), desc="encode-latents", unit="img") if show_progress else None
-    for j, (indices, pixels, bad) in zip(batch_job, loader):
-        for i, reason, detail in bad:
-            skips[j].skip(jobs[j].samples[i - starts[j]].key, reason, detail)
-        if pixels is not None:
-            if cfg.flip:
-                mean, std = encode_posterior(vae, torch.cat([pixels, pixels.flip(-1)]))
-                n = len(indices)
-                parts = zip(mean[:n].cpu(), std[:n].cpu(), mean[n:].cpu(), std[n:].cpu())
-            else:
-                mean, std = encode_posterior(vae, pixels)
-                parts = zip(mean.cpu(), std.cpu())
-            for i, tensors in zip(indices, parts):
-                rows[j].append((i - starts[j], *tensors))
-            skips[j].keep(len(indices))
-        remaining[j] -= len(indices) + len(bad)
-        if bar is not None:
-            bar.update(len(indices) + len(bad))
-        if remaining[j] == 0:
-            _write_job(Path(cfg.out), jobs[j], cfg, rows[j], skips[j])
-            rows[j] = []
-    if bar is not None:
-        bar.close()
-
-
-def _device(rank: int) -> torch.device:
-    if torch.cuda.is_available() and rank < torch.cuda.device_count():
-        return torch.device("cuda", rank)
-    return torch.device("cpu")
-
-
-def _child(
-    rank: int, world: int, jobs: list[ShardJob], cfg: EncodeConfig, vae_spec: str, resolution: int, parent_pid: int
-) -> None:
-    """One of `--gpus N` processes (spawned): its share of the shards on its own device."""
+def _encode_rank(jobs: list[ShardJob], cfg: EncodeConfig, vae_spec: str, resolution: int, parent_pid: int) -> None:
+    """One of `--gpus N` processes (`launch_local`): its share of the shards on its own device."""
     from lmfusion_cli.common.logs import setup_logging
 
     exit_with_parent(parent_pid)
-
     setup_logging(quiet=os.environ.get("LMFUSION_QUIET") == "1", verbose=os.environ.get("LMFUSION_VERBOSE") == "1")
+    place = launched_rank()
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.world_size))
+    share = jobs[place.rank :: place.world_size]
     try:
-        encode_jobs(jobs, cfg, load_vae(vae_spec, _device(rank)), resolution, show_progress=rank == 0)
+        encode_jobs(share, cfg, load_vae(vae_spec, rank_device(place.local_rank)), resolution, place.rank == 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -206,27 +59,17 @@ def _child(
 
 def _run_jobs(jobs: list[ShardJob], cfg: EncodeConfig, vae, vae_spec: str, resolution: int) -> None:
     if cfg.gpus == 1 or len(jobs) <= 1:
-        encode_jobs(jobs, cfg, vae.to(_device(0)), resolution)
+        encode_jobs(jobs, cfg, vae.to(rank_device(0)), resolution)
         return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
     world = min(cfg.gpus, len(jobs))
-    procs = [
-        ctx.Process(target=_child, args=(r, world, jobs[r::world], cfg, vae_spec, resolution, os.getpid()))
-        for r in range(world)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    failed = [r for r, p in enumerate(procs) if p.exitcode != 0]
-    if failed:
+    try:
+        launch_local(_encode_rank, (jobs, cfg, vae_spec, resolution, os.getpid()), world)
+    except LaunchFailed as e:
+        rank, code = next(iter(e.exit_codes.items()))
         raise UserError(
-            f"encode-latents process {failed[0]} of {world} failed (exit code "
-            f"{procs[failed[0]].exitcode}, see above); rerun the same command to finish the "
-            f"remaining shards."
-        )
+            f"encode-latents process {rank} of {world} failed (exit code {code}, see above); rerun the same "
+            "command to finish the remaining shards."
+        ) from None
 
 
 def _damaged(data: Path, name: str, manifest: dict[str, Any]) -> ShardScan | None:

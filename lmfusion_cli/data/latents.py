@@ -33,6 +33,7 @@ import torch
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import read_manifest, verify_files
+from lmfusion_cli.common.vae import to_model_space, to_vae_space
 
 KIND = "latents"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -79,7 +80,7 @@ def expectation(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def expect_from_vae(vae_spec: str, resolution: int) -> dict[str, Any]:
     """The `expect` dict for a model that uses the VAE `vae_spec` at `resolution` (loads the VAE)."""
-    from lmfusion_cli.data.vae import load_vae, resolve_vae, vae_identity
+    from lmfusion_cli.common.vae import load_vae, resolve_vae, vae_identity
 
     spec = resolve_vae(vae_spec)
     ident = vae_identity(spec, load_vae(spec))
@@ -196,11 +197,11 @@ class LatentCache:
         else:
             mean, std = item["mean" + suffix].float(), item["std" + suffix].float()
             z = mean + std * torch.randn(mean.shape, generator=generator)
-        return (z - self.shift_factor) * self.scaling_factor
+        return to_model_space(z, self.scaling_factor, self.shift_factor)
 
     def to_vae_space(self, latent: torch.Tensor) -> torch.Tensor:
         """Inverse of the scaling in `draw`: diffusion-space latents → what `vae.decode` takes."""
-        return latent / self.scaling_factor + self.shift_factor
+        return to_vae_space(latent, self.scaling_factor, self.shift_factor)
 
 
 def open_latent_cache(

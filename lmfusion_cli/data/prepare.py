@@ -30,9 +30,10 @@ from lmfusion_cli.common.output_folder import output_lock, overwrite_folder, swa
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.data.config import PrepareConfig
 from lmfusion_cli.data.images import BadImage, encode_image, resize_center_crop
+from lmfusion_cli.data.item_specs import ItemSpec
 from lmfusion_cli.data.restart import exit_with_parent, finish_output, read_part, start_output, write_part
 from lmfusion_cli.data.shards import Sample, shard_name, write_shard
-from lmfusion_cli.data.sources import ItemSpec, list_items, load_image
+from lmfusion_cli.data.sources import list_items, load_image
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

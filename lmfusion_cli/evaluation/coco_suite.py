@@ -25,8 +25,8 @@ from PIL import Image
 from lmfusion_cli.common.atomic import atomic_write_text
 from lmfusion_cli.evaluation import report
 from lmfusion_cli.evaluation.coco import find_layout, generation_images, prompt_manifest, select_test_images
+from lmfusion_cli.evaluation.generations import GRID_SIZE, CaptionFn, GenerateFn, generate_missing, load_generations
 from lmfusion_cli.evaluation.report import Section
-from lmfusion_cli.evaluation.suites import GRID_SIZE, CaptionFn, GenerateFn, generate_missing, load_generations
 
 log = logging.getLogger(__name__)
 

@@ -197,32 +197,12 @@ def image_set_stats(
     key = sha256_json(
         {"images": sha256_json(names), "resolution": resolution, "extractor": extractor_id, "mode": "clean"}
     )[:16]
-    path = Path(cache_dir) / f"fid-ref-{key}.npz" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        with np.load(path) as saved:
-            log.info("FID reference statistics reused from %s", path)
-            return {
-                "mu": saved["mu"],
-                "sigma": saved["sigma"],
-                "count": int(saved["count"]),
-                "path": str(path),
-                "cached": True,
-                "key": key,
-            }
-    feats = files_features(list(files), extractor, batch_size, "FID reference features", centre_crop(resolution))
-    mu, sigma = gaussian_stats(feats)
-    if path is not None:
-        with atomic_file(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, mu=mu, sigma=sigma, count=len(files))
-    return {
-        "mu": mu,
-        "sigma": sigma,
-        "count": len(files),
-        "path": str(path) if path else None,
-        "cached": False,
-        "key": key,
-    }
+    return _cached_stats(
+        cache_dir,
+        key,
+        len(files),
+        lambda: files_features(list(files), extractor, batch_size, "FID reference features", centre_crop(resolution)),
+    )
 
 
 def fid_against(generated: str | Path, reference: dict[str, Any], extractor: Extractor, batch_size: int = 32) -> float:
@@ -246,6 +226,16 @@ def reference_stats(
             "mode": "clean",
         }
     )[:16]
+    return _cached_stats(
+        cache_dir, key, len(files), lambda: files_features(files, extractor, batch_size, "FID reference features")
+    )
+
+
+def _cached_stats(
+    cache_dir: str | Path | None, key: str, count: int, features: Callable[[], np.ndarray]
+) -> dict[str, Any]:
+    """Gaussian statistics of `count` reference images kept as `cache_dir/fid-ref-{key}.npz`: read when that
+    file exists, else computed from `features()` and written (atomically)."""
     path = Path(cache_dir) / f"fid-ref-{key}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
         with np.load(path) as saved:
@@ -256,13 +246,14 @@ def reference_stats(
                 "count": int(saved["count"]),
                 "path": str(path),
                 "cached": True,
+                "key": key,
             }
-    mu, sigma = gaussian_stats(files_features(files, extractor, batch_size, "FID reference features"))
+    mu, sigma = gaussian_stats(features())
     if path is not None:
         with atomic_file(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, mu=mu, sigma=sigma, count=len(files))
-    return {"mu": mu, "sigma": sigma, "count": len(files), "path": str(path) if path else None, "cached": False}
+                np.savez(f, mu=mu, sigma=sigma, count=count)
+    return {"mu": mu, "sigma": sigma, "count": count, "path": str(path) if path else None, "cached": False, "key": key}
 
 
 def fid_from_feats(feats1: Any, feats2: Any) -> float:

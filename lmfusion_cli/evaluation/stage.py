@@ -22,25 +22,25 @@ fails in seconds with one sentence.
 The text suite runs lm-evaluation-harness on the fused model's text path and on its base, loaded as
 lm-eval's ordinary `hf` model from the checkpoint's base pointer. The fused model's logits are
 restricted to the base vocabulary (the BOI/EOI rows a model may add are not text the base can
-write), so for a frozen-text model every request's log-likelihood must be identical. This file owns the orchestration; the suites
-(`suites.py`, `coco_suite.py`), metrics and rendering are the other modules'."""
+write), so for a frozen-text model every request's log-likelihood must be identical. This file owns the orchestration
+and the output folder; the inputs are checked in `suite_inputs.py`, each suite is bound to the loaded model in
+`suite_runs.py`, the suites themselves (`shapes_suite.py`, `coco_suite.py`, `text_suite.py`), metrics and rendering
+are the other modules'."""
 
 from __future__ import annotations
 
-import gc
-import io
 import json
 import logging
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from lmfusion_cli.common.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
+from lmfusion_cli.common.checkpoint_layout import recorded_sha256
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file
@@ -49,6 +49,8 @@ from lmfusion_cli.common.output_folder import disk_full_error, is_disk_full, out
 from lmfusion_cli.evaluation import report
 from lmfusion_cli.evaluation.config import EvaluateConfig
 from lmfusion_cli.evaluation.report import Section
+from lmfusion_cli.evaluation.suite_inputs import check_inputs
+from lmfusion_cli.evaluation.suite_runs import run_coco, run_shapes, run_text
 
 log = logging.getLogger(__name__)
 
@@ -116,254 +118,10 @@ def _check_resume(out: Path, previous: dict[str, Any] | None, settings: dict[str
 
 def _weights_sha256(model_dir: Path) -> str:
     """SHA-256 of the checkpoint's weights: from its step manifest when recorded, else hashed now."""
-    step_manifest = _read_raw_manifest(model_dir.parent) or {}
-    recorded = (step_manifest.get("files") or {}).get(f"{model_dir.name}/model.safetensors", {}).get("sha256")
-    return recorded or sha256_file(model_dir / "model.safetensors")
-
-
-# ---- inputs checked before anything loads ----------------------------------------------------------
-@dataclass
-class _TextInputs:
-    """The text suite's tasks, checked before the model loads (`--text-items` items are written as a task later)."""
-
-    specs: list = field(default_factory=list)
-    """lm-eval task specs (names or config dicts) from `--tasks` / the shipped YAML."""
-    items: list | None = None
-    """`--text-items` items, when given."""
-    source: str = ""
-    """What the tasks are, for the manifest."""
-
-
-def _text_inputs(cfg: EvaluateConfig) -> tuple[_TextInputs, SkipLog]:
-    from lmfusion_cli.evaluation.text_suite import SHIPPED_TASK, load_hf_disk, load_jsonl, load_tasks, task_specs
-
-    t = cfg.text
-    if t.items:
-        path = Path(t.items)
-        items, skips = load_hf_disk(path, t.fields, t.split) if path.is_dir() else load_jsonl(path, t.fields)
-        return _TextInputs(items=items, source=str(path)), skips
-    names = list(t.tasks) or [str(SHIPPED_TASK)]
-    specs = task_specs(names)
-    load_tasks(specs)  # unknown names, unreadable YAML or data that cannot be fetched: refused now
-    return _TextInputs(specs=specs, source=", ".join(names)), SkipLog()
-
-
-def shapes_test_items(folder: str | Path) -> tuple[list, SkipLog]:
-    """The test split of a prepared shapes set (`lmfusion prepare --source shapes`) as `ShapesItem`s.
-
-    Samples without shapes attributes or with an unreadable image are skipped and counted."""
-    from lmfusion_cli.common.manifest import read_manifest
-    from lmfusion_cli.data.shapes import ShapesItem
-    from lmfusion_cli.data.shards import iter_samples
-
-    folder = Path(folder)
-    manifest = read_manifest(folder, "shards", what="shapes data")
-    if (manifest.get("inputs") or {}).get("source") != "shapes":
-        raise UserError(
-            f"{folder} was prepared from '{(manifest.get('inputs') or {}).get('source')}', not shapes; "
-            f"pass a folder made by `lmfusion prepare --source shapes`."
-        )
-    items, skips = [], SkipLog()
-    for shard in manifest.get("shards", []):
-        if shard.get("split") != "test":
-            continue
-        for sample in iter_samples(folder / shard["name"], skips):
-            attributes = (sample["meta"] or {}).get("attributes")
-            if not attributes:
-                skips.skip(sample["key"], "no-shapes-attributes")
-                continue
-            try:
-                with Image.open(io.BytesIO(sample["image"])) as im:
-                    image = im.convert("RGB")
-            except OSError as e:
-                skips.skip(sample["key"], "unreadable-image", str(e))
-                continue
-            items.append(ShapesItem(key=sample["key"], image=image, caption=sample["caption"], attributes=attributes))
-            skips.keep()
-    if not items:
-        raise UserError(f"{folder} has no usable test items ({skips.summary()}); prepare it with a test_fraction > 0.")
-    return items, skips
-
-
-def _coco_scorers(cfg: EvaluateConfig, device: str) -> tuple[Any, str, Any, str]:
-    """(FID extractor, its id, CLIP scorer, its id), after checking the COCO layout and the prompt count.
-
-    With no local file given, the weights come the libraries' own way: clean-fid's `InceptionV3W` and
-    open_clip's pretrained tag, each downloading into its cache when online (a `UserError` offline)."""
-    from lmfusion_cli.evaluation.clip_score import load_clip, load_clip_pretrained
-    from lmfusion_cli.evaluation.coco import find_layout, generation_images, karpathy_ids, make_prompts
-    from lmfusion_cli.evaluation.fid import cleanfid_inception, load_inception
-
-    c = cfg.coco
-    layout = find_layout(c.root)
-    if c.karpathy_split:
-        karpathy_ids(c.karpathy_split)
-    make_prompts(generation_images(layout)[0], c.num_prompts, c.seed)  # refuses more prompts than images now
-    if c.clip_weights:
-        scorer = load_clip(c.clip_arch, c.clip_weights, c.clip_config, device)
-        clip_id = f"{c.clip_arch} ({Path(c.clip_weights).name}-{sha256_file(c.clip_weights)[:12]})"
-    else:
-        scorer = load_clip_pretrained(c.clip_arch, c.clip_pretrained, device, c.clip_cache_dir)
-        clip_id = f"{c.clip_arch} ({c.clip_pretrained})"
-    if c.inception:
-        extractor = load_inception(c.inception, device)
-        inception_file = Path(c.inception)
-    else:
-        extractor, inception_file = cleanfid_inception(c.cleanfid_dir, device)
-    extractor_id = f"{inception_file.name}-{sha256_file(inception_file)[:12]}"
-    return extractor, extractor_id, scorer, clip_id
-
-
-# ---- the suites ------------------------------------------------------------------------------------
-def _generate_fn(cfg: EvaluateConfig, loaded, cfg_scale: float):
-    from lmfusion_cli.sampling import as_generate_fn
-
-    s = cfg.sampling
-    return as_generate_fn(
-        loaded.model,
-        tokenizer=loaded.tokenizer,
-        vae=loaded.codec,
-        cfg_scale=cfg_scale,
-        steps=s.steps,
-        sampler=s.sampler,
-        batch_size=cfg.batch_size,
-        use_cache=s.cache,
-    )
-
-
-def _caption_fn(cfg: EvaluateConfig, loaded):
-    from lmfusion_cli.sampling import as_caption_fn
-
-    s = cfg.sampling
-    return as_caption_fn(
-        loaded.model,
-        tokenizer=loaded.tokenizer,
-        vae=loaded.codec,
-        decoding=s.decoding,
-        max_new_tokens=s.max_new_tokens,
-        num_beams=s.num_beams,
-        batch_size=cfg.batch_size,
-        use_cache=s.cache,
-    )
-
-
-def _run_text(
-    cfg: EvaluateConfig, out: Path, loaded, inputs: _TextInputs, device: str
-) -> tuple[dict[str, Any], Section]:
-    from lmfusion_cli.evaluation.lm_eval_adapter import base_lm, fused_text_lm
-    from lmfusion_cli.evaluation.text_suite import items_task, load_tasks, run_text_suite
-
-    specs = inputs.specs
-    if inputs.items is not None:
-        specs = [items_task(inputs.items, out / "text" / "items.jsonl", f"lmfusion_items_{_task_slug(inputs.source)}")]
-    manager, _ = load_tasks(specs)
-    model = loaded.model
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    try:
-        base = base_lm(model.base_id, batch_size=cfg.batch_size, device=device, dtype=dtype)
-    except OSError as e:
-        raise UserError(
-            f"The base model {model.base_id} cannot be loaded with transformers ({type(e).__name__}); "
-            f"pass its folder with --base."
-        ) from e
-    fused = fused_text_lm(model, tokenizer=model.base_id, batch_size=cfg.batch_size)
-    try:
-        metrics, section = run_text_suite(out, specs, manager, {"base": base, "fused": fused}, limit=cfg.text.limit)
-    finally:
-        del base
-        gc.collect()
-    metrics.update(base_model=model.base_id, task_source=inputs.source, limit=cfg.text.limit)
-    section.text += (
-        " The base is lm-eval's `hf` model loaded from the checkpoint's base pointer; the fused model "
-        "is the same harness over its text path (`FusedTextLM`), logits over the base vocabulary."
-    )
-    return metrics, section
-
-
-def _task_slug(source: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in Path(source).stem)[:40] or "items"
-
-
-def _run_shapes(cfg: EvaluateConfig, out: Path, loaded, data_items: list | None) -> tuple[dict[str, Any], Section]:
-    from lmfusion_cli.evaluation.suites import run_shapes_suite
-
-    resolution = cfg.shapes.resolution or loaded.codec.image_size
-    (scale,) = cfg.sampling.scales_for("shapes")
-    metrics, section = run_shapes_suite(
-        out,
-        cfg.shapes.num_items,
-        cfg.shapes.seed,
-        resolution,
-        generate_fn=_generate_fn(cfg, loaded, scale),
-        caption_fn=_caption_fn(cfg, loaded),
-        batch_size=cfg.batch_size,
-        tokenizer=cfg.ptb_tokenizer,
-        items=data_items,
-    )
-    metrics["items"] = (
-        f"test split of {cfg.shapes.data}"
-        if data_items is not None
-        else f"shapes.make_item(i, seed={cfg.shapes.seed}), i < {cfg.shapes.num_items}"
-    )
-    section.metrics = {**section.metrics, "items": metrics["items"]}
-    return metrics, section
-
-
-def _run_coco(
-    cfg: EvaluateConfig, out: Path, loaded, scorers: tuple[Any, str, Any, str]
-) -> tuple[dict[str, Any], Section]:
-    from lmfusion_cli.evaluation.coco_suite import run_coco_suite
-
-    extractor, extractor_id, scorer, clip_id = scorers
-    c, s = cfg.coco, cfg.sampling
-    stats = Path(c.fid_stats_dir) if c.fid_stats_dir else out / "coco" / "fid_stats"
-    generate_fns = {scale: _generate_fn(cfg, loaded, scale) for scale in s.scales_for("coco")}
-    return run_coco_suite(
-        out,
-        c.root,
-        c.karpathy_split,
-        c.num_caption_images,
-        c.num_prompts,
-        c.seed,
-        loaded.codec.image_size,
-        generate_fns=generate_fns,
-        caption_fn=_caption_fn(cfg, loaded),
-        extractor=extractor,
-        extractor_id=extractor_id,
-        clip_scorer=scorer,
-        clip_id=clip_id,
-        stats_cache_dir=stats,
-        caption_metrics=c.caption_metrics,
-        batch_size=cfg.batch_size,
-        tokenizer=cfg.ptb_tokenizer,
-        sampling={"sampler": s.sampler, "steps": s.steps, "kv_cache": s.cache},
-    )
+    return recorded_sha256(model_dir, "model.safetensors") or sha256_file(model_dir / "model.safetensors")
 
 
 # ---- the stage -------------------------------------------------------------------------------------
-@dataclass
-class _Inputs:
-    """What the suites read, loaded (or checked) before the model: bad paths fail in seconds."""
-
-    text: _TextInputs = field(default_factory=_TextInputs)
-    shapes_items: list | None = None
-    coco_scorers: tuple[Any, str, Any, str] | None = None
-    skips: SkipLog = field(default_factory=SkipLog)
-
-
-def _check_inputs(cfg: EvaluateConfig, suites: list[str], device: str) -> _Inputs:
-    inputs = _Inputs()
-    if "text" in suites:
-        inputs.text, text_skips = _text_inputs(cfg)
-        inputs.skips.merge(text_skips)
-    if "shapes" in suites and cfg.shapes.data:
-        inputs.shapes_items, shapes_skips = shapes_test_items(cfg.shapes.data)
-        inputs.skips.merge(shapes_skips)
-    if "coco" in suites:
-        inputs.coco_scorers = _coco_scorers(cfg, device)
-    return inputs
-
-
 def _write_results(
     out: Path, cfg: EvaluateConfig, loaded, suites: list[str], results: dict[str, tuple[dict[str, Any], Section]]
 ) -> dict[str, Any]:
@@ -431,10 +189,10 @@ def _overwrite_beside(cfg: EvaluateConfig) -> dict[str, Any]:
 def _run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     suites = cfg.suites()
-    from lmfusion_cli.sampling.stage import resolve_device
+    from lmfusion_cli.common.devices import resolve_device
 
     device = resolve_device(cfg.device)
-    inputs = _check_inputs(cfg, suites, device)
+    inputs = check_inputs(cfg, suites, device)
     from lmfusion_cli.sampling.loading import load_for_sampling, resolve_checkpoint  # after the quick checks
 
     settings = _generation_settings(cfg, _weights_sha256(resolve_checkpoint(cfg.checkpoint).model_dir))
@@ -460,11 +218,11 @@ def _run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     with torch.no_grad():
         for suite in suites:
             if suite == "text":
-                results[suite] = _run_text(cfg, out, loaded, inputs.text, device)
+                results[suite] = run_text(cfg, out, loaded, inputs.text, device)
             elif suite == "shapes":
-                results[suite] = _run_shapes(cfg, out, loaded, inputs.shapes_items)
+                results[suite] = run_shapes(cfg, out, loaded, inputs.shapes_items)
             else:
-                results[suite] = _run_coco(cfg, out, loaded, inputs.coco_scorers)
+                results[suite] = run_coco(cfg, out, loaded, inputs.coco_scorers)
                 inputs.skips.merge(_coco_skips(results[suite][0]))
     metrics = _write_results(out, cfg, loaded, suites, results)
     files = {

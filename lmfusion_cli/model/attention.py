@@ -56,6 +56,17 @@ class MaskInfo:
     kv_doc: torch.Tensor
     past_length: int
 
+    @classmethod
+    def after_cache(cls, image_index: torch.Tensor, document_ids: torch.Tensor, past_documents: torch.Tensor):
+        """Queries (B, T) after `past_documents` (B, S) cached slots, whose images are finished (id -1)."""
+        return cls(
+            q_image=image_index,
+            kv_image=torch.cat([torch.full_like(past_documents, -1), image_index], dim=1),
+            q_doc=document_ids,
+            kv_doc=torch.cat([past_documents, document_ids], dim=1),
+            past_length=past_documents.shape[1],
+        )
+
     @property
     def q_slots(self) -> torch.Tensor:
         return torch.arange(self.q_doc.shape[1], device=self.q_doc.device) + self.past_length

@@ -1,4 +1,4 @@
-"""Diffusion math for image latents: noising, training targets, parameterisation conversions.
+"""Diffusion math for image latents: the training schedule, timesteps, noising and training targets.
 
 Two objectives, both backed by diffusers schedulers so the schedule is the field's, not ours:
 - `ddpm-eps` (paper): `DDPMScheduler(clip_sample=False, prediction_type="epsilon")`, cosine schedule
@@ -6,18 +6,32 @@ Two objectives, both backed by diffusers schedulers so the schedule is the field
 - `flow` (rectified flow): `FlowMatchEulerDiscreteScheduler` math; σ = t / T,
   x_t = (1-σ) x0 + σ ε, the model predicts the velocity v = ε - x0. Timesteps are real numbers.
 
-This file owns no parameters and no sampling loop: `make_inference_scheduler` hands the sampling
-stage a configured diffusers scheduler (`set_timesteps` / `step`).
+This file owns the β schedules (`BETA_SCHEDULES`, `ddpm_schedule`): the sampling schedulers
+(`sampling/schedulers.py`) take the training schedule from here. It owns no parameters and no
+sampling loop; which image gets which noise level is `noising.py`'s.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from lmfusion_cli.model.config import LMFusionConfig
 
-_BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
+BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
+"""`noise_schedule` → diffusers' `beta_schedule` name."""
+
+
+def ddpm_schedule(config: Any) -> dict[str, Any]:
+    """The ddpm-eps training schedule as diffusers scheduler arguments (`num_train_timesteps`,
+    `beta_schedule`, `prediction_type`), for the training scheduler and every sampler alike."""
+    return dict(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=BETA_SCHEDULES[config.noise_schedule],
+        prediction_type="epsilon",
+    )
 
 
 def shift_noise_level(sigma: torch.Tensor, shift: float) -> torch.Tensor:
@@ -61,6 +75,11 @@ class Diffusion:
             t = t.floor().clamp(max=self.num_train_timesteps - 1)
         return t
 
+    def fixed_timesteps(self, fraction: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 timesteps at a fixed noise level: ⌊fraction · T⌋ (validation at chosen levels)."""
+        t = (fraction.float() * self.num_train_timesteps).floor()
+        return t.clamp(max=self.num_train_timesteps - 1) if self.objective == "ddpm-eps" else t
+
     # ---- forward process ---------------------------------------------------------------------------
     def _ddpm_coefficients(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(√ᾱ_t, √(1-ᾱ_t)), each (N, 1, 1, 1)."""
@@ -83,27 +102,6 @@ class Diffusion:
         """What the model is trained to predict: ε (ddpm-eps) or v = ε - x0 (flow)."""
         return noise if self.objective == "ddpm-eps" else noise - x0
 
-    # ---- conversions between parameterisations ---------------------------------------------------
-    def to_x0(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Clean-latent estimate from the model prediction (ε or v) at x_t, t."""
-        if self.objective == "ddpm-eps":
-            a, s = self._ddpm_coefficients(x_t, t)
-            return (x_t - s * prediction) / a
-        return x_t - self.sigma(t, x_t) * prediction
-
-    def to_eps(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Noise estimate from the model prediction (ε or v) at x_t, t."""
-        if self.objective == "ddpm-eps":
-            return prediction
-        return x_t + (1 - self.sigma(t, x_t)) * prediction
-
-    def to_velocity(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The objective's velocity: DDPM v = √ᾱ ε - √(1-ᾱ) x0 (diffusers `get_velocity`); flow v = ε - x0."""
-        if self.objective == "flow":
-            return prediction
-        a, s = self._ddpm_coefficients(x_t, t)
-        return a * prediction - s * self.to_x0(prediction, x_t, t)
-
     def loss_per_image(self, prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """MSE between prediction and target, averaged over C, H, W: (N,) float32."""
         error = (prediction.float() - self.target(x0, noise).float()) ** 2
@@ -113,18 +111,5 @@ class Diffusion:
 def make_training_scheduler(config: LMFusionConfig) -> DDPMScheduler | FlowMatchEulerDiscreteScheduler:
     """The diffusers scheduler whose schedule defines training (clip_sample=False: latents are unbounded)."""
     if config.objective == "ddpm-eps":
-        return DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_schedule=_BETA_SCHEDULES[config.noise_schedule],
-            clip_sample=False,
-            prediction_type="epsilon",
-        )
+        return DDPMScheduler(**ddpm_schedule(config), clip_sample=False)
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.num_train_timesteps, shift=config.timestep_shift)
-
-
-def make_inference_scheduler(config: LMFusionConfig) -> DDPMScheduler | FlowMatchEulerDiscreteScheduler:
-    """A fresh scheduler for sampling: call `set_timesteps(n)` then `step(model_output, t, x_t)`.
-
-    `model_output` is exactly what `LMFusionModel` predicts for the objective (ε or flow velocity).
-    """
-    return make_training_scheduler(config)

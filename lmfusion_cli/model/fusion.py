@@ -2,57 +2,38 @@
 
 The base model's modules *are* the text expert (frozen unless the config says otherwise); every
 decoder layer gets an `ImageExpert` copy, the image path gets its own final norm, and latents enter
-and leave through the patcher (`image_io`). One forward routes tokens by index (`layers`), applies
+and leave through the patcher (`patchers`). One forward routes tokens by index (`layers`), applies
 the hybrid mask (`attention`) and returns losses (training), logits (text only) or, segment by
 segment against a `KVCache`, text logits and image predictions (sampling).
 
-This file does no I/O besides `from_pretrained` of a base given by path or hub id; checkpoints live
-in `checkpoint.py`, batch layout in `sequence.py`.
+This file does no I/O; loading the base is `base_lm.py`'s, the Hub mixin `hub.py`'s, checkpoints
+`checkpoint.py`'s, batch layout `sequence.py`'s, noising `noising.py`'s and the loss sums `losses.py`'s.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-import pickle
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lmfusion_cli.common.errors import UserError, what_was_refused
 from lmfusion_cli.model import llava
 from lmfusion_cli.model.attention import Attention, MaskInfo
+from lmfusion_cli.model.base_lm import check_llama_layout, load_base
 from lmfusion_cli.model.cache import KVCache
 from lmfusion_cli.model.config import LMFusionConfig
 from lmfusion_cli.model.diffusion import Diffusion
-from lmfusion_cli.model.image_io import make_patcher
-from lmfusion_cli.model.layers import LAYER_PARTS, ImageExpert, Routes, reinitialise_, routed_layer
+from lmfusion_cli.model.hub import HubMixin
+from lmfusion_cli.model.layers import ImageExpert, Routes, reinitialise_, routed_layer
+from lmfusion_cli.model.losses import FusionOutput, image_documents, mean_by, text_token_losses
+from lmfusion_cli.model.noising import ImageNoising
+from lmfusion_cli.model.patchers import make_patcher
 from lmfusion_cli.model.sequence import IMAGE, TEXT, VISION, MixedBatch, text_segment
-from lmfusion_cli.model.targets import frozen_context, learnable_targets
-
-
-@dataclass
-class FusionOutput:
-    """Training forward result. Losses are float32 scalars; `example_loss` is detached."""
-
-    loss: torch.Tensor
-    """text_loss + lambda_image · image_loss."""
-    text_loss: torch.Tensor
-    """Mean next-token cross-entropy over the learnable text targets (0 when there are none)."""
-    image_loss: torch.Tensor
-    """Mean diffusion MSE over images with a diffusion loss (`image_targets`; 0 when there are none)."""
-    num_text_targets: torch.Tensor
-    """() long: learnable LM targets (`target_masks`), the ones averaged in `text_loss`."""
-    num_image_targets: torch.Tensor
-    """() long: images with a diffusion loss."""
-    example_loss: torch.Tensor
-    """(E,) per-example text mean + λ · image mean, by `document_ids`: names poisoned samples."""
-    timesteps: torch.Tensor
-    """(num_images,) the timesteps used."""
+from lmfusion_cli.model.targets import image_targets, target_masks
 
 
 @dataclass
@@ -68,34 +49,9 @@ class SegmentOutput:
     """The cache extended by this segment (update_cache=True), else the cache passed in."""
 
 
-def base_load_error(name: str, error: BaseException) -> str:
-    """One sentence for a base (or its tokenizer) that `transformers` could not load."""
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
-    return (
-        f"The base model {name} cannot be loaded ({reason}); pass a local Hugging Face folder with --base, "
-        "or a hub id that is downloaded already or reachable online."
-    )
-
-
-def _check_llama_layout(base: nn.Module, name: str) -> None:
-    decoder = llava.text_decoder(base) if hasattr(base, "model") else None
-    layer = getattr(decoder, "layers", [None])[0]
-    missing = [p for p in LAYER_PARTS if not hasattr(layer, p)]
-    parts = ("embed_tokens", "norm", "rotary_emb")
-    if decoder is None or layer is None or missing or not all(hasattr(decoder, p) for p in parts):
-        raise UserError(
-            f"Base model {name} is not a Llama-layout causal LM; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint."
-        )
-    extra = {n for n, _ in layer.named_children()} - set(LAYER_PARTS)
-    if extra:
-        raise UserError(
-            f"Base model {name} has decoder-layer modules {sorted(extra)} outside the Llama layout; pass a Llama, Qwen2/3, Mistral or SmolLM checkpoint."
-        )
-
-
 class LMFusionModel(
     nn.Module,
-    PyTorchModelHubMixin,
+    HubMixin,
     library_name="lmfusion",
     tags=["lmfusion", "text-to-image", "image-to-text"],
     paper_url="https://arxiv.org/abs/2412.15188",
@@ -106,7 +62,7 @@ class LMFusionModel(
     def __init__(self, base: nn.Module, config: LMFusionConfig, base_id: str):
         """Wrap an already-loaded causal LM (it is modified in place: frozen or re-initialised)."""
         super().__init__()
-        _check_llama_layout(base, base_id)
+        check_llama_layout(base, base_id)
         self.is_llava = llava.is_llava(base)  # LLaVAFusion: a frozen VLM's vision path feeds the text expert
         if self.is_llava:
             llava.check_llava_options(config.from_scratch, config.freeze_text, base_id)
@@ -147,6 +103,7 @@ class LMFusionModel(
             reinitialise_(self.image_experts, std)
         self.patcher = make_patcher(config, hidden)
         self.diffusion = Diffusion(config)
+        self.noising = ImageNoising(self.diffusion, config.understanding_max_timestep_fraction)
 
         # the mask has no sliding-window predicate: refuse sequences longer than a base's window
         window = getattr(base.config, "sliding_window", None)
@@ -177,19 +134,11 @@ class LMFusionModel(
         if config is None:
             config = LMFusionConfig(**options)
         elif options:
-            config = config.replace(**options)
+            config = dataclasses.replace(config, **options)
+        config.num_image_tokens  # noqa: B018 - a ValueError now if latent_size is unset, before the base loads
         if isinstance(base, (str, os.PathLike)):
             base_id = str(base)
-            try:
-                base = llava.load_base(base_id, getattr(torch, config.dtype))  # a causal LM or a LLaVA VLM
-            except (OSError, ValueError) as e:  # not found, offline, not a causal LM (issue 16)
-                raise UserError(base_load_error(base_id, e)) from e
-            except pickle.UnpicklingError as e:  # a `.bin` transformers' weights-only load refuses (issue 17)
-                raise UserError(
-                    f"The base model {base_id} has a weights file that is not plain tensors (it holds "
-                    f"{what_was_refused(str(e))}); pass a base saved as safetensors (or a .bin you "
-                    "trust, re-saved as safetensors)"
-                ) from None
+            base = load_base(base_id, getattr(torch, config.dtype))  # a causal LM or a LLaVA VLM
         else:
             base_id = getattr(base.config, "_name_or_path", "") or type(base).__name__
         return cls(base, config, base_id)
@@ -198,49 +147,6 @@ class LMFusionModel(
     def decoder(self) -> nn.Module:
         """The base's Llama-layout decoder: the text expert (a VLM's language model for LLaVA)."""
         return llava.text_decoder(self.base)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **hub_options) -> LMFusionModel:
-        """The Hub mixin's `from_pretrained` (a local folder or a hub id); a repository that cannot be
-        fetched (offline, missing, gated) is one sentence."""
-        from huggingface_hub.errors import HfHubHTTPError
-
-        from lmfusion_cli.model.hub import fetch_error
-
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, **hub_options)
-        except (OSError, ValueError, HfHubHTTPError) as e:
-            if os.path.isdir(str(pretrained_model_name_or_path)):
-                raise
-            raise UserError(fetch_error(str(pretrained_model_name_or_path), e)) from e
-
-    def _save_pretrained(self, save_directory) -> None:
-        from lmfusion_cli.model.hub import save_folder
-
-        save_folder(self, save_directory)
-
-    @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision=None,
-        cache_dir=None,
-        force_download=False,
-        local_files_only=False,
-        token=None,
-        **unused,
-    ) -> LMFusionModel:
-        from lmfusion_cli.model.hub import load_folder
-
-        return load_folder(
-            model_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            local_files_only=local_files_only,
-            token=token,
-        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Image experts, patcher, image final norm, BOI/EOI rows (plus text modules if unfrozen)."""
@@ -273,29 +179,14 @@ class LMFusionModel(
 
     def target_masks(self, batch: MixedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(learnable, frozen), both (B, T) bool: the LM targets that enter the loss, and the positions
-        whose hidden state depends on no trainable parameter (all False when text trains). See
-        `model/targets.py` for the rules."""
+        whose hidden state depends on no trainable parameter (`targets.target_masks`)."""
         text_trainable = not self.config.freeze_text or self.config.from_scratch
-        specials = (self.boi_id, self.eoi_id)
-        learnable = learnable_targets(
-            batch,
-            text_trainable=text_trainable,
-            trainable_ids=specials,
-            trainable_label_ids=specials if self.special_head is not None else (),
-            trainable_logit_rows=self.special_head is not None,
-        )
-        if text_trainable:
-            return learnable, torch.zeros_like(learnable)
-        return learnable, frozen_context(batch, specials)
+        return target_masks(batch, (self.boi_id, self.eoi_id), text_trainable, self.special_head is not None)
 
     def image_targets(self, batch: MixedBatch) -> torch.Tensor:
-        """(num_images,) bool: images with a diffusion loss. Generation images always; understanding
-        images with `understanding_image_loss: diffusion` and a noise cap above 0 (a clean image is
-        no diffusion target)."""
-        understanding = (
-            self.config.understanding_image_loss == "diffusion" and self.config.understanding_max_timestep_fraction > 0
-        )
-        return batch.image_generate | understanding
+        """(num_images,) bool: images with a diffusion loss (`targets.image_targets`)."""
+        cfg = self.config
+        return image_targets(batch, cfg.understanding_image_loss, cfg.understanding_max_timestep_fraction)
 
     def _transformer(
         self,
@@ -334,13 +225,7 @@ class LMFusionModel(
                 "LMFusion's mask has no sliding-window predicate, so keep sequences within it"
             )
         past_docs = batch.document_ids.new_empty(B, 0) if cache is None else cache.document_ids
-        info = MaskInfo(
-            q_image=batch.image_index,
-            kv_image=torch.cat([torch.full_like(past_docs, -1), batch.image_index], dim=1),
-            q_doc=batch.document_ids,
-            kv_doc=torch.cat([past_docs, batch.document_ids], dim=1),
-            past_length=past,
-        )
+        info = MaskInfo.after_cache(batch.image_index, batch.document_ids, past_docs)
         attention = Attention(info, self.config.attention_backend)
         new_kv = []
         for i, text_layer in enumerate(self.decoder.layers):
@@ -378,30 +263,6 @@ class LMFusionModel(
         return self.patcher.decode(grid, timesteps, skips)
 
     # ---- training ---------------------------------------------------------------------------------
-    def _noised(
-        self,
-        latents: torch.Tensor,
-        generate: torch.Tensor,
-        timesteps: torch.Tensor | None,
-        noise: torch.Tensor | None,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, timesteps, noise) for clean latents (n, C, H, W); draws what is not given.
-
-        Generation images use the whole schedule; understanding images at most
-        `understanding_max_timestep_fraction` of it (Transfusion §4.3), and stay clean when it is 0.
-        """
-        cap = self.config.understanding_max_timestep_fraction
-        if timesteps is None:
-            fraction = torch.where(generate, 1.0, cap).to(latents.device)
-            timesteps = self.diffusion.sample_timesteps(fraction, generator)
-        if noise is None:
-            noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        noisy = self.diffusion.add_noise(latents, noise, timesteps)
-        if cap == 0:
-            noisy = torch.where(generate[:, None, None, None], noisy, latents)
-        return noisy, timesteps, noise
-
     def forward(
         self,
         batch: MixedBatch,
@@ -413,16 +274,21 @@ class LMFusionModel(
     ) -> FusionOutput:
         """Training loss on a batch. latents: (num_images, C, H, W) clean, in batch image order.
 
-        timesteps (num_images,) and noise default to fresh samples (per image; understanding images
-        capped at `understanding_max_timestep_fraction`, clean when it is 0). Pass them for a
-        fixed-timestep validation loss.
+        timesteps (num_images,) and noise default to fresh draws by `self.noising` (per image;
+        understanding images capped at `understanding_max_timestep_fraction`, clean when it is 0).
+        Pass them for seeded or fixed-timestep losses (the training workload draws them the same way).
         """
         cfg, num_images = self.config, batch.num_images
         image_tokens = skips = None
         if num_images:
             if latents is None or latents.shape[0] != num_images:
                 raise ValueError(f"batch has {num_images} images; pass latents of shape ({num_images}, C, H, W)")
-            noisy, timesteps, noise = self._noised(latents, batch.image_generate, timesteps, noise, generator)
+            generate = batch.image_generate
+            if timesteps is None or noise is None:  # one generator for all images, drawn in turn
+                drawn_t, drawn_noise = self.noising.draw(generate, latents.shape[1:], [generator] * num_images)
+                timesteps = drawn_t.to(latents.device) if timesteps is None else timesteps
+                noise = drawn_noise.to(latents.device, latents.dtype) if noise is None else noise
+            noisy = self.noising.apply(latents, noise, timesteps, generate)
             image_tokens, skips = self.patcher.encode(noisy.to(self._patcher_dtype), timesteps)
         else:
             timesteps = torch.zeros(0, device=batch.input_ids.device)
@@ -430,27 +296,16 @@ class LMFusionModel(
         prefix = frozen if self.detach_frozen_prefix and frozen.any() else None
         hidden, routes, _ = self._transformer(batch, image_tokens, cache=None, frozen=prefix)
 
-        # text: next-token cross-entropy over the learnable targets only (model/targets.py); logits of
-        # targets in a frozen context are constants (no graph), those of unlearnable ones are not computed
-        labels = batch.labels.reshape(-1)
-        targets = learnable.reshape(-1).nonzero().squeeze(1)  # (N_targets,) flat positions
-        constant = frozen.reshape(-1)[targets]
-        targets = torch.cat([targets[~constant], targets[constant]])  # live targets first
-        num_live = int((~constant).sum())
-        logits = self._text_head(hidden[targets[:num_live]])  # (N_live, V[+2])
-        token_loss = F.cross_entropy(logits.float(), labels[targets[:num_live]], reduction="none")
-        if num_live < targets.shape[0]:
-            logits = self._constant_context_logits(hidden[targets[num_live:]])
-            token_loss = torch.cat(
-                [token_loss, F.cross_entropy(logits.float(), labels[targets[num_live:]], reduction="none")]
-            )  # (N_targets,)
+        # text: next-token cross-entropy over the learnable targets only (`losses.text_token_losses`)
+        token_loss, targets = text_token_losses(
+            hidden, batch.labels, learnable, frozen, self._text_head, self._constant_context_logits
+        )  # (N_targets,)
         num_text = torch.tensor(targets.shape[0], device=hidden.device)
         text_loss = token_loss.sum() / num_text.clamp(min=1)
 
         # images: diffusion MSE on generation images, and on understanding images too unless
         # `understanding_image_loss: none` (Transfusion §4.3: an unconditional target, noise capped)
-        docs = batch.document_ids.reshape(-1)
-        E = batch.num_examples
+        docs, E = batch.document_ids.reshape(-1), batch.num_examples
         example_loss = hidden.new_zeros(E, dtype=torch.float32)
         with_loss = self.image_targets(batch)  # (num_images,) bool
         if with_loss.any():
@@ -458,14 +313,11 @@ class LMFusionModel(
             prediction = self._image_out(hidden, routes, batch, num_images, timesteps, skips, keep)
             image_losses = self.diffusion.loss_per_image(prediction, latents[keep], noise[keep])  # (n_loss,)
             image_loss = image_losses.mean()
-            image_doc = torch.full((num_images,), -1, dtype=torch.long, device=docs.device)
-            image_doc = image_doc.scatter_reduce(
-                0, batch.image_index.reshape(-1)[routes.image], docs[routes.image], "amax"
-            )
-            example_loss = example_loss + cfg.lambda_image * _mean_by(image_losses.detach(), image_doc[keep], E)
+            image_doc = image_documents(batch, routes)[keep]
+            example_loss = example_loss + cfg.lambda_image * mean_by(image_losses.detach(), image_doc, E)
         else:
             image_loss = hidden.sum().float() * 0.0  # keeps the graph whole when there are no images
-        example_loss = example_loss + _mean_by(token_loss.detach(), docs[targets], E)
+        example_loss = example_loss + mean_by(token_loss.detach(), docs[targets], E)
         return FusionOutput(
             loss=text_loss + cfg.lambda_image * image_loss,
             text_loss=text_loss,
@@ -538,10 +390,3 @@ class LMFusionModel(
             else:
                 cache = cache.append(keys, values, segment.document_ids, torch.maximum(cache.next_positions, ends))
         return SegmentOutput(text_logits=text_logits, image_prediction=image_prediction, cache=cache)
-
-
-def _mean_by(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Mean of `values` (M,) per group id in [0, num_groups) (0 for empty groups): (num_groups,)."""
-    sums = values.new_zeros(num_groups).index_add(0, groups, values.float())
-    counts = values.new_zeros(num_groups).index_add(0, groups, torch.ones_like(values, dtype=torch.float32))
-    return sums / counts.clamp(min=1)

@@ -1,8 +1,8 @@
 """`LMFusionModel`'s Hugging Face Hub side: what `save_pretrained` writes and `from_pretrained` reads.
 
-`LMFusionModel` inherits `huggingface_hub.PyTorchModelHubMixin`, which supplies the public
+`LMFusionModel` inherits `HubMixin`, a `huggingface_hub.PyTorchModelHubMixin`, which supplies the public
 `save_pretrained` / `from_pretrained` / `push_to_hub` (an `upload_folder` of what `save_pretrained`
-writes) and calls the two hooks here. Why the mixin and not a `transformers.PreTrainedModel` subclass:
+writes) and calls the two hooks here (`_save_pretrained`, `_from_pretrained`). Why the mixin and not a `transformers.PreTrainedModel` subclass:
 the model *wraps* a loaded `PreTrainedModel` (the frozen base, any Llama-layout checkpoint, loaded by
 `AutoModelForCausalLM`) and adds modules of its own; a `PreTrainedModel` subclass would need its own
 `PretrainedConfig`, weight-init and tying rules and would re-save the frozen base in every folder,
@@ -19,7 +19,50 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from huggingface_hub import PyTorchModelHubMixin
+
 from lmfusion_cli.common.errors import UserError
+
+
+class HubMixin(PyTorchModelHubMixin):
+    """`save_pretrained` / `from_pretrained` / `push_to_hub` for `LMFusionModel`, over the folders below."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **hub_options):
+        """The Hub mixin's `from_pretrained` (a local folder or a hub id); a repository that cannot be
+        fetched (offline, missing, gated) is one sentence."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **hub_options)
+        except (OSError, ValueError, HfHubHTTPError) as e:
+            if os.path.isdir(str(pretrained_model_name_or_path)):
+                raise
+            raise UserError(fetch_error(str(pretrained_model_name_or_path), e)) from e
+
+    def _save_pretrained(self, save_directory) -> None:
+        save_folder(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision=None,
+        cache_dir=None,
+        force_download=False,
+        local_files_only=False,
+        token=None,
+        **unused,
+    ):
+        return load_folder(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
 
 
 def save_folder(model, folder: Path) -> None:

@@ -102,15 +102,6 @@ def place_vision_rows(text_rows: torch.Tensor, is_vision: torch.Tensor, rows: to
     return text_rows.masked_scatter(is_vision[:, None], rows.to(text_rows.dtype))
 
 
-def num_vision_tokens(base: nn.Module, pixels: torch.Tensor, size: tuple[int, int]) -> int:
-    """Vision rows one image gives (the number of placeholder positions it needs in a sequence).
-
-    pixels: (P, C, H, W) that image's crops; size: its original (H, W). Runs the vision tower once;
-    callers with a processor can instead use its own placeholder expansion (same count).
-    """
-    return int(vision_features(base, pixels, torch.tensor([size])).shape[0])
-
-
 def check_llava_options(from_scratch: bool, freeze_text: bool, name: str) -> None:
     """LLaVAFusion keeps the VLM frozen (paper §5); a re-initialised or trainable VLM is refused."""
     from lmfusion_cli.common.errors import UserError

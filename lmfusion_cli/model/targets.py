@@ -16,6 +16,9 @@ With the legacy reserved BOI/EOI ids (frozen logit rows), a target in a frozen c
 the model leaves it out of the loss and computes no logits for it. When text is trainable, every target
 is learnable. `tests/model/test_targets.py` checks these rules against autograd on random layouts.
 
+An image is a diffusion target (`image_targets`) when it is generated, or when understanding images
+carry a diffusion loss (`understanding_image_loss: diffusion`, Transfusion §4.3) and are noised at all.
+
 Plain tensor logic on `MixedBatch`; no weights are read here.
 """
 
@@ -71,3 +74,29 @@ def learnable_targets(
     for token in trainable_label_ids:
         learnable |= batch.labels == token
     return has_target & learnable
+
+
+def target_masks(
+    batch: MixedBatch, specials: Sequence[int], text_trainable: bool, new_special_rows: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(learnable, frozen), both (B, T) bool: the LM targets that enter the loss, and the positions whose
+    hidden state depends on no trainable parameter (all False when text trains).
+
+    specials: the BOI/EOI ids (trainable input rows); new_special_rows: they also have trainable logit
+    rows (new ids past the vocabulary, not the legacy reserved ones)."""
+    learnable = learnable_targets(
+        batch,
+        text_trainable=text_trainable,
+        trainable_ids=specials,
+        trainable_label_ids=specials if new_special_rows else (),
+        trainable_logit_rows=new_special_rows,
+    )
+    if text_trainable:
+        return learnable, torch.zeros_like(learnable)
+    return learnable, frozen_context(batch, specials)
+
+
+def image_targets(batch: MixedBatch, understanding_image_loss: str, understanding_cap: float) -> torch.Tensor:
+    """(num_images,) bool: images with a diffusion loss. Generation images always; understanding images
+    with `understanding_image_loss == "diffusion"` and a noise cap above 0 (a clean image is no target)."""
+    return batch.image_generate | (understanding_image_loss == "diffusion" and understanding_cap > 0)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfusion_cli.common.atomic import atomic_dir
+from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def run_export(
     overwrite: bool = False,
 ) -> Path:
     """Write the export folder `out` from `checkpoint` (run, step or model folder); return `out`."""
-    from lmfusion_cli.data.vae import weights_sha256
+    from lmfusion_cli.common.vae import weights_sha256
     from lmfusion_cli.model import checkpoint as model_checkpoint
     from lmfusion_cli.packaging.model_card import model_card
     from lmfusion_cli.sampling.loading import load_for_sampling
@@ -79,7 +80,7 @@ def run_export(
                 model.save_pretrained(tmp)  # the Hub mixin: our weights + config.json (+ a default card, replaced)
             finally:
                 del model.base_ref
-        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config_to_dict(model.config), indent=2, sort_keys=True) + "\n")
         loaded.tokenizer.save_pretrained(str(tmp))
         if vae_id:
             vae_record["id"] = vae_id

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lmfusion_cli.common.atomic import atomic_write_bytes, atomic_write_text
+from lmfusion_cli.common.atomic import atomic_write_text
 from lmfusion_cli.common.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -113,10 +113,6 @@ def make_grid(arrays: Sequence[np.ndarray], columns: int = 0) -> np.ndarray:
         top, left = r * (h + GRID_GAP), c * (w + GRID_GAP)
         grid[top : top + h, left : left + w] = array
     return grid
-
-
-def write_png(path: str | Path, array: np.ndarray) -> None:
-    atomic_write_bytes(path, png_bytes(array))
 
 
 def jsonl_text(records: Iterable[dict[str, Any]]) -> str:

@@ -18,24 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lmfusion_cli.common import checkpoint_layout as layout
+from lmfusion_cli.common.checkpoint_layout import MODEL_META, step_of
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, read_manifest, verify_files
-from lmfusion_cli.sampling.vae import LatentCodec
+from lmfusion_cli.common.vae import LatentCodec
 
 log = logging.getLogger(__name__)
-
-MODEL_META = "lmfusion_model.json"
-"""The model package's checkpoint metadata file (`model/checkpoint.py`)."""
-CHECKPOINT_KIND = "training-checkpoint"
-_STEP_RE = re.compile(r"^step-(\d+)$")
-_UNFINISHED_STEP_RE = re.compile(r"^step-\d+\.tmp-")
 
 
 @dataclass
@@ -65,23 +60,10 @@ class Loaded:
         }
 
 
-def _complete_step(folder: Path) -> bool:
-    try:
-        manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return manifest.get("kind") == CHECKPOINT_KIND and bool(manifest.get("complete"))
-
-
-def _step_of(folder: Path) -> int | None:
-    match = _STEP_RE.match(folder.name)
-    return int(match.group(1)) if match else None
-
-
 def _check_step(step_dir: Path) -> None:
     """Refuse an incomplete step folder or one whose model files fail their hashes."""
-    manifest = read_manifest(step_dir, CHECKPOINT_KIND, what="checkpoint")
-    model_files = {k: v for k, v in manifest.get("files", {}).items() if k.startswith("model/")}
+    manifest = read_manifest(step_dir, layout.KIND, what="checkpoint")
+    model_files = {k: v for k, v in manifest.get("files", {}).items() if k.startswith(layout.MODEL_DIR + "/")}
     problems = verify_files(step_dir, {"files": model_files})
     if problems:
         raise UserError(f"{problems[0][:-1]}; use another checkpoint or re-run training from an earlier one.")
@@ -96,31 +78,30 @@ def resolve_checkpoint(path: str | Path) -> ResolvedCheckpoint:
             f"or a model folder."
         )
     if (p / MODEL_META).is_file():
-        if _UNFINISHED_STEP_RE.match(p.parent.name):  # issue 17: a step still being written, or cut by a kill
+        if layout.is_unfinished(p.parent):  # issue 17: a step still being written, or cut by a kill
             raise UserError(
                 f"{p.parent} is an unfinished checkpoint (its save was interrupted or is still running); "
                 "pass a complete checkpoint or the run folder"
             )
-        step_dir = p.parent if _step_of(p.parent) is not None else None
-        if step_dir is not None:
-            _check_step(step_dir)  # a step folder without its complete manifest is refused, not read
-        run_dir = step_dir.parent.parent if step_dir is not None and step_dir.parent.name == "checkpoints" else None
-        return ResolvedCheckpoint(p, _step_of(step_dir) if step_dir else None, run_dir)
-    if (p / "model" / MODEL_META).is_file() or _step_of(p) is not None:
+        step_dir = p.parent if step_of(p.parent) is not None else None
+        if step_dir is None:
+            return ResolvedCheckpoint(p, None, None)
+        _check_step(step_dir)  # a step folder without its complete manifest is refused, not read
+        return ResolvedCheckpoint(p, step_of(step_dir), layout.run_of(step_dir))
+    if (layout.model_dir(p) / MODEL_META).is_file() or step_of(p) is not None:
         _check_step(p)
-        if not (p / "model" / MODEL_META).is_file():
-            raise UserError(f"Checkpoint {p} has no model/{MODEL_META}; it was not written by `lmfusion train`.")
-        run_dir = p.parent.parent if p.parent.name == "checkpoints" else None
-        return ResolvedCheckpoint(p / "model", _step_of(p), run_dir)
-    root = p / "checkpoints"
+        if not (layout.model_dir(p) / MODEL_META).is_file():
+            raise UserError(
+                f"Checkpoint {p} has no {layout.MODEL_DIR}/{MODEL_META}; it was not written by `lmfusion train`."
+            )
+        return ResolvedCheckpoint(layout.model_dir(p), step_of(p), layout.run_of(p))
+    root = layout.checkpoints_root(p)
     if root.is_dir():
-        steps = sorted(
-            (s for s in root.iterdir() if s.is_dir() and _step_of(s) is not None and _complete_step(s)), key=_step_of
-        )
-        if not steps:
+        latest = layout.latest_complete(root)
+        if latest is None:
             raise UserError(f"Run {p} has no complete checkpoint yet; train longer or pass a model folder.")
-        _check_step(steps[-1])
-        return ResolvedCheckpoint(steps[-1] / "model", _step_of(steps[-1]), p)
+        _check_step(latest.path)
+        return ResolvedCheckpoint(layout.model_dir(latest.path), latest.step, p)
     raise UserError(
         f"{p} is not a run folder, a checkpoint folder or a model folder; pass what `lmfusion train` wrote."
     )
@@ -146,7 +127,7 @@ def load_codec(
     vae: str | None, record: dict[str, Any] | None, latent_size: int, latent_channels: int, device: str = "cpu"
 ) -> LatentCodec:
     """The VAE codec: `vae` (a folder/hub id) or the recorded one, checked against the record and model."""
-    from lmfusion_cli.data.vae import load_vae, weights_sha256
+    from lmfusion_cli.common.vae import load_vae, weights_sha256
 
     record = record or {}
     spec = vae or record.get("id")

@@ -37,10 +37,9 @@ from diffusers import (
 )
 
 from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.model.diffusion import ddpm_schedule
+from lmfusion_cli.sampling.config import SAMPLERS
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver", "euler")
-"""Sampler names accepted by `--sampler`."""
-_BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
 _FLOW_SAMPLERS = ("dpm-solver", "euler")
 _COSINE_LAMBDA_MIN = -5.1
 """DPM-Solver's clip of log-SNR λ(t) for the cosine schedule, where λ → -∞ at t = T (diffusers docs:
@@ -48,15 +47,11 @@ _COSINE_LAMBDA_MIN = -5.1
 
 
 def _ddpm_schedule(model_config: Any) -> dict[str, Any]:
-    return dict(
-        num_train_timesteps=model_config.num_train_timesteps,
-        beta_schedule=_BETA_SCHEDULES[model_config.noise_schedule],
-        prediction_type="epsilon",
-        timestep_spacing="trailing",
-    )
+    """The training schedule (`model/diffusion.py` owns it) with trailing timestep spacing."""
+    return dict(ddpm_schedule(model_config), timestep_spacing="trailing")
 
 
-def build_scheduler(model_config: Any, name: str):
+def build_noise_scheduler(model_config: Any, name: str):
     """The configured diffusers scheduler for `name` (before `set_timesteps`)."""
     if name not in SAMPLERS:
         raise UserError(f"Unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}.")
@@ -64,7 +59,7 @@ def build_scheduler(model_config: Any, name: str):
     if objective == "flow":
         if name not in _FLOW_SAMPLERS:
             raise UserError(
-                f"Sampler '{name}' cannot sample a flow-objective checkpoint; use --sampler euler or dpm-solver."
+                f"Sampler '{name}' cannot sample a flow-objective checkpoint; use sampler euler or dpm-solver."
             )
         T = model_config.num_train_timesteps
         shift = model_config.timestep_shift
@@ -147,8 +142,8 @@ def make_sampler(model_config: Any, name: str, steps: int) -> Sampler:
     """A `Sampler` for `model_config` (an `LMFusionConfig`: objective, noise_schedule,
     num_train_timesteps) with `steps` denoising steps."""
     if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}.")
-    scheduler = build_scheduler(model_config, name)
+        raise UserError(f"steps must be >= 1, got {steps}.")
+    scheduler = build_noise_scheduler(model_config, name)
     scheduler.set_timesteps(steps)
     return Sampler(
         name=name,

@@ -1,12 +1,11 @@
 """Processes and sharding: torchrun re-launch, process-group set-up, FSDP2/DDP wrapping, collectives.
 
-- `relaunch_command`: `lmfusion train --gpus N [--nodes M]` outside a launcher re-runs itself under
-  `python -m torch.distributed.run`; under an existing torchrun or SLURM launch it runs as is.
-- `init_distributed`: gloo on CPU, nccl on CUDA (DESIGN §8); one process without a launcher.
+- `init_distributed`: gloo on CPU, nccl on CUDA (DESIGN §8); one process without a launcher. The launch
+  itself (torchrun re-launch, SLURM variables) is `common/launch.py`, the device `common/devices.py`.
 - `wrap_model`: FSDP2 `fully_shard` on every unit the workload names (decoder layers) and then the
   root, so frozen text weights are sharded too; the optimiser is built afterwards over the trainable
   parameters only, so frozen weights get no optimiser state. DDP and `none` are the alternatives.
-- Mixed precision (`bf16_compute`, `compute_context`, `store_frozen_bf16_`): FSDP2 gets
+- Mixed precision (`compute_context`, `store_frozen_bf16_`; `devices.bf16_compute` decides): FSDP2 gets
   `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)` (parameters all-gathered in bf16,
   gradients reduced in fp32, fp32 master weights and optimiser state); DDP and one process use
   autocast. Frozen weights may be stored in bf16 (no gradient, no optimiser state).
@@ -19,9 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
-import shlex
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lmfusion_cli.common.devices import bf16_compute, rank_device
 from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.common.launch import launched_rank
 from lmfusion_cli.training.config import DistConfig
-
-_LAUNCHED_VARS = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
 
 
 @dataclass(frozen=True)
@@ -55,66 +51,17 @@ class DistContext:
         return self.backend is not None
 
 
-def under_launcher(env: dict[str, str] | None = None) -> bool:
-    """True under torchrun (or anything that set RANK/WORLD_SIZE), or in a multi-task SLURM step."""
-    env = dict(os.environ if env is None else env)
-    if any(v in env for v in _LAUNCHED_VARS) or "WORLD_SIZE" in env:
-        return True
-    return int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env
-
-
-def adopt_slurm_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Map SLURM's task variables to torch's (RANK, WORLD_SIZE, LOCAL_RANK) when torchrun did not set them.
-
-    MASTER_ADDR/MASTER_PORT must come from the job script (e.g. the first host of the allocation)."""
-    env = os.environ if env is None else env
-    if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
-        return {}
-    mapped = {
-        "RANK": env["SLURM_PROCID"],
-        "WORLD_SIZE": env["SLURM_NTASKS"],
-        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-    }
-    if "MASTER_ADDR" not in env:
-        raise UserError(
-            "This SLURM launch has several tasks but no MASTER_ADDR; export MASTER_ADDR and "
-            "MASTER_PORT in the job script (the first host of the allocation and a free port)."
-        )
-    env.update(mapped)
-    return mapped
-
-
-def relaunch_command(config: DistConfig, argv: list[str], env: dict[str, str] | None = None) -> list[str] | None:
-    """The torchrun command that re-runs `argv` on `gpus × nodes` processes, or None to run here.
-
-    `argv` is this process's `lmfusion` argument list (without the program name)."""
-    if config.gpus * config.nodes == 1 or under_launcher(env):
-        return None
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(config.gpus)]
-    if config.nodes > 1:
-        if not config.rdzv_endpoint:
-            raise UserError(
-                f"--nodes {config.nodes} needs a rendezvous address; pass --set "
-                "dist.rdzv_endpoint=HOST:PORT (the same on every node) or launch with torchrun/SLURM."
-            )
-        cmd += ["--nnodes", str(config.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", config.rdzv_endpoint]
-    else:
-        cmd += ["--standalone"]
-    return cmd + ["-m", "lmfusion_cli"] + list(argv)
-
-
-def format_command(cmd: list[str]) -> str:
-    return " ".join(shlex.quote(c) for c in cmd)
-
-
 def init_distributed(config: DistConfig) -> DistContext:
     """Join the process group if launched with several processes; pick the device."""
-    adopt_slurm_env()
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    place = launched_rank()
+    rank, world_size, local_rank = place.rank, place.world_size, place.local_rank
+    device = rank_device(local_rank)
+    cuda = device.type == "cuda"
+    if torch.cuda.is_available() and not cuda:
+        raise UserError(
+            f"Process {rank} has local rank {local_rank} but this machine has {torch.cuda.device_count()} GPUs; "
+            "pass --gpus at most that many."
+        )
     if cuda:
         torch.cuda.set_device(device)
     if world_size == 1:
@@ -131,13 +78,6 @@ def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def bf16_compute(precision: str, device: torch.device) -> bool:
-    """train.precision → compute in bf16? `auto` = on CUDA devices that support it."""
-    if precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return precision == "bf16"
 
 
 def uses_fsdp(strategy: str, ctx: DistContext) -> bool:

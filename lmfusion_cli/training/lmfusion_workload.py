@@ -17,18 +17,33 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
+from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.config import TrainRunConfig
+from lmfusion_cli.training.config import TrainRunConfig, with_latent_geometry
 from lmfusion_cli.training.distributed import unwrap
 from lmfusion_cli.training.loader import GENERATION, INTERLEAVED, TEXT_ONLY, LatentSource, Sample
-from lmfusion_cli.training.workload import LossSums, MicroBatch
+from lmfusion_cli.training.workload import LossSums, MicroBatch, ValidationSums
+
+if TYPE_CHECKING:
+    from lmfusion_cli.model.sequence import MixedBatch
 
 log = logging.getLogger(__name__)
+
+
+class LMFusionInputs(NamedTuple):
+    """What `LMFusionModel.forward` takes for one micro-batch, on the device."""
+
+    batch: MixedBatch
+    """The packed (or collated) examples."""
+    latents: torch.Tensor
+    """(num_images, C, H, W) clean latents, in batch image order."""
+    image_documents: torch.Tensor
+    """(num_images,) long, on the CPU: the sample (index in the micro-batch) each image belongs to."""
 
 
 def resolve_base_path(path: str) -> str:
@@ -176,7 +191,7 @@ class LMFusionWorkload:
             self._caption_ids(s.caption), bos_id=self.bos_id, eos_id=self.eos_id, latents=s.latent.unsqueeze(0), **kw
         )
 
-    def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch:
+    def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch[LMFusionInputs]:
         from lmfusion_cli.model import sequence
 
         examples = [self._example(s) for s in samples]
@@ -186,7 +201,7 @@ class LMFusionWorkload:
             batch, latents = sequence.collate(examples, pad_id=self.pad_id)
         core = unwrap(self.model)
         return MicroBatch(
-            inputs=(batch.to(device), latents.to(device), _image_documents(batch)),
+            inputs=LMFusionInputs(batch.to(device), latents.to(device), _image_documents(batch)),
             keys=[s.key for s in samples],
             text_targets=int(core.target_masks(batch)[0].sum()),
             generated_images=int(core.image_targets(batch).sum()),
@@ -194,27 +209,19 @@ class LMFusionWorkload:
             images=batch.num_images,
         )
 
-    def _noise(self, micro: MicroBatch, noise_seeds: list[int], fraction: float | None):
-        """Per-image (timesteps, noise), each image's drawn from its sample's seed."""
+    def _noise(
+        self, micro: MicroBatch[LMFusionInputs], noise_seeds: list[int], fraction: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image (timesteps, noise) drawn by the model's noising (`LMFusionModel.noising`), each image's
+        from its sample's seed; at the fixed level `fraction` (validation) if given."""
         batch, latents, image_docs = micro.inputs
-        core = unwrap(self.model)
-        cap = core.config.understanding_max_timestep_fraction
-        timesteps, noise = [], []
-        for image, doc in enumerate(image_docs.tolist()):
-            g = torch.Generator().manual_seed(noise_seeds[doc])
-            if fraction is None:
-                limit = 1.0 if bool(batch.image_generate[image]) else cap
-                t = core.diffusion.sample_timesteps(torch.tensor([limit]), g)
-            else:  # understanding images: the same level, within their cap
-                limit = fraction if bool(batch.image_generate[image]) else min(fraction, cap)
-                t = torch.tensor([limit * core.config.num_train_timesteps]).floor()
-            timesteps.append(t)
-            noise.append(torch.randn(latents.shape[1:], generator=g))
-        if not timesteps:  # text-only micro-batch
-            return torch.zeros(0, device=latents.device), torch.zeros_like(latents)
-        return torch.cat(timesteps).to(latents.device), torch.stack(noise).to(latents.device, latents.dtype)
+        generators = [torch.Generator().manual_seed(noise_seeds[doc]) for doc in image_docs.tolist()]
+        timesteps, noise = unwrap(self.model).noising.draw(
+            batch.image_generate, latents.shape[1:], generators, fraction
+        )
+        return timesteps.to(latents.device), noise.to(latents.device, latents.dtype)
 
-    def loss_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int]) -> LossSums:
+    def loss_sums(self, model: nn.Module, micro: MicroBatch[LMFusionInputs], noise_seeds: list[int]) -> LossSums:
         batch, latents, _ = micro.inputs
         timesteps, noise = self._noise(micro, noise_seeds, None)
         out = model(batch, latents, timesteps=timesteps, noise=noise)
@@ -243,17 +250,17 @@ class LMFusionWorkload:
         return 0.0 * torch.stack(touched).sum().float() if touched else torch.zeros(())
 
     def validation_sums(
-        self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int], fraction: float
-    ) -> dict[str, float]:
+        self, model: nn.Module, micro: MicroBatch[LMFusionInputs], noise_seeds: list[int], fraction: float
+    ) -> ValidationSums:
         batch, latents, _ = micro.inputs
         timesteps, noise = self._noise(micro, noise_seeds, fraction)
         out = model(batch, latents, timesteps=timesteps, noise=noise)
-        return {
-            "text": float(out.text_loss) * int(out.num_text_targets),
-            "text_count": int(out.num_text_targets),
-            "image": float(out.image_loss) * int(out.num_image_targets),
-            "image_count": int(out.num_image_targets),
-        }
+        return ValidationSums(
+            text=float(out.text_loss) * int(out.num_text_targets),
+            text_targets=int(out.num_text_targets),
+            image=float(out.image_loss) * int(out.num_image_targets),
+            images=int(out.num_image_targets),
+        )
 
     # ---- outputs -----------------------------------------------------------------------------------
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
@@ -294,7 +301,6 @@ class LMFusionWorkload:
                 captions,
                 tokenizer=self.tokenizer,
                 vae=self._codec,
-                cfg_scale=3.0,
                 steps=steps,
                 seed=seed,
                 batch_size=len(captions),
@@ -307,7 +313,7 @@ class LMFusionWorkload:
         return {
             "base": self.model.base_id,
             "base_config_sha256": base_config_hash(self.model.base_config),
-            "lmfusion_config": self.model.config.to_dict(),
+            "lmfusion_config": config_to_dict(self.model.config),
             "latent_vae": self.cache_vae,
         }
 
@@ -322,7 +328,7 @@ def vision_unit(vlm: nn.Module) -> list[nn.Module]:
     return [*inner.vision_tower.children(), inner.multi_modal_projector]
 
 
-def _image_documents(batch: Any) -> torch.Tensor:
+def _image_documents(batch: MixedBatch) -> torch.Tensor:
     """(num_images,) the document (sample index in the micro-batch) of each image, in batch image order."""
     where = batch.image_index >= 0
     docs = torch.full((batch.num_images,), -1, dtype=torch.long)
@@ -333,8 +339,8 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     """Load the base and tokenizer, size the model from the cache, move it to `device`."""
     from transformers import AutoTokenizer
 
-    from lmfusion_cli.model import LMFusionConfig, LMFusionModel
-    from lmfusion_cli.model.fusion import base_load_error
+    from lmfusion_cli.model import LMFusionModel
+    from lmfusion_cli.model.base_lm import base_load_error
     from lmfusion_cli.training.sharded_load import build_meta_model, can_load_sharded
 
     base = resolve_base_path(config.base.path)
@@ -344,24 +350,12 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
         tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
     except (OSError, ValueError) as e:
         raise UserError(base_load_error(config.base.tokenizer or base, e)) from e
-    channels, side = latent_geometry(source)
-    options = dict(config.model)
-    for key, value in (("latent_channels", channels), ("latent_size", side)):
-        if key in options and options[key] != value:
-            raise UserError(
-                f"model.{key}={options[key]} does not match the latent cache ({value}); "
-                f"remove model.{key} from the config (it comes from the cache)."
-            )
-        options[key] = value
-    try:
-        model_config = LMFusionConfig.from_dict(options)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"Invalid model section: {e}.") from e
+    model_config = with_latent_geometry(config.model, *latent_geometry(source))
     sharded = (
         config.dist.strategy == "fsdp"
         and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
-        and can_load_sharded(base, options)
+        and can_load_sharded(base, model_config)
     )
     if sharded:  # meta now, each process's shards read after `wrap_model` (issue 22)
         model, kept = build_meta_model(base, model_config)

@@ -60,7 +60,7 @@ def lr_factor(step: int, optim: OptimConfig, schedule: ScheduleConfig) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(
+def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, optim: OptimConfig, schedule: ScheduleConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR whose `state_dict` (last_epoch) is all a resume needs."""

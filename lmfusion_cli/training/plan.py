@@ -18,25 +18,32 @@
   weights, 2·P for frozen text that still needs input gradients, 0 for a detached caption prefix),
   plus attention scores per document, the LM head at its targets and the patcher (FlopCounterMode).
 
-This file reads configs and builds meta/fake modules; it never loads weights or touches a GPU.
+This file turns the counts and measurements of `plan_measure.py` into the plan; neither loads weights or
+touches a GPU.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmfusion_cli.common.devices import bf16_compute
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.training.config import TrainRunConfig
+from lmfusion_cli.training.plan_measure import (
+    base_config,
+    lmfusion_config,
+    measure_layer,
+    measure_patcher,
+    meta_model,
+    parameter_counts,
+)
 
 GiB = 2**30
-SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "base-configs"
 CUDA_CONTEXT_BYTES = 1 * GiB
 """Reserve for the CUDA context and NCCL buffers on a GPU."""
 FRAGMENTATION = 0.05
@@ -65,181 +72,6 @@ class PlanOptions:
         return self.gpus * self.nodes
 
 
-def base_config(path: str):
-    """The base's transformers config: local folder, shipped shapes for a known hub id, or the hub."""
-    from transformers import AutoConfig
-
-    from lmfusion_cli.training.lmfusion_workload import resolve_base_path
-
-    local = Path(resolve_base_path(path))
-    shipped = SHIPPED_CONFIGS / path.replace("/", "--")
-    for folder in (local, shipped):
-        if (folder / "config.json").is_file():
-            return AutoConfig.from_pretrained(str(folder))
-    try:
-        return AutoConfig.from_pretrained(path)  # a hub id: fetches config.json only, when online
-    except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
-        raise UserError(
-            f"Cannot read the config.json of base {path}; pass a local folder with a config.json "
-            f"(--set base.path=DIR) or go online for the hub id."
-        ) from e
-
-
-def lmfusion_config(config: TrainRunConfig):
-    """The model section with latent sizes from the latent manifest if present, else the config or 4×32×32."""
-    from lmfusion_cli.model import LMFusionConfig
-
-    options = dict(config.model)
-    manifest = Path(config.data.latents) / "manifest.json"
-    if manifest.is_file():
-        shape = json.loads(manifest.read_text()).get("latent_shape")
-        if shape:
-            options.setdefault("latent_channels", shape[0])
-            options.setdefault("latent_size", shape[1])
-    options.setdefault("latent_channels", 4)
-    options.setdefault("latent_size", 32)  # 256×256 images through an 8×-down VAE (the paper's)
-    try:
-        return LMFusionConfig.from_dict(options)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"Invalid model section: {e}.") from e
-
-
-def meta_model(base_cfg, lm_cfg):
-    """LMFusionModel with every tensor on the meta device (no memory, no download)."""
-    from transformers import AutoModelForCausalLM
-
-    from lmfusion_cli.model import LMFusionModel
-
-    with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(base_cfg)
-        return LMFusionModel(base, lm_cfg, "plan")
-
-
-def parameter_counts(model) -> dict[str, int]:
-    """Exact counts by role (tied weights once)."""
-    counts = {"text_frozen": 0, "text_trainable": 0, "image_experts": 0, "image_other": 0}
-    for name, p in model.named_parameters():
-        if name.startswith("base."):
-            counts["text_trainable" if p.requires_grad else "text_frozen"] += p.numel()
-        elif name.startswith("image_experts."):
-            counts["image_experts"] += p.numel()
-        else:
-            counts["image_other"] += p.numel()
-    counts["total"] = sum(counts.values())
-    counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    counts["per_layer_group"] = sum(p.numel() for p in model.decoder.layers[0].parameters()) + (
-        sum(p.numel() for p in model.image_experts[0].parameters()) if model.image_experts is not None else 0
-    )
-    counts["text_layer"] = sum(p.numel() for p in model.decoder.layers[0].parameters())
-    return counts
-
-
-def _saved_bytes(fn, params: list[torch.Tensor], square: int | None = None) -> tuple[int, int]:
-    """(bytes autograd saves while `fn()` runs, of which (.., T, T) masks) excluding parameters."""
-    keep = {p.untyped_storage()._cdata for p in params}
-    seen: dict[int, tuple[int, bool]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in keep:
-            is_mask = square is not None and t.dim() == 4 and t.shape[-1] == t.shape[-2] == square
-            seen[storage._cdata] = (storage.nbytes(), is_mask)
-        return t
-
-    with warnings.catch_warnings():  # FakeTensor's storage nbytes goes through a deprecated data_ptr check
-        warnings.simplefilter("ignore", UserWarning)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-    return sum(n for n, _ in seen.values()), sum(n for n, m in seen.values() if m)
-
-
-def measure_layer(
-    base_cfg, lm_cfg, image_fraction: float, dtype: torch.dtype, tokens: int, backend: str, text_trainable: bool
-) -> tuple[float, float]:
-    """(saved bytes per token, dense-mask bytes) of one routed layer at `tokens` positions (one row).
-
-    Runs the real `routed_layer` on fake tensors of the base's width in `dtype`."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from transformers import AutoModelForCausalLM
-
-    from lmfusion_cli.model.attention import Attention, MaskInfo
-    from lmfusion_cli.model.layers import ImageExpert, Routes, routed_layer
-
-    small = base_cfg.__class__.from_dict(
-        {
-            **base_cfg.to_dict(),
-            "num_hidden_layers": 1,
-            "vocab_size": 8,
-            "bos_token_id": None,
-            "eos_token_id": None,
-            "pad_token_id": None,
-        }
-    )
-
-    def one(T: int) -> tuple[int, int]:
-        n_image = int(round(T * image_fraction))
-        modality = torch.zeros(1, T, dtype=torch.long)
-        modality[0, T - n_image :] = 1
-        routes = Routes.from_modality(modality, 0, 1)
-        docs, images = torch.zeros(1, T, dtype=torch.long), torch.full((1, T), -1)
-        images[0, T - n_image :] = 0
-        attention = Attention(
-            MaskInfo(images, images, docs, docs, 0), "sdpa"
-        )  # flex saves the same (q, k, v, out, lse)
-        positions = torch.arange(T)[None]
-        default = torch.get_default_dtype()
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            torch.set_default_dtype(dtype)
-            try:
-                base = AutoModelForCausalLM.from_config(small)
-            finally:
-                torch.set_default_dtype(default)
-            layer = base.model.layers[0].requires_grad_(text_trainable)
-            expert = ImageExpert(layer, lm_cfg.experts).requires_grad_(True) if lm_cfg.experts != "none" else None
-            hidden = torch.randn(T, small.hidden_size, dtype=dtype, requires_grad=True)
-            rope = base.model.rotary_emb(hidden.view(1, T, -1), positions)
-            params = list(base.parameters()) + (list(expert.parameters()) if expert is not None else [])
-            return _saved_bytes(
-                lambda: routed_layer(layer, expert, hidden, routes, (1, T), rope, attention), params, square=T
-            )
-
-    t1, t2 = 256, 512
-    (b1, m1), (b2, m2) = one(t1), one(t2)
-    per_token = ((b2 - m2) - (b1 - m1)) / (t2 - t1)
-    mask_bytes_per_pos2 = m2 / (t2 * t2)
-    return per_token, mask_bytes_per_pos2
-
-
-def measure_patcher(lm_cfg, hidden: int, dtype: torch.dtype) -> tuple[float, float]:
-    """(saved activation bytes, forward FLOPs) of the patcher's encode + decode, per image."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from lmfusion_cli.model.image_io import make_patcher
-
-    results = []
-    for n in (1, 2):
-        default = torch.get_default_dtype()
-        with FakeTensorMode():
-            torch.set_default_dtype(dtype)
-            try:
-                patcher = make_patcher(lm_cfg, hidden)
-            finally:
-                torch.set_default_dtype(default)
-            latents = torch.randn(n, lm_cfg.latent_channels, lm_cfg.latent_size, lm_cfg.latent_size, dtype=dtype)
-            t = torch.full((n,), 500.0)
-            counter = FlopCounterMode(display=False)
-
-            def run(patcher=patcher, latents=latents, t=t):
-                tokens, skips = patcher.encode(latents, t)
-                patcher.decode(tokens, t, skips)
-
-            with counter:
-                saved, _ = _saved_bytes(run, list(patcher.parameters()))
-            results.append((saved, counter.get_total_flops()))
-    return results[1][0] - results[0][0], results[1][1] - results[0][1]
-
-
 def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
     """The plan as a JSON-ready dict (see the module docstring for what each part means)."""
     base_cfg = base_config(config.base.path)
@@ -248,14 +80,15 @@ def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
     counts = parameter_counts(model)
     world = options.world
     gpu = options.device == "cuda"
-    bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and gpu)
+    bf16 = bf16_compute(config.train.precision, options.device, assume_bf16_support=True)
     compute = torch.bfloat16 if bf16 else torch.float32
     compute_bytes = 2 if bf16 else 4
-    frozen_bytes = 2 if (config.train.frozen_bf16 or config.model.get("dtype") == "bfloat16") else 4
+    frozen_bytes = 2 if (config.train.frozen_bf16 or config.model.dtype == "bfloat16") else 4
     sharded = config.dist.strategy == "fsdp" and world > 1
     share = world if sharded else 1
-    backend = config.model.get("attention_backend", "auto")
-    backend = ("flex" if gpu else "sdpa") if backend == "auto" else backend
+    from lmfusion_cli.model.attention import resolve_backend
+
+    backend = resolve_backend(config.model.attention_backend, options.device)
 
     # ---- tokens ---------------------------------------------------------------------------------
     N = model.num_image_tokens

@@ -5,7 +5,7 @@ before anything is written. All get the same three things, on rank 0 only:
 - the hyperparameters (the resolved run config, flattened to dotted keys) once at the start;
 - every JSONL record's numbers as scalars (`train/…`, `val/…`), at its step;
 - images (the validation grid, `val/grid`) at their step.
-`logs/train.jsonl` is always written (`logging.py`); trackers are extra views of the same records.
+`logs/train.jsonl` is always written (`train_log.py`); trackers are extra views of the same records.
 """
 
 from __future__ import annotations

@@ -65,9 +65,7 @@ def validate(
         for group in chunk(mine, micro_batch_size):
             micro = workload.make_micro_batch(group, ctx.device)
             out = workload.validation_sums(model, micro, [s.noise_seed for s in group], fraction)
-            sums += torch.tensor(
-                [out["text"], out["text_count"], out["image"], out["image_count"]], dtype=torch.float64
-            )
+            sums += torch.tensor([out.text, out.text_targets, out.image, out.images], dtype=torch.float64)
         text, text_n, image, image_n = all_reduce(sums, ctx).tolist()
         if task == GENERATION:
             level_losses.append(image / max(image_n, 1.0))

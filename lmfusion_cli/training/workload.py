@@ -14,20 +14,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 
 from lmfusion_cli.training.loader import Sample
 
+Inputs = TypeVar("Inputs")
+"""A workload's own model inputs (a NamedTuple: `LMFusionInputs`, the toy workload's `ToyInputs`)."""
+
 
 @dataclass
-class MicroBatch:
+class MicroBatch(Generic[Inputs]):
     """One process's forward/backward unit, with the counts the loop normalises by."""
 
-    inputs: Any
-    """Whatever `Workload.loss_sums` takes (already on the device)."""
+    inputs: Inputs
+    """The model inputs `Workload.loss_sums` takes (already on the device); the loop never reads them."""
     keys: list[str]
     """Latent-cache keys of the samples, in order (logged when a loss is not finite)."""
     text_targets: int
@@ -52,6 +55,21 @@ class LossSums:
     """(num_samples,) detached per-sample loss (any scale); non-finite entries name the bad samples."""
 
 
+@dataclass
+class ValidationSums:
+    """Summed validation losses of a micro-batch (plain numbers: validation has no graph)."""
+
+    text: float
+    """Σ token cross-entropy over LM targets."""
+    text_targets: int
+    """Positions with an LM target."""
+    image: float
+    """Σ over images with a diffusion loss of the per-image MSE."""
+    images: int
+    """Images with a diffusion loss."""
+
+
+@runtime_checkable
 class Workload(Protocol):
     model: nn.Module
     """The full model (frozen and trainable parameters); wrapped in place by FSDP."""
@@ -72,8 +90,8 @@ class Workload(Protocol):
 
     def validation_sums(
         self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int], fraction: float
-    ) -> tuple[float, int]:
-        """(Σ diffusion loss, number of images) at a fixed noise level `fraction` with seeded noise."""
+    ) -> ValidationSums:
+        """Summed losses with seeded noise at the fixed noise level `fraction` (of the schedule)."""
 
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
         """Write weights the sampler can load standalone (full, unsharded trainable tensors)."""

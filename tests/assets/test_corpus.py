@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from lmfusion_cli.data import corpus, shapes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import lm_corpus  # noqa: E402
 
 
 def test_documents_depend_only_on_seed_split_kind_index():
@@ -21,8 +27,8 @@ def test_documents_depend_only_on_seed_split_kind_index():
 
 
 def test_heldout_shares_no_sentence_with_training_and_counts_what_it_removed():
-    c = corpus.build_corpus(num_captions=400, num_general=800, num_heldout=60, seed=0)
-    seen = corpus.training_sentences(c.train)
+    c = lm_corpus.build_corpus(num_captions=400, num_general=800, num_heldout=60, seed=0)
+    seen = lm_corpus.training_sentences(c.train)
     for kind in corpus.KINDS:
         assert len(c.heldout[kind]) == 60
         assert all(s not in seen for d in c.heldout[kind] for s in d.sentences)
@@ -48,7 +54,7 @@ def test_captions_are_shapes_captions_from_every_template():
 
 
 def test_general_corpus_has_word_variety_and_every_generator():
-    docs = corpus.make_documents("general", "train", 6000)
+    docs = lm_corpus.make_documents("general", "train", 6000)
     words = {w for d in docs for w in re.findall(r"[A-Za-z]+", d.text)}
     assert len(words) > 900, len(words)  # MEASURED-NOTES: ~700 words gave a BPE of only ~715 tokens
     rng = np.random.default_rng(0)

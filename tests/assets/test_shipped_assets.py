@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from lmfusion_cli.assets import ASSETS_DIR, TINY_LM, TINY_VAE, asset_path
-from lmfusion_cli.data import corpus, shapes
+from lmfusion_cli.data import shapes
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
+import lm_corpus  # noqa: E402
 import tiny_lm  # noqa: E402
 import tiny_vae  # noqa: E402
 
@@ -86,8 +87,8 @@ def test_model_is_a_plain_llama_with_gqa(model, tokenizer):
 def test_reported_perplexity_is_real_and_within_the_bound(model, tokenizer):
     lm = REPORT["lm"]
     sizes = REPORT["sizes"]
-    c = corpus.build_corpus(sizes["num_captions"], sizes["num_general"], 100, seed=REPORT["seed"])
-    seen = corpus.training_sentences(c.train)
+    c = lm_corpus.build_corpus(sizes["num_captions"], sizes["num_general"], 100, seed=REPORT["seed"])
+    seen = lm_corpus.training_sentences(c.train)
     for kind, docs in c.heldout.items():
         assert docs and all(s not in seen for d in docs for s in d.sentences)
         measured = tiny_lm.perplexity(model, tokenizer, docs)

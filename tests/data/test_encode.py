@@ -17,13 +17,13 @@ from PIL import Image
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import file_entry
+from lmfusion_cli.common.vae import default_vae_path
 from lmfusion_cli.data.config import EncodeConfig, PrepareConfig
 from lmfusion_cli.data.encode import run_encode
 from lmfusion_cli.data.images import to_unit_tensor_array
 from lmfusion_cli.data.latents import expect_from_vae, open_latent_cache, verify_cache
 from lmfusion_cli.data.prepare import run_prepare
 from lmfusion_cli.data.shards import Sample, iter_samples, write_shard
-from lmfusion_cli.data.vae import default_vae_path
 
 from .latent_helpers import make_vae
 
@@ -162,7 +162,7 @@ def test_options_sample_flip_dtype_resolution(setup):
     cache = open_latent_cache(root / "lat-opts")
     assert m["store"] == "sample" and m["flip"] and m["dtype"] == "bf16"
     ref, ref_flip = direct(vae, root / "data"), direct(vae, root / "data", flip=True)
-    from lmfusion_cli.data.encode import _item_noise
+    from lmfusion_cli.data.encode_jobs import _item_noise
 
     for i in (0, 17):
         item = cache[i]

@@ -110,7 +110,7 @@ def save_step(run: Path, step: int, model: LMFusionModel) -> Path:
 
 def build_fake_run(root: Path) -> Path:
     """`root/run` (one complete checkpoint at step 3) with `root/base` and `root/vae` beside it."""
-    from lmfusion_cli.data.vae import vae_identity
+    from lmfusion_cli.common.vae import vae_identity
 
     tok = make_tokenizer()
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
 from lmfusion_cli.cli import main
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.evaluation.config import DECODINGS, SAMPLERS, EvaluateConfig
+from lmfusion_cli.evaluation.config import EvaluateConfig
 from lmfusion_cli.evaluation.stage import run_evaluate
 
 torch.set_num_threads(1)
@@ -59,11 +59,20 @@ def _small_mc_file(path: Path) -> Path:
     return path
 
 
-def test_config_defaults_and_checks():
-    from lmfusion_cli.sampling.decoding import STRATEGIES
-    from lmfusion_cli.sampling.schedulers import SAMPLERS as SAMPLING_SAMPLERS
+def test_checking_the_config_imports_no_torch():
+    """The sampling settings come from `sampling/config.py`, which imports nothing heavy (issue 21)."""
+    code = (
+        "import sys; from lmfusion_cli.common.configs import build_config; "
+        "from lmfusion_cli.evaluation.config import EvaluateConfig; "
+        "from lmfusion_cli.sampling.config import SampleConfig; "
+        "build_config(EvaluateConfig, {'checkpoint': 'c', 'out': 'o', 'sampling': {'sampler': 'euler'}}); "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
-    assert SAMPLERS == SAMPLING_SAMPLERS and DECODINGS == STRATEGIES
+
+def test_config_defaults_and_checks():
     cfg = build_config(EvaluateConfig, {"checkpoint": "c", "out": "o"})
     assert cfg.suite == "all" and cfg.suites() == ["text", "shapes"]
     with_coco = build_config(EvaluateConfig, {"checkpoint": "c", "out": "o", "coco": {"root": "r"}})
@@ -543,9 +552,9 @@ def test_every_option_reaches_its_config_field_and_yaml_is_overridden(tmp_path, 
 
 
 def test_an_interrupted_run_resumes_keeping_what_it_generated(run_dir, tmp_path, monkeypatch):
-    import lmfusion_cli.evaluation.stage as stage
+    import lmfusion_cli.evaluation.suite_runs as suite_runs
 
-    real = stage._generate_fn
+    real = suite_runs._generate_fn
     calls = []
 
     def crashing(cfg, loaded, cfg_scale):
@@ -561,13 +570,13 @@ def test_an_interrupted_run_resumes_keeping_what_it_generated(run_dir, tmp_path,
 
     out = tmp_path / "eval"
     args = ["--suite", "shapes", "--checkpoint", run_dir, "--out", out, "--num-items", 4, *FAST, "--batch-size", 2]
-    monkeypatch.setattr(stage, "_generate_fn", crashing)
+    monkeypatch.setattr(suite_runs, "_generate_fn", crashing)
     assert _cli(*args) == 130
     gens = out / "shapes" / "generations"
     first = {p.name: p.stat().st_mtime_ns for p in gens.iterdir()}
     assert sorted(first) == ["00000.png", "00001.png"] and not (out / "metrics.json").exists()
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
-    monkeypatch.setattr(stage, "_generate_fn", real)
+    monkeypatch.setattr(suite_runs, "_generate_fn", real)
     assert _cli(*args) == 0
     assert all((gens / name).stat().st_mtime_ns == t for name, t in first.items()) and len(list(gens.iterdir())) == 4
     assert json.loads((out / "manifest.json").read_text())["complete"] is True

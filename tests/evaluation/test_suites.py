@@ -9,10 +9,12 @@ from PIL import Image
 from stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
 
 from lmfusion_cli.data import shapes
+from lmfusion_cli.evaluation import report
 from lmfusion_cli.evaluation.clip_score import load_clip
 from lmfusion_cli.evaluation.coco_suite import run_coco_suite
 from lmfusion_cli.evaluation.fid import load_inception
-from lmfusion_cli.evaluation.suites import generation_path, run_shapes_suite, write_outputs
+from lmfusion_cli.evaluation.generations import generation_path
+from lmfusion_cli.evaluation.shapes_suite import run_shapes_suite
 
 N, SEED, RES = 24, 1000, 32
 
@@ -68,10 +70,9 @@ def test_shapes_suite_scores_resumes_and_reports(tmp_path):
         tmp_path / "again", N, SEED, RES, generations_dir=tmp_path / "shapes" / "generations"
     )
     assert rescored["generation"]["skipped"]["skipped"] == {"not-generated": 1}
-    paths = write_outputs(tmp_path, "shapes evaluation", {"shapes": (metrics, section)}, {"checkpoint": "none"})
-    saved = json.loads(paths["metrics"].read_text())
+    saved = json.loads(report.write_metrics(tmp_path, {"checkpoint": "none", "shapes": metrics}).read_text())
     assert saved["checkpoint"] == "none" and saved["shapes"]["generation"]["accuracy"]["shape"] >= 0.95
-    text = paths["report"].read_text()
+    text = report.write_report(tmp_path, "shapes evaluation", [section]).read_text()
     for rel, _ in section.images:
         assert f"]({rel})" in text and _valid_png(tmp_path / rel)
 
@@ -183,6 +184,6 @@ def test_coco_suite_end_to_end_with_stand_in_weights(tmp_path):
         not other["generation"]["protocol"]["reference_stats_cached"]
         and len(list((tmp_path / "stats").glob("*.npz"))) == 2
     )
-    paths = write_outputs(tmp_path / "out", "coco", {"coco": (metrics, section)})
+    text = report.write_report(tmp_path / "out", "coco", [section]).read_text()
     for rel, _ in section.images:
-        assert _valid_png(tmp_path / "out" / rel) and rel in paths["report"].read_text()
+        assert _valid_png(tmp_path / "out" / rel) and rel in text

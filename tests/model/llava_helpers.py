@@ -142,3 +142,11 @@ def save_tiny_llava_next(folder, seed: int = 0):
     model.save_pretrained(folder)
     vlm_processor("llava_next", tokenizer).save_pretrained(folder)
     return folder
+
+
+def num_vision_tokens(base, pixels: torch.Tensor, size: tuple[int, int]) -> int:
+    """Vision rows one image gives (the placeholder positions it needs in a sequence): runs the VLM's
+    vision tower once (`llava.vision_features`) on its crops `pixels` (P, C, H, W), original size (H, W)."""
+    from lmfusion_cli.model import llava
+
+    return int(llava.vision_features(base, pixels, torch.tensor([size])).shape[0])

@@ -7,7 +7,8 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from lmfusion_cli.model import LMFusionConfig
-from lmfusion_cli.model.diffusion import Diffusion, make_inference_scheduler
+from lmfusion_cli.model.diffusion import Diffusion
+from lmfusion_cli.sampling.schedulers import make_sampler
 
 
 def _cfg(**kw):
@@ -29,7 +30,7 @@ def test_ddpm_scheduler_is_the_paper_one():
     assert scheduler.config.num_train_timesteps == 1000
 
 
-def test_ddpm_noising_target_and_conversions_equal_diffusers(data):
+def test_ddpm_noising_and_target_equal_diffusers(data):
     x0, eps = data
     diffusion = Diffusion(_cfg())
     reference = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False, prediction_type="epsilon")
@@ -37,25 +38,17 @@ def test_ddpm_noising_target_and_conversions_equal_diffusers(data):
     x_t = diffusion.add_noise(x0, eps, t)
     torch.testing.assert_close(x_t, reference.add_noise(x0, eps, t))
     torch.testing.assert_close(diffusion.target(x0, eps), eps)
-    # conversions through x0 divide by √ᾱ_t, ~1e-4 at t=999 of the cosine schedule: fp32 noise there
+    # the trained target read as ε by a diffusers step recovers the clean latent (1/√ᾱ_t amplifies fp32
+    # error near t = T, so up to t = 950)
+    reference.set_timesteps(1000)
     t = torch.tensor([0, 1, 250, 700, 950])
     x_t = diffusion.add_noise(x0, eps, t)
-    torch.testing.assert_close(
-        diffusion.to_velocity(eps, x_t, t), reference.get_velocity(x0, eps, t), atol=1e-5, rtol=1e-5
-    )
-    torch.testing.assert_close(diffusion.to_eps(eps, x_t, t), eps)
-    reference.set_timesteps(1000)
-    for i, step in enumerate(t.tolist()):  # x0 estimate == the scheduler step's pred_original_sample
-        out = reference.step(eps[i : i + 1], step, x_t[i : i + 1])
-        torch.testing.assert_close(
-            diffusion.to_x0(eps[i : i + 1], x_t[i : i + 1], t[i : i + 1]),
-            out.pred_original_sample,
-            atol=1e-4,
-            rtol=1e-4,
-        )
+    for i, step in enumerate(t.tolist()):
+        out = reference.step(diffusion.target(x0, eps)[i : i + 1], step, x_t[i : i + 1])
+        torch.testing.assert_close(out.pred_original_sample, x0[i : i + 1], atol=1e-4, rtol=1e-4)
 
 
-def test_flow_noising_target_and_conversions_equal_diffusers(data):
+def test_flow_noising_and_target_equal_diffusers(data):
     x0, eps = data
     diffusion = Diffusion(_cfg(objective="flow"))
     reference = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
@@ -64,14 +57,11 @@ def test_flow_noising_target_and_conversions_equal_diffusers(data):
     torch.testing.assert_close(x_t, reference.scale_noise(x0, t, eps))
     v = diffusion.target(x0, eps)
     torch.testing.assert_close(v, eps - x0)
-    torch.testing.assert_close(diffusion.to_x0(v, x_t, t), x0, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(diffusion.to_eps(v, x_t, t), eps, atol=1e-5, rtol=1e-5)
-    # one Euler step of the inference scheduler moves x_t along the predicted velocity
-    sampler = make_inference_scheduler(_cfg(objective="flow"))
-    sampler.set_timesteps(10)
+    # one Euler step of the sampler the sampling stage uses moves x_t along the trained velocity
+    sampler = make_sampler(_cfg(objective="flow"), "euler", 10)
     x = x_t[:1]
-    step = sampler.step(v[:1], sampler.timesteps[0], x).prev_sample
-    dt = (sampler.sigmas[1] - sampler.sigmas[0]).item()
+    step = sampler.step(v[:1], 0, x, [torch.Generator().manual_seed(0)])
+    dt = (sampler.scheduler.sigmas[1] - sampler.scheduler.sigmas[0]).item()
     torch.testing.assert_close(step, x + dt * v[:1])
 
 

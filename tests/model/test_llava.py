@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.model import LMFusionModel, TextPart, build_example, collate, llava
+from lmfusion_cli.model import LMFusionModel, TextPart, build_example, collate
 from lmfusion_cli.model.sequence import VISION, VisionPart
 
 from .llava_helpers import (
     IMAGE_TOKEN,
     VOCAB,
     image_processor,
+    num_vision_tokens,
     processed,
     random_image,
     tiny_llava_model,
@@ -30,7 +31,7 @@ def _understanding_batch(model, kind, sizes=((20, 40), (28, 28))):
     examples, ids = [], []
     for i, (h, w) in enumerate(sizes):
         pixels, size = processed(kind, [random_image(h, w, seed=i)])
-        n = llava.num_vision_tokens(model.base, pixels, tuple(size[0].tolist()))
+        n = num_vision_tokens(model.base, pixels, tuple(size[0].tolist()))
         question = [1, 5, *[IMAGE_TOKEN] * n, 7 + i, 8, 9, 10]
         parts = [TextPart([1, 5]), VisionPart(n, IMAGE_TOKEN), TextPart(question[2 + n :])]
         examples.append(
@@ -106,7 +107,7 @@ def _mixed_llava_batch(model, kind="llava_next"):
     from lmfusion_cli.model import ImagePart, caption_to_image, pack
 
     pixels, size = processed(kind, [random_image(20, 40)])
-    n = llava.num_vision_tokens(model.base, pixels, tuple(size[0].tolist()))
+    n = num_vision_tokens(model.base, pixels, tuple(size[0].tolist()))
     kw = dict(num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id)
     g = torch.Generator().manual_seed(0)
     C, S = model.config.latent_channels, model.config.latent_size

@@ -63,7 +63,8 @@ def _brute_force(model, batch, latents):
     g = torch.Generator().manual_seed(0)
     tokens = None
     if batch.num_images:
-        noisy, t, _ = model._noised(latents, batch.image_generate, None, None, g)
+        t, noise = model.noising.draw(batch.image_generate, latents.shape[1:], [g] * batch.num_images)  # as forward
+        noisy = model.noising.apply(latents, noise, t, batch.image_generate)
         tokens, _ = model.patcher.encode(noisy, t)
     hidden, _, _ = model._transformer(batch, tokens, cache=None)
     labels = batch.labels.reshape(-1)

@@ -21,7 +21,8 @@ from reliability_helpers import build_tiny_base, cli, error_line, train_args, wr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "evaluation"))
 
-from lmfusion_cli.training.checkpointing import list_checkpoints, verify_checkpoint  # noqa: E402
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints  # noqa: E402
+from lmfusion_cli.training.checkpointing import verify_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 

@@ -25,10 +25,11 @@ from toy_workload import ToyWorkload, make_config, toy_factories  # noqa: E402
 
 from lmfusion_cli.common.errors import UserError  # noqa: E402
 from lmfusion_cli.common.manifest import MANIFEST_NAME, file_entry  # noqa: E402
-from lmfusion_cli.training.checkpointing import _SHARDED, load_checkpoint  # noqa: E402
+from lmfusion_cli.training.checkpointing import Checkpointer  # noqa: E402
 from lmfusion_cli.training.distributed import DistContext  # noqa: E402
 from lmfusion_cli.training.loop import run_training  # noqa: E402
 from lmfusion_cli.training.optim import build_optimizer  # noqa: E402
+from lmfusion_cli.training.state import SHARDED, ModelState, OptimizerState, RNGState  # noqa: E402
 
 
 class Payload:
@@ -65,7 +66,9 @@ def load_into_fresh(folder: Path, tmp_path: Path) -> dict:
     optimizer = build_optimizer(
         [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
     )
-    return load_checkpoint(folder, workload.model, optimizer, DistContext())
+    model = workload.model
+    states = {"model": ModelState(model), "optim": OptimizerState(model, optimizer), "rng": RNGState()}
+    return Checkpointer(folder.parent, states, DistContext()).load(folder)
 
 
 def copy_of(step: Path, tmp_path: Path) -> Path:
@@ -105,7 +108,7 @@ def test_a_hostile_non_tensor_dcp_entry_is_refused_and_runs_nothing(step, tmp_pa
     optimizer = build_optimizer(
         [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
     )
-    model_sd, optim_sd = get_state_dict(workload.model, optimizer, options=_SHARDED)
+    model_sd, optim_sd = get_state_dict(workload.model, optimizer, options=SHARDED)
     optim_sd["param_groups"][0]["lr"] = Payload(marker)
     shutil.rmtree(folder / "dcp")
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"), no_dist=True)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from reliability_helpers import build_tiny_base, cli, error_line, flip_byte, train_args, write_fake_cache
 
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file
 from lmfusion_cli.data.latents import open_latent_cache
-from lmfusion_cli.training.checkpointing import list_checkpoints
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_a_50kb_caption_makes_a_row_no_longer_than_the_positions(tmp_path):
     latent = torch.zeros(4, 8, 8)
     for task in ("generation", "understanding"):
         micro = workload.make_micro_batch([Sample("k", task, LONG, latent, 0, 0)], torch.device("cpu"))
-        batch = micro.inputs[0]
+        batch = micro.inputs.batch
         assert batch.input_ids.shape[-1] <= 256  # the tiny base's max_position_embeddings (was 12,820)
     assert workload.captions_cut == 2
 
@@ -71,7 +71,7 @@ def test_training_on_a_cache_with_a_50kb_caption_runs(tmp_path):
 
 def test_sample_refuses_a_prompt_longer_than_the_positions_in_one_line(tmp_path, capsys):
     from lmfusion_cli.assets import TINY_VAE
-    from lmfusion_cli.data.vae import load_vae, weights_sha256
+    from lmfusion_cli.common.vae import load_vae, weights_sha256
 
     base, cache = build_tiny_base(tmp_path / "base"), write_fake_cache(tmp_path / "lat")
     set_vae(cache, id=str(TINY_VAE), weights_sha256=weights_sha256(load_vae(str(TINY_VAE))))  # a VAE that loads

@@ -17,8 +17,8 @@ import pytest
 import torch
 from reliability_helpers import build_tiny_base, cli, error_line, set_vae, train_args, write_fake_cache
 
-from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from toy_workload import make_config, toy_factories  # noqa: E402
 
 from lmfusion_cli.common.errors import UserError  # noqa: E402
 from lmfusion_cli.common.output_folder import lock_path, output_lock  # noqa: E402
-from lmfusion_cli.training.logging import read_jsonl  # noqa: E402
 from lmfusion_cli.training.loop import run_training  # noqa: E402
+from lmfusion_cli.training.train_log import read_jsonl  # noqa: E402
 
 RUNNER = Path(__file__).with_name("train_toy_run.py")
 SECTIONS = {"schedule": {"steps": 8, "warmup_steps": 2, "min_lr": 1e-4}, "train": {"save_every": 2, "keep_last": 1}}

@@ -18,8 +18,8 @@ import torch
 from reliability_helpers import build_tiny_base, cli, train_args, write_fake_cache
 from safetensors.torch import load_file
 
-from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
+from lmfusion_cli.training.train_log import read_jsonl
 
 STEPS = 16
 EXTRA = ("--set", "train.deterministic=true")

@@ -15,11 +15,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 from toy_workload import ToyWorkload, make_config, toy_factories  # noqa: E402
 
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints  # noqa: E402
 from lmfusion_cli.common.errors import UserError  # noqa: E402
 from lmfusion_cli.training import checkpointing  # noqa: E402
-from lmfusion_cli.training.checkpointing import list_checkpoints, verify_checkpoint  # noqa: E402
-from lmfusion_cli.training.logging import read_jsonl  # noqa: E402
+from lmfusion_cli.training.checkpointing import verify_checkpoint  # noqa: E402
 from lmfusion_cli.training.loop import run_training  # noqa: E402
+from lmfusion_cli.training.train_log import read_jsonl  # noqa: E402
 
 SECTIONS = {"schedule": {"steps": 6}, "train": {"save_every": 2, "keep_last": 2}}
 

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 from toy_workload import make_config, toy_factories  # noqa: E402
 
-from lmfusion_cli.training.checkpointing import is_complete, list_checkpoints  # noqa: E402
-from lmfusion_cli.training.logging import read_jsonl  # noqa: E402
+from lmfusion_cli.common.checkpoint_layout import is_complete, list_checkpoints  # noqa: E402
 from lmfusion_cli.training.loop import run_training  # noqa: E402
+from lmfusion_cli.training.train_log import read_jsonl  # noqa: E402
 
 RUNNER = Path(__file__).with_name("train_toy_run.py")
 SECTIONS = {

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 from forked import run_forked  # noqa: E402
 from toy_workload import make_config, toy_factories  # noqa: E402
 
-from lmfusion_cli.training.checkpointing import list_checkpoints  # noqa: E402
-from lmfusion_cli.training.logging import read_jsonl  # noqa: E402
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints  # noqa: E402
+from lmfusion_cli.training.train_log import read_jsonl  # noqa: E402
 
 SECTIONS = {
     "schedule": {"steps": 4, "warmup_steps": 1},

@@ -21,8 +21,8 @@ from reliability_helpers import cli  # noqa: E402
 from toy_workload import make_config, toy_factories  # noqa: E402
 
 from lmfusion_cli.common.manifest import verify_files  # noqa: E402
-from lmfusion_cli.training.logging import read_jsonl  # noqa: E402
 from lmfusion_cli.training.loop import run_training  # noqa: E402
+from lmfusion_cli.training.train_log import read_jsonl  # noqa: E402
 
 RUNNER = Path(__file__).with_name("train_toy_run.py")
 

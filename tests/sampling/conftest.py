@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sampling_helpers import make_model, make_tokenizer, make_vae
 
-from lmfusion_cli.sampling.vae import LatentCodec
+from lmfusion_cli.common.vae import LatentCodec
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.model import LMFusionConfig
+from lmfusion_cli.model.diffusion import Diffusion
 from lmfusion_cli.sampling.schedulers import SAMPLERS, make_sampler
 
 
@@ -106,5 +108,18 @@ def test_flow_refuses_ddpm_and_ddim(name):
 def test_unknown_sampler_and_bad_steps_are_user_errors():
     with pytest.raises(UserError, match="Unknown sampler 'heun'"):
         make_sampler(_config("ddpm-eps"), "heun", 10)
-    with pytest.raises(UserError, match="--steps"):
+    with pytest.raises(UserError, match="steps must be >= 1"):
         make_sampler(_config("ddpm-eps"), "ddim", 0)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_samplers_use_the_training_noise_schedule(name, schedule):
+    """Every ddpm-eps sampler's ᾱ_t equals the training schedule's (one owner: `ddpm_schedule`), and both
+    equal diffusers' `DDPMScheduler` for the β schedule named in the config."""
+    config = LMFusionConfig(latent_size=8, noise_schedule=schedule)
+    training = Diffusion(config).alphas_cumprod
+    beta = {"cosine": "squaredcos_cap_v2", "linear": "linear"}[schedule]
+    torch.testing.assert_close(training, DDPMScheduler(beta_schedule=beta).alphas_cumprod.float())
+    sampling = make_sampler(config, name, 4).scheduler.alphas_cumprod.float()
+    torch.testing.assert_close(sampling, training)

@@ -33,7 +33,7 @@ def _save_step(run: Path, step: int, model, complete: bool = True) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from lmfusion_cli.data.vae import vae_identity
+    from lmfusion_cli.common.vae import vae_identity
 
     root = tmp_path_factory.mktemp("fake-run")
     tok = make_tokenizer()

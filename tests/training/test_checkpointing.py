@@ -9,17 +9,19 @@ import pytest
 import torch
 from toy_workload import ToyWorkload, make_config, toy_factories
 
+from lmfusion_cli.common.checkpoint_layout import is_complete, list_checkpoints
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.checkpointing import (
-    find_resume_point,
-    is_complete,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from lmfusion_cli.training.checkpointing import Checkpointer
 from lmfusion_cli.training.distributed import DistContext
 from lmfusion_cli.training.loop import run_training
 from lmfusion_cli.training.optim import build_optimizer
+from lmfusion_cli.training.resume import find_resume_point
+from lmfusion_cli.training.state import ModelState, OptimizerState, RNGState, TrainProgress
+
+
+def checkpointer(root, model, optimizer, workload=None, **more):
+    states = {"model": ModelState(model), "optim": OptimizerState(model, optimizer), "rng": RNGState(), **more}
+    return Checkpointer(root, states, DistContext(), workload)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +68,10 @@ def test_a_flipped_byte_is_caught_on_load_naming_the_file(run, tmp_path):
         [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
     )
     with pytest.raises(UserError, match=r"__0_0\.distcp does not match its SHA-256"):
-        load_checkpoint(folder, workload.model, optimizer, DistContext())
+        checkpointer(tmp_path, workload.model, optimizer).load(folder)
 
 
-def test_save_then_load_restores_weights_optimizer_and_rng(tmp_path):
+def test_save_then_load_restores_weights_optimizer_rng_and_counters(tmp_path):
     workload = ToyWorkload()
     params = [(n, p) for n, p in workload.model.named_parameters() if p.requires_grad]
     optimizer = build_optimizer(params, make_config(tmp_path).optim)
@@ -77,16 +79,18 @@ def test_save_then_load_restores_weights_optimizer_and_rng(tmp_path):
         p.grad = torch.ones_like(p)
     optimizer.step()
     torch.manual_seed(123)
-    folder = save_checkpoint(
-        tmp_path / "checkpoints", 1, workload.model, optimizer, {"data": {}}, workload, DistContext(), keep_last=1
-    )
+    progress = TrainProgress(step=1, bad_in_row=0, skipped_steps=2)
+    saver = checkpointer(tmp_path / "checkpoints", workload.model, optimizer, workload, progress=progress)
+    folder = saver.save(1)
     expected_draw = torch.rand(3)
     other = ToyWorkload()
     other_opt = build_optimizer(
         [(n, p) for n, p in other.model.named_parameters() if p.requires_grad], make_config(tmp_path).optim
     )
-    state = load_checkpoint(folder, other.model, other_opt, DistContext())
+    restored = TrainProgress()
+    state = checkpointer(tmp_path / "checkpoints", other.model, other_opt, other, progress=restored).load(folder)
     assert state["step"] == 1 and state["world_size"] == 1
+    assert restored == progress
     assert torch.equal(torch.rand(3), expected_draw)  # RNG restored to the save point
     for (name, p), q in zip(params, [p for p in other.model.parameters() if p.requires_grad]):
         assert torch.equal(p, q), name
@@ -106,3 +110,44 @@ def test_resuming_an_older_step_with_newer_ones_present_is_refused(run, tmp_path
     shutil.rmtree(copy / "checkpoints" / "step-00000006")
     result = run_training(config, *toy_factories())
     assert result.step == 6 and len(result.losses) == 2
+
+
+def test_the_layout_names_steps_and_finds_the_latest_complete_one(run, tmp_path):
+    from lmfusion_cli.common import checkpoint_layout as layout
+
+    assert layout.step_dir_name(100) == "step-00000100" and layout.step_of(tmp_path / "step-00000100") == 100
+    assert (
+        layout.step_of(tmp_path / "step-100") is None and layout.step_of(tmp_path / "step-00000100.tmp-write") is None
+    )
+    assert layout.is_unfinished(tmp_path / layout.temp_dir_name(7)) and not layout.is_unfinished(run)
+    latest = layout.latest_complete(layout.checkpoints_root(run))
+    assert latest.step == 6 and layout.run_of(latest.path) == run
+    assert (
+        layout.recorded_sha256(layout.model_dir(latest.path), "trainable.safetensors")
+        == (json.loads(layout.manifest_path(latest.path).read_text())["files"]["model/trainable.safetensors"]["sha256"])
+    )
+    assert layout.latest_complete(tmp_path / "nothing") is None
+
+
+def test_one_compatibility_check_compares_fixed_keys_and_inputs(tmp_path):
+    from lmfusion_cli.common.configs import config_to_dict
+    from lmfusion_cli.training.resume import resume_change
+
+    config = config_to_dict(make_config(tmp_path))
+    trains = {"base": "/a", "base_config_sha256": "1", "latent_vae": {"id": "/v", "weights_sha256": "2"}}
+    saved = {"config": config, "trains": trains}
+    moved = {**trains, "base": "/b", "latent_vae": {"id": "/w", "weights_sha256": "2"}}  # same contents elsewhere
+    assert resume_change(saved, {"config": config, "trains": moved}) is None
+    other = {**trains, "base_config_sha256": "3"}
+    assert resume_change(saved, {"config": config, "trains": other}).startswith(
+        "the base model's config hash changed from '1' to '3'"
+    )
+    lr = {**config, "optim": {**config["optim"], "lr": 1.0}}
+    assert "config key 'optim' changed (optim.lr 0.003 → 1.0)" in resume_change(saved, {"config": lr})
+    assert resume_change(saved, {"config": {**config, "log": {}}}) is None  # log.* may change
+    model = {**config, "model": {**config["model"], "lambda_image": 2.0}}  # an override added on resume
+    assert "config key 'model' changed (model.lambda_image 5.0 → 2.0)" in resume_change(saved, {"config": model})
+    older = {"config": {**config, "optim": {k: v for k, v in config["optim"].items() if k != "text_lr"}}}
+    assert resume_change(older, {"config": config}) is None  # an option added since: the default then
+    text_lr = {**config, "optim": {**config["optim"], "text_lr": 1e-5}}
+    assert "optim.text_lr None → 1e-05" in resume_change(older, {"config": text_lr})

@@ -11,8 +11,8 @@ import sys
 import pytest
 from tiny_base import build_tiny_base, write_fake_cache
 
-from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 def lmfusion(*args, timeout=240):

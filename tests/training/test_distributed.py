@@ -14,9 +14,9 @@ from forked import run_forked
 from safetensors.torch import load_file
 from toy_workload import make_config, toy_factories
 
-from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
 from lmfusion_cli.training.loop import run_training
+from lmfusion_cli.training.train_log import read_jsonl
 
 pytestmark = pytest.mark.distributed
 COMMON = {

@@ -75,7 +75,7 @@ def test_layouts_and_a_training_step(workload):
         next(s for s in samples if s.task == task) for task in ("interleaved", "text", "generation", "understanding")
     ]
     micro = workload.make_micro_batch(chosen, torch.device("cpu"))
-    batch, latents, _ = micro.inputs
+    batch, latents = micro.inputs.batch, micro.inputs.latents
     model = workload.model
     assert batch.num_images == 3 and latents.shape[0] == 3
     # interleaved row: BOI follows the before-text and is a target; text after EOI has targets

@@ -10,14 +10,14 @@ import torch
 from forked import run_forked
 from tiny_base import FakeLatentCache, build_tiny_base
 
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.checkpointing import list_checkpoints
 from lmfusion_cli.training.config import TrainRunConfig
 from lmfusion_cli.training.lmfusion_workload import build_lmfusion_workload
 from lmfusion_cli.training.loader import SampleStream
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_layouts_packing_and_per_sample_noise(base, tmp_path):
     samples = stream.next_step(4)
     assert {s.task for s in samples} == {"generation", "understanding"}
     micro = workload.make_micro_batch(samples, torch.device("cpu"))
-    batch, latents, docs = micro.inputs
+    batch, latents, docs = micro.inputs.batch, micro.inputs.latents, micro.inputs.image_documents
     assert batch.input_ids.shape[0] < 4 and batch.input_ids.shape[1] == 80  # packed: fewer rows than samples
     assert micro.generated_images == 4 and micro.images == 4  # understanding images are diffusion targets too
     seeds = [s.noise_seed for s in samples]

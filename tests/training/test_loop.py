@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from toy_workload import ToyModel, ToyWorkload, make_config, toy_factories
 
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import TrainingStopped, run_training
+from lmfusion_cli.training.train_log import read_jsonl
 
 STEPS = dict(steps=9, warmup_steps=2, min_lr=1e-4)
 
@@ -178,3 +180,22 @@ def test_compile_option_compiles_every_unit(tmp_path, monkeypatch):
     )
     assert result.step == 1
     assert len(compiled) == 2 and all(type(m).__name__ == "ToyLayer" for m in compiled)
+
+
+PREVIOUS_LAYOUT = Path(__file__).parent / "data" / "step-00000003-v1"
+"""Step 3 of the `cut` run of `test_resume_equals_uninterrupted` (mid-epoch), written by the loop before
+the Stateful checkpointer (commit 97a5a3c: the counters at the top level of trainer.json)."""
+
+
+def test_a_checkpoint_of_the_previous_layout_resumes_exactly(tmp_path):
+    wf, sf = toy_factories()
+    common = dict(schedule=STEPS, data={"generation_fraction": 0.5}, train={"deterministic": True, "save_every": 0})
+    run_training(make_config(tmp_path / "straight", **common), wf, sf)
+    old = tmp_path / "old" / "checkpoints" / PREVIOUS_LAYOUT.name.removesuffix("-v1")
+    shutil.copytree(PREVIOUS_LAYOUT, old)
+    train = {**common["train"], "resume": str(old)}
+    resumed = run_training(make_config(tmp_path / "resumed", **{**common, "train": train}), wf, sf)
+    straight = step_losses(tmp_path / "straight")
+    assert resumed.step == 9 and resumed.losses == [straight[s] for s in range(4, 10)]
+    (s_step, s_w), (r_step, r_w) = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert s_step == r_step == 9 and all(torch.equal(s_w[k], r_w[k]) for k in s_w)

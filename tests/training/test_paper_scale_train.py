@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from test_cli_train import lmfusion
 from tiny_base import build_tiny_base, write_fake_cache
 
-from lmfusion_cli.training.checkpointing import list_checkpoints
-from lmfusion_cli.training.logging import read_jsonl
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 @pytest.mark.distributed

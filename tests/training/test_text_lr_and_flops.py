@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 from toy_workload import ToyWorkload, make_config, toy_factories
 
+from lmfusion_cli.common.checkpoint_layout import list_checkpoints
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.checkpointing import list_checkpoints
 from lmfusion_cli.training.config import OptimConfig, ScheduleConfig, TrainRunConfig
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
-from lmfusion_cli.training.optim import build_optimizer, build_scheduler
+from lmfusion_cli.training.optim import build_lr_scheduler, build_optimizer
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def test_text_lr_gives_the_text_parameters_their_own_rate_through_the_schedule()
     assert {rate[id(p)] for p in model.expert.parameters()} == {1e-3}
     decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decay[id(model.base.weight)] == 0.1 and decay[id(model.base.bias)] == 0.0
-    scheduler = build_scheduler(opt, optim, ScheduleConfig(steps=10, warmup_steps=2))
+    scheduler = build_lr_scheduler(opt, optim, ScheduleConfig(steps=10, warmup_steps=2))
     text_group = next(g for g in opt.param_groups if any(p is model.base.weight for p in g["params"]))
     assert text_group["lr"] == pytest.approx(0.5e-5)  # the warmup scales both rates
     opt.step()  # no gradients: nothing moves; torch wants it before scheduler.step()

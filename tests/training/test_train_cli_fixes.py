@@ -10,9 +10,9 @@ import torch
 from tiny_base import cli, write_fake_cache
 from toy_workload import make_config, toy_factories
 
-from lmfusion_cli.training.logging import read_jsonl
 from lmfusion_cli.training.loop import run_training
 from lmfusion_cli.training.optim import lr_factor
+from lmfusion_cli.training.train_log import read_jsonl
 
 
 @pytest.mark.parametrize("base", ["someone/no-such-model", "folder-that-is-not-there/x"])
@@ -32,7 +32,7 @@ def test_resume_with_more_steps_keeps_the_saved_schedule(tmp_path, caplog):
     schedule = {"steps": 4, "warmup_steps": 1, "min_lr": 1e-4}
     run_training(make_config(tmp_path / "run", schedule=schedule, train={"save_every": 0}), wf, sf)
     longer = make_config(tmp_path / "run", schedule={**schedule, "steps": 8}, train={"save_every": 0})
-    with caplog.at_level(logging.WARNING, logger="lmfusion_cli.training.loop"):
+    with caplog.at_level(logging.WARNING, logger="lmfusion_cli.training.resume"):
         result = run_training(longer, wf, sf)
     assert result.step == 8  # training goes on to the new end
     assert "schedule.steps changed from 4 to 8 on resume" in caplog.text

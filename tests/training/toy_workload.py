@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -21,7 +21,7 @@ from torch import nn
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.training.config import TrainRunConfig
 from lmfusion_cli.training.loader import GENERATION, Sample
-from lmfusion_cli.training.workload import LossSums, MicroBatch
+from lmfusion_cli.training.workload import LossSums, MicroBatch, ValidationSums
 
 VOCAB, WIDTH, CAPTION_LEN, C, H = 40, 16, 8, 2, 4
 
@@ -104,6 +104,19 @@ def tokenize(caption: str) -> list[int]:
     return ids + [0] * (CAPTION_LEN - len(ids))
 
 
+class ToyInputs(NamedTuple):
+    """What `ToyModel.forward` takes besides noise and timesteps."""
+
+    ids: torch.Tensor
+    """(B, CAPTION_LEN) token ids, 0 = padding."""
+    latents: torch.Tensor
+    """(B, C, H, H) clean latents, one per sample."""
+    text_mask: torch.Tensor
+    """(B, CAPTION_LEN) float: positions with an LM target (understanding samples)."""
+    generate: torch.Tensor
+    """(B,) float: 1 for generation samples (their image has a diffusion loss)."""
+
+
 class ToyWorkload:
     lambda_image = 5.0
 
@@ -114,14 +127,14 @@ class ToyWorkload:
     def shard_units(self) -> list[nn.Module]:
         return list(self.model.layers)
 
-    def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch:
+    def make_micro_batch(self, samples: list[Sample], device: torch.device) -> MicroBatch[ToyInputs]:
         ids = torch.tensor([tokenize(s.caption) for s in samples])
         gen = torch.tensor([s.task == GENERATION for s in samples], dtype=torch.float32)
         text_mask = ((ids > 0) & (gen[:, None] == 0)).float()
         text_mask[:, 0] = 0
         latents = torch.stack([s.latent for s in samples])
         return MicroBatch(
-            inputs=(ids, latents, text_mask, gen),
+            inputs=ToyInputs(ids, latents, text_mask, gen),
             keys=[s.key for s in samples],
             text_targets=int(text_mask.sum()),
             generated_images=int(gen.sum()),
@@ -137,22 +150,24 @@ class ToyWorkload:
             t.append(torch.rand((), generator=g) if fraction is None else torch.tensor(fraction))
         return torch.stack(noise), torch.stack(t)
 
-    def loss_sums(self, model: nn.Module, micro: MicroBatch, noise_seeds: list[int]) -> LossSums:
+    def loss_sums(self, model: nn.Module, micro: MicroBatch[ToyInputs], noise_seeds: list[int]) -> LossSums:
         ids, latents, text_mask, gen = micro.inputs
         noise, t = self._noise(noise_seeds)
         text_per, mse = model(ids, latents, noise, t, text_mask, gen)
         return LossSums(text=text_per.sum(), image=mse.sum(), per_sample=(text_per + mse).detach())
 
-    def validation_sums(self, model, micro, noise_seeds, fraction) -> dict[str, float]:
+    def validation_sums(
+        self, model: nn.Module, micro: MicroBatch[ToyInputs], noise_seeds: list[int], fraction: float
+    ) -> ValidationSums:
         ids, latents, text_mask, gen = micro.inputs
         noise, t = self._noise(noise_seeds, fraction)
         text_per, mse = model(ids, latents, noise, t, text_mask, gen)
-        return {
-            "text": float(text_per.sum()),
-            "text_count": micro.text_targets,
-            "image": float(mse.sum()),
-            "image_count": micro.generated_images,
-        }
+        return ValidationSums(
+            text=float(text_per.sum()),
+            text_targets=micro.text_targets,
+            image=float(mse.sum()),
+            images=micro.generated_images,
+        )
 
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

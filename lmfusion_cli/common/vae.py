@@ -1,13 +1,24 @@
-"""The VAE as the data stages see it: where the shipped one lives, loading, identity, and encoding.
+"""The VAE, for every stage: where the shipped one lives, loading, identity, encoding, and the latent
+scaling between the VAE's space and the model's.
 
 A VAE's *identity* is what a latent cache records and what readers compare: the id/path it was loaded
 from, a hash of its config, a hash of its weights (two random VAEs with one config differ here),
 `scaling_factor`, `shift_factor` (None → 0) and the latent channel count, all read from the VAE, never
-assumed. Encoding returns the *unscaled* posterior mean and std (`latent_dist.mean`, `.std`)."""
+assumed. `encode_posterior` returns the *unscaled* posterior mean and std (`latent_dist.mean`, `.std`),
+which the latent cache stores.
+
+Scaled latents are what the model reads and writes: `scaled = (z - shift_factor) · scaling_factor`
+(diffusers SD3/Flux style; `to_model_space`), so decoding is `vae.decode(scaled / scaling_factor +
+shift_factor)` (`to_vae_space`). The latent cache (`data/latents.py`) and `LatentCodec` (sampling:
+scaled latents ↔ pixels) both scale through these two functions.
+
+Used by the data stages (encode-latents), sampling, training (validation grid) and packaging; the
+model package never loads a VAE (it takes scaled latents)."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +96,56 @@ def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """pixels (B, 3, H, W) in [-1, 1] → unscaled posterior (mean, std), each (B, C, H/f, W/f), fp32."""
     dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
     return dist.mean.float(), dist.std.float()
+
+
+def to_model_space(z: torch.Tensor, scaling_factor: float, shift_factor: float) -> torch.Tensor:
+    """VAE latents z → the model's (diffusion-space) latents: (z - shift) · scale."""
+    return (z - shift_factor) * scaling_factor
+
+
+def to_vae_space(latents: torch.Tensor, scaling_factor: float, shift_factor: float) -> torch.Tensor:
+    """Inverse of `to_model_space`: the model's latents → what `vae.decode` takes."""
+    return latents / scaling_factor + shift_factor
+
+
+@dataclass
+class LatentCodec:
+    """A loaded VAE with its latent scaling: scaled latents ↔ pixels in [-1, 1] (sampling, captioning).
+
+    Encoding uses the posterior *mean*, so a caption depends on the image only. Finding and checking the
+    VAE of a checkpoint is `sampling/loading.py`'s."""
+
+    vae: torch.nn.Module
+    """A diffusers `AutoencoderKL` (eval mode)."""
+    scaling_factor: float
+    """Multiplies (z - shift) to give the model's latents (from the latent cache manifest)."""
+    shift_factor: float
+    """Subtracted from z before scaling (0 when the VAE has none)."""
+    image_size: int | None = None
+    """Image side in pixels the latents stand for (latent side × downsampling); None = `sample_size`."""
+
+    @property
+    def resolution(self) -> int:
+        """Image side in pixels that images are cropped/resized to before encoding."""
+        if self.image_size is not None:
+            return self.image_size
+        size = self.vae.config.sample_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) scaled latents → (B, 3, H, W) float32 images, nominally in [-1, 1]."""
+        dtype = next(self.vae.parameters()).dtype
+        z = to_vae_space(latents.to(self.device, dtype), self.scaling_factor, self.shift_factor)
+        return self.vae.decode(z).sample.float()
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [-1, 1] → (B, C, h, w) scaled posterior-mean latents, float32."""
+        dtype = next(self.vae.parameters()).dtype
+        mean = self.vae.encode(pixels.to(self.device, dtype)).latent_dist.mean
+        return to_model_space(mean.float(), self.scaling_factor, self.shift_factor)
