@@ -18,9 +18,9 @@ import json
 
 import torch
 
+from lmfusion_cli.common.vae import load_vae, resolve_vae
 from lmfusion_cli.data import shapes
 from lmfusion_cli.data.latents import open_latent_cache
-from lmfusion_cli.data.vae import load_vae, resolve_vae
 from lmfusion_cli.evaluation.shapes_checker import analyze_image, score_images
 
 

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_vae  # noqa: E402
 
+from lmfusion_cli.common.vae import load_vae  # noqa: E402
 from lmfusion_cli.data import shapes  # noqa: E402
-from lmfusion_cli.data.vae import load_vae  # noqa: E402
 from lmfusion_cli.evaluation.shapes_checker import score_images  # noqa: E402
 
 
