@@ -23,6 +23,7 @@ import torch
 import transformers
 
 from lmfusion_cli.model import LMFusionModel
+from lmfusion_cli.sampling.config import DecodingOptions
 from lmfusion_cli.sampling.generate import generate_latents
 from lmfusion_cli.sampling.t2i import image_prefix, prompt_denoiser
 
@@ -96,7 +97,7 @@ def main() -> None:
     )
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--cfg-scale", type=float, default=5.0)
+    parser.add_argument("--cfg-scale", type=float, default=DecodingOptions.cfg_scale)
     parser.add_argument("--batch", type=int, default=1, help="images per batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -119,10 +120,7 @@ def main() -> None:
             prompts,
             seeds,
             bos_id=1,
-            cfg_scale=args.cfg_scale,
-            steps=args.steps,
-            sampler="ddim",
-            use_cache=use_cache,
+            options=DecodingOptions(cfg_scale=args.cfg_scale, steps=args.steps, sampler="ddim", cache=use_cache),
             batch_branches=batch_branches,
         )
 

@@ -49,13 +49,16 @@ def _global(
     setup_logging(quiet=quiet, verbose=verbose)
 
 
-app.command("prepare")(prepare.command)
-app.command("encode-latents")(encode_latents.command)
-app.command("train")(train.command)
-app.command("plan")(plan.command)
-app.command("sample")(sample.command)
-app.command("evaluate")(evaluate.command)
-app.command("export")(export.command)
+for _name, _module in (
+    ("prepare", prepare),
+    ("encode-latents", encode_latents),
+    ("train", train),
+    ("plan", plan),
+    ("sample", sample),
+    ("evaluate", evaluate),
+    ("export", export),
+):  # a config command's epilog lists every config key (commands/common.py)
+    app.command(_name, epilog=getattr(_module.command, "epilog", None))(_module.command)
 
 
 def main(argv: list[str] | None = None) -> None:

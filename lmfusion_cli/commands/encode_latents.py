@@ -7,36 +7,31 @@ from typing import Annotated
 
 import typer
 
-from lmfusion_cli.commands.common import ConfigOption, set_option
+from lmfusion_cli.commands.common import ConfigRequest, config_command
+from lmfusion_cli.data.config import EncodeConfig
 
-SetOption = set_option("--set batch_size=16")
+FLAGS = (
+    "data",
+    "out",
+    "vae",
+    "resolution",
+    "batch_size",
+    "workers",
+    "gpus",
+    "dtype",
+    "store",
+    "flip",
+    "seed",
+    "overwrite",
+)
 
 
+@config_command(EncodeConfig, FLAGS, set_example="--set batch_size=16")
 def command(
-    data: Annotated[
-        str | None,
-        typer.Option(
-            help="Folder of shards made by `lmfusion prepare`, or shard URLs streamed with webdataset: pipe:CMD, http(s)://…/train-{00000..00099}.tar (join several with ::; needs --resolution)."
-        ),
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder of the latent cache.")] = None,
-    vae: Annotated[
-        str | None, typer.Option(help="AutoencoderKL folder or hub id (default: the shipped tiny VAE).")
-    ] = None,
-    resolution: Annotated[int | None, typer.Option(help="Image side fed to the VAE (default: the shards').")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per VAE call.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Image-decoding worker processes (0 = none).")] = None,
-    gpus: Annotated[int | None, typer.Option(help="Encoding processes, one device each (CPU without GPU).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="Storage dtype: fp16 | bf16 | fp32.")] = None,
-    store: Annotated[str | None, typer.Option(help="mean-std (posterior, default) | sample (one draw).")] = None,
-    flip: Annotated[bool | None, typer.Option("--flip", help="Also store horizontally flipped latents.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the draws for --store sample.")] = None,
-    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Rebuild a finished cache.")] = None,
+    request: ConfigRequest,
     verify: Annotated[
         Path | None, typer.Option(help="Only re-check this cache (counts, shapes, NaN/inf, hashes).")
     ] = None,
-    config: ConfigOption = None,
-    overrides: SetOption = None,
 ) -> None:
     """Encode prepared images with a VAE into a latent cache that training reads.
 
@@ -64,28 +59,7 @@ def command(
             )
         typer.echo(f"{verify}: ok")
         return
-    from lmfusion_cli.config import resolve_config
-    from lmfusion_cli.data.config import EncodeConfig
-
-    cfg = resolve_config(
-        EncodeConfig,
-        config,
-        overrides,
-        {
-            "data": data,
-            "out": out,
-            "vae": vae,
-            "resolution": resolution,
-            "batch_size": batch_size,
-            "workers": workers,
-            "gpus": gpus,
-            "dtype": dtype,
-            "store": store,
-            "flip": flip,
-            "seed": seed,
-            "overwrite": overwrite,
-        },
-    )
+    cfg = request.resolve()
     from lmfusion_cli.data.encode import run_encode
 
     run_encode(cfg)

@@ -8,16 +8,17 @@ from typing import Annotated
 
 import typer
 
-from lmfusion_cli.commands.common import ConfigOption, set_option
+from lmfusion_cli.commands.common import ConfigRequest, config_command
+from lmfusion_cli.training.config import TrainRunConfig
 
-SetOption = set_option("--set train.activation_checkpointing=none --set train.micro_batch_size=13")
 
-
+@config_command(
+    TrainRunConfig,
+    ("dist.gpus", "dist.nodes"),
+    set_example="--set train.activation_checkpointing=none --set train.micro_batch_size=13",
+)
 def command(
-    config: ConfigOption = None,
-    overrides: SetOption = None,
-    gpus: Annotated[int | None, typer.Option(help="GPUs per node (default: the config's dist.gpus).")] = None,
-    nodes: Annotated[int | None, typer.Option(help="Nodes (default: the config's dist.nodes).")] = None,
+    request: ConfigRequest,
     gpu_memory: Annotated[str, typer.Option(help="Memory of one GPU, e.g. 80GiB.")] = "80GiB",
     mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation assumed for the step time.")] = 0.40,
     peak_tflops: Annotated[float, typer.Option(help="Peak dense bf16 TFLOP/s of one GPU (H100 SXM: 989).")] = 989.0,
@@ -33,10 +34,9 @@ def command(
       lmfusion plan -c pipelines/configs/coco-llama3-1b.yaml --set train.activation_checkpointing=none --json
     """
     from lmfusion_cli.common.errors import UserError
-    from lmfusion_cli.config import resolve_config
-    from lmfusion_cli.training.config import TrainRunConfig
     from lmfusion_cli.training.plan import PlanOptions, format_plan, make_plan, parse_bytes
 
+    config, overrides = request.config_file, request.overrides
     if config is not None and not Path(config).is_file():
         raise UserError(f"--config {config} does not exist; pass a YAML file such as pipelines/configs/tiny.yaml.")
     from lmfusion_cli.common.configs import read_yaml
@@ -45,17 +45,8 @@ def command(
     needs_latents = not (given.get("data") or {}).get("latents") and not any(
         o.startswith("data.latents=") for o in overrides or []
     )
-    cfg = resolve_config(
-        TrainRunConfig,
-        config,
-        overrides,
-        {  # plan reads no data: a latent cache is optional
-            "dist.gpus": gpus,
-            "dist.nodes": nodes,
-            "train.out": "plan",
-            "data.latents": "none" if needs_latents else None,
-        },
-    )
+    # plan reads no data: a latent cache is optional
+    cfg = request.resolve(train__out="plan", data__latents="none" if needs_latents else None)
     if mfu <= 0 or mfu > 1 or peak_tflops <= 0 or caption_tokens < 0:
         raise UserError("--mfu must be in (0, 1], --peak-tflops > 0 and --caption-tokens >= 0.")
     options = PlanOptions(

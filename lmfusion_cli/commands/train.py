@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from lmfusion_cli.commands.common import ConfigRequest, Flag, config_command
+from lmfusion_cli.training.config import TrainRunConfig
 
-import typer
+FLAGS = (
+    "data.latents",
+    Flag("train.out"),
+    Flag("base.path", "--base"),
+    "schedule.steps",
+    "train.batch_size",
+    "train.micro_batch_size",
+    "optim.lr",
+    "train.seed",
+    "train.resume",
+    "dist.gpus",
+    "dist.nodes",
+    "dist.strategy",
+    "train.save_every",
+)
 
-from lmfusion_cli.commands.common import ConfigOption, set_option
 
-SetOption = set_option("--set schedule.steps=100 --set optim.lr=3e-4")
-
-
-def command(
-    latents: Annotated[Path | None, typer.Option(help="Latent cache folder from encode-latents.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (config, checkpoints, logs).")] = None,
-    base: Annotated[str | None, typer.Option(help="Base LM folder, or `tiny` for the embedded one.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps in total.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch in examples per step.")] = None,
-    micro_batch_size: Annotated[int | None, typer.Option(help="Examples per process per forward.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of init, data order and noise.")] = None,
-    resume: Annotated[str | None, typer.Option(help="auto | never | a checkpoint folder.")] = None,
-    gpus: Annotated[int | None, typer.Option(help="Processes per node (re-launches under torchrun).")] = None,
-    nodes: Annotated[int | None, typer.Option(help="Nodes (needs --set dist.rdzv_endpoint=HOST:PORT).")] = None,
-    strategy: Annotated[str | None, typer.Option(help="fsdp | ddp | none.")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps (0 = at the end).")] = None,
-    config: ConfigOption = None,
-    overrides: SetOption = None,
-) -> None:
+@config_command(TrainRunConfig, FLAGS, set_example="--set schedule.steps=100 --set optim.lr=3e-4")
+def command(request: ConfigRequest) -> None:
     """Train image experts on a frozen text LM (LMFusion).
 
     Examples:
@@ -42,29 +37,9 @@ def command(
     import os
     import sys
 
-    from lmfusion_cli.config import resolve_config
-    from lmfusion_cli.training.config import TrainRunConfig
+    import typer
 
-    cfg = resolve_config(
-        TrainRunConfig,
-        config,
-        overrides,
-        {
-            "data.latents": latents,
-            "train.out": out,
-            "base.path": base,
-            "schedule.steps": steps,
-            "train.batch_size": batch_size,
-            "train.micro_batch_size": micro_batch_size,
-            "optim.lr": lr,
-            "train.seed": seed,
-            "train.resume": resume,
-            "dist.gpus": gpus,
-            "dist.nodes": nodes,
-            "dist.strategy": strategy,
-            "train.save_every": save_every,
-        },
-    )
+    cfg = request.resolve()
     from lmfusion_cli.common.launch import format_command, relaunch_command
 
     relaunch = relaunch_command(cfg.dist, sys.argv[1:])

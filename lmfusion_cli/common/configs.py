@@ -2,13 +2,21 @@
 
 Configs are (frozen) dataclasses, nested. `build_config(cls, data)` turns a plain dict into one,
 checking every key and type: an unknown key or a wrong type is a `UserError` naming the dotted key
-and the fix. A dataclass's own `__post_init__` checks values; its `ValueError` becomes a `UserError`."""
+(and the nearest valid one). A dataclass's own `__post_init__` checks values (`check_choices` for its
+`Literal` fields); its `ValueError` becomes a `UserError`. `config_to_dict` is the inverse of
+`build_config`, for every config class (no per-class `to_dict`/`from_dict`). `config_fields(cls)` lists
+every dotted key with its type, default and field docstring: the one source of the CLI's flags and help
+(`commands/common.py`)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import functools
+import inspect
+import textwrap
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -27,6 +35,9 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in get_args(tp))
     if tp is type(None):
         return "null"
+    if get_origin(tp) in (tuple, list):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -102,21 +113,48 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 def build_config(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     """Build dataclass `cls` from `data`, validating keys and types recursively."""
     data = dict(data or {})
-    hints = get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    if unknown and prefix:
+        raise UnknownKeyError(f"{prefix}.{unknown[0]}")
     if unknown:
-        where = f" under '{prefix}'" if prefix else ""
-        bad = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise UserError(f"Unknown config key '{bad}'; valid keys{where} are: {', '.join(sorted(fields))}.")
+        raise UserError(f"Unknown config key '{unknown[0]}'; {_nearest_key(cls, unknown[0])}")
     kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _convert(value, hints[name], key)
+    try:
+        for name, value in data.items():
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _convert(value, hints[name], key)
+    except UnknownKeyError as e:
+        if prefix:
+            raise
+        raise UserError(f"Unknown config key '{e.key}'; {_nearest_key(cls, e.key)}") from None
     try:
         return cls(**kwargs)
     except ValueError as e:
         raise UserError(f"Invalid config{' ' + repr(prefix) if prefix else ''}: {e}") from e
+
+
+class UnknownKeyError(UserError):
+    """A key no field of the config has (re-raised by the outermost `build_config` with the nearest key)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"Unknown config key '{key}'")
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"Unknown config key '{self.key}'; check its spelling (`--help` lists every key)."
+
+
+def _nearest_key(cls: type, key: str) -> str:
+    """'did you mean ...?' for an unknown dotted key: a key with the same last part, else the closest spelling."""
+    keys = [f.key for f in config_fields(cls)] + [
+        f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(_hints(cls)[f.name])
+    ]
+    leaf = key.rsplit(".", 1)[-1]
+    near = [k for k in keys if k.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f"did you mean '{near[0]}'? " if near else "check its spelling; "
+    return f"{hint}`--help` lists every key."
 
 
 def config_to_dict(cfg: Any) -> Any:
@@ -144,6 +182,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"Override '{text}' has an empty key; write it as section.key=value.")
+    return key.split("."), parse_value(raw)
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value as a YAML scalar or list (`3e-4` → 0.0003, `[a, b]` → ['a', 'b'], `x` → 'x')."""
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -154,7 +197,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             value = float(value) if any(c in value for c in ".eE") else int(value)
         except ValueError:
             pass
-    return key.split("."), value
+    return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -215,5 +258,71 @@ def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-# Silence "imported but unused" for typing in some linters.
-_ = typing
+def check_choices(cfg: Any) -> None:
+    """Raise `ValueError` naming the first `Literal` field of dataclass `cfg` whose value is not a choice
+    (for configs built directly in Python; `build_config` checks them while parsing)."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        tp = hints[f.name]
+        if get_origin(tp) is Literal and getattr(cfg, f.name) not in get_args(tp):
+            raise ValueError(f"{f.name} must be one of {', '.join(get_args(tp))}; got {getattr(cfg, f.name)!r}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it in the class body), whitespace collapsed;
+    inherited fields keep their base class's docstring unless redeclared."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # defined where no source is kept (an interactive session)
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigField:
+    """One leaf of a (nested) config: its dotted key, type, default and docstring."""
+
+    key: str
+    type: Any
+    default: Any
+    doc: str
+
+    @property
+    def type_name(self) -> str:
+        return _type_name(self.type)
+
+
+def config_fields(cls: type, prefix: str = "") -> list[ConfigField]:
+    """Every leaf field of dataclass `cls` (nested sections flattened to dotted keys), in declaration order."""
+    out: list[ConfigField] = []
+    docs, hints = field_docs(cls), _hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(config_fields(tp, key + "."))
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append(ConfigField(key, tp, None if default is dataclasses.MISSING else default, docs.get(f.name, "")))
+    return out

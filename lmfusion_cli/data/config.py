@@ -76,7 +76,8 @@ class PrepareConfig:
 @dataclass(frozen=True)
 class EncodeConfig:
     data: str = ""
-    """Folder of prepared shards (made by `lmfusion prepare`)."""
+    """Folder of shards made by `lmfusion prepare`, or shard URLs streamed with webdataset: pipe:CMD,
+    http(s)://…/train-{00000..00099}.tar (join several with ::; needs resolution)."""
     out: str = ""
     """Output folder of the latent cache."""
     vae: str = ""

@@ -56,8 +56,13 @@ def split_of(url: str, scan: ShardScan) -> str:
 
 
 def stream_shard(url: str) -> ShardScan:
-    """Read one shard URL with `webdataset.WebDataset`; samples carry their image bytes."""
+    """Read one shard URL with webdataset's tar reader; samples carry their image bytes.
+
+    The stream is opened and closed here, not left to garbage collection: closing a `pipe:` stream
+    waits for its command, so a command that fails after writing part of a shard (curl losing the
+    connection) is always counted as `truncated-shard`, however fast the command exits."""
     import webdataset
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
     label = shard_label(url)
     scan = ShardScan(Path(label))
@@ -67,15 +72,23 @@ def stream_shard(url: str) -> ShardScan:
         errors.append(exn)
         return True
 
-    dataset = webdataset.WebDataset(url, shardshuffle=False, handler=keep_going, empty_check=False)
     members = 0
+    stream = None
     try:
-        for sample in dataset:
+        stream = webdataset.gopen(url)
+        source = [{"url": url, "stream": stream}]
+        for sample in group_by_keys(tar_file_expander(source, handler=keep_going), handler=keep_going):
             parts: dict[str, Any] = {k: v for k, v in sample.items() if not k.startswith("__")}
             members += len(parts)
             finish_sample(sample["__key__"], parts, scan)
-    except Exception as e:  # a break outside webdataset's handler
+    except Exception as e:  # a break outside webdataset's handler, or the stream would not open
         errors.append(e)
+    finally:
+        if stream is not None:
+            try:
+                stream.close()  # a pipe: waits for its command and raises on a failing exit status
+            except Exception as e:
+                errors.append(e)
     if errors:
         scan.truncated = True
         first = errors[0]

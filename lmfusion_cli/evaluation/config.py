@@ -1,8 +1,9 @@
 """`EvaluateConfig`: every option of `lmfusion evaluate`, as frozen dataclasses checked in `__post_init__`.
 
-One nested config per concern: `sampling` (how images and captions are made), `shapes`, `text` and
-`coco` (what each suite reads). Command-line options set the common fields; any field can be set
-with `--set section.field=value` or a YAML file. This file validates; it runs nothing."""
+One nested config per concern: `sampling` (how images and captions are made: the sampling package's
+settings, imported from its light `sampling/config.py`), `shapes`, `text` and `coco` (what each suite
+reads). Command-line options set the common fields; any field can be set with `--set
+section.field=value` or a YAML file. This file validates; it runs nothing."""
 
 from __future__ import annotations
 
@@ -10,51 +11,36 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lmfusion_cli.evaluation.text_suite import FieldMap
+from lmfusion_cli.sampling.config import DecodingOptions, SamplingSettings, options_of
 
 SUITES = ("shapes", "text", "coco", "all")
-# Repeated from `sampling.schedulers.SAMPLERS` / `sampling.decoding.STRATEGIES` so that checking a config
-# does not import the sampling package (transformers, diffusers: seconds); a test holds them equal.
-SAMPLERS = ("ddpm", "ddim", "dpm-solver", "euler")
-DECODINGS = ("greedy", "beam", "top-p")
 CAPTION_METRICS = ("bleu", "meteor", "rouge", "cider")
 DEFAULT_CFG_SCALES = {"coco": (1.0, 1.55), "shapes": (1.55,)}
 """LMFusion (arXiv 2412.15188) Table 1 reports COCO FID / CLIP without CFG (1.0) and with CFG 1.55."""
 
 
 @dataclass(frozen=True)
-class EvalSamplingConfig:
+class EvalSamplingConfig(SamplingSettings):
+    """The sampling settings (`sampling.config.SamplingSettings`) plus the guidance scales to evaluate."""
+
     cfg_scale: tuple[float, ...] = ()
     """Classifier-free guidance scales (1 = conditional only); one generation pass per scale over the same
     prompts and seeds. Empty = each suite's default: coco (1.0, 1.55), the two LMFusion Table 1 reports
     (FID 14.0 | 8.61); shapes 1.55 (one scale only: the shapes suite takes one)."""
-    steps: int = 50
-    """Denoising steps per generated image."""
-    sampler: str = "dpm-solver"
-    """Diffusers sampler: ddpm | ddim | dpm-solver | euler."""
-    cache: bool = True
-    """Use the prefix KV cache (False: the slow uncached reference; same results)."""
-    decoding: str = "greedy"
-    """Caption decoding: greedy | beam | top-p."""
-    max_new_tokens: int = 32
-    """Most tokens per generated caption."""
-    num_beams: int = 4
-    """Beam width (decoding beam)."""
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampling.sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
-        if self.decoding not in DECODINGS:
-            raise ValueError(f"sampling.decoding must be one of {', '.join(DECODINGS)}; got {self.decoding!r}")
+        super().__post_init__()
         if any(s < 0 for s in self.cfg_scale) or len(set(self.cfg_scale)) != len(self.cfg_scale):
-            raise ValueError(
-                f"sampling.cfg_scale must be distinct scales >= 0, e.g. 1.0,1.55; got {list(self.cfg_scale)}"
-            )
+            raise ValueError(f"cfg_scale must be distinct scales >= 0, e.g. 1.0,1.55; got {list(self.cfg_scale)}")
 
     def scales_for(self, suite: str) -> tuple[float, ...]:
         """The guidance scales a suite generates with (its paper default when none are given)."""
         return self.cfg_scale or DEFAULT_CFG_SCALES[suite]
-        if self.steps < 1 or self.max_new_tokens < 1 or self.num_beams < 1:
-            raise ValueError("sampling.steps, sampling.max_new_tokens and sampling.num_beams must be >= 1")
+
+    def options(self, cfg_scale: float | None = None) -> DecodingOptions:
+        """The `DecodingOptions` the sampling functions take, at guidance `cfg_scale` (None: captions only,
+        the default guidance)."""
+        return options_of(self, **({} if cfg_scale is None else {"cfg_scale": cfg_scale}))
 
 
 @dataclass(frozen=True)

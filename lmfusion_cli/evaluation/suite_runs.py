@@ -17,32 +17,18 @@ from lmfusion_cli.evaluation.suite_inputs import TextInputs
 def _generate_fn(cfg: EvaluateConfig, loaded, cfg_scale: float):
     from lmfusion_cli.sampling import as_generate_fn
 
-    s = cfg.sampling
+    options = cfg.sampling.options(cfg_scale)
     return as_generate_fn(
-        loaded.model,
-        tokenizer=loaded.tokenizer,
-        vae=loaded.codec,
-        cfg_scale=cfg_scale,
-        steps=s.steps,
-        sampler=s.sampler,
-        batch_size=cfg.batch_size,
-        use_cache=s.cache,
+        loaded.model, tokenizer=loaded.tokenizer, vae=loaded.codec, options=options, batch_size=cfg.batch_size
     )
 
 
 def _caption_fn(cfg: EvaluateConfig, loaded):
     from lmfusion_cli.sampling import as_caption_fn
 
-    s = cfg.sampling
+    options = cfg.sampling.options()
     return as_caption_fn(
-        loaded.model,
-        tokenizer=loaded.tokenizer,
-        vae=loaded.codec,
-        decoding=s.decoding,
-        max_new_tokens=s.max_new_tokens,
-        num_beams=s.num_beams,
-        batch_size=cfg.batch_size,
-        use_cache=s.cache,
+        loaded.model, tokenizer=loaded.tokenizer, vae=loaded.codec, options=options, batch_size=cfg.batch_size
     )
 
 

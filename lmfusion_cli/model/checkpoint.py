@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lmfusion_cli.common.atomic import atomic_dir
 from lmfusion_cli.common.checkpoint_layout import MODEL_META as META
+from lmfusion_cli.common.configs import build_config, config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
 from lmfusion_cli.model.config import LMFusionConfig
@@ -59,7 +60,7 @@ def _write(folder: Path, model: LMFusionModel, tensors: dict[str, torch.Tensor],
         "format_version": FORMAT_VERSION,
         "base": base,
         "base_config_sha256": base_config_hash(model.base_config),
-        "lmfusion_config": model.config.to_dict(),
+        "lmfusion_config": config_to_dict(model.config),
     }
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -87,7 +88,10 @@ def load(path: str | os.PathLike, base=None) -> LMFusionModel:
         base = meta["base"]
         if not os.path.isabs(base) and (path / base).is_dir():  # merged: base stored inside
             base = str(path / base)
-    config = LMFusionConfig.from_dict(meta["lmfusion_config"])
+    try:
+        config = build_config(LMFusionConfig, meta["lmfusion_config"])
+    except UserError as e:
+        raise UserError(f"{path / META} holds an LMFusion config this version cannot read: {e}") from None
     model = LMFusionModel.from_base(base, config)
     if base_config_hash(model.base_config) != meta["base_config_sha256"]:
         raise UserError(

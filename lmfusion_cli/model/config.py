@@ -1,47 +1,42 @@
 """`LMFusionConfig`: every option of the LMFusion model, as one frozen dataclass.
 
 Sizes of the text model (hidden, heads, layers, vocabulary) are never here: they come from the loaded
-base checkpoint. Latent sizes come from the VAE / latent manifest and are passed in by the stage.
+base checkpoint. Latent sizes come from the VAE / latent manifest and are filled in by the stage
+(`dataclasses.replace`); the training config's `model` section is this class with `latent_size` unset.
+Choices are `Literal` types, checked by `common.configs.check_choices`; to and from plain data with
+`common.configs.config_to_dict` / `build_config` (checkpoints store it that way).
 This file owns validation of the options; it does not build anything.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
-_CHOICES = {
-    "image_init": ("copy", "random"),
-    "patcher": ("unet", "linear"),
-    "objective": ("ddpm-eps", "flow"),
-    "noise_schedule": ("cosine", "linear"),
-    "attention_backend": ("auto", "sdpa", "flex"),
-    "experts": ("deep", "ffn-only", "none"),
-    "dtype": ("float32", "bfloat16", "float16"),
-    "understanding_image_loss": ("diffusion", "none"),
-}
+from lmfusion_cli.common.configs import check_choices
 
 
 @dataclass(frozen=True)
 class LMFusionConfig:
-    image_init: str = "copy"
+    image_init: Literal["copy", "random"] = "copy"
     """How image experts start: `copy` of the text modules (paper) or `random` (ablation)."""
-    patcher: str = "unet"
+    patcher: Literal["unet", "linear"] = "unet"
     """Latents ↔ tokens: `unet` (U-Net down/up path with skips, paper) or `linear` patches."""
     patch_size: int = 2
     """Side of one image token in latent pixels (latent cells per token edge)."""
     latent_channels: int = 4
     """Channels of the VAE latent (from the VAE config / latent manifest)."""
     latent_size: int | None = None
-    """Latent height = width in latent pixels (from the latent manifest); required."""
+    """Latent height = width in latent pixels (from the latent manifest); None until the stage fills it in
+    (a model needs it)."""
     unet_channels: tuple[int, ...] = (64, 128)
     """Channels per U-Net level (count); 2**(levels-1) must equal `patch_size`."""
     unet_layers_per_block: int = 1
     """ResNet blocks per U-Net level (count)."""
-    objective: str = "ddpm-eps"
+    objective: Literal["ddpm-eps", "flow"] = "ddpm-eps"
     """Diffusion objective: `ddpm-eps` (ε-prediction, paper) or `flow` (rectified flow, velocity)."""
-    noise_schedule: str = "cosine"
+    noise_schedule: Literal["cosine", "linear"] = "cosine"
     """DDPM β schedule: `cosine` (diffusers `squaredcos_cap_v2`, paper) or `linear`; unused by flow."""
     num_train_timesteps: int = 1000
     """Length of the training noise schedule (timesteps)."""
@@ -55,15 +50,15 @@ class LMFusionConfig:
     """λ weighting the latent loss against the LM loss (dimensionless; 5 in Transfusion/LMFusion)."""
     understanding_max_timestep_fraction: float = 0.5
     """Cap on the noise of images that condition a caption, as a fraction of the schedule (0 = clean)."""
-    understanding_image_loss: str = "diffusion"
+    understanding_image_loss: Literal["diffusion", "none"] = "diffusion"
     """Loss on the image of an image→caption example: `diffusion` (Transfusion §4.3: an unconditional
     diffusion target, t drawn up to `understanding_max_timestep_fraction`; none when that is 0) or `none`
     (the image only conditions the caption)."""
-    attention_backend: str = "auto"
+    attention_backend: Literal["auto", "sdpa", "flex"] = "auto"
     """Attention kernel: `auto` (flex on CUDA, sdpa elsewhere), `sdpa` with a dense bool mask (reference,
     trains on CPU; on CUDA masked GQA expands K/V instead of reaching the math kernel) or `flex`
     (compiled FlexAttention; no backward on CPU)."""
-    experts: str = "deep"
+    experts: Literal["deep", "ffn-only", "none"] = "deep"
     """Image experts: `deep` (own attention, norms, FFN), `ffn-only` (shared attention), `none` (dense)."""
     freeze_text: bool = True
     """Freeze all text modules (paper); False makes them trainable (ablation)."""
@@ -75,23 +70,18 @@ class LMFusionConfig:
     whose logit row is the frozen base row: such a model cannot learn to open an image)."""
     eoi_id: int | None = None
     """Token id of end-of-image: None (default) = a new row after the vocabulary (id V+1); see boi_id."""
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype used when the base is loaded from a path or hub id."""
 
     def __post_init__(self) -> None:
-        for name, choices in _CHOICES.items():
-            value = getattr(self, name)
-            if value not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        check_choices(self)
         if not isinstance(self.unet_channels, tuple):
             object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
             raise ValueError(f"patch_size must be a power of two >= 1; got {self.patch_size}")
         if self.latent_channels < 1:
             raise ValueError(f"latent_channels must be >= 1; got {self.latent_channels}")
-        if self.latent_size is None:
-            raise ValueError("latent_size must be given (latent height = width, from the latent manifest)")
-        if self.latent_size < 1 or self.latent_size % self.patch_size:
+        if self.latent_size is not None and (self.latent_size < 1 or self.latent_size % self.patch_size):
             raise ValueError(
                 f"latent_size must be a positive multiple of patch_size={self.patch_size}; got {self.latent_size}"
             )
@@ -122,20 +112,6 @@ class LMFusionConfig:
     @property
     def num_image_tokens(self) -> int:
         """Tokens per image: (latent_size / patch_size)²."""
+        if self.latent_size is None:
+            raise ValueError("latent_size must be given (latent height = width, from the latent manifest)")
         return (self.latent_size // self.patch_size) ** 2
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["unet_channels"] = list(self.unet_channels)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LMFusionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown LMFusionConfig fields {unknown}; remove them or update lmfusion")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> LMFusionConfig:
-        return LMFusionConfig.from_dict({**self.to_dict(), **changes})

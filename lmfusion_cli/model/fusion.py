@@ -13,6 +13,7 @@ This file does no I/O; loading the base is `base_lm.py`'s, the Hub mixin `hub.py
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -133,7 +134,8 @@ class LMFusionModel(
         if config is None:
             config = LMFusionConfig(**options)
         elif options:
-            config = config.replace(**options)
+            config = dataclasses.replace(config, **options)
+        config.num_image_tokens  # noqa: B018 - a ValueError now if latent_size is unset, before the base loads
         if isinstance(base, (str, os.PathLike)):
             base_id = str(base)
             base = load_base(base_id, getattr(torch, config.dtype))  # a causal LM or a LLaVA VLM

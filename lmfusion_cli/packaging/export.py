@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfusion_cli.common.atomic import atomic_dir
+from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def run_export(
                 model.save_pretrained(tmp)  # the Hub mixin: our weights + config.json (+ a default card, replaced)
             finally:
                 del model.base_ref
-        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config_to_dict(model.config), indent=2, sort_keys=True) + "\n")
         loaded.tokenizer.save_pretrained(str(tmp))
         if vae_id:
             vae_record["id"] = vae_id

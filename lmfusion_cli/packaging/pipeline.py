@@ -26,6 +26,8 @@ from pathlib import Path
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
+from lmfusion_cli.sampling.config import DecodingOptions
+
 
 class LMFusionPipeline:
     def __init__(self, model, tokenizer, codec):
@@ -70,15 +72,15 @@ class LMFusionPipeline:
         self,
         prompt: str | Sequence[str],
         *,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
+        num_inference_steps: int = DecodingOptions.steps,
+        guidance_scale: float = DecodingOptions.cfg_scale,
         num_images_per_prompt: int = 1,
         seed: int = 0,
-        sampler: str = "dpm-solver",
+        sampler: str = DecodingOptions.sampler,
         batch_size: int = 8,
-        use_cache: bool = True,
+        use_cache: bool = DecodingOptions.cache,
     ) -> ImagePipelineOutput:
-        """Text → image. Defaults are `lmfusion sample`'s (50 steps, guidance 5, dpm-solver, seed 0)."""
+        """Text → image. Defaults are `lmfusion sample`'s (`sampling.config.DecodingOptions`; seed 0)."""
         from lmfusion_cli.sampling.generate import generate_images
 
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -87,13 +89,12 @@ class LMFusionPipeline:
             prompts,
             tokenizer=self.tokenizer,
             vae=self.codec,
-            cfg_scale=guidance_scale,
-            steps=num_inference_steps,
-            sampler=sampler,
+            options=DecodingOptions(
+                cfg_scale=guidance_scale, steps=num_inference_steps, sampler=sampler, cache=use_cache
+            ),
             seed=seed,
             batch_size=batch_size,
             num_per_prompt=num_images_per_prompt,
-            use_cache=use_cache,
         )
         return ImagePipelineOutput(images=[Image.fromarray(image) for image in out.images])
 
@@ -101,11 +102,11 @@ class LMFusionPipeline:
         self,
         images: Image.Image | Sequence[Image.Image | str | Path],
         *,
-        max_new_tokens: int = 32,
-        decoding: str = "greedy",
-        num_beams: int = 4,
-        top_p: float = 0.9,
-        temperature: float = 1.0,
+        max_new_tokens: int = DecodingOptions.max_new_tokens,
+        decoding: str = DecodingOptions.decoding,
+        num_beams: int = DecodingOptions.num_beams,
+        top_p: float = DecodingOptions.top_p,
+        temperature: float = DecodingOptions.temperature,
         seed: int = 0,
         batch_size: int = 8,
     ) -> list[str]:
@@ -118,11 +119,13 @@ class LMFusionPipeline:
             items,
             tokenizer=self.tokenizer,
             vae=self.codec,
-            decoding=decoding,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            top_p=top_p,
-            temperature=temperature,
+            options=DecodingOptions(
+                decoding=decoding,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                top_p=top_p,
+                temperature=temperature,
+            ),
             seed=seed,
             batch_size=batch_size,
         )

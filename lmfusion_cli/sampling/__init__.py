@@ -3,11 +3,12 @@
 Python API (used by `lmfusion sample` and by `evaluate`):
 
 - `load_for_sampling(checkpoint, vae=None, ...)` → `Loaded(model, tokenizer, codec, checkpoint)`
-- `generate_images(model, prompts, tokenizer=, vae=, cfg_scale=, steps=, sampler=, seed=, batch_size=, ...)`
+- `generate_images(model, prompts, tokenizer=, vae=, options=DecodingOptions(...), seed=, batch_size=, ...)`
   → `GeneratedImages(images: list[uint8 HxWx3], records, latents)`
-- `caption_images(model, images, tokenizer=, vae=, decoding="greedy"|"beam"|"top-p", max_new_tokens=, ...)`
-  → `Captions(records, skips)`
-- `generate_interleaved(model, prompts, tokenizer=, vae=, ...)` → `list[InterleavedDocument]`
+- `caption_images(model, images, tokenizer=, vae=, options=, ...)` → `Captions(records, skips)`
+- `generate_interleaved(model, prompts, tokenizer=, vae=, options=, max_images=, ...)` → `list[InterleavedDocument]`
+- Each takes one `DecodingOptions` (`config.py`: every sampling default, written once); keyword settings
+  with its field names (`cfg_scale=2.0, steps=10`) change single options.
 - `as_generate_fn(model, tokenizer=, vae=, **settings)` / `as_caption_fn(...)`: the plain callables
   `evaluation.generations` takes (`generate_fn(prompts, seeds) -> [PIL]`, `caption_fn(images) -> [str]`)
 - `run_sample(SampleConfig)`: the whole stage (files, manifest).
@@ -19,22 +20,22 @@ for a LLaVA base: the VLM's own vision path and prompt), `interleaved.py`,
 `common/vae.py`'s, shared with the data stages.
 """
 
-from lmfusion_cli.common.vae import LatentCodec
-from lmfusion_cli.sampling.captioning import Captions, as_caption_fn, caption_images
-from lmfusion_cli.sampling.generate import GeneratedImages, as_generate_fn, generate_images
-from lmfusion_cli.sampling.interleaved import InterleavedDocument, generate_interleaved
-from lmfusion_cli.sampling.loading import Loaded, load_for_sampling
+from lmfusion_cli.common.lazy import lazy_attributes
 
-__all__ = [
-    "Captions",
-    "GeneratedImages",
-    "as_caption_fn",
-    "as_generate_fn",
-    "InterleavedDocument",
-    "LatentCodec",
-    "Loaded",
-    "caption_images",
-    "generate_images",
-    "generate_interleaved",
-    "load_for_sampling",
-]
+_SOURCES = {
+    "Captions": "captioning",
+    "as_caption_fn": "captioning",
+    "caption_images": "captioning",
+    "GeneratedImages": "generate",
+    "as_generate_fn": "generate",
+    "generate_images": "generate",
+    "InterleavedDocument": "interleaved",
+    "generate_interleaved": "interleaved",
+    "Loaded": "loading",
+    "load_for_sampling": "loading",
+    "LatentCodec": "lmfusion_cli.common.vae",
+}
+
+
+__getattr__ = lazy_attributes(__name__, _SOURCES)
+__all__ = sorted(_SOURCES)

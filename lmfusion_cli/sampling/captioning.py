@@ -2,7 +2,7 @@
 
 The sequence is `[BOS] [BOI] <clean image tokens> [EOI]` and the caption follows until EOS or the
 token limit (training's `sequence.image_to_caption`); the image is clean (timestep 0). The prefix
-runs once into the KV cache and each caption token runs alone against it (`use_cache=False`
+runs once into the KV cache and each caption token runs alone against it (`cache=False`
 recomputes everything, the reference). Images come as files (decoded with the data stage's rules:
 RGB, shorter side resized, centre crop to the VAE's resolution) or PIL images; one that cannot be
 read is skipped and counted by reason, the others are captioned.
@@ -26,8 +26,9 @@ from lmfusion_cli.common.progress import progress
 from lmfusion_cli.common.vae import LatentCodec
 from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop, to_unit_tensor_array
 from lmfusion_cli.model.sequence import concat_segments, image_segment, left_pad, text_segment
+from lmfusion_cli.sampling.config import DecodingOptions, with_settings
 from lmfusion_cli.sampling.context import SequenceContext
-from lmfusion_cli.sampling.decoding import DecodingOptions, decode
+from lmfusion_cli.sampling.decoding import decode
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,17 @@ def caption_latents(
     *,
     bos_id: int | None,
     eos_id: int,
-    use_cache: bool = True,
     seeds: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Caption token ids (EOS excluded) for clean scaled latents (B, C, H, W)."""
+    """Caption token ids (EOS excluded) for clean scaled latents (B, C, H, W) (`options.cache`: the KV cache)."""
     B = latents.shape[0]
     device = next(model.parameters()).device
     context = SequenceContext(
-        model, caption_prefix(model, B, bos_id), latents.to(device), torch.zeros(B, device=device), use_cache=use_cache
+        model,
+        caption_prefix(model, B, bos_id),
+        latents.to(device),
+        torch.zeros(B, device=device),
+        use_cache=options.cache,
     )
     return decode(context, options, stop_ids=[eos_id], seeds=seeds)
 
@@ -93,26 +97,22 @@ def caption_images(
     *,
     tokenizer,
     vae: LatentCodec,
-    decoding: str = "greedy",
-    max_new_tokens: int = 32,
-    num_beams: int = 4,
-    top_p: float = 0.9,
-    temperature: float = 1.0,
+    options: DecodingOptions | None = None,
     seed: int = 0,
     batch_size: int = 8,
-    use_cache: bool = True,
     processor=None,
+    **settings,
 ) -> Captions:
     """Caption `images` (paths or PIL images). Bad images are skipped and counted, never fatal.
 
+    `options` (default: `DecodingOptions()`) says how text is decoded; keyword `settings` (its field
+    names: decoding, max_new_tokens, num_beams, top_p, temperature, cache) change single options.
     Row i's top-p draws use seed + i (i = position in `images`), so a caption does not depend on
     the batch it falls in. A LLaVA-layout base captions through its own vision path and prompt
     (`vlm_captioning`; `processor` defaults to the one saved with the base; the VAE is unused)."""
-    options = DecodingOptions(
-        strategy=decoding, max_new_tokens=max_new_tokens, num_beams=num_beams, top_p=top_p, temperature=temperature
-    )
+    options = with_settings(options, settings)
     if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}.")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}.")
     result = Captions()
     if getattr(model, "is_llava", False):
         from lmfusion_cli.sampling.vlm_captioning import caption_with_vlm
@@ -125,7 +125,6 @@ def caption_images(
             options=options,
             seed=seed,
             batch_size=batch_size,
-            use_cache=use_cache,
         )
     readable: list[tuple[int, str, torch.Tensor]] = []
     for index, item in enumerate(images):
@@ -151,7 +150,6 @@ def caption_images(
             options,
             bos_id=tokenizer.bos_token_id,
             eos_id=tokenizer.eos_token_id,
-            use_cache=use_cache,
             seeds=[seed + index for index, _, _ in chunk],
         )
         for (index, key, _), tokens in zip(chunk, ids):

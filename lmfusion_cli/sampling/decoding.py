@@ -17,44 +17,19 @@ with one generator per row (seed + row index), so a row's text depends only on i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from lmfusion_cli.sampling.config import DecodingOptions
 from lmfusion_cli.sampling.context import SequenceContext
-
-STRATEGIES = ("greedy", "beam", "top-p")
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    strategy: str = "greedy"
-    """`greedy`, `beam` (beam search) or `top-p` (nucleus sampling)."""
-    max_new_tokens: int = 32
-    """Most tokens generated per row (the stop token not counted)."""
-    num_beams: int = 4
-    """Beam search: hypotheses kept per row."""
-    length_penalty: float = 1.0
-    """Beam search: a finished hypothesis scores sum log-prob / length^length_penalty."""
-    top_p: float = 0.9
-    """Top-p: cumulative probability of the tokens sampled from (0 < top_p <= 1)."""
-    temperature: float = 1.0
-    """Top-p: logits are divided by this before the softmax (> 0)."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"decoding must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
-        if self.max_new_tokens < 1 or self.num_beams < 1:
-            raise ValueError("max_new_tokens and num_beams must be >= 1")
-        if not 0 < self.top_p <= 1 or self.temperature <= 0:
-            raise ValueError("top_p must be in (0, 1] and temperature > 0")
 
 
 def decode(
     context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int], seeds: Sequence[int] | None = None
 ) -> list[list[int]]:
-    """Decode every row of `context` with `options`; returns token ids per row (stop token excluded)."""
-    if options.strategy == "beam":
+    """Decode every row of `context` with `options` (`decoding`, `max_new_tokens`, `num_beams`,
+    `length_penalty`, `top_p`, `temperature`); returns token ids per row (stop token excluded)."""
+    if options.decoding == "beam":
         return beam_search(context, options, stop_ids)
     return sample_tokens(context, options, stop_ids, seeds)
 
@@ -74,7 +49,7 @@ def sample_tokens(
 ) -> list[list[int]]:
     """Greedy (argmax) or top-p decoding of all rows at once (row b's draws use seeds[b])."""
     generators = None
-    if options.strategy == "top-p":
+    if options.decoding == "top-p":
         seeds = list(seeds) if seeds is not None else list(range(context.batch_size))
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     return sample_until(context, options, stop_ids, generators)[0]

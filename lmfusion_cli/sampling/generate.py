@@ -19,6 +19,7 @@ import torch
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.progress import progress
 from lmfusion_cli.common.vae import LatentCodec
+from lmfusion_cli.sampling.config import DecodingOptions, with_settings
 from lmfusion_cli.sampling.io import to_uint8
 from lmfusion_cli.sampling.schedulers import make_sampler
 from lmfusion_cli.sampling.t2i import denoise, image_prefix, prompt_denoiser
@@ -46,23 +47,22 @@ def generate_latents(
     seeds: Sequence[int],
     *,
     bos_id: int | None,
-    cfg_scale: float = 5.0,
-    steps: int = 50,
-    sampler: str = "dpm-solver",
-    use_cache: bool = True,
+    options: DecodingOptions,
     batch_branches: bool = True,
     on_step=None,
 ) -> torch.Tensor:
-    """Denoise one batch: clean latents (B, C, h, w) for tokenised prompts, one seed each."""
+    """Denoise one batch: clean latents (B, C, h, w) for tokenised prompts, one seed each (settings:
+    `options.cfg_scale`, `steps`, `sampler`, `cache`)."""
     prefixes = [image_prefix(p, bos_id=bos_id, boi_id=model.boi_id) for p in prompt_ids]
     uncond = image_prefix([], bos_id=bos_id, boi_id=model.boi_id)
-    denoiser = prompt_denoiser(model, prefixes, uncond, cfg_scale, use_cache=use_cache, batch_branches=batch_branches)
+    denoiser = prompt_denoiser(
+        model, prefixes, uncond, options.cfg_scale, use_cache=options.cache, batch_branches=batch_branches
+    )
     C, S = model.config.latent_channels, model.config.latent_size
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     device = next(model.parameters()).device
-    return denoise(
-        denoiser, make_sampler(model.config, sampler, steps), (C, S, S), generators, device=device, on_step=on_step
-    )
+    sampler = make_sampler(model.config, options.sampler, options.steps)
+    return denoise(denoiser, sampler, (C, S, S), generators, device=device, on_step=on_step)
 
 
 def generate_images(
@@ -71,36 +71,36 @@ def generate_images(
     *,
     tokenizer,
     vae: LatentCodec,
-    cfg_scale: float = 5.0,
-    steps: int = 50,
-    sampler: str = "dpm-solver",
+    options: DecodingOptions | None = None,
     seed: int = 0,
     batch_size: int = 8,
     num_per_prompt: int = 1,
-    use_cache: bool = True,
     keep_latents: bool = False,
     seeds: Sequence[int] | None = None,
+    **settings,
 ) -> GeneratedImages:
-    """Generate `num_per_prompt` images for each prompt (sample i uses seed + i, or `seeds[i]`)."""
+    """Generate `num_per_prompt` images for each prompt (sample i uses seed + i, or `seeds[i]`).
+
+    `options` (default: `DecodingOptions()`) says how; keyword `settings` (its field names: cfg_scale,
+    steps, sampler, cache) change single options."""
+    options = with_settings(options, settings)
     if batch_size < 1 or num_per_prompt < 1:
-        raise UserError("--batch-size and --num-per-prompt must be >= 1.")
-    if cfg_scale < 0:
-        raise UserError(f"--cfg-scale must be >= 0, got {cfg_scale}.")
-    make_sampler(model.config, sampler, steps)  # refuse a bad sampler/steps before any work
+        raise UserError(f"batch_size and num_per_prompt must be >= 1; got {batch_size}, {num_per_prompt}.")
+    make_sampler(model.config, options.sampler, options.steps)  # refuse a bad sampler/steps before any work
     jobs = [(k, prompt) for k, prompt in enumerate(prompts) for _ in range(num_per_prompt)]
     if seeds is not None and len(seeds) != len(jobs):
         raise ValueError(f"got {len(seeds)} seeds for {len(jobs)} samples")
     sample_seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(jobs))]
-    settings = {
-        "cfg_scale": cfg_scale,
-        "steps": steps,
-        "sampler": sampler,
-        "cache": use_cache,
+    recorded = {
+        "cfg_scale": options.cfg_scale,
+        "steps": options.steps,
+        "sampler": options.sampler,
+        "cache": options.cache,
         "objective": model.config.objective,
     }
     result = GeneratedImages()
     all_latents = []
-    bar = progress(total=len(jobs) * steps, desc="sampling", unit="step")
+    bar = progress(total=len(jobs) * options.steps, desc="sampling", unit="step")
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         chunk_seeds = sample_seeds[start : start + len(chunk)]
@@ -109,16 +109,13 @@ def generate_images(
             [tokenize_prompt(tokenizer, p) for _, p in chunk],
             chunk_seeds,
             bos_id=tokenizer.bos_token_id,
-            cfg_scale=cfg_scale,
-            steps=steps,
-            sampler=sampler,
-            use_cache=use_cache,
+            options=options,
             on_step=lambda n=len(chunk): bar.update(n),
         )
         pixels = to_uint8(vae.decode(latents))
         for j, ((k, prompt), s) in enumerate(zip(chunk, chunk_seeds)):
             result.images.append(pixels[j])
-            result.records.append({"index": start + j, "prompt": prompt, "prompt_index": k, "seed": s, **settings})
+            result.records.append({"index": start + j, "prompt": prompt, "prompt_index": k, "seed": s, **recorded})
         if keep_latents:
             all_latents.append(latents.cpu())
     bar.close()
@@ -128,8 +125,8 @@ def generate_images(
 
 
 def as_generate_fn(model, *, tokenizer, vae: LatentCodec, **settings):
-    """`generate_fn(prompts, seeds) -> list[PIL.Image]` for `evaluation.generations` (settings: cfg_scale,
-    steps, sampler, batch_size, use_cache, as for `generate_images`)."""
+    """`generate_fn(prompts, seeds) -> list[PIL.Image]` for `evaluation.generations` (settings: options=,
+    batch_size= and `DecodingOptions` fields, as for `generate_images`)."""
     from PIL import Image
 
     def generate_fn(prompts: list[str], seeds: list[int]) -> list:

@@ -23,8 +23,9 @@ import torch
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.vae import LatentCodec
 from lmfusion_cli.model.sequence import MixedBatch, left_pad
+from lmfusion_cli.sampling.config import DecodingOptions, with_settings
 from lmfusion_cli.sampling.context import Branch, SequenceContext
-from lmfusion_cli.sampling.decoding import DecodingOptions, sample_until
+from lmfusion_cli.sampling.decoding import sample_until
 from lmfusion_cli.sampling.generate import tokenize_prompt
 from lmfusion_cli.sampling.io import to_uint8
 from lmfusion_cli.sampling.schedulers import make_sampler
@@ -54,11 +55,7 @@ def generate_document(
     eos_id: int,
     options: DecodingOptions,
     max_images: int = 2,
-    cfg_scale: float = 5.0,
-    steps: int = 50,
-    sampler: str = "dpm-solver",
     seed: int = 0,
-    use_cache: bool = True,
     prefix: MixedBatch | None = None,
 ) -> tuple[list[dict], list[torch.Tensor], str]:
     """Token-level interleaved generation for one prompt: (segments, image latents, stop reason).
@@ -66,13 +63,14 @@ def generate_document(
     Text segments carry `token_ids`; images are (C, h, w) clean latents. `prefix` (one row) replaces
     `[BOS] prompt`, e.g. a LLaVA base's prompt with understanding images on its vision path
     (`data.llava_inputs.vision_prompt_segment`)."""
-    if options.strategy == "beam":
-        raise UserError("Interleaved generation decodes with --decoding greedy or top-p, not beam.")
+    if options.decoding == "beam":
+        raise UserError("Interleaved generation decodes with decoding greedy or top-p, not beam.")
+    use_cache, cfg_scale = options.cache, options.cfg_scale
     head = [bos_id] if bos_id is not None else []
     prefix = left_pad([head + list(prompt_ids)]) if prefix is None else prefix
     context = SequenceContext(model, prefix, use_cache=use_cache)
     uncond = SequenceContext(model, left_pad([head + [model.boi_id]]), use_cache=use_cache).branch()
-    generators = [torch.Generator().manual_seed(seed)] if options.strategy == "top-p" else None
+    generators = [torch.Generator().manual_seed(seed)] if options.decoding == "top-p" else None
     C, S = model.config.latent_channels, model.config.latent_size
     segments: list[dict] = []
     latents: list[torch.Tensor] = []
@@ -97,7 +95,7 @@ def generate_document(
         denoiser = GuidedDenoiser(model, branches, 1, cfg_scale)
         image = denoise(
             denoiser,
-            make_sampler(model.config, sampler, steps),
+            make_sampler(model.config, options.sampler, options.steps),
             (C, S, S),
             [torch.Generator().manual_seed(seed + len(latents))],
             device=context.device,
@@ -115,22 +113,19 @@ def generate_interleaved(
     *,
     tokenizer,
     vae: LatentCodec,
-    decoding: str = "greedy",
-    max_new_tokens: int = 64,
+    options: DecodingOptions | None = None,
     max_images: int = 2,
-    top_p: float = 0.9,
-    temperature: float = 1.0,
-    cfg_scale: float = 5.0,
-    steps: int = 50,
-    sampler: str = "dpm-solver",
     seed: int = 0,
-    use_cache: bool = True,
+    **settings,
 ) -> list[InterleavedDocument]:
-    """One interleaved document per prompt (prompt p uses seed + p·1000, its images seed + p·1000 + k)."""
-    options = DecodingOptions(strategy=decoding, max_new_tokens=max_new_tokens, top_p=top_p, temperature=temperature)
-    make_sampler(model.config, sampler, steps)  # refuse a bad sampler/steps before any work
+    """One interleaved document per prompt (prompt p uses seed + p·1000, its images seed + p·1000 + k).
+
+    `options` (default: `DecodingOptions()`) says how text is decoded and images denoised; keyword
+    `settings` (its field names) change single options."""
+    options = with_settings(options, settings)
+    make_sampler(model.config, options.sampler, options.steps)  # refuse a bad sampler/steps before any work
     if max_images < 0:
-        raise UserError(f"--max-images must be >= 0, got {max_images}.")
+        raise UserError(f"max_images must be >= 0, got {max_images}.")
     documents = []
     for p, prompt in enumerate(prompts):
         doc_seed = seed + 1000 * p
@@ -141,11 +136,7 @@ def generate_interleaved(
             eos_id=tokenizer.eos_token_id,
             options=options,
             max_images=max_images,
-            cfg_scale=cfg_scale,
-            steps=steps,
-            sampler=sampler,
             seed=doc_seed,
-            use_cache=use_cache,
         )
         for segment in segments:
             if segment["type"] == "text":

@@ -38,9 +38,8 @@ from diffusers import (
 
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.model.diffusion import ddpm_schedule
+from lmfusion_cli.sampling.config import SAMPLERS
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver", "euler")
-"""Sampler names accepted by `--sampler`."""
 _FLOW_SAMPLERS = ("dpm-solver", "euler")
 _COSINE_LAMBDA_MIN = -5.1
 """DPM-Solver's clip of log-SNR λ(t) for the cosine schedule, where λ → -∞ at t = T (diffusers docs:
@@ -60,7 +59,7 @@ def build_noise_scheduler(model_config: Any, name: str):
     if objective == "flow":
         if name not in _FLOW_SAMPLERS:
             raise UserError(
-                f"Sampler '{name}' cannot sample a flow-objective checkpoint; use --sampler euler or dpm-solver."
+                f"Sampler '{name}' cannot sample a flow-objective checkpoint; use sampler euler or dpm-solver."
             )
         T = model_config.num_train_timesteps
         shift = model_config.timestep_shift
@@ -143,7 +142,7 @@ def make_sampler(model_config: Any, name: str, steps: int) -> Sampler:
     """A `Sampler` for `model_config` (an `LMFusionConfig`: objective, noise_schedule,
     num_train_timesteps) with `steps` denoising steps."""
     if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}.")
+        raise UserError(f"steps must be >= 1, got {steps}.")
     scheduler = build_noise_scheduler(model_config, name)
     scheduler.set_timesteps(steps)
     return Sampler(

@@ -27,7 +27,7 @@ from lmfusion_cli.common.devices import resolve_device
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, SkipLog, file_entry, write_manifest
 from lmfusion_cli.common.output_folder import disk_full_error, folder_bytes, is_disk_full, output_lock
-from lmfusion_cli.sampling.config import SampleConfig
+from lmfusion_cli.sampling.config import SampleConfig, options_of
 from lmfusion_cli.sampling.io import jsonl_text, list_images, make_grid, png_bytes, read_prompts
 
 log = logging.getLogger(__name__)
@@ -69,13 +69,10 @@ def _t2i(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]) -> Ski
         _prompts(cfg),
         tokenizer=loaded.tokenizer,
         vae=loaded.codec,
-        cfg_scale=cfg.cfg_scale,
-        steps=cfg.steps,
-        sampler=cfg.sampler,
+        options=options_of(cfg),
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         num_per_prompt=cfg.num_per_prompt,
-        use_cache=cfg.cache,
     )
     names = [f"{r['index']:05d}.png" for r in out.records]
     _write_images(folder, names, out.images, cfg.grid_columns)
@@ -94,14 +91,9 @@ def _caption(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]) ->
         list_images(cfg.images),
         tokenizer=loaded.tokenizer,
         vae=loaded.codec,
-        decoding=cfg.decoding,
-        max_new_tokens=cfg.max_new_tokens,
-        num_beams=cfg.num_beams,
-        top_p=cfg.top_p,
-        temperature=cfg.temperature,
+        options=options_of(cfg),
         seed=cfg.seed,
         batch_size=cfg.batch_size,
-        use_cache=cfg.cache,
     )
     if not result.records:
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(result.skips.skipped.items()))
@@ -124,16 +116,9 @@ def _interleaved(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]
         _prompts(cfg),
         tokenizer=loaded.tokenizer,
         vae=loaded.codec,
-        decoding=cfg.decoding,
-        max_new_tokens=cfg.max_new_tokens,
+        options=options_of(cfg),
         max_images=cfg.max_images,
-        top_p=cfg.top_p,
-        temperature=cfg.temperature,
-        cfg_scale=cfg.cfg_scale,
-        steps=cfg.steps,
-        sampler=cfg.sampler,
         seed=cfg.seed,
-        use_cache=cfg.cache,
     )
     names, images, records = [], [], []
     for d, doc in enumerate(docs):

@@ -76,15 +76,15 @@ def caption_with_vlm(
     options: DecodingOptions,
     seed: int = 0,
     batch_size: int = 8,
-    use_cache: bool = True,
     question: str = CAPTION_QUESTION,
 ):
     """Caption `images` through the VLM path into `result` (a `captioning.Captions`), and return it.
 
     Row i's top-p draws use seed + i, as in `captioning.caption_images`."""
-    if options.strategy == "beam" and not use_cache:
+    use_cache = options.cache
+    if options.decoding == "beam" and not use_cache:
         raise UserError(
-            "Beam search over a LLaVA base's prompt runs with the KV cache; drop --no-cache "
+            "Beam search over a LLaVA base's prompt runs with the KV cache; set cache true "
             "(or decode with greedy / top-p)."
         )
     processor = processor if processor is not None else load_processor(model.base_id)

@@ -1,15 +1,20 @@
 """`TrainRunConfig`: every option of `lmfusion train`, as nested frozen dataclasses.
 
-Sections: `base` (the pretrained text LM), `model` (LMFusionConfig fields of the model package; the
-latent sizes come from the latent manifest, not from here), `data`, `optim`, `schedule`, `train`,
-`dist`, `log`. Each field has a one-line docstring with its unit; `__post_init__` checks values.
+Sections: `base` (the pretrained text LM), `model` (the model package's `LMFusionConfig`; its latent
+sizes come from the latent manifest, filled in by `with_latent_geometry`), `data`, `optim`, `schedule`,
+`train`, `dist`, `log`. Each field has a docstring with its unit (the CLI's help is made from it);
+`__post_init__` checks values, so the whole config is checked before anything is written.
 This file owns the options and their checks; it builds nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from lmfusion_cli.common.errors import UserError
+from lmfusion_cli.model.config import LMFusionConfig
 
 
 @dataclass(frozen=True)
@@ -237,8 +242,8 @@ class LogConfig:
 class TrainRunConfig:
     base: BaseConfig = field(default_factory=BaseConfig)
     """The frozen pretrained text LM."""
-    model: dict[str, Any] = field(default_factory=dict)
-    """LMFusionConfig fields (model package); latent_channels/latent_size come from the latent cache."""
+    model: LMFusionConfig = field(default_factory=LMFusionConfig)
+    """The LMFusion model's options; latent_channels/latent_size come from the latent cache (leave them unset)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Latent caches and the task mix."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -251,6 +256,25 @@ class TrainRunConfig:
     """Multi-process launch and sharding."""
     log: LogConfig = field(default_factory=LogConfig)
     """Logging and validation."""
+
+
+def with_latent_geometry(model: LMFusionConfig, channels: int, side: int) -> LMFusionConfig:
+    """`model` with the latent cache's channel count and side filled in; a size the config sets itself
+    (it should not) must agree with the cache."""
+    for key, value, given in (
+        ("latent_channels", channels, model.latent_channels),
+        ("latent_size", side, model.latent_size),
+    ):
+        default = getattr(LMFusionConfig, key)
+        if given not in (None, default, value):
+            raise UserError(
+                f"model.{key}={given} does not match the latent cache ({value}); "
+                f"remove model.{key} from the config (it comes from the cache)."
+            )
+    try:
+        return dataclasses.replace(model, latent_channels=channels, latent_size=side)
+    except ValueError as e:
+        raise UserError(f"Invalid model section for this latent cache: {e}.") from e
 
 
 # Sections whose change makes a resumed run differ from an uninterrupted one (checked on resume).

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import nn
 
+from lmfusion_cli.common.configs import config_to_dict
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.training.config import TrainRunConfig
+from lmfusion_cli.training.config import TrainRunConfig, with_latent_geometry
 from lmfusion_cli.training.distributed import unwrap
 from lmfusion_cli.training.loader import GENERATION, INTERLEAVED, TEXT_ONLY, LatentSource, Sample
 from lmfusion_cli.training.workload import LossSums, MicroBatch, ValidationSums
@@ -300,7 +301,6 @@ class LMFusionWorkload:
                 captions,
                 tokenizer=self.tokenizer,
                 vae=self._codec,
-                cfg_scale=3.0,
                 steps=steps,
                 seed=seed,
                 batch_size=len(captions),
@@ -313,7 +313,7 @@ class LMFusionWorkload:
         return {
             "base": self.model.base_id,
             "base_config_sha256": base_config_hash(self.model.base_config),
-            "lmfusion_config": self.model.config.to_dict(),
+            "lmfusion_config": config_to_dict(self.model.config),
             "latent_vae": self.cache_vae,
         }
 
@@ -339,7 +339,7 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
     """Load the base and tokenizer, size the model from the cache, move it to `device`."""
     from transformers import AutoTokenizer
 
-    from lmfusion_cli.model import LMFusionConfig, LMFusionModel
+    from lmfusion_cli.model import LMFusionModel
     from lmfusion_cli.model.base_lm import base_load_error
     from lmfusion_cli.training.sharded_load import build_meta_model, can_load_sharded
 
@@ -350,24 +350,12 @@ def build_lmfusion_workload(config: TrainRunConfig, source: LatentSource, device
         tokenizer = AutoTokenizer.from_pretrained(config.base.tokenizer or base)
     except (OSError, ValueError) as e:
         raise UserError(base_load_error(config.base.tokenizer or base, e)) from e
-    channels, side = latent_geometry(source)
-    options = dict(config.model)
-    for key, value in (("latent_channels", channels), ("latent_size", side)):
-        if key in options and options[key] != value:
-            raise UserError(
-                f"model.{key}={options[key]} does not match the latent cache ({value}); "
-                f"remove model.{key} from the config (it comes from the cache)."
-            )
-        options[key] = value
-    try:
-        model_config = LMFusionConfig.from_dict(options)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"Invalid model section: {e}.") from e
+    model_config = with_latent_geometry(config.model, *latent_geometry(source))
     sharded = (
         config.dist.strategy == "fsdp"
         and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
-        and can_load_sharded(base, options)
+        and can_load_sharded(base, model_config)
     )
     if sharded:  # meta now, each process's shards read after `wrap_model` (issue 22)
         model, kept = build_meta_model(base, model_config)

@@ -83,12 +83,12 @@ def make_plan(config: TrainRunConfig, options: PlanOptions) -> dict[str, Any]:
     bf16 = bf16_compute(config.train.precision, options.device, assume_bf16_support=True)
     compute = torch.bfloat16 if bf16 else torch.float32
     compute_bytes = 2 if bf16 else 4
-    frozen_bytes = 2 if (config.train.frozen_bf16 or config.model.get("dtype") == "bfloat16") else 4
+    frozen_bytes = 2 if (config.train.frozen_bf16 or config.model.dtype == "bfloat16") else 4
     sharded = config.dist.strategy == "fsdp" and world > 1
     share = world if sharded else 1
     from lmfusion_cli.model.attention import resolve_backend
 
-    backend = resolve_backend(config.model.get("attention_backend", "auto"), options.device)
+    backend = resolve_backend(config.model.attention_backend, options.device)
 
     # ---- tokens ---------------------------------------------------------------------------------
     N = model.num_image_tokens

@@ -54,21 +54,16 @@ def base_config(path: str):
 
 def lmfusion_config(config: TrainRunConfig):
     """The model section with latent sizes from the latent manifest if present, else the config or 4×32×32."""
-    from lmfusion_cli.model import LMFusionConfig
+    from lmfusion_cli.training.config import with_latent_geometry
 
-    options = dict(config.model)
+    model = config.model
+    channels, side = model.latent_channels, model.latent_size or 32  # 256×256 through an 8×-down VAE (the paper's)
     manifest = Path(config.data.latents) / "manifest.json"
     if manifest.is_file():
         shape = json.loads(manifest.read_text()).get("latent_shape")
         if shape:
-            options.setdefault("latent_channels", shape[0])
-            options.setdefault("latent_size", shape[1])
-    options.setdefault("latent_channels", 4)
-    options.setdefault("latent_size", 32)  # 256×256 images through an 8×-down VAE (the paper's)
-    try:
-        return LMFusionConfig.from_dict(options)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"Invalid model section: {e}.") from e
+            channels, side = shape[0], shape[1]
+    return with_latent_geometry(model, channels, side)
 
 
 def meta_model(base_cfg, lm_cfg):

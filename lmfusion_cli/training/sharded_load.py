@@ -23,7 +23,6 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -75,18 +74,14 @@ class SafetensorsRows:
         return out.view(dtype).view(stop - start, *shape[1:]) if shape else out.view(dtype).view(())
 
 
-def can_load_sharded(base_path: str, lm_options: dict[str, Any]) -> bool:
+def can_load_sharded(base_path: str, lm_config) -> bool:
     """The scalable path needs a local causal-LM folder with safetensors and experts copied from the text ones."""
     folder = Path(base_path)
     if not (folder / "config.json").is_file() or "llava" in json.loads((folder / "config.json").read_text()).get(
         "model_type", ""
     ):  # a LLaVA base (vision tower, projector) loads through today's path
         return False
-    return (
-        any(folder.glob("*.safetensors"))
-        and lm_options.get("image_init", "copy") == "copy"
-        and not lm_options.get("from_scratch", False)
-    )
+    return any(folder.glob("*.safetensors")) and lm_config.image_init == "copy" and not lm_config.from_scratch
 
 
 def build_meta_model(base_path: str, lm_config):

@@ -18,7 +18,7 @@ from stand_ins import make_coco_fixture, save_tiny_clip, save_tiny_inception
 from lmfusion_cli.cli import main
 from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.common.errors import UserError
-from lmfusion_cli.evaluation.config import DECODINGS, SAMPLERS, EvaluateConfig
+from lmfusion_cli.evaluation.config import EvaluateConfig
 from lmfusion_cli.evaluation.stage import run_evaluate
 
 torch.set_num_threads(1)
@@ -59,11 +59,20 @@ def _small_mc_file(path: Path) -> Path:
     return path
 
 
-def test_config_defaults_and_checks():
-    from lmfusion_cli.sampling.decoding import STRATEGIES
-    from lmfusion_cli.sampling.schedulers import SAMPLERS as SAMPLING_SAMPLERS
+def test_checking_the_config_imports_no_torch():
+    """The sampling settings come from `sampling/config.py`, which imports nothing heavy (issue 21)."""
+    code = (
+        "import sys; from lmfusion_cli.common.configs import build_config; "
+        "from lmfusion_cli.evaluation.config import EvaluateConfig; "
+        "from lmfusion_cli.sampling.config import SampleConfig; "
+        "build_config(EvaluateConfig, {'checkpoint': 'c', 'out': 'o', 'sampling': {'sampler': 'euler'}}); "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
-    assert SAMPLERS == SAMPLING_SAMPLERS and DECODINGS == STRATEGIES
+
+def test_config_defaults_and_checks():
     cfg = build_config(EvaluateConfig, {"checkpoint": "c", "out": "o"})
     assert cfg.suite == "all" and cfg.suites() == ["text", "shapes"]
     with_coco = build_config(EvaluateConfig, {"checkpoint": "c", "out": "o", "coco": {"root": "r"}})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from lmfusion_cli.common.configs import build_config, config_to_dict
+from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.model import LMFusionConfig, LMFusionModel
 
 from .helpers import tiny_base
@@ -12,7 +14,6 @@ from .helpers import tiny_base
 @pytest.mark.parametrize(
     "changes,field",
     [
-        ({"latent_size": None}, "latent_size"),
         ({"latent_size": 7}, "latent_size"),
         ({"patch_size": 3}, "patch_size"),
         ({"unet_channels": (16, 32, 64)}, "unet_channels"),
@@ -41,9 +42,9 @@ def test_defaults_follow_the_paper():
     assert (c.num_train_timesteps, c.lambda_image, c.experts, c.freeze_text) == (1000, 5.0, "deep", True)
     assert c.num_image_tokens == 256
     assert LMFusionConfig(latent_size=32, patch_size=4, unet_channels=(8, 16, 32)).num_image_tokens == 64
-    assert LMFusionConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ValueError, match="unknown"):
-        LMFusionConfig.from_dict({**c.to_dict(), "hidden": 3})
+    assert build_config(LMFusionConfig, config_to_dict(c)) == c
+    with pytest.raises(UserError, match="Unknown config key 'hidden'"):
+        build_config(LMFusionConfig, {**config_to_dict(c), "hidden": 3})
 
 
 def test_from_base_takes_a_config_or_overrides():

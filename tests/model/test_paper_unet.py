@@ -11,6 +11,7 @@ import torch
 import transformers
 import yaml
 
+from lmfusion_cli.common.configs import build_config
 from lmfusion_cli.model import LMFusionConfig, LMFusionModel
 
 PAPER = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "paper-llama3-8b.yaml"
@@ -33,7 +34,7 @@ LLAMA3_8B = dict(  # meta-llama/Meta-Llama-3-8B config.json
 def test_paper_unet_has_transfusions_size():
     section = yaml.safe_load(PAPER.read_text())["model"]
     # 256×256 images through an 8×-down VAE with 8 latent channels (Transfusion's VAE)
-    config = LMFusionConfig.from_dict({**section, "latent_size": 32, "latent_channels": 8})
+    config = build_config(LMFusionConfig, {**section, "latent_size": 32, "latent_channels": 8})
     with torch.device("meta"):
         base = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA3_8B))
         model = LMFusionModel(base, config, "meta-llama/Meta-Llama-3-8B")

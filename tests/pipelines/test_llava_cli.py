@@ -185,20 +185,21 @@ def test_coco_suite_captions_through_the_vlm_path(trained, tmp_path):
 
 
 def test_llavafusion_config_follows_the_paper():
+    import dataclasses
     from pathlib import Path
 
     from lmfusion_cli.common.configs import load_config
-    from lmfusion_cli.model import LMFusionConfig
-    from lmfusion_cli.training.config import TrainRunConfig
+    from lmfusion_cli.training.config import TrainRunConfig, with_latent_geometry
 
     root = Path(__file__).resolve().parents[2]
     config = load_config(TrainRunConfig, root / "pipelines/configs/llavafusion-8b.yaml")
     paper = load_config(TrainRunConfig, root / "pipelines/configs/paper-llama3-8b.yaml")
-    LMFusionConfig.from_dict({**config.model, "latent_size": 32})
+    with_latent_geometry(config.model, 4, 32)
     assert config.base.path == "llava-hf/llama3-llava-next-8b-hf"
     assert config.data.generation_fraction is None  # = generation only for a LLaVA base
     assert (config.optim, config.schedule, config.data.caption_dropout) == (paper.optim, paper.schedule, 0.1)
-    assert {k: v for k, v in paper.model.items() if k != "understanding_max_timestep_fraction"} == config.model
+    cap = config.model.understanding_max_timestep_fraction
+    assert dataclasses.replace(paper.model, understanding_max_timestep_fraction=cap) == config.model
 
 
 def test_text_suite_on_a_llava_base_equals_the_vlm(trained, tmp_path):

@@ -3,6 +3,8 @@ properties, and captioning: cached tokens == uncached tokens exactly, for every 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_decoding_matches_transformers_generate(text_model, num_beams):
     with torch.no_grad():  # make EOS likely enough to end some hypotheses early
         text_model.base.lm_head.weight[2] += text_model.base.lm_head.weight[36]
     try:
-        opts = DecodingOptions(strategy="beam" if num_beams > 1 else "greedy", max_new_tokens=10, num_beams=num_beams)
+        opts = DecodingOptions(decoding="beam" if num_beams > 1 else "greedy", max_new_tokens=10, num_beams=num_beams)
         ours = decode(SequenceContext(text_model, left_pad(PROMPTS)), opts, stop_ids=[2])
         hf = [
             _hf(text_model, p, max_new_tokens=10, num_beams=num_beams, length_penalty=1.0, early_stopping=True)
@@ -62,23 +64,23 @@ def test_top_p_filter_keeps_the_nucleus():
 
 
 def test_top_p_sampling_is_seeded_per_row(model):
-    opts = DecodingOptions(strategy="top-p", max_new_tokens=8, top_p=0.95, temperature=2.0)
+    opts = DecodingOptions(decoding="top-p", max_new_tokens=8, top_p=0.95, temperature=2.0)
     run = lambda prompts, seeds: decode(SequenceContext(model, left_pad(prompts)), opts, [2], seeds)  # noqa: E731
     a = run(PROMPTS, [10, 11, 12])
     assert a == run(PROMPTS, [10, 11, 12])
     assert run(PROMPTS[1:2], [11]) == a[1:2]  # a row depends on its own seed only
     assert run(PROMPTS, [20, 21, 22]) != a
     greedy = decode(SequenceContext(model, left_pad(PROMPTS)), DecodingOptions(max_new_tokens=8), [2])
-    tiny_p = DecodingOptions(strategy="top-p", max_new_tokens=8, top_p=1e-6)
+    tiny_p = DecodingOptions(decoding="top-p", max_new_tokens=8, top_p=1e-6)
     assert decode(SequenceContext(model, left_pad(PROMPTS)), tiny_p, [2], [1, 2, 3]) == greedy
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "top-p"])
 def test_caption_tokens_cached_equal_uncached_exactly(model, strategy):
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
-    opts = DecodingOptions(strategy=strategy, max_new_tokens=6, num_beams=2, temperature=1.5)
-    cached = caption_latents(model, latents, opts, bos_id=1, eos_id=2, use_cache=True, seeds=[1, 2, 3])
-    uncached = caption_latents(model, latents, opts, bos_id=1, eos_id=2, use_cache=False, seeds=[1, 2, 3])
+    opts = DecodingOptions(decoding=strategy, max_new_tokens=6, num_beams=2, temperature=1.5)
+    cached = caption_latents(model, latents, replace(opts, cache=True), bos_id=1, eos_id=2, seeds=[1, 2, 3])
+    uncached = caption_latents(model, latents, replace(opts, cache=False), bos_id=1, eos_id=2, seeds=[1, 2, 3])
     assert cached == uncached
     assert all(len(t) > 0 for t in cached)
 
@@ -94,6 +96,6 @@ def test_captions_depend_on_the_image(model):
 
 def test_decoding_options_are_checked():
     with pytest.raises(ValueError, match="decoding must be one of"):
-        DecodingOptions(strategy="sample")
+        DecodingOptions(decoding="sample")
     with pytest.raises(ValueError, match="top_p"):
         DecodingOptions(top_p=0)

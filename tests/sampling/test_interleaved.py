@@ -47,13 +47,9 @@ def _doc(model, use_cache, **kw):
     args = dict(
         bos_id=1,
         eos_id=2,
-        options=DecodingOptions(max_new_tokens=12),
+        options=DecodingOptions(max_new_tokens=12, cfg_scale=3.0, steps=3, sampler="ddim", cache=use_cache),
         max_images=2,
-        cfg_scale=3.0,
-        steps=3,
-        sampler="ddim",
         seed=4,
-        use_cache=use_cache,
     )
     args.update(kw)
     return generate_document(model, [6, 14, 9], **args)
@@ -77,7 +73,7 @@ def test_image_limit_and_beam_refused(chatty_model):
     segments, latents, reason = _doc(chatty_model, True, max_images=0)
     assert latents == [] and reason == "image-limit" and all(s["type"] == "text" for s in segments)
     with pytest.raises(UserError, match="greedy or top-p"):
-        _doc(chatty_model, True, options=DecodingOptions(strategy="beam"))
+        _doc(chatty_model, True, options=DecodingOptions(decoding="beam"))
 
 
 def test_generate_interleaved_decodes_text_and_images(chatty_model, tokenizer, codec):

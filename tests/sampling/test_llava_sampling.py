@@ -60,7 +60,7 @@ def test_caption_equals_the_vlms_own_greedy_generate(kind, use_cache):
         processor=processor,
         max_new_tokens=10,
         batch_size=2,
-        use_cache=use_cache,
+        cache=use_cache,
     )
     assert [r["index"] for r in result.records] == [0, 1, 2]
     for record, image in zip(result.records, IMAGES):
@@ -136,9 +136,7 @@ def test_generate_document_takes_a_vision_prefix():
         bos_id=None,
         eos_id=2,
         prefix=prefix,
-        options=DecodingOptions(max_new_tokens=5),
-        steps=2,
-        sampler="ddim",
+        options=DecodingOptions(max_new_tokens=5, steps=2, sampler="ddim"),
     )
     text = [t for s in segments if s["type"] == "text" for t in s["token_ids"]]
     # the text (up to any BOI, which the VLM's frozen head scores too) is the VLM's own greedy answer
@@ -166,10 +164,8 @@ def test_beam_captions_equal_the_vlms_beam_search():
         )
         theirs = out[0, inputs["input_ids"].shape[1] :].tolist()
         assert record["token_ids"] == (theirs[: theirs.index(2)] if 2 in theirs else theirs)
-    with pytest.raises(UserError, match="drop --no-cache"):
-        caption_images(
-            model, IMAGES[:1], tokenizer=tok, vae=None, processor=processor, decoding="beam", use_cache=False
-        )
+    with pytest.raises(UserError, match="with the KV cache"):
+        caption_images(model, IMAGES[:1], tokenizer=tok, vae=None, processor=processor, decoding="beam", cache=False)
 
 
 def test_a_llava_base_without_its_processor_is_one_sentence(tmp_path):

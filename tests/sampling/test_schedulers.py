@@ -108,7 +108,7 @@ def test_flow_refuses_ddpm_and_ddim(name):
 def test_unknown_sampler_and_bad_steps_are_user_errors():
     with pytest.raises(UserError, match="Unknown sampler 'heun'"):
         make_sampler(_config("ddpm-eps"), "heun", 10)
-    with pytest.raises(UserError, match="--steps"):
+    with pytest.raises(UserError, match="steps must be >= 1"):
         make_sampler(_config("ddpm-eps"), "ddim", 0)
 
 

@@ -145,8 +145,8 @@ def test_one_compatibility_check_compares_fixed_keys_and_inputs(tmp_path):
     lr = {**config, "optim": {**config["optim"], "lr": 1.0}}
     assert "config key 'optim' changed (optim.lr 0.003 → 1.0)" in resume_change(saved, {"config": lr})
     assert resume_change(saved, {"config": {**config, "log": {}}}) is None  # log.* may change
-    model = {**config, "model": {"image_layers": 2}}  # an override added on resume
-    assert "config key 'model' changed (model.image_layers None → 2)" in resume_change(saved, {"config": model})
+    model = {**config, "model": {**config["model"], "lambda_image": 2.0}}  # an override added on resume
+    assert "config key 'model' changed (model.lambda_image 5.0 → 2.0)" in resume_change(saved, {"config": model})
     older = {"config": {**config, "optim": {k: v for k, v in config["optim"].items() if k != "text_lr"}}}
     assert resume_change(older, {"config": config}) is None  # an option added since: the default then
     text_lr = {**config, "optim": {**config["optim"], "text_lr": 1e-5}}

@@ -121,16 +121,17 @@ def test_relaunch_under_torchrun_and_slurm_detection():
 @pytest.mark.parametrize("name", ["tiny", "small-real", "coco-llama3-1b", "paper-llama3-8b"])
 def test_pipeline_configs_are_valid(repo_root, name):
     from lmfusion_cli.common.configs import load_config
-    from lmfusion_cli.model import LMFusionConfig
+    from lmfusion_cli.training.config import with_latent_geometry
 
     config = load_config(TrainRunConfig, f"{repo_root}/pipelines/configs/{name}.yaml")
-    LMFusionConfig.from_dict({**config.model, "latent_size": 32})  # the size comes from the cache
+    assert config.model.latent_size is None  # the size comes from the cache
+    assert with_latent_geometry(config.model, 4, 32).num_image_tokens > 0
     assert config.optim.beta2 == 0.95 and config.data.caption_dropout == 0.1
     if name == "tiny":  # the measured small-image recipe (docs/training.md "Small images")
-        assert config.data.generation_fraction == 0.3 and config.model["lambda_image"] == 1.0
+        assert config.data.generation_fraction == 0.3 and config.model.lambda_image == 1.0
         assert (config.data.interleaved_fraction, config.data.text_only_fraction) == (0.2, 0.1)  # issue 18
-        assert config.model["patcher"] == "linear" and config.model["timestep_shift"] == 6.0
+        assert config.model.patcher == "linear" and config.model.timestep_shift == 6.0
     else:  # the paper's
-        assert config.data.generation_fraction == 0.8 and config.model["lambda_image"] == 5.0
+        assert config.data.generation_fraction == 0.8 and config.model.lambda_image == 5.0
     if name == "paper-llama3-8b":
         assert (config.optim.lr, config.schedule.warmup_steps, config.schedule.min_lr) == (1e-4, 4000, 1.5e-5)

@@ -93,7 +93,7 @@ def plan_in_own_process(config: TrainRunConfig, tmp_path, **options) -> dict:
 
 def measured_peak_bytes(base_dir, micro: int, seq_len: int, checkpoint_every: int) -> int:
     """Parameters + the allocator's peak over two real training steps (AdamW state included)."""
-    model = LMFusionModel.from_base(str(base_dir), LMFusionConfig.from_dict(MODEL))
+    model = LMFusionModel.from_base(str(base_dir), build_config(LMFusionConfig, MODEL))
     model.checkpoint_every = checkpoint_every
     optimizer = torch.optim.AdamW(model.trainable_parameters())
     g = torch.Generator().manual_seed(0)
@@ -121,7 +121,7 @@ def measured_peak_bytes(base_dir, micro: int, seq_len: int, checkpoint_every: in
 
 def test_parameter_counts_are_exact(base_dir, tmp_path):
     plan = plan_in_own_process(run_config(base_dir, 4, 0), tmp_path, gpus=1, device="cpu", caption_tokens=CAPTION)
-    model = LMFusionModel.from_base(str(base_dir), LMFusionConfig.from_dict(MODEL))
+    model = LMFusionModel.from_base(str(base_dir), build_config(LMFusionConfig, MODEL))
     assert plan["params"]["total"] == sum(p.numel() for p in model.parameters())
     assert plan["params"]["trainable"] == sum(p.numel() for p in model.trainable_parameters())
     assert plan["params"]["frozen"] == sum(p.numel() for p in model.base.parameters())
