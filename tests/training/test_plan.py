@@ -181,7 +181,7 @@ def test_measurement_leaves_no_fake_object_behind():
     base = transformers.LlamaConfig(
         vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
     )
-    lm_cfg = LMFusionConfig.from_dict(MODEL)
+    lm_cfg = build_config(LMFusionConfig, MODEL)
     gc.collect()
     per_token, _ = measure_layer(base, lm_cfg, 0.5, torch.float32, 512, "sdpa", False)
     saved, flops = measure_patcher(lm_cfg, 64, torch.float32)
