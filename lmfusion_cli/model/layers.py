@@ -13,7 +13,7 @@ Expert variants (`LMFusionConfig.experts`): `deep` copies norms, attention proje
 
 from __future__ import annotations
 
-import copy
+import copy as _copy
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,15 +75,18 @@ class Routes:
 class ImageExpert(nn.Module):
     """The image modality's modules of one decoder layer (copies of the text layer's).
 
-    For `ffn-only` there is no `self_attn`: the text attention projections are shared.
+    For `ffn-only` there is no `self_attn`: the text attention projections are shared. `copy=False`
+    takes `text_layer`'s modules as they are (a fresh layer of the same shapes: `lmfusion plan` does
+    so under `FakeTensorMode`, where a deep copy would make tensors of another fake mode).
     """
 
-    def __init__(self, text_layer: nn.Module, experts: str):
+    def __init__(self, text_layer: nn.Module, experts: str, copy: bool = True):
         super().__init__()
         for part in LAYER_PARTS:
             if part == "self_attn" and experts == "ffn-only":
                 continue
-            setattr(self, part, copy.deepcopy(getattr(text_layer, part)))
+            module = getattr(text_layer, part)
+            setattr(self, part, _copy.deepcopy(module) if copy else module)
 
 
 def rope_function(text_layer: nn.Module) -> Callable:

@@ -7,10 +7,19 @@
   `FakeTensorMode` at two token counts; the bytes autograd saves (`_saved_bytes`, parameters excluded)
   and the FLOPs are differenced into an exact per-token cost.
 
+One fake mode per measurement, and nothing fake outlives it (`_in_fake_mode`): every input is made
+inside the mode (`allow_non_fake_inputs` off), the image expert is a fresh fake layer, not a deep copy
+(deep-copying a fake module makes tensors of another, ad hoc fake mode, which the mode then converted as
+if real: that corrupted the heap, and `lmfusion plan` crashed with SIGSEGV at a later, random tensor op),
+the pack hook keeps the saved tensors outside the graph (returning the tensor itself makes a graph →
+tensor → graph cycle that leaked every fake graph for good), and the cyclic garbage is collected before
+the mode exits.
+
 How these become memory, FLOPs and step time per GPU is `plan.py`."""
 
 from __future__ import annotations
 
+import gc
 import json
 import warnings
 from pathlib import Path
@@ -91,19 +100,44 @@ def _saved_bytes(fn, params: list[torch.Tensor], square: int | None = None) -> t
     """(bytes autograd saves while `fn()` runs, of which (.., T, T) masks) excluding parameters."""
     keep = {p.untyped_storage()._cdata for p in params}
     seen: dict[int, tuple[int, bool]] = {}
+    alive: list[torch.Tensor] = []  # the saved tensors, held here (not by the graph) until counted
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def pack(t: torch.Tensor) -> int:
         storage = t.untyped_storage()
         if storage._cdata not in keep:
             is_mask = square is not None and t.dim() == 4 and t.shape[-1] == t.shape[-2] == square
             seen[storage._cdata] = (storage.nbytes(), is_mask)
-        return t
+        alive.append(t)  # keeps each storage's address unique while the forward runs
+        return len(alive) - 1  # an index, not the tensor: no graph → tensor → graph cycle
 
     with warnings.catch_warnings():  # FakeTensor's storage nbytes goes through a deprecated data_ptr check
         warnings.simplefilter("ignore", UserWarning)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, alive.__getitem__):
             fn()
+    alive.clear()
     return sum(n for n, _ in seen.values()), sum(n for n, m in seen.values() if m)
+
+
+def _in_fake_mode(fn, **options):
+    """`fn()` under a fresh `FakeTensorMode`; the fake objects it made are gone (and the cyclic ones
+    collected) before the mode exits. `fn` must return plain numbers, no fake object."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(**options):
+        try:
+            return fn()
+        finally:
+            gc.collect()
+
+
+def _build(dtype: torch.dtype, factory):
+    """`factory()` with `dtype` as the default dtype (the modules' parameters in that dtype)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return factory()
+    finally:
+        torch.set_default_dtype(default)
 
 
 def measure_layer(
@@ -112,7 +146,6 @@ def measure_layer(
     """(saved bytes per token, dense-mask bytes) of one routed layer at `tokens` positions (one row).
 
     Runs the real `routed_layer` on fake tensors of the base's width in `dtype`."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoModelForCausalLM
 
     from lmfusion_cli.model.attention import Attention, MaskInfo
@@ -130,31 +163,27 @@ def measure_layer(
     )
 
     def one(T: int) -> tuple[int, int]:
-        n_image = int(round(T * image_fraction))
-        modality = torch.zeros(1, T, dtype=torch.long)
-        modality[0, T - n_image :] = 1
-        routes = Routes.from_modality(modality, 0, 1)
-        docs, images = torch.zeros(1, T, dtype=torch.long), torch.full((1, T), -1)
-        images[0, T - n_image :] = 0
-        attention = Attention(
-            MaskInfo(images, images, docs, docs, 0), "sdpa"
-        )  # flex saves the same (q, k, v, out, lse)
-        positions = torch.arange(T)[None]
-        default = torch.get_default_dtype()
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            torch.set_default_dtype(dtype)
-            try:
-                base = AutoModelForCausalLM.from_config(small)
-            finally:
-                torch.set_default_dtype(default)
+        def fake() -> tuple[int, int]:  # everything lives in this frame, inside the mode: no real tensor
+            n_text = T - int(round(T * image_fraction))
+            routes = Routes(text=torch.arange(n_text), image=torch.arange(n_text, T), num_positions=T)  # text, image
+            docs, images = torch.zeros(1, T, dtype=torch.long), torch.full((1, T), -1)
+            images[0, n_text:] = 0
+            attention = Attention(MaskInfo(images, images, docs, docs, 0), "sdpa")  # flex saves the same
+            positions = torch.arange(T)[None]
+            base = _build(dtype, lambda: AutoModelForCausalLM.from_config(small))
             layer = base.model.layers[0].requires_grad_(text_trainable)
-            expert = ImageExpert(layer, lm_cfg.experts).requires_grad_(True) if lm_cfg.experts != "none" else None
+            expert = None
+            if lm_cfg.experts != "none":  # fresh modules, not a deep copy (see `ImageExpert`)
+                source = _build(dtype, lambda: AutoModelForCausalLM.from_config(small)).model.layers[0]
+                expert = ImageExpert(source, lm_cfg.experts, copy=False).requires_grad_(True)
             hidden = torch.randn(T, small.hidden_size, dtype=dtype, requires_grad=True)
             rope = base.model.rotary_emb(hidden.view(1, T, -1), positions)
             params = list(base.parameters()) + (list(expert.parameters()) if expert is not None else [])
             return _saved_bytes(
                 lambda: routed_layer(layer, expert, hidden, routes, (1, T), rope, attention), params, square=T
             )
+
+        return _in_fake_mode(fake)
 
     t1, t2 = 256, 512
     (b1, m1), (b2, m2) = one(t1), one(t2)
@@ -165,29 +194,23 @@ def measure_layer(
 
 def measure_patcher(lm_cfg, hidden: int, dtype: torch.dtype) -> tuple[float, float]:
     """(saved activation bytes, forward FLOPs) of the patcher's encode + decode, per image."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
     from lmfusion_cli.model.patchers import make_patcher
 
-    results = []
-    for n in (1, 2):
-        default = torch.get_default_dtype()
-        with FakeTensorMode():
-            torch.set_default_dtype(dtype)
-            try:
-                patcher = make_patcher(lm_cfg, hidden)
-            finally:
-                torch.set_default_dtype(default)
-            latents = torch.randn(n, lm_cfg.latent_channels, lm_cfg.latent_size, lm_cfg.latent_size, dtype=dtype)
-            t = torch.full((n,), 500.0)
-            counter = FlopCounterMode(display=False)
+    def fake(n: int) -> tuple[int, int]:  # everything fake lives in this frame, inside the mode
+        patcher = _build(dtype, lambda: make_patcher(lm_cfg, hidden))
+        latents = torch.randn(n, lm_cfg.latent_channels, lm_cfg.latent_size, lm_cfg.latent_size, dtype=dtype)
+        t = torch.full((n,), 500.0)
+        counter = FlopCounterMode(display=False)
 
-            def run(patcher=patcher, latents=latents, t=t):
-                tokens, skips = patcher.encode(latents, t)
-                patcher.decode(tokens, t, skips)
+        def run():
+            tokens, skips = patcher.encode(latents, t)
+            patcher.decode(tokens, t, skips)
 
-            with counter:
-                saved, _ = _saved_bytes(run, list(patcher.parameters()))
-            results.append((saved, counter.get_total_flops()))
-    return results[1][0] - results[0][0], results[1][1] - results[0][1]
+        with counter:
+            saved, _ = _saved_bytes(run, list(patcher.parameters()))
+        return saved, counter.get_total_flops()
+
+    (s1, f1), (s2, f2) = (_in_fake_mode(lambda n=n: fake(n)) for n in (1, 2))
+    return s2 - s1, f2 - f1
