@@ -165,7 +165,10 @@ def schedule_to_follow(config: TrainRunConfig, resume_from: Path | None) -> Sche
     new `schedule.steps`; past the saved end the rate stays at `schedule.min_lr`."""
     if not resume_from:
         return config.schedule
-    saved = json.loads((Path(resume_from) / TRAINER_FILE).read_text()).get("config", {}).get("schedule")
+    try:
+        saved = json.loads((Path(resume_from) / TRAINER_FILE).read_text()).get("config", {}).get("schedule")
+    except (OSError, ValueError):  # missing or damaged: the checkpointer's verification names the file
+        return config.schedule
     if not isinstance(saved, dict) or saved.get("steps", config.schedule.steps) == config.schedule.steps:
         return config.schedule
     log.warning(

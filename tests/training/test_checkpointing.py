@@ -151,3 +151,21 @@ def test_one_compatibility_check_compares_fixed_keys_and_inputs(tmp_path):
     assert resume_change(older, {"config": config}) is None  # an option added since: the default then
     text_lr = {**config, "optim": {**config["optim"], "text_lr": 1e-5}}
     assert "optim.text_lr None → 1e-05" in resume_change(older, {"config": text_lr})
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_a_checkpoint_without_a_readable_trainer_json_is_one_sentence_naming_it(run, tmp_path, damage):
+    """The LR schedule to follow is read from trainer.json before the checkpointer verifies the folder:
+    a missing or garbled trainer.json must still end in the verification's sentence, not a traceback."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    trainer = copy / "checkpoints" / "step-00000006" / "trainer.json"
+    if damage == "missing":
+        trainer.unlink()
+    else:
+        trainer.write_text("{not json" + trainer.read_text()[9:])
+    config = make_config(copy, train={"save_every": 2, "keep_last": 2}, schedule={"steps": 8})
+    with pytest.raises(
+        UserError, match=r"step-00000006/trainer\.json (is listed in the manifest but missing|does not)"
+    ):
+        run_training(config, *toy_factories())
