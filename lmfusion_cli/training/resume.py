@@ -149,13 +149,14 @@ def resume_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
     """The first difference between a checkpoint's record (trainer.json: `trains`, `config`) and the run
     now that would make the resumed run differ, as a clause with its fix; None when it may resume.
     Inputs are compared by content, not location; a config option the checkpoint does not record (added
-    since) counts as its default; a section missing on either side is not compared."""
-    if "trains" in saved and "trains" in now:
-        change = _input_change(_flatten(saved["trains"]), _flatten(now["trains"]))
+    since) counts as its default; a section missing on either side is not compared. The config comes
+    first: a model option is in both (`config.model`, `trains.lmfusion_config`), and its fix is the key's."""
+    if "config" in saved and "config" in now:
+        change = _config_change(_flatten(saved["config"]), _flatten(now["config"]))
         if change:
             return change
-    if "config" in saved and "config" in now:
-        return _config_change(_flatten(saved["config"]), _flatten(now["config"]))
+    if "trains" in saved and "trains" in now:
+        return _input_change(_flatten(saved["trains"]), _flatten(now["trains"]))
     return None
 
 

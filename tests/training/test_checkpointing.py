@@ -169,3 +169,21 @@ def test_a_checkpoint_without_a_readable_trainer_json_is_one_sentence_naming_it(
         UserError, match=r"step-00000006/trainer\.json (is listed in the manifest but missing|does not)"
     ):
         run_training(config, *toy_factories())
+
+
+def _lmfusion_record(config: dict, **model) -> dict:
+    """trainer.json's `config` and `trains` as the LMFusion workload writes them: the model section twice,
+    as configured and (geometry filled in) as the workload's `lmfusion_config`."""
+    config = {**config, "model": {**config["model"], **model}}
+    lmfusion_config = {**config["model"], "latent_channels": 4, "latent_size": 8}
+    trains = {"base": "/a", "base_config_sha256": "1", "lmfusion_config": lmfusion_config, "latent_vae": None}
+    return {"config": config, "trains": trains}
+
+
+def test_a_changed_model_option_is_named_as_the_config_key_not_as_another_cache_or_base(tmp_path):
+    from lmfusion_cli.common.configs import config_to_dict
+    from lmfusion_cli.training.resume import resume_change
+
+    config = config_to_dict(make_config(tmp_path))
+    change = resume_change(_lmfusion_record(config), _lmfusion_record(config, lambda_image=2.0))
+    assert change.startswith("config key 'model' changed (model.lambda_image 5.0 → 2.0); restore it"), change
