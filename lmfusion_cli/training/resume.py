@@ -26,6 +26,7 @@ from lmfusion_cli.common.checkpoint_layout import (
 )
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME
+from lmfusion_cli.model.config import LMFusionConfig
 from lmfusion_cli.training.config import RESUME_FIXED_KEYS, ScheduleConfig, TrainRunConfig
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,14 @@ def _defaults(cls: type, prefix: str = "") -> dict[str, Any]:
     return found
 
 
+def _with_defaults(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`old` plus the default of every key `new` has and `old` lacks: an option added since the checkpoint
+    was written, which it ran with the default of."""
+    return {**{k: v for k, v in defaults.items() if k in new and k not in old}, **old}
+
+
 def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    old = _with_defaults(old, new, _defaults(LMFusionConfig, "lmfusion_config."))  # the model's, as described
     for key in sorted(set(old) | set(new)):
         if key in _LOCATION_KEYS or old.get(key) == new.get(key):
             continue
@@ -132,8 +140,7 @@ def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 
 def _config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    if any(k not in old for k in new):  # an option added since the checkpoint: it ran with the default
-        old = {**{k: v for k, v in _defaults(TrainRunConfig).items() if k in new}, **old}
+    old = _with_defaults(old, new, _defaults(TrainRunConfig))
     for fixed in RESUME_FIXED_KEYS:
         keys = sorted(k for k in set(old) | set(new) if k == fixed or k.startswith(fixed + "."))
         changed = [f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]

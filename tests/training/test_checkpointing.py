@@ -187,3 +187,17 @@ def test_a_changed_model_option_is_named_as_the_config_key_not_as_another_cache_
     config = config_to_dict(make_config(tmp_path))
     change = resume_change(_lmfusion_record(config), _lmfusion_record(config, lambda_image=2.0))
     assert change.startswith("config key 'model' changed (model.lambda_image 5.0 → 2.0); restore it"), change
+
+
+def test_a_model_option_added_since_the_checkpoint_counts_as_its_default(tmp_path):
+    """A checkpoint written before a model option existed ran with its default, in `config.model` and in
+    the workload's `lmfusion_config` alike; setting it to another value is refused."""
+    from lmfusion_cli.common.configs import config_to_dict
+    from lmfusion_cli.training.resume import resume_change
+
+    config = config_to_dict(make_config(tmp_path))
+    older = _lmfusion_record(config)
+    for section in (older["config"]["model"], older["trains"]["lmfusion_config"]):
+        del section["timestep_shift"]
+    assert resume_change(older, _lmfusion_record(config)) is None
+    assert "model.timestep_shift 1.0 → 3.0" in resume_change(older, _lmfusion_record(config, timestep_shift=3.0))
