@@ -201,3 +201,19 @@ def test_a_model_option_added_since_the_checkpoint_counts_as_its_default(tmp_pat
         del section["timestep_shift"]
     assert resume_change(older, _lmfusion_record(config)) is None
     assert "model.timestep_shift 1.0 → 3.0" in resume_change(older, _lmfusion_record(config, timestep_shift=3.0))
+
+
+@pytest.mark.parametrize(
+    "key, value", [("interleaved_fraction", 0.5), ("text_only_fraction", 0.2), ("max_caption_tokens", 8)]
+)
+def test_a_changed_task_mix_or_caption_cut_is_refused_on_resume(tmp_path, key, value):
+    """Every `data.*` key but the validation split changes what is trained on (docs/training.md): the
+    task mix and the caption cut too, not only generation_fraction and caption_dropout."""
+    from lmfusion_cli.common.configs import config_to_dict
+    from lmfusion_cli.training.resume import resume_change
+
+    config = config_to_dict(make_config(tmp_path))
+    changed = {**config, "data": {**config["data"], key: value}}
+    assert f"config key 'data.{key}' changed" in (resume_change({"config": config}, {"config": changed}) or "")
+    val = {**config, "data": {**config["data"], "val_split": "other"}}
+    assert resume_change({"config": config}, {"config": val}) is None
