@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lmfusion_cli.common.configs import apply_overrides, build_config, read_yaml
+from lmfusion_cli.common.configs import apply_overrides, build_config, read_yaml, set_key
 
 T = TypeVar("T")
 
@@ -25,9 +25,5 @@ def resolve_config(
     for key, value in (cli_values or {}).items():
         if value is None:
             continue
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = str(value) if isinstance(value, Path) else value
+        set_key(data, key.split("."), str(value) if isinstance(value, Path) else value, f"Config key '{key}'")
     return build_config(cls, data)

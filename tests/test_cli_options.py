@@ -173,3 +173,32 @@ def test_csv_flags_parse_numbers_and_words(monkeypatch):
     cfg = seen["cfg"]
     assert cfg.sampling.cfg_scale == (1.0, 1.55) and cfg.text.tasks == ("hellaswag", "my_task.yaml")
     assert dataclasses.is_dataclass(cfg) and Flag("sampling.cfg_scale", csv=True).name == "--cfg-scale"
+
+
+@pytest.mark.parametrize("section", ["schedule:\n", "schedule: 5\n"])
+def test_a_flag_into_an_empty_or_scalar_yaml_section_is_handled_like_set(section, tmp_path, capsys, monkeypatch):
+    """`--steps` and `--set schedule.steps=` write the same key: an empty (null) section takes either, a
+    scalar where a section belongs is one `error:` line for both (it was a TypeError traceback for the flag)."""
+    import lmfusion_cli.config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(section)
+    run = tmp_path / "run"
+    args = ["train", "-c", config, "--latents", tmp_path / "no-cache", "--out", run]
+    if section == "schedule: 5\n":
+        for given in (["--steps", "7"], ["--set", "schedule.steps=7"]):
+            assert "'schedule' is not a section" in _one_error_line(capsys, *args, *given)
+        assert not run.exists()
+        return
+    seen = {}
+    real = lmfusion_cli.config.resolve_config
+
+    def keep(*a, **k):
+        seen["cfg"] = real(*a, **k)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(lmfusion_cli.config, "resolve_config", keep)
+    for given in (["--steps", "7"], ["--set", "schedule.steps=7"]):
+        with pytest.raises(SystemExit):
+            main([str(a) for a in [*args, *given]])
+        assert seen.pop("cfg").schedule.steps == 7

@@ -207,16 +207,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise UserError(f"Override '{text}': '{part}' is not a section.")
-            node = child
-        node[path[-1]] = value
+        set_key(data, path, value, f"Override '{text}'")
     return data
+
+
+def set_key(data: dict[str, Any], path: list[str], value: Any, what: str) -> None:
+    """Set `data[path[0]][path[1]]... = value` in place, making missing or empty (null) sections; a
+    non-section on the way is a `UserError` starting with `what` (the override or option that set it)."""
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{what}: '{part}' is not a section.")
+        node = child
+    node[path[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
