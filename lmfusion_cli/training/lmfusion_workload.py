@@ -271,7 +271,7 @@ class LMFusionWorkload:
 
     def validation_grid(self, source: Any, num_items: int, steps: int, seed: int):
         """(H, W, 3) uint8 grid of images generated from the first `num_items` validation captions
-        (guidance 3, `steps` denoising steps), for the trackers; None when the cache's VAE cannot be
+        (the sampling default guidance `DecodingOptions.cfg_scale`, `steps` denoising steps), for the trackers; None when the cache's VAE cannot be
         loaded (then a warning, once). Sampling's Python API, as evaluation uses it."""
         import numpy as np
 
