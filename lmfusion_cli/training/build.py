@@ -84,7 +84,6 @@ def build_run(
     val_source = source_factory(config.data.latents, config.data.val_split) if config.data.val_split else None
     torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
     workload = workload_factory(config, source, ctx.device)
-    prepare_root(checkpoints_root(run_dir), ctx)  # the first write: a base that fails to load leaves no folder
     model = _shard(config, ctx, workload)
     optimizer = build_optimizer(
         [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
@@ -113,6 +112,8 @@ def build_run(
     )
     if resume_from:
         _resume(checkpointer, Path(resume_from), ctx)
+    # the first write: a base that fails to load, an option refused or a refused resume leaves no folder
+    prepare_root(checkpoints_root(run_dir), ctx)
     if ctx.is_main:
         write_run_files(run_dir, config, workload, progress, complete=False)
     barrier(ctx)

@@ -199,3 +199,20 @@ def test_a_checkpoint_of_the_previous_layout_resumes_exactly(tmp_path):
     assert resumed.step == 9 and resumed.losses == [straight[s] for s in range(4, 10)]
     (s_step, s_w), (r_step, r_w) = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert s_step == r_step == 9 and all(torch.equal(s_w[k], r_w[k]) for k in s_w)
+
+
+@pytest.mark.parametrize("refused", ["resume-changed-config", "frozen-bf16-on-fp32"])
+def test_a_run_refused_while_building_leaves_no_run_folder(tmp_path, refused):
+    """Bad input is refused before anything is written: a resume from another run's checkpoint with a
+    changed fixed key, or an option the compute cannot honour, leaves no `--out` folder behind."""
+    wf, sf = toy_factories()
+    out = tmp_path / "new"
+    if refused == "resume-changed-config":
+        run_training(make_config(tmp_path / "old", train={"stop_at": 2}), wf, sf)
+        step = tmp_path / "old" / "checkpoints" / "step-00000002"
+        config, match = make_config(out, optim={"lr": 1e-2}, train={"resume": str(step)}), "config key 'optim'"
+    else:
+        config, match = make_config(out, train={"frozen_bf16": True, "precision": "fp32"}), "needs bf16 compute"
+    with pytest.raises(UserError, match=match):
+        run_training(config, wf, sf)
+    assert not out.exists()
