@@ -4,7 +4,7 @@ A checkpoint folder may come from someone else (`--resume PATH`, or a folder cop
 `--resume auto`), and its SHA-256 manifest proves nothing about its author: whoever wrote the files
 wrote the manifest. So nothing in a checkpoint is unpickled with the full `pickle` machinery:
 
-- the RNG states are tensors and plain numbers (`save_rng`/`load_rng`), read with `torch.load(...,
+- the RNG states are tensors and plain numbers (`rng_state`, saved by `state.RNGState`; `load_rng`), read with `torch.load(...,
   weights_only=True)`; the previous format (numpy arrays inside) is migrated through the same
   weights-only unpickler with numpy's array classes allowed, nothing else;
 - `dcp/.metadata` is read by `SafeFileSystemReader`, whose unpickler resolves only the classes that
@@ -95,10 +95,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_rng(path: Path) -> None:
-    torch.save(rng_state(), path)
 
 
 def _numpy_array_globals() -> list[Any]:
