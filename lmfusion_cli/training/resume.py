@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from lmfusion_cli.common.checkpoint_layout import (
     list_checkpoints,
     step_of,
 )
+from lmfusion_cli.common.configs import config_fields
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME
 from lmfusion_cli.model.config import LMFusionConfig
@@ -104,17 +104,9 @@ def _flatten(data: Any) -> dict[str, Any]:
 
 
 def _defaults(cls: type, prefix: str = "") -> dict[str, Any]:
-    """The flattened field defaults of a config dataclass, read from its fields (some sections cannot be
+    """The flattened field defaults of a config dataclass (`configs.config_fields`; some sections cannot be
     built without values): what a checkpoint that predates an option ran with."""
-    hints, found = typing.get_type_hints(cls), {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            found.update(_defaults(hints[f.name], f"{prefix}{f.name}."))
-        elif f.default is not dataclasses.MISSING:
-            found.update(_flatten({f"{prefix}{f.name}": f.default}))
-        elif f.default_factory is not dataclasses.MISSING:
-            found.update(_flatten({f"{prefix}{f.name}": f.default_factory()}))
-    return found
+    return _flatten({f.key: f.default for f in config_fields(cls, prefix)})
 
 
 def _with_defaults(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
