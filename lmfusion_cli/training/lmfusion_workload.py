@@ -271,8 +271,9 @@ class LMFusionWorkload:
 
     def validation_grid(self, source: Any, num_items: int, steps: int, seed: int):
         """(H, W, 3) uint8 grid of images generated from the first `num_items` validation captions
-        (the sampling default guidance `DecodingOptions.cfg_scale`, `steps` denoising steps), for the trackers; None when the cache's VAE cannot be
-        loaded (then a warning, once). Sampling's Python API, as evaluation uses it."""
+        (the sampling default guidance `DecodingOptions.cfg_scale`, `steps` denoising steps), for the
+        trackers; None when the cache's VAE cannot be loaded (then a warning, once). Sampling's Python API,
+        as evaluation uses it."""
         import numpy as np
 
         from lmfusion_cli.sampling.generate import generate_images
