@@ -158,7 +158,7 @@ def write_results(
         "",
         f"Captioning: {n} held-out shapes images captioned greedily (CIDEr; per attribute: the caption states the "
         f"right value). Generation: {n} held-out prompts, the checker's accuracy per attribute (chance: "
-        + ", ".join(f"{a} {chance.get(a, float('nan')):.2f}" for a in CORE_ATTRIBUTES)
+        + ", ".join(f"{a} {chance.get(a, float('nan')):.3g}" for a in CORE_ATTRIBUTES)
         + "); gen. mean averages the three.",
         "",
         "## Text and cost",

@@ -302,9 +302,9 @@ def test_report_writes_tables_claims_and_figures_from_the_folders(tmp_path):
     assert (
         "Cost: 0.04 CPU-hours in all (data 1.5 CPU-min" in results and "1.00 h elapsed over 2 invocation(s)" in results
     )
-    assert "  - caption CIDEr, seed by seed: lmfusion higher in 0 of 2 seeds" in results
+    assert "(n 2/2; difference -0.100, 2·SE 0.283; lmfusion higher in 0 of 2 seeds) — **within noise**" in results
     for line in results.split("## Does it agree with the paper?")[1].split("\n## ")[0].splitlines():
-        if line.startswith("  - ") and "seed by seed" not in line:
+        if line.startswith("  - "):
             assert re.search(r"— \*\*(agree|disagree|within noise)\*\*$", line), line
 
 
@@ -318,3 +318,35 @@ def test_attributes_below_chance_in_every_variant_are_named(tmp_path):
         "- Generation *below* chance in every variant (seed means): shape — the checker does not recognise these "
         "attributes in the generated images yet, so they do not separate the variants.",
     ]
+
+
+def test_ablation_config_is_the_demo_recipe():
+    """The ablation trains on pipelines/configs/tiny.yaml's recipe; only batch, steps and saving differ."""
+    demo = yaml.safe_load((REPO / "pipelines/configs/tiny.yaml").read_text())
+    ablation = yaml.safe_load((REPO / "pipelines/configs/ablation/tiny.yaml").read_text())
+    assert ablation["model"] == demo["model"] and ablation["optim"] == demo["optim"]
+    assert {k: v for k, v in ablation["data"].items() if k != "latents"} == {
+        k: v for k, v in demo["data"].items() if k != "latents"
+    }
+    assert ablation["base"] == demo["base"] and ablation["schedule"]["min_lr"] == demo["schedule"]["min_lr"]
+    assert (ablation["train"]["batch_size"], ablation["train"]["threads"], ablation["schedule"]["steps"]) == (
+        16,
+        1,
+        400,
+    )
+
+
+def test_transfusion_fraction_gives_half_the_tokens_to_text():
+    import ablation_token_mix as mix
+
+    # the lengths measured on the tiny config (pipelines/ablation.sh's comment) give its defaults
+    means = {"text-only": 27.64, "interleaved": 93.63, "caption/image": 78.96}
+    out = mix.fractions(means, text_only0=0.1, interleaved0=0.2, share=0.5)
+    assert round(out["text_only_fraction"], 3) == 0.748 and round(out["interleaved_fraction"], 3) == 0.056
+    t = out["text_only_fraction"]
+    text_tokens = t * means["text-only"]
+    image_tokens = out["interleaved_fraction"] * means["interleaved"]
+    image_tokens += (1 - t - out["interleaved_fraction"]) * means["caption/image"]
+    assert abs(text_tokens / (text_tokens + image_tokens) - 0.5) < 1e-9
+    script = (REPO / "pipelines/ablation.sh").read_text()
+    assert "TF_TEXT_ONLY=${TF_TEXT_ONLY:-0.748}" in script and "TF_INTERLEAVED=${TF_INTERLEAVED:-0.056}" in script
