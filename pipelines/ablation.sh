@@ -118,6 +118,14 @@ vae_arg=()
 stage prepare "$DATA" \
   "$LMFUSION" prepare --source shapes --interleaved --out "$DATA" --num-items "$NUM_ITEMS" --seed "$DATA_SEED" \
   --resolution "$RESOLUTION" --workers "$WORKERS"
+# a WORK made before issue 23 holds a shapes set without documents: the interleaved share would silently fall
+# back to caption/image examples
+"$PY" - "$DATA/manifest.json" <<'PYEOF' || exit 2
+import json, sys
+if not json.load(open(sys.argv[1])).get("config", {}).get("interleaved"):
+    sys.exit(f"error: {sys.argv[1].rsplit('/', 1)[0]} was prepared without --interleaved (an older WORK); "
+             "delete it and its latents (WORK/shapes, WORK/latents) or pick a new WORK")
+PYEOF
 stage encode-latents "$LATENTS" \
   "$LMFUSION" encode-latents --data "$DATA" --out "$LATENTS" --workers "$WORKERS" "${vae_arg[@]}"
 
