@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's comparison at small scale (issues 11, 23): LMFusion against its baselines, over seeds.
 #
-#   bash pipelines/ablation.sh      # CPU: 8 variants × 3 seeds, 2 runs side by side (≈ 3-4 CPU-hours, estimated)
+#   bash pipelines/ablation.sh      # CPU: 8 variants × 3 seeds, 2 runs side by side (est. ≈ 5 CPU-min per run)
 #   SEEDS="0 1 2 3 4" JOBS=2 bash pipelines/ablation.sh            # more seeds (a rerun adds only the new ones)
 #   CONFIG=pipelines/configs/small-real.yaml GPUS=8 JOBS=1 STEPS=20000 NUM_ITEMS=100000 \
 #     EVAL_ITEMS=1000 EVAL_STEPS=50 bash pipelines/ablation.sh     # a bigger run on a GPU node
