@@ -13,7 +13,8 @@ except (OSError, ValueError):
 PYEOF
 }
 
-stage() {  # stage NAME OUTDIR COMMAND...: run COMMAND unless OUTDIR is complete; its wall seconds → OUTDIR.wall_s
+stage() {  # stage NAME OUTDIR COMMAND...: run COMMAND unless OUTDIR is complete; its wall seconds → OUTDIR.wall_s,
+  #          its CPU seconds (user + system, its child processes included) → OUTDIR.cpu_s
   local name=$1 out=$2
   shift 2
   if complete "$out"; then
@@ -21,8 +22,10 @@ stage() {  # stage NAME OUTDIR COMMAND...: run COMMAND unless OUTDIR is complete
     return
   fi
   echo "== $name"
-  local t0=$SECONDS
-  "$@"
+  local t0=$SECONDS TIMEFORMAT="%U %S"
+  mkdir -p "$(dirname "$out")"
+  { time "$@" 2>&3; } 3>&2 2> "$out.times"  # the command's stderr as before; bash's `time` report → OUTDIR.times
   echo "$((SECONDS - t0))" > "$out.wall_s"
+  awk '{ printf "%.1f\n", $1 + $2 }' "$out.times" > "$out.cpu_s" && rm -f "$out.times"
   echo "== $name done in $((SECONDS - t0)) s"
 }
