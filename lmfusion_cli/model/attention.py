@@ -126,6 +126,20 @@ def sdpa_kv(
     return k, v, True
 
 
+def flex_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v in one dtype for flex_attention: the autocast dtype when autocast is on, else their common one.
+
+    Autocast does not cover flex_attention (a higher-order op; pytorch issue 165468). Under bf16 autocast
+    the residual stream stays fp32, so rotary embedding turns q and k back to fp32 while v is bf16: flex
+    would then run in fp32 (torch ≥ 2.11 upcasts the lower-precision v) or refuse the mix (older torch)."""
+    device_type = q.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
 def flex_block_mask(info: MaskInfo, kv_length: int | None = None):
     """The same predicate as a FlexAttention BlockMask, built once per forward and shared by all layers.
 
@@ -181,6 +195,7 @@ class Attention:
             k, v, gqa = sdpa_kv(q, k, v, masked=True)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=scale, enable_gqa=gqa)
         gqa = q.shape[1] != k.shape[1]
+        q, k, v = flex_qkv(q, k, v)
         extra = self.kv_length - k.shape[2]
         if extra:  # bucket padding; its keys are masked out by their document id
             k, v = F.pad(k, (0, 0, 0, extra)), F.pad(v, (0, 0, 0, extra))

@@ -100,6 +100,42 @@ def test_sdpa_on_cuda_expands_masked_gqa_instead_of_enable_gqa():
     assert gqa is False  # no GQA at all
 
 
+def test_flex_gets_one_dtype_under_autocast():
+    """Autocast skips flex_attention: under bf16 autocast rotary embedding leaves q, k in fp32 (fp32 residual)
+    beside a bf16 v. `flex_qkv` hands flex the autocast dtype, and the common dtype without autocast."""
+    from lmfusion_cli.model.attention import flex_qkv
+
+    q, k, v = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert {t.dtype for t in flex_qkv(q, k, v)} == {torch.bfloat16}
+    assert {t.dtype for t in flex_qkv(q, k, v)} == {torch.float32}
+    same = flex_qkv(q, k, v.float())
+    assert same[0] is q and same[1] is k  # nothing to cast: no copy
+
+
+def test_model_under_bf16_autocast_hands_flex_bf16_qkv(monkeypatch):
+    """The routed model itself under CPU bf16 autocast (frozen text stored in bf16, as the GPU configs
+    train): every flex call gets bf16 q, k and v (without `flex_qkv`: fp32, fp32, bf16)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    import lmfusion_cli.model.attention as attention
+    from lmfusion_cli.training.distributed import store_frozen_bf16_
+
+    seen = []
+
+    def spy(q, k, v, **kwargs):  # records what flex gets, then runs it (eager: no compile in the test)
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return flex_attention(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attention, "_compiled_flex", lambda device_type: spy)
+    model = tiny_model("llama3", attention_backend="flex")
+    store_frozen_bf16_(model)
+    batch, latents = mixed_batch(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.forward_segment(batch, latents, torch.full((latents.shape[0],), 500.0))
+    assert seen and set(seen) == {(torch.bfloat16,) * 3}
+
+
 def test_expanded_kv_equals_enable_gqa():
     import torch.nn.functional as F
 
