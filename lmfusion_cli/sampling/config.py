@@ -85,6 +85,14 @@ def options_of(settings: SamplingSettings, **changes) -> DecodingOptions:
     return DecodingOptions(**{**values, **changes})
 
 
+TASK_INPUTS: dict[str, tuple[str, ...]] = {
+    "prompt": ("t2i", "interleaved"),
+    "prompts": ("t2i", "interleaved"),
+    "images": ("caption",),
+}
+"""The tasks that read each input option of `SampleConfig`; any other task refuses it rather than ignore it."""
+
+
 @dataclass(frozen=True)
 class SampleConfig(DecodingOptions):
     """Every option of `lmfusion sample`: the sampling options, then the stage's inputs and outputs."""
@@ -132,6 +140,11 @@ class SampleConfig(DecodingOptions):
             raise ValueError(f"task {self.task} needs exactly one of --prompt TEXT or --prompts FILE")
         if self.task == "caption" and not self.images:
             raise ValueError("task caption needs --images DIR or image files")
+        for name, tasks in TASK_INPUTS.items():
+            if self.task not in tasks and getattr(self, name) not in (None, ()):
+                raise ValueError(
+                    f"task {self.task} does not use --{name}; drop it, or pass --task {' or '.join(tasks)}"
+                )
         if self.batch_size < 1 or self.num_per_prompt < 1:
             raise ValueError("batch_size and num_per_prompt must be >= 1")
         if self.max_images < 0 or self.grid_columns < 0:
