@@ -65,6 +65,18 @@ class DecodingOptions(SamplingSettings):
             raise ValueError(f"cfg_scale must be >= 0; got {self.cfg_scale}")
 
 
+INTERLEAVED_DECODINGS: tuple[str, ...] = ("greedy", "top-p")
+"""Decodings interleaved generation can use: it follows one token stream that an image may interrupt."""
+
+
+def interleaved_decoding_error(decoding: str) -> str | None:
+    """Why interleaved generation cannot decode with `decoding` (None: it can); the one owner of the rule, checked
+    by `SampleConfig` before a model loads and by `interleaved.generate_document` for direct callers."""
+    if decoding in INTERLEAVED_DECODINGS:
+        return None
+    return f"task interleaved decodes with decoding greedy or top-p, not {decoding}; set decoding to greedy or top-p"
+
+
 def with_settings(options: DecodingOptions | None, settings: dict[str, Any]) -> DecodingOptions:
     """`options` (None: the defaults) with keyword `settings` (`DecodingOptions` field names) applied; a bad
     value is a ValueError naming the parameter."""
@@ -140,6 +152,8 @@ class SampleConfig(DecodingOptions):
             raise ValueError(f"task {self.task} needs exactly one of --prompt TEXT or --prompts FILE")
         if self.task == "caption" and not self.images:
             raise ValueError("task caption needs --images DIR or image files")
+        if self.task == "interleaved" and (problem := interleaved_decoding_error(self.decoding)):
+            raise ValueError(problem)
         for name, tasks in TASK_INPUTS.items():
             if self.task not in tasks and getattr(self, name) not in (None, ()):
                 raise ValueError(

@@ -35,3 +35,8 @@ def _refused(capsys, tmp_path, *args) -> str:
 def test_an_option_the_task_does_not_use_is_refused(capsys, tmp_path, task, option, args):
     line = _refused(capsys, tmp_path, "--task", task, *args)
     assert option in line and f"task {task}" in line
+
+
+def test_interleaved_beam_is_refused_before_the_model_loads(capsys, tmp_path):
+    line = _refused(capsys, tmp_path, "--task", "interleaved", "--prompt", "a story:", "--decoding", "beam")
+    assert "beam" in line and "greedy or top-p" in line
