@@ -98,6 +98,12 @@ def test_every_config_key_is_in_help_with_its_docstring(name):
         assert f.doc[:60] in text, (f.key, f.doc)
 
 
+def test_an_empty_list_default_is_listed_as_brackets():
+    """`images = ` read as a missing default; an empty list is `[]`, the same as in a YAML config."""
+    epilog = typer.main.get_command(app).commands["sample"].epilog
+    assert any(line.startswith("  images = []  <list of str>") for line in epilog.splitlines()), epilog
+
+
 def _config_of(name):
     from lmfusion_cli.data.config import EncodeConfig, PrepareConfig
     from lmfusion_cli.evaluation.config import EvaluateConfig

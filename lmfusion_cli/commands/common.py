@@ -105,8 +105,8 @@ def flag_help(f: ConfigField) -> str:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) if value else "[]"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
