@@ -181,6 +181,23 @@ def test_csv_flags_parse_numbers_and_words(monkeypatch):
     assert dataclasses.is_dataclass(cfg) and Flag("sampling.cfg_scale", csv=True).name == "--cfg-scale"
 
 
+def test_csv_items_of_a_list_of_str_stay_strings(monkeypatch):
+    """Task names like `yes`, `off` or `null` are YAML booleans / None: for `text.tasks` they stay names."""
+    import lmfusion_cli.config
+
+    seen = {}
+    real = lmfusion_cli.config.resolve_config
+
+    def keep(*a, **k):
+        seen["cfg"] = real(*a, **k)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(lmfusion_cli.config, "resolve_config", keep)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", "c", "--out", "o", "--suite", "text", "--tasks", "yes,off,null,1.5,piqa"])
+    assert seen["cfg"].text.tasks == ("yes", "off", "null", "1.5", "piqa")
+
+
 @pytest.mark.parametrize("section", ["schedule:\n", "schedule: 5\n"])
 def test_a_flag_into_an_empty_or_scalar_yaml_section_is_handled_like_set(section, tmp_path, capsys, monkeypatch):
     """`--steps` and `--set schedule.steps=` write the same key: an empty (null) section takes either, a
