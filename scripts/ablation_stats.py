@@ -10,6 +10,7 @@ and gives the numbers it was judged on.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +34,12 @@ class Stat:
 
     @property
     def mean(self) -> float:
-        return sum(self.values) / self.n if self.n else float("nan")
+        return statistics.fmean(self.values) if self.n else float("nan")
 
     @property
     def sd(self) -> float:
-        if self.n < 2:
-            return float("nan")
-        m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+        """The sample standard deviation (n - 1), NaN below two seeds."""
+        return statistics.stdev(self.values) if self.n >= 2 else float("nan")
 
     @property
     def var_of_mean(self) -> float:

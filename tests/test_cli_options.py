@@ -98,6 +98,12 @@ def test_every_config_key_is_in_help_with_its_docstring(name):
         assert f.doc[:60] in text, (f.key, f.doc)
 
 
+def test_an_empty_list_default_is_listed_as_brackets():
+    """`images = ` read as a missing default; an empty list is `[]`, the same as in a YAML config."""
+    epilog = typer.main.get_command(app).commands["sample"].epilog
+    assert any(line.startswith("  images = []  <list of str>") for line in epilog.splitlines()), epilog
+
+
 def _config_of(name):
     from lmfusion_cli.data.config import EncodeConfig, PrepareConfig
     from lmfusion_cli.evaluation.config import EvaluateConfig
@@ -173,6 +179,23 @@ def test_csv_flags_parse_numbers_and_words(monkeypatch):
     cfg = seen["cfg"]
     assert cfg.sampling.cfg_scale == (1.0, 1.55) and cfg.text.tasks == ("hellaswag", "my_task.yaml")
     assert dataclasses.is_dataclass(cfg) and Flag("sampling.cfg_scale", csv=True).name == "--cfg-scale"
+
+
+def test_csv_items_of_a_list_of_str_stay_strings(monkeypatch):
+    """Task names like `yes`, `off` or `null` are YAML booleans / None: for `text.tasks` they stay names."""
+    import lmfusion_cli.config
+
+    seen = {}
+    real = lmfusion_cli.config.resolve_config
+
+    def keep(*a, **k):
+        seen["cfg"] = real(*a, **k)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(lmfusion_cli.config, "resolve_config", keep)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", "c", "--out", "o", "--suite", "text", "--tasks", "yes,off,null,1.5,piqa"])
+    assert seen["cfg"].text.tasks == ("yes", "off", "null", "1.5", "piqa")
 
 
 @pytest.mark.parametrize("section", ["schedule:\n", "schedule: 5\n"])

@@ -98,6 +98,14 @@ def _option_type(f: ConfigField, flag: Flag) -> tuple[Any, str | None]:
     return str, None
 
 
+def _csv_items(raw: str, f: ConfigField) -> list[Any]:
+    """The items of a comma-separated flag value, each a YAML scalar (`1.5` → 1.5) unless the field is a list
+    of strings: a name such as `yes`, `off` or `null` must not become a bool or None."""
+    items = [v.strip() for v in raw.split(",") if v.strip()]
+    args = get_args(_strip_optional(f.type))
+    return items if args and args[0] is str else [parse_value(v) for v in items]
+
+
 def flag_help(f: ConfigField) -> str:
     """A flag's help: the field's docstring, its dotted key and default."""
     default = "" if f.default in (None, "", ()) else f", default {_show(f.default)}"
@@ -105,8 +113,8 @@ def flag_help(f: ConfigField) -> str:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) if value else "[]"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -164,7 +172,7 @@ def config_command(cls: type, flags: Sequence[Flag | str], set_example: str) -> 
             for flag in flags:
                 value = kwargs.pop(flag.param)
                 if value is not None and flag.csv:
-                    value = [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+                    value = _csv_items(value, fields[flag.key])
                 values[flag.key] = value
             request = ConfigRequest(cls, kwargs.pop("config"), kwargs.pop("overrides"), values)
             return fn(request, **{k: v for k, v in kwargs.items() if k in own_names})

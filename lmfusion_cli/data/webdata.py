@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lmfusion_cli.common.manifest import SkipLog
 from lmfusion_cli.data.shards import ShardScan, finish_sample
 
 _SCHEMES = ("pipe:", "http://", "https://", "s3://", "gs://", "file:")
@@ -98,10 +97,3 @@ def stream_shard(url: str) -> ShardScan:
             f"{members} members read before the break ({type(first).__name__}: {str(first)[:200]})",
         )
     return scan
-
-
-def scan_log_of(scans: list[ShardScan]) -> SkipLog:
-    log = SkipLog()
-    for scan in scans:
-        log.merge(scan.log)
-    return log

@@ -65,6 +65,18 @@ class DecodingOptions(SamplingSettings):
             raise ValueError(f"cfg_scale must be >= 0; got {self.cfg_scale}")
 
 
+INTERLEAVED_DECODINGS: tuple[str, ...] = ("greedy", "top-p")
+"""Decodings interleaved generation can use: it follows one token stream that an image may interrupt."""
+
+
+def interleaved_decoding_error(decoding: str) -> str | None:
+    """Why interleaved generation cannot decode with `decoding` (None: it can); the one owner of the rule, checked
+    by `SampleConfig` before a model loads and by `interleaved.generate_document` for direct callers."""
+    if decoding in INTERLEAVED_DECODINGS:
+        return None
+    return f"task interleaved decodes with decoding greedy or top-p, not {decoding}; set decoding to greedy or top-p"
+
+
 def with_settings(options: DecodingOptions | None, settings: dict[str, Any]) -> DecodingOptions:
     """`options` (None: the defaults) with keyword `settings` (`DecodingOptions` field names) applied; a bad
     value is a ValueError naming the parameter."""
@@ -83,6 +95,14 @@ def options_of(settings: SamplingSettings, **changes) -> DecodingOptions:
     if isinstance(settings, DecodingOptions):
         values["cfg_scale"] = settings.cfg_scale
     return DecodingOptions(**{**values, **changes})
+
+
+TASK_INPUTS: dict[str, tuple[str, ...]] = {
+    "prompt": ("t2i", "interleaved"),
+    "prompts": ("t2i", "interleaved"),
+    "images": ("caption",),
+}
+"""The tasks that read each input option of `SampleConfig`; any other task refuses it rather than ignore it."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +152,13 @@ class SampleConfig(DecodingOptions):
             raise ValueError(f"task {self.task} needs exactly one of --prompt TEXT or --prompts FILE")
         if self.task == "caption" and not self.images:
             raise ValueError("task caption needs --images DIR or image files")
+        if self.task == "interleaved" and (problem := interleaved_decoding_error(self.decoding)):
+            raise ValueError(problem)
+        for name, tasks in TASK_INPUTS.items():
+            if self.task not in tasks and getattr(self, name) not in (None, ()):
+                raise ValueError(
+                    f"task {self.task} does not use --{name}; drop it, or pass --task {' or '.join(tasks)}"
+                )
         if self.batch_size < 1 or self.num_per_prompt < 1:
             raise ValueError("batch_size and num_per_prompt must be >= 1")
         if self.max_images < 0 or self.grid_columns < 0:

@@ -23,7 +23,7 @@ import torch
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.vae import LatentCodec
 from lmfusion_cli.model.sequence import MixedBatch, left_pad
-from lmfusion_cli.sampling.config import DecodingOptions, with_settings
+from lmfusion_cli.sampling.config import DecodingOptions, interleaved_decoding_error, with_settings
 from lmfusion_cli.sampling.context import Branch, SequenceContext
 from lmfusion_cli.sampling.decoding import sample_until
 from lmfusion_cli.sampling.generate import tokenize_prompt
@@ -63,8 +63,8 @@ def generate_document(
     Text segments carry `token_ids`; images are (C, h, w) clean latents. `prefix` (one row) replaces
     `[BOS] prompt`, e.g. a LLaVA base's prompt with understanding images on its vision path
     (`data.llava_inputs.vision_prompt_segment`)."""
-    if options.decoding == "beam":
-        raise UserError("Interleaved generation decodes with decoding greedy or top-p, not beam.")
+    if problem := interleaved_decoding_error(options.decoding):
+        raise UserError(problem)
     use_cache, cfg_scale = options.cache, options.cfg_scale
     head = [bos_id] if bos_id is not None else []
     prefix = left_pad([head + list(prompt_ids)]) if prefix is None else prefix

@@ -39,7 +39,7 @@ from lmfusion_cli.common.checkpoint_layout import KIND, Checkpoint, list_checkpo
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.manifest import MANIFEST_NAME, file_entry, verify_files, write_manifest
 from lmfusion_cli.training.distributed import DistContext, all_reduce, barrier, broadcast_object
-from lmfusion_cli.training.resume import resume_change
+from lmfusion_cli.training.resume import is_foreign, resume_change
 from lmfusion_cli.training.safe_load import load_dcp, load_rng
 from lmfusion_cli.training.state import ModelState, Stateful, stored_in, trainable_only
 
@@ -144,7 +144,7 @@ class Checkpointer:
         now = {"trains": self.workload.describe()} if self.workload is not None else {}
         if self.config is not None:
             now["config"] = self.config
-        change = resume_change(record, now)
+        change = resume_change(record, now, foreign=is_foreign(self.root, folder))
         if change:
             raise UserError(f"Cannot resume from {folder}: {change}")
         sharded = {name: obj.state_dict() for name, obj in self._where("dcp").items()}  # templates, loaded in place

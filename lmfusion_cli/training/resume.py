@@ -1,10 +1,11 @@
 """Which checkpoint a run resumes from, and whether it may: the one compatibility check.
 
-`find_resume_point` picks the step folder (`--resume auto|never|PATH`); `resume_change` is the only
-comparison of a checkpoint with the run now — the resume-fixed config keys (`config.RESUME_FIXED_KEYS`)
-and the workload's inputs (`describe()`: base config hash, latent size and channels, the latent
-cache's VAE) — walked by one flattener. `schedule_to_follow` keeps the saved LR schedule when only
-`schedule.steps` changed. This file loads no tensor (`checkpointing.Checkpointer` does).
+`find_resume_point` picks the step folder (`--resume auto|never|PATH`; another run's checkpoint only
+into a folder without checkpoints of its own); `resume_change` is the only comparison of a checkpoint
+with the run now — the resume-fixed config keys (`config.RESUME_FIXED_KEYS`) and the workload's inputs
+(`describe()`: base config hash, latent size and channels, the latent cache's VAE) — walked by one
+flattener. `schedule_to_follow` keeps the saved LR schedule when only `schedule.steps` changed. This
+file loads no tensor (`checkpointing.Checkpointer` does).
 """
 
 from __future__ import annotations
@@ -53,13 +54,27 @@ def find_resume_point(run_dir: Path, resume: str) -> Path | None:
         latest = latest_complete(checkpoints_root(path))
         if latest is None:
             raise UserError(f"{path} has no complete checkpoint to resume from; pass --resume never to start anew.")
-        return latest.path
-    if not is_complete(path):
+        found = latest.path
+    elif not is_complete(path):
         raise UserError(
             f"{path} is not a complete training checkpoint (no complete {MANIFEST_NAME}); "
             "pass a step folder under RUN/checkpoints or --resume auto."
         )
-    return path
+    else:
+        found = path
+    own = list_checkpoints(root)
+    if own and is_foreign(root, found):  # two histories in one folder: `auto` would later pick the newer
+        raise UserError(
+            f"--resume {path} is another run's checkpoint, but --out {run_dir} already holds checkpoints of its "
+            f"own (newest {own[-1].path.name}); pass a new --out to continue {path} there, or --resume auto to "
+            f"continue {run_dir}."
+        )
+    return found
+
+
+def is_foreign(root: Path, checkpoint: Path) -> bool:
+    """Whether `checkpoint` is not one of the step folders under `root` (this run's checkpoints folder)."""
+    return Path(checkpoint).resolve().parent != Path(root).resolve()
 
 
 def refuse_newer_checkpoints(run_dir: Path, resume_from: Path) -> None:
@@ -115,7 +130,7 @@ def _with_defaults(old: dict[str, Any], new: dict[str, Any], defaults: dict[str,
     return {**{k: v for k, v in defaults.items() if k in new and k not in old}, **old}
 
 
-def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+def _input_change(old: dict[str, Any], new: dict[str, Any], foreign: bool) -> str | None:
     old = _with_defaults(old, new, _defaults(LMFusionConfig, "lmfusion_config."))  # the model's, as described
     for key in sorted(set(old) | set(new)):
         if key in _LOCATION_KEYS or old.get(key) == new.get(key):
@@ -127,35 +142,43 @@ def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
             )
         else:
             clause = f"{_NAMES.get(key, key)} changed from {old.get(key)!r} to {new.get(key)!r}"
-        return clause + "; resume with the latent cache and base model the run was trained on, or start a new --out."
+        fix = (
+            "resume with the latent cache and base model that checkpoint was trained on, or train from scratch "
+            "without --resume."
+            if foreign
+            else "resume with the latent cache and base model the run was trained on, or start a new --out."
+        )
+        return f"{clause}; {fix}"
     return None
 
 
-def _config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+def _config_change(old: dict[str, Any], new: dict[str, Any], foreign: bool) -> str | None:
     old = _with_defaults(old, new, _defaults(TrainRunConfig))
     for fixed in RESUME_FIXED_KEYS:
         keys = sorted(k for k in set(old) | set(new) if k == fixed or k.startswith(fixed + "."))
         changed = [f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
         if changed:
+            fix = "set it back to the checkpoint's value, or train from scratch without --resume" if foreign else None
             return (
-                f"config key '{fixed}' changed ({', '.join(changed)}); restore it or start a new --out "
+                f"config key '{fixed}' changed ({', '.join(changed)}); {fix or 'restore it or start a new --out'} "
                 "(a resume may change only schedule.steps, log.* and the checkpoint cadence)."
             )
     return None
 
 
-def resume_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
+def resume_change(saved: dict[str, Any], now: dict[str, Any], foreign: bool = False) -> str | None:
     """The first difference between a checkpoint's record (trainer.json: `trains`, `config`) and the run
     now that would make the resumed run differ, as a clause with its fix; None when it may resume.
     Inputs are compared by content, not location; a config option the checkpoint does not record (added
     since) counts as its default; a section missing on either side is not compared. The config comes
-    first: a model option is in both (`config.model`, `trains.lmfusion_config`), and its fix is the key's."""
+    first: a model option is in both (`config.model`, `trains.lmfusion_config`), and its fix is the key's.
+    `foreign`: the checkpoint is another run's (`--resume PATH`), so a new --out is no fix."""
     if "config" in saved and "config" in now:
-        change = _config_change(_flatten(saved["config"]), _flatten(now["config"]))
+        change = _config_change(_flatten(saved["config"]), _flatten(now["config"]), foreign)
         if change:
             return change
     if "trains" in saved and "trains" in now:
-        return _input_change(_flatten(saved["trains"]), _flatten(now["trains"]))
+        return _input_change(_flatten(saved["trains"]), _flatten(now["trains"]), foreign)
     return None
 
 

@@ -36,7 +36,8 @@ class MicroBatch(Generic[Inputs]):
     text_targets: int
     """Positions with an LM target."""
     generated_images: int
-    """Images with a diffusion loss (generation examples)."""
+    """Images with a diffusion loss: every generation image, and understanding images too when they carry one
+    (`model.understanding_image_loss` diffusion; `targets.image_targets`)."""
     tokens: int
     """Non-padding positions (for tokens/s)."""
     images: int

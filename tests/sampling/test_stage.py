@@ -191,6 +191,8 @@ def test_caption_skips_bad_images_and_counts_them(run_dir, tmp_path):
         "beam",
         "--num-beams",
         2,
+        "--set",
+        "length_penalty=0.5",
         "--out",
         out,
     )
@@ -198,6 +200,7 @@ def test_caption_skips_bad_images_and_counts_them(run_dir, tmp_path):
     records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert [Path(r["key"]).name for r in records] == ["0.png", "1.png"]
     assert all(isinstance(r["caption"], str) and r["decoding"] == "beam" and r["num_beams"] == 2 for r in records)
+    assert all(r["length_penalty"] == 0.5 for r in records), "every beam setting is recorded"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["kept"] == 2 and manifest["counts"]["num_skipped"] == 2
     assert set(manifest["counts"]["skipped"]) == {"missing-file", "corrupt-image"}

@@ -217,3 +217,24 @@ def test_a_changed_task_mix_or_caption_cut_is_refused_on_resume(tmp_path, key, v
     assert f"config key 'data.{key}' changed" in (resume_change({"config": config}, {"config": changed}) or "")
     val = {**config, "data": {**config["data"], "val_split": "other"}}
     assert resume_change({"config": config}, {"config": val}) is None
+
+
+def test_resuming_another_runs_checkpoint_into_a_folder_with_its_own_is_refused(run, tmp_path):
+    """Two histories in one folder: `--resume auto` would later continue whichever is newest."""
+    mine = tmp_path / "mine"
+    run_training(make_config(mine, schedule={"steps": 2}, train={"save_every": 2}), *toy_factories())
+    before = sorted(p.name for p in (mine / "checkpoints").iterdir())
+    for other in (run, run / "checkpoints" / "step-00000006"):
+        with pytest.raises(UserError) as e:
+            run_training(make_config(mine, train={"resume": str(other)}), *toy_factories())
+        message = str(e.value)
+        assert str(mine) in message and str(run) in message and "new --out" in message, message
+    assert sorted(p.name for p in (mine / "checkpoints").iterdir()) == before
+
+
+def test_a_mismatch_with_another_runs_checkpoint_does_not_advise_a_new_out(run, tmp_path):
+    """--resume PATH into a fresh --out: a new --out would hit the same mismatch; the fix is the key (or no resume)."""
+    config = make_config(tmp_path / "fresh", optim={"lr": 1e-2}, train={"resume": str(run)})
+    with pytest.raises(UserError, match="config key 'optim' changed") as e:
+        run_training(config, *toy_factories())
+    assert "new --out" not in str(e.value) and "without --resume" in str(e.value), str(e.value)
