@@ -160,7 +160,8 @@ def test_bad_model_value_in_the_yaml_is_refused_before_the_run_folder_exists(tmp
     assert "model.experts" in err and not run.exists()
 
 
-def test_csv_flags_parse_numbers_and_words(monkeypatch):
+def _resolved_config(monkeypatch, argv: list[str]):
+    """The config the command line resolves to (the command stops right after resolving it)."""
     import lmfusion_cli.config
 
     seen = {}
@@ -172,30 +173,24 @@ def test_csv_flags_parse_numbers_and_words(monkeypatch):
 
     monkeypatch.setattr(lmfusion_cli.config, "resolve_config", keep)
     with pytest.raises(SystemExit):
-        main(
-            ["evaluate", "--checkpoint", "c", "--out", "o", "--suite", "coco", "--coco-root", "r"]
-            + ["--cfg-scale", "1.0,1.55", "--tasks", "hellaswag,my_task.yaml"]
-        )
-    cfg = seen["cfg"]
+        main(argv)
+    return seen["cfg"]
+
+
+def test_csv_flags_parse_numbers_and_words(monkeypatch):
+    cfg = _resolved_config(
+        monkeypatch,
+        ["evaluate", "--checkpoint", "c", "--out", "o", "--suite", "coco", "--coco-root", "r"]
+        + ["--cfg-scale", "1.0,1.55", "--tasks", "hellaswag,my_task.yaml"],
+    )
     assert cfg.sampling.cfg_scale == (1.0, 1.55) and cfg.text.tasks == ("hellaswag", "my_task.yaml")
     assert dataclasses.is_dataclass(cfg) and Flag("sampling.cfg_scale", csv=True).name == "--cfg-scale"
 
 
 def test_csv_items_of_a_list_of_str_stay_strings(monkeypatch):
     """Task names like `yes`, `off` or `null` are YAML booleans / None: for `text.tasks` they stay names."""
-    import lmfusion_cli.config
-
-    seen = {}
-    real = lmfusion_cli.config.resolve_config
-
-    def keep(*a, **k):
-        seen["cfg"] = real(*a, **k)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(lmfusion_cli.config, "resolve_config", keep)
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--checkpoint", "c", "--out", "o", "--suite", "text", "--tasks", "yes,off,null,1.5,piqa"])
-    assert seen["cfg"].text.tasks == ("yes", "off", "null", "1.5", "piqa")
+    argv = ["evaluate", "--checkpoint", "c", "--out", "o", "--suite", "text", "--tasks", "yes,off,null,1.5,piqa"]
+    assert _resolved_config(monkeypatch, argv).text.tasks == ("yes", "off", "null", "1.5", "piqa")
 
 
 @pytest.mark.parametrize("section", ["schedule:\n", "schedule: 5\n"])
