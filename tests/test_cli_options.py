@@ -171,9 +171,10 @@ def _resolved_config(monkeypatch, argv: list[str]):
         seen["cfg"] = real(*a, **k)
         raise SystemExit(0)
 
-    monkeypatch.setattr(lmfusion_cli.config, "resolve_config", keep)
-    with pytest.raises(SystemExit):
-        main(argv)
+    with monkeypatch.context() as patch:  # undone on return, so the helper can be called again
+        patch.setattr(lmfusion_cli.config, "resolve_config", keep)
+        with pytest.raises(SystemExit):
+            main(argv)
     return seen["cfg"]
 
 
