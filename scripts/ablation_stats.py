@@ -161,7 +161,7 @@ def claims(groups: dict[str, Group]) -> list[str]:
             lm,
             groups["from-scratch"],
             "Paper: LMFusion beats a model trained from scratch on image understanding and generation "
-            "(from-scratch: image–caption data only, equal steps)",
+            "(from-scratch: the same data mix as LMFusion, mostly image–caption examples, equal steps)",
         )
         sc = groups["from-scratch"]
         out.append(
