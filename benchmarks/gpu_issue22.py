@@ -162,23 +162,16 @@ def write_base(folder: Path, shape: Shape, tiny: bool) -> Path:
     return folder
 
 
-def merge(into: dict, extra: dict) -> dict:
-    out = dict(into)
-    for key, value in extra.items():
-        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
 def run_config(base: Path, shape: Shape, backend: str, checkpointing: str, tiny: bool):
     """The shape's GPU training config for one process: batch = one micro-batch, this case's options."""
-    from lmfusion_cli.common.configs import build_config, read_yaml
+    from lmfusion_cli.common.configs import build_config, deep_merge, read_yaml
     from lmfusion_cli.training.config import TrainRunConfig
 
     data = read_yaml(REPO / shape.run_config)
     if tiny:
-        data = merge(data, TINY_RUN)
+        data = deep_merge(data, TINY_RUN)
     micro = data["train"]["micro_batch_size"]
-    data = merge(
+    data = deep_merge(
         data,
         {
             "base": {"path": str(base)},
@@ -195,7 +188,7 @@ def run_config(base: Path, shape: Shape, backend: str, checkpointing: str, tiny:
 @torch.no_grad()
 def random_model(base: Path, lm_cfg, device: torch.device, seed: int = 0):
     """`LMFusionModel` of the base folder's shape with random weights: meta build, `to_empty`, then init."""
-    from lmfusion_cli.training.sharded_load import _expert_source, build_meta_model
+    from lmfusion_cli.training.sharded_load import _expert_source, build_meta_model, finish_materialised
 
     torch.manual_seed(seed)
     model, kept = build_meta_model(str(base), lm_cfg)
@@ -212,10 +205,7 @@ def random_model(base: Path, lm_cfg, device: torch.device, seed: int = 0):
             p.fill_(1.0)
         else:
             p.normal_(0.0, std, generator=generator)
-    for name, p in params.items():
-        source = _expert_source(name)
-        if source is not None:
-            p.copy_(params[source])
+    finish_materialised(model, kept, device)  # experts from their text sources, kept buffers, rotary
     decoder = model.decoder
     head = model.base.get_output_embeddings()
     if getattr(model.base_config, "tie_word_embeddings", False) and head.weight is not decoder.embed_tokens.weight:
@@ -223,10 +213,6 @@ def random_model(base: Path, lm_cfg, device: torch.device, seed: int = 0):
     model.special_embed.copy_(decoder.embed_tokens.weight.mean(0).expand(2, -1))
     if model.special_head is not None:
         model.special_head.copy_(head.weight.mean(0).expand(2, -1))
-    for name, buffer in model.named_buffers():
-        if name in kept:
-            buffer.copy_(kept[name])
-    decoder.rotary_emb = type(decoder.rotary_emb)(config=model.base_config).to(device)  # its buffers were meta
     return model
 
 

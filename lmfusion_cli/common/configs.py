@@ -248,15 +248,16 @@ def load_config(
     """YAML file (optional) + `--set` overrides → validated dataclass `cls`."""
     data = dict(base or {})
     if path is not None:
-        data = _deep_merge(data, read_yaml(path))
+        data = deep_merge(data, read_yaml(path))
     data = apply_overrides(data, overrides or [])
     return build_config(cls, data)
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
+    """`a` with `b` laid over it, section by section (a new dict; a non-section value of `b` replaces)."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -146,6 +146,15 @@ def load_into_shards(model: nn.Module, kept: dict[str, torch.Tensor], device: to
         else:
             raise ValueError(f"no source for parameter {name} in sharded loading")
         local.copy_(full[first : first + local.shape[0]] if local.dim() else full)
+    finish_materialised(core, kept, device)
+
+
+@torch.no_grad()
+def finish_materialised(core: nn.Module, kept: dict[str, torch.Tensor], device: torch.device) -> None:
+    """The last steps of materialising a meta-built `LMFusionModel` once its text parameters hold their
+    values: image experts copied from their text sources (shard to shard), the kept buffers restored, and
+    the rotary embedding rebuilt (its buffers were meta)."""
+    params = dict(core.named_parameters())
     for name, param in params.items():
         source = _expert_source(name)
         if source is not None:
@@ -154,7 +163,7 @@ def load_into_shards(model: nn.Module, kept: dict[str, torch.Tensor], device: to
         if name in kept:
             buffer.copy_(kept[name])
     decoder = core.decoder
-    decoder.rotary_emb = type(decoder.rotary_emb)(config=core.base_config).to(device)  # its buffers were meta
+    decoder.rotary_emb = type(decoder.rotary_emb)(config=core.base_config).to(device)
 
 
 def _special_rows(core: nn.Module, files: SafetensorsRows, name: str, dtype: torch.dtype) -> torch.Tensor:
