@@ -20,6 +20,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from lmfusion_cli.common.checkpoint_layout import MODEL_WEIGHTS, checkpoints_root, model_dir, step_dir_name  # noqa: E402
 from lmfusion_cli.common.errors import UserError  # noqa: E402
 
 # the attributes every shapes caption states (position and size are optional in the templates)
@@ -46,16 +47,18 @@ class Run:
     """Perplexity per byte of the correct answers: {"base": ..., "fused": ...}."""
 
 
-def read_json(path: Path) -> Any:
+def _read(path: Path) -> str:
     if not path.is_file():
         raise UserError(f"{path} is missing; run pipelines/ablation.sh (it makes it) before the report.")
-    return json.loads(path.read_text())
+    return path.read_text()
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(_read(path))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise UserError(f"{path} is missing; run pipelines/ablation.sh (it makes it) before the report.")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in _read(path).splitlines() if line.strip()]
 
 
 def seconds_file(path: Path) -> float:
@@ -66,7 +69,7 @@ def _trained_params(run: Path, step: int) -> int:
     """Elements in the final checkpoint's weights: the trainable parameters (frozen ones are not stored)."""
     from safetensors import safe_open
 
-    weights = run / "checkpoints" / f"step-{step:08d}" / "model" / "model.safetensors"
+    weights = model_dir(checkpoints_root(run) / step_dir_name(step)) / MODEL_WEIGHTS
     if not weights.is_file():
         raise UserError(f"{weights} is missing; the run in {run} did not finish: rerun pipelines/ablation.sh.")
     with safe_open(str(weights), "pt") as f:

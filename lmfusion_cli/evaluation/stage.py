@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from lmfusion_cli.common.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
-from lmfusion_cli.common.checkpoint_layout import recorded_sha256
+from lmfusion_cli.common.checkpoint_layout import MODEL_WEIGHTS, recorded_sha256
 from lmfusion_cli.common.configs import config_hash, config_to_dict, dump_yaml
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_file
@@ -118,7 +118,7 @@ def _check_resume(out: Path, previous: dict[str, Any] | None, settings: dict[str
 
 def _weights_sha256(model_dir: Path) -> str:
     """SHA-256 of the checkpoint's weights: from its step manifest when recorded, else hashed now."""
-    return recorded_sha256(model_dir, "model.safetensors") or sha256_file(model_dir / "model.safetensors")
+    return recorded_sha256(model_dir, MODEL_WEIGHTS) or sha256_file(model_dir / MODEL_WEIGHTS)
 
 
 # ---- the stage -------------------------------------------------------------------------------------

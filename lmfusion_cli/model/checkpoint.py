@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lmfusion_cli.common.atomic import atomic_dir
 from lmfusion_cli.common.checkpoint_layout import MODEL_META as META
+from lmfusion_cli.common.checkpoint_layout import MODEL_WEIGHTS as WEIGHTS
 from lmfusion_cli.common.configs import build_config, config_to_dict
 from lmfusion_cli.common.errors import UserError
 from lmfusion_cli.common.hashing import sha256_json
@@ -31,7 +32,6 @@ from lmfusion_cli.model.fusion import LMFusionModel
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
 # config keys that describe how a base was loaded or saved, not what it is
 _VOLATILE_KEYS = {
