@@ -56,6 +56,7 @@ QUICK_LM = {
 }
 QUICK_VAE = {
     "steps": 12,
+    "decoder_steps": 6,
     "warmup_steps": 3,
     "batch_size": 8,
     "num_train_images": 256,
@@ -78,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lm-steps", type=int, help="LM optimizer steps")
     p.add_argument("--lm-minutes", type=float, help="cap on LM training minutes")
     p.add_argument("--vae-steps", type=int, help="VAE optimizer steps")
-    p.add_argument("--vae-minutes", type=float, help="cap on VAE training minutes")
+    p.add_argument("--vae-minutes", type=float, help="cap on VAE training minutes (each phase)")
+    p.add_argument("--vae-decoder-steps", type=int, help="decoder-only steps after the joint VAE phase")
     p.add_argument("--only", choices=("lm", "vae"), help="rebuild only one asset (the other is kept)")
     p.add_argument(
         "--jobs",
@@ -97,7 +99,11 @@ def settings_from(args: argparse.Namespace) -> tuple[dict, tiny_lm.LMSettings, t
     for key, value in (("steps", args.lm_steps), ("max_minutes", args.lm_minutes)):
         if value is not None:
             lm_over[key] = value
-    for key, value in (("steps", args.vae_steps), ("max_minutes", args.vae_minutes)):
+    for key, value in (
+        ("steps", args.vae_steps),
+        ("max_minutes", args.vae_minutes),
+        ("decoder_steps", args.vae_decoder_steps),
+    ):
         if value is not None:
             vae_over[key] = value
     return sizes, tiny_lm.LMSettings(**lm_over), tiny_vae.VAESettings(**vae_over)
@@ -158,21 +164,28 @@ def build_vae(out: Path, sizes: dict, settings: tiny_vae.VAESettings, seed: int)
     chosen = "ema" if quality["ema"]["psnr_mean_db"] >= quality["raw"]["psnr_mean_db"] else "raw"
     final = ema if chosen == "ema" else vae
     final.eval()
+    decoder_training = tiny_vae.train_decoder(final, train_images, settings, seed)  # latents unchanged
+    quality["decoder_phase"] = tiny_vae.psnr_db(final, heldout_images)
     shift, std = tiny_vae.latent_stats(final, train_images[: sizes["num_stat_images"]], seed)
     final.register_to_config(scaling_factor=1.0 / std, shift_factor=shift)
     raw_mean, raw_std = tiny_vae.latent_stats(final, heldout_images, seed + 1)
     scaled = {"mean": round((raw_mean - shift) / std, 4), "std": round(raw_std / std, 4)}
-    print(f"VAE held-out PSNR {quality[chosen]} ({chosen} weights); scaled held-out latents {scaled}", flush=True)
+    print(
+        f"VAE held-out PSNR {quality[chosen]} ({chosen} weights of the joint phase), "
+        f"{quality['decoder_phase']} after the decoder phase; scaled held-out latents {scaled}",
+        flush=True,
+    )
     with atomic_dir(out / "tiny-vae", overwrite=True) as tmp:
         tmp.chmod(0o755)
         final.save_pretrained(tmp, safe_serialization=True)
     return {
         "settings": tiny_vae.settings_dict(settings),
         "training": training,
+        "decoder_training": decoder_training,
         "saved_weights": chosen,
         "heldout_images": {"count": len(heldout_images), "seed": heldout_seed},
         "psnr": quality,
-        "heldout_psnr_db": quality[chosen]["psnr_mean_db"],
+        "heldout_psnr_db": quality["decoder_phase"]["psnr_mean_db"],
         "latent_shape": [settings.latent_channels]
         + [settings.resolution // 2 ** (len(settings.block_channels) - 1)] * 2,
         "scaling_factor": 1.0 / std,

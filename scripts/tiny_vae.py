@@ -1,7 +1,9 @@
 """The embedded tiny VAE: a diffusers `AutoencoderKL` trained on the shapes images (issue 4).
 
 Used by `scripts/build_assets.py`; owns the VAE config, its training loop (MSE + L1 + tiny KL, warmup +
-cosine, gradient clipping, an EMA copy that is what gets saved), the reconstruction PSNR on held-out
+cosine, gradient clipping, an EMA copy that is what gets saved), the decoder-only phase after it (issue
+23: the joint phase leaves triangles decoding as blobs; training the decoder alone, encoder and
+`quant_conv` frozen, sharpens them without moving any latent), the reconstruction PSNR on held-out
 images, and the latent scale/shift stored in the VAE config. Shapes images come from
 `lmfusion_cli/data/shapes.py`. Seeded; runs on CPU."""
 
@@ -51,6 +53,11 @@ class VAESettings:
     """Initial bias of the posterior log-variance outputs of quant_conv."""
     max_minutes: float = 60.0
     """Safety cap on training time; a run that hits it stops early and says so in the report."""
+    decoder_steps: int = 1500
+    """Decoder-only steps after the joint phase (0 = none): the checker's shape on held-out reconstructions
+    0.65 → 0.96 (docs/training.md "What limits shape"); latents are unchanged."""
+    decoder_lr: float = 1e-3
+    """Peak learning rate of the decoder-only phase (same warmup + cosine shape)."""
 
 
 def images_tensor(indexes: range | list[int], seed: int, resolution: int) -> torch.Tensor:
@@ -86,11 +93,23 @@ def build_vae(settings: VAESettings):
     return vae
 
 
-def lr_at(step: int, settings: VAESettings) -> float:
+def lr_at(step: int, settings: VAESettings, decoder: bool = False) -> float:
+    """Warmup + cosine learning rate of the joint phase, or of the decoder-only phase (`decoder`)."""
+    peak, steps = (settings.decoder_lr, settings.decoder_steps) if decoder else (settings.lr, settings.steps)
     if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    frac = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return settings.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        return peak * (step + 1) / settings.warmup_steps
+    frac = (step - settings.warmup_steps) / max(1, steps - settings.warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def vae_loss(vae, x: torch.Tensor, settings: VAESettings, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """(MSE + L1 + tiny KL on one batch, its MSE) — the loss of both phases."""
+    posterior = vae.encode(x).latent_dist
+    z = posterior.sample(generator=gen)
+    recon = vae.decode(z).sample
+    mse = torch.nn.functional.mse_loss(recon, x)
+    kl = posterior.kl().mean() / z[0].numel()  # per latent element
+    return mse + settings.l1_weight * (recon - x).abs().mean() + settings.kl_weight * kl, mse.item()
 
 
 def train_vae(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int):
@@ -108,13 +127,7 @@ def train_vae(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int):
             group["lr"] = lr_at(step, settings)
         idx = torch.randint(0, len(images_u8), (settings.batch_size,), generator=gen)
         x = to_model_range(images_u8[idx])  # (B, 3, H, W) in [-1, 1]
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=gen)
-        recon = vae.decode(z).sample
-        mse = torch.nn.functional.mse_loss(recon, x)
-        l1 = (recon - x).abs().mean()
-        kl = posterior.kl().mean() / z[0].numel()  # per latent element
-        loss = mse + settings.l1_weight * l1 + settings.kl_weight * kl
+        loss, mse = vae_loss(vae, x, settings, gen)
         if not torch.isfinite(loss):
             raise RuntimeError(f"tiny VAE loss is not finite at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -125,12 +138,12 @@ def train_vae(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int):
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), vae.parameters()):
                 p_ema.lerp_(p, 1 - decay)
-        losses.append(mse.item())
+        losses.append(mse)
         bar.update(1)
         if step % 200 == 0 or step == settings.steps - 1:
-            psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-12))
+            psnr = 10 * math.log10(4.0 / max(mse, 1e-12))
             print(
-                f"  vae step {step:5d}  mse {mse.item():.5f} (~{psnr:.1f} dB)  lr {lr_at(step, settings):.2e}  "
+                f"  vae step {step:5d}  mse {mse:.5f} (~{psnr:.1f} dB)  lr {lr_at(step, settings):.2e}  "
                 f"{time.time() - start:.0f} s",
                 flush=True,
             )
@@ -139,6 +152,42 @@ def train_vae(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int):
     return ema, {
         "steps_done": steps_done,
         "stopped_early": steps_done < settings.steps,
+        "train_minutes": round((time.time() - start) / 60, 2),
+    }
+
+
+def train_decoder(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int, on_step=None) -> dict:
+    """Train the decoder of `vae` alone for `settings.decoder_steps` (in place); encoder and `quant_conv` stay
+    frozen, so every latent (and the latent scale/shift) is unchanged. `on_step(step, mse)` is called after
+    each step (progress reports). Returns figures for the report."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    vae.requires_grad_(False)
+    vae.post_quant_conv.requires_grad_(True)
+    vae.decoder.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start, steps_done = time.time(), 0
+    vae.train()
+    for step in progress(range(settings.decoder_steps), desc="tiny VAE decoder", unit="step"):
+        if (time.time() - start) / 60 > settings.max_minutes:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings, decoder=True)
+        idx = torch.randint(0, len(images_u8), (settings.batch_size,), generator=gen)
+        loss, mse = vae_loss(vae, to_model_range(images_u8[idx]), settings, gen)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"tiny VAE decoder loss is not finite at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        steps_done += 1
+        if on_step is not None:
+            on_step(step, mse)
+    vae.eval().requires_grad_(False)
+    return {
+        "steps_done": steps_done,
+        "stopped_early": steps_done < settings.decoder_steps,
         "train_minutes": round((time.time() - start) / 60, 2),
     }
 

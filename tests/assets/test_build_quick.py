@@ -64,6 +64,7 @@ def test_step_options_reach_training_and_report(quick_build):
     _, report, _ = quick_build
     assert report["lm"]["training"]["steps_done"] == report["lm"]["settings"]["steps"] == 7
     assert report["vae"]["training"]["steps_done"] == report["vae"]["settings"]["steps"] == 5
+    assert report["vae"]["decoder_training"]["steps_done"] == report["vae"]["settings"]["decoder_steps"] == 6
     assert not report["lm"]["training"]["stopped_early"]
     assert set(report["lm"]["heldout_perplexity"]) == {"captions", "general"}
     assert all(v > 1 for v in report["lm"]["heldout_perplexity"].values())
@@ -91,6 +92,7 @@ def test_only_seed_threads_and_time_cap(quick_build, tmp_path):
     assert (copy / "tiny-lm" / "model.safetensors").read_bytes() == lm_before
     assert report["lm"] == first["lm"]
     assert report["vae"]["training"]["steps_done"] == 0 and report["vae"]["training"]["stopped_early"]
+    assert report["vae"]["decoder_training"]["steps_done"] == 0  # the cap holds for each phase
     assert report["seed"] == 1 and report["threads"] == 2
     assert report["vae"]["heldout_images"]["seed"] != first["vae"]["heldout_images"]["seed"]
     from safetensors.torch import load_file
