@@ -21,8 +21,10 @@ from lmfusion_cli.common.configs import check_choices
 class LMFusionConfig:
     image_init: Literal["copy", "random"] = "copy"
     """How image experts start: `copy` of the text modules (paper) or `random` (ablation)."""
-    patcher: Literal["unet", "linear"] = "unet"
-    """Latents ↔ tokens: `unet` (U-Net down/up path with skips, paper) or `linear` patches."""
+    patcher: Literal["unet", "linear", "conv"] = "unet"
+    """Latents ↔ tokens: `unet` (U-Net down/up path with skips, paper), `linear` patches, or `conv` (the
+    U-Net's top level without its skip: ResNet blocks of width `unet_channels[0]` at full latent resolution
+    each way, nothing around the transformer)."""
     patch_size: int = 2
     """Side of one image token in latent pixels (latent cells per token edge)."""
     latent_channels: int = 4
@@ -92,8 +94,8 @@ class LMFusionConfig:
                     f"unet_channels needs {levels} levels for patch_size={self.patch_size} "
                     f"(one downsample per level but the last); got {self.unet_channels}"
                 )
-            if any(c < 1 for c in self.unet_channels) or self.unet_layers_per_block < 1:
-                raise ValueError("unet_channels and unet_layers_per_block must be positive")
+        if self.patcher != "linear" and (any(c < 1 for c in self.unet_channels) or self.unet_layers_per_block < 1):
+            raise ValueError("unet_channels and unet_layers_per_block must be positive")
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be >= 2; got {self.num_train_timesteps}")
         if not self.timestep_shift > 0:

@@ -6,6 +6,11 @@ Two patchers, one interface (`encode` → tokens + skips, `decode` → latent-sh
   map to the LLM width per grid cell; on the way out the mirror `UpBlock2D`s with the down path's
   skip connections, norm, conv-out.
 - `LinearPatcher`: p×p patches through one Linear each way, timestep embedding added to each token.
+- `ConvPatcher`: the U-Net's top level without its skip: conv-in and `unet_layers_per_block` diffusers
+  `ResnetBlock2D`s at full latent resolution (width `unet_channels[0]`), p×p space-to-depth and one Linear
+  to the LLM width; on the way out the mirror (Linear, depth-to-space, ResNet blocks, norm, conv-out).
+  Every path from the noisy latent to the prediction goes through the transformer, so the prompt cannot
+  be bypassed, but each output pixel is drawn from its 3×3 neighbourhood (edges across patch borders).
 
 Both add a learned (zero-initialised) position embedding per token of the grid. Tokens are ordered
 row-major over the (latent_size/p)² grid. Sizes come from `LMFusionConfig` and the LLM's hidden size.
@@ -17,6 +22,7 @@ import math
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UpBlock2D
 from torch import nn
 
@@ -35,6 +41,19 @@ def _tokens_to_grid(x: torch.Tensor, side: int) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
 
 
+def _space_to_depth(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(n, c, s·p, s·p) → (n, s², c·p·p), tokens row-major, each token's p×p cell channel-major."""
+    n, c, H, _ = x.shape
+    s = H // p
+    return x.reshape(n, c, s, p, s, p).permute(0, 2, 4, 1, 3, 5).reshape(n, s * s, c * p * p)
+
+
+def _depth_to_space(x: torch.Tensor, p: int, side: int) -> torch.Tensor:
+    """Inverse of `_space_to_depth`: (n, s², c·p·p) → (n, c, s·p, s·p)."""
+    n, c = x.shape[0], x.shape[-1] // (p * p)
+    return x.reshape(n, side, side, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, side * p, side * p)
+
+
 class LinearPatcher(nn.Module):
     def __init__(self, config: LMFusionConfig, hidden_size: int):
         super().__init__()
@@ -48,18 +67,53 @@ class LinearPatcher(nn.Module):
 
     def encode(self, latents: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, Skips]:
         """latents (n, C, H, W), timesteps (n,) → tokens (n, N, D), no skips."""
-        n, C, H, W = latents.shape
-        p, s = self.patch_size, self.side
-        patches = latents.reshape(n, C, s, p, s, p).permute(0, 2, 4, 1, 3, 5).reshape(n, s * s, C * p * p)
+        patches = _space_to_depth(latents, self.patch_size)  # (n, N, C·p·p)
         temb = self.time_embed(self.time_proj(timesteps).to(latents.dtype))  # (n, D)
         return self.proj_in(patches) + self.position + temb[:, None, :], ()
 
     def decode(self, tokens: torch.Tensor, timesteps: torch.Tensor, skips: Skips) -> torch.Tensor:
         """tokens (n, N, D) → prediction (n, C, H, W)."""
-        n, p, s = tokens.shape[0], self.patch_size, self.side
-        patches = self.proj_out(tokens)  # (n, N, C·p·p)
-        C = patches.shape[-1] // (p * p)
-        return patches.reshape(n, s, s, C, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, C, s * p, s * p)
+        return _depth_to_space(self.proj_out(tokens), self.patch_size, self.side)
+
+
+class ConvPatcher(nn.Module):
+    def __init__(self, config: LMFusionConfig, hidden_size: int):
+        super().__init__()
+        width, blocks = config.unet_channels[0], config.unet_layers_per_block
+        groups = math.gcd(32, width)
+        self.patch_size, self.side = config.patch_size, config.latent_size // config.patch_size
+        self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(width, 4 * width)
+        self.time_to_token = nn.Linear(4 * width, hidden_size)
+        resnet = dict(temb_channels=4 * width, groups=groups, eps=1e-6)
+        self.conv_in = nn.Conv2d(config.latent_channels, width, kernel_size=3, padding=1)
+        self.blocks_in = nn.ModuleList(ResnetBlock2D(in_channels=width, **resnet) for _ in range(blocks))
+        self.to_tokens = nn.Linear(width * self.patch_size**2, hidden_size)
+        self.position = nn.Parameter(torch.zeros(self.side * self.side, hidden_size))
+        self.from_tokens = nn.Linear(hidden_size, width * self.patch_size**2)
+        self.blocks_out = nn.ModuleList(ResnetBlock2D(in_channels=width, **resnet) for _ in range(blocks))
+        self.norm_out = nn.GroupNorm(groups, width, eps=1e-6)
+        self.conv_out = nn.Conv2d(width, config.latent_channels, kernel_size=3, padding=1)
+
+    def _temb(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.time_embed(self.time_proj(timesteps).to(dtype))  # (n, 4·width)
+
+    def encode(self, latents: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, Skips]:
+        """latents (n, C, H, W), timesteps (n,) → tokens (n, N, D), no skips."""
+        temb = self._temb(timesteps, latents.dtype)
+        x = self.conv_in(latents)
+        for block in self.blocks_in:
+            x = block(x, temb)
+        tokens = self.to_tokens(_space_to_depth(x, self.patch_size))
+        return tokens + self.position + self.time_to_token(nn.functional.silu(temb))[:, None, :], ()
+
+    def decode(self, tokens: torch.Tensor, timesteps: torch.Tensor, skips: Skips) -> torch.Tensor:
+        """tokens (n, N, D) → prediction (n, C, H, W)."""
+        temb = self._temb(timesteps, tokens.dtype)
+        x = _depth_to_space(self.from_tokens(tokens), self.patch_size, self.side)
+        for block in self.blocks_out:
+            x = block(x, temb)
+        return self.conv_out(nn.functional.silu(self.norm_out(x)))
 
 
 class UNetPatcher(nn.Module):
@@ -134,5 +188,8 @@ class UNetPatcher(nn.Module):
         return self.conv_out(nn.functional.silu(self.norm_out(x)))
 
 
-def make_patcher(config: LMFusionConfig, hidden_size: int) -> LinearPatcher | UNetPatcher:
-    return UNetPatcher(config, hidden_size) if config.patcher == "unet" else LinearPatcher(config, hidden_size)
+PATCHERS = {"unet": UNetPatcher, "linear": LinearPatcher, "conv": ConvPatcher}
+
+
+def make_patcher(config: LMFusionConfig, hidden_size: int) -> LinearPatcher | UNetPatcher | ConvPatcher:
+    return PATCHERS[config.patcher](config, hidden_size)

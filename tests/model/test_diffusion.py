@@ -80,7 +80,7 @@ def test_training_uses_real_timestep_embedding():
     """The patcher's output depends on the timestep (never an embedding fixed at 0)."""
     from .helpers import tiny_model
 
-    for patcher in ("unet", "linear"):
+    for patcher in ("unet", "linear", "conv"):
         model = tiny_model("llama3", patcher=patcher)
         latents = torch.randn(1, 4, 8, 8)
         a, _ = model.patcher.encode(latents, torch.tensor([10.0]))

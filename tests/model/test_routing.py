@@ -25,6 +25,7 @@ def _inputs(model, seed=0):
         ("qwen2", {}),
         ("qwen3", {}),
         ("smollm", {"patcher": "linear"}),
+        ("qwen2", {"patcher": "conv"}),
         ("llama3", {"experts": "ffn-only"}),
         ("llama3", {"experts": "none", "freeze_text": False}),
     ],
@@ -52,7 +53,7 @@ def test_routed_equals_naive_outputs_and_gradients(layout, options):
         torch.testing.assert_close(grad, naive_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("patcher", ["unet", "linear"])
+@pytest.mark.parametrize("patcher", ["unet", "linear", "conv"])
 def test_flops_equal_base_plus_patcher(patcher):
     """A sequence with half image tokens costs the base's FLOPs on as many tokens + the patcher."""
     model = tiny_model("llama3", latent_size=16, patcher=patcher)
