@@ -35,7 +35,7 @@ from lmfusion_cli.training.distributed import (
 from lmfusion_cli.training.loader import LatentSource, SampleStream
 from lmfusion_cli.training.optim import build_lr_scheduler, build_optimizer
 from lmfusion_cli.training.resume import find_resume_point, refuse_newer_checkpoints, schedule_to_follow
-from lmfusion_cli.training.state import TrainProgress, train_states
+from lmfusion_cli.training.state import TrainProgress, WeightAverage, train_states
 from lmfusion_cli.training.workload import Workload
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Run:
     progress: TrainProgress
     checkpointer: Checkpointer
     resumed_from: str | None
+    average: WeightAverage | None = None
     last_ckpt: Path | None = None
     saved_step: int = -1
 
@@ -102,9 +103,10 @@ def build_run(
         config.data.text_only_fraction,
     )
     progress = TrainProgress()
+    average = WeightAverage(model, config.train.ema) if config.train.ema else None
     checkpointer = Checkpointer(
         checkpoints_root(run_dir),
-        train_states(model, optimizer, scheduler, stream, progress),
+        train_states(model, optimizer, scheduler, stream, progress, average),
         ctx,
         workload,
         config_to_dict(config),
@@ -131,6 +133,7 @@ def build_run(
         progress,
         checkpointer,
         resume_from,
+        average=average,
         last_ckpt=Path(resume_from) if resume_from else None,
         saved_step=progress.step if resume_from else -1,
     )

@@ -2,6 +2,8 @@
 
 The folder layout (`step-00000100/`: `dcp/`, `model/`, `rng/`, `trainer.json`, `manifest.json`) is
 `common/checkpoint_layout.py`'s; the objects and where each is stored are `training/state.py`'s.
+`model/` (what sampling, evaluation and export load) holds the weight average when `train.ema` keeps
+one (`state.WeightAverage`); `dcp/` holds the raw weights and the average, so a resume is exact.
 
 All processes write into `step-N.tmp-write`; rank 0 writes the manifest and renames the folder into
 place, so a folder under a final name is complete by construction, and `--resume auto` additionally
@@ -21,6 +23,7 @@ trainable parameters' own names (`state.trainable_only`, issue 16).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -41,7 +44,7 @@ from lmfusion_cli.common.manifest import MANIFEST_NAME, file_entry, verify_files
 from lmfusion_cli.training.distributed import DistContext, all_reduce, barrier, broadcast_object
 from lmfusion_cli.training.resume import is_foreign, resume_change
 from lmfusion_cli.training.safe_load import load_dcp, load_rng
-from lmfusion_cli.training.state import ModelState, Stateful, stored_in, trainable_only
+from lmfusion_cli.training.state import ModelState, Stateful, WeightAverage, stored_in, trainable_only
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +116,13 @@ class Checkpointer:
             dcp.save(
                 {n: s.state_dict() for n, s in self._where("dcp").items()}, checkpoint_id=str(tmp / layout.DCP_DIR)
             )
-        model = self.states.get("model")
+        model, average = self.states.get("model"), self.states.get("ema")
         if self.workload is not None and isinstance(model, ModelState):  # consolidated weights for sampling
-            full = trainable_only(model.model, get_model_state_dict(model.model, options=_FULL))  # collective
-            if ctx.is_main:
-                self.workload.save_inference(full, layout.model_dir(tmp))
+            # inside the block: on one process the state dict's tensors are the parameters themselves
+            with average.applied() if isinstance(average, WeightAverage) else contextlib.nullcontext():
+                full = trainable_only(model.model, get_model_state_dict(model.model, options=_FULL))  # collective
+                if ctx.is_main:
+                    self.workload.save_inference(full, layout.model_dir(tmp))
         for obj in self._where("rank").values():
             with atomic_file(layout.rng_file(tmp, ctx.rank)) as path:
                 torch.save(obj.state_dict(), path)

@@ -147,6 +147,10 @@ class TrainConfig:
     (every layer) or `every-K` (every K-th layer, e.g. `every-2`); non-reentrant."""
     frozen_bf16: bool = False
     """Store the frozen text weights in bf16 (no gradients, no optimizer state); trainable weights stay fp32."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the trainable weights, updated after every applied step
+    (0 = none; e.g. 0.999). With it, checkpoints' `model/` (what sample, evaluate and export load) and
+    validation use the average; training continues on the raw weights; a resume restores both."""
 
     @property
     def checkpoint_every(self) -> int:
@@ -171,6 +175,8 @@ class TrainConfig:
             )
         if not self.resume:
             raise ValueError("train.resume must be `auto`, `never` or a checkpoint folder")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"train.ema must be in [0, 1) (0 = no weight average); got {self.ema}")
         mode = self.activation_checkpointing
         every = mode.removeprefix("every-")
         if mode not in ("none", "layers") and not (mode.startswith("every-") and every.isdigit() and int(every) >= 1):
@@ -292,6 +298,7 @@ RESUME_FIXED_KEYS = (
     "optim",
     "train.batch_size",
     "train.seed",
+    "train.ema",
     "schedule.warmup_steps",
     "schedule.min_lr",
     "schedule.decay",

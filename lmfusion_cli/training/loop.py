@@ -208,6 +208,8 @@ def _train_step(run: Run, flops: FlopMeter) -> tuple[StepResult, float, float]:
             autocast,
             ctx,
         )
+    if run.average is not None and result.applied:
+        run.average.update()
     lr = run.scheduler.get_last_lr()[0]
     with warnings.catch_warnings():  # a skipped step has no optimizer.step(); torch warns
         warnings.simplefilter("ignore", UserWarning)
@@ -308,6 +310,13 @@ def _count_finite(run: Run, result: Any, logger: TrainLogger) -> None:
 
 
 def _validate(run: Run, logger: TrainLogger) -> None:
+    """Validation loss (and the grid) of the weights a checkpoint's `model/` would hold: the average with
+    `train.ema`."""
+    with run.average.applied() if run.average is not None else contextlib.nullcontext():
+        _validate_now(run, logger)
+
+
+def _validate_now(run: Run, logger: TrainLogger) -> None:
     compute = compute_context(run.config.train.precision, run.config.dist.strategy, run.ctx)
     with compute or contextlib.nullcontext():  # bf16 runs validate in bf16 too (frozen weights may be bf16)
         values = validate(

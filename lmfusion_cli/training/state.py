@@ -3,7 +3,8 @@
 The loop hands one dict of them to the `Checkpointer` (torchtitan's trainer.py pattern), which
 saves and loads them all; where each one is stored is the object's `stored_in`:
 
-- `dcp`: sharded tensors in `dcp/` — `ModelState` (trainable weights) and `OptimizerState`;
+- `dcp`: sharded tensors in `dcp/` — `ModelState` (trainable weights), `OptimizerState` and, with
+  `train.ema`, `WeightAverage`;
 - `rank`: one file per process in `rng/` — `RNGState`;
 - `json` (the default, for objects without `stored_in`): a section of `trainer.json` — `TrainProgress`,
   the data stream (`loader.SampleStream`) and the LR scheduler (torch's `LambdaLR`), which already
@@ -12,6 +13,7 @@ saves and loads them all; where each one is stored is the object's `stored_in`:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -87,6 +89,55 @@ class OptimizerState:
         set_optimizer_state_dict(self.model, self.optimizer, state, options=SHARDED)
 
 
+class WeightAverage:
+    """An exponential moving average of the trainable weights (`train.ema` = its decay), kept beside the
+    raw weights in their own sharding (FSDP shards average shard by shard). The decay warms up as
+    min(decay, (1 + n) / (10 + n)) over the n averaged steps, so early weights do not linger.
+    `applied()` swaps the average into the model for a while (saving `model/`, validation) and back."""
+
+    stored_in = "dcp"
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+        self.average = {n: p.detach().clone() for n, p in self.params}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the current weights in (call after each applied optimizer step)."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, p in self.params:
+            self.average[name].lerp_(p.detach(), 1 - decay)
+
+    @contextmanager
+    def applied(self):
+        """The model holds the averaged weights inside the block, its raw weights again after it."""
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for name, p in self.params:
+            raw = p.detach().clone()
+            p.detach().copy_(self.average[name])
+            self.average[name].copy_(raw)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": dict(self.average), "updates": torch.tensor(self.updates, dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, value in state["weights"].items():
+                if value is not self.average[name]:  # DCP loads into the templates in place
+                    self.average[name].copy_(value)
+        self.updates = int(state["updates"])
+
+
 class RNGState:
     """This process's torch, numpy and Python RNG states (tensors and numbers: read weights-only)."""
 
@@ -120,9 +171,16 @@ class TrainProgress:
         )
 
 
-def train_states(model: nn.Module, optimizer: Any, scheduler: Any, stream: Any, progress: TrainProgress) -> dict:
+def train_states(
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    stream: Any,
+    progress: TrainProgress,
+    average: WeightAverage | None = None,
+) -> dict:
     """The dict of Stateful objects a training checkpoint holds, by the name each is saved under."""
-    return {
+    states = {
         "model": ModelState(model),
         "optim": OptimizerState(model, optimizer),
         "rng": RNGState(),
@@ -130,3 +188,6 @@ def train_states(model: nn.Module, optimizer: Any, scheduler: Any, stream: Any, 
         "data": stream,
         "scheduler": scheduler,
     }
+    if average is not None:
+        states["ema"] = average
+    return states
