@@ -6,12 +6,14 @@ Two patchers, one interface (`encode` → tokens + skips, `decode` → latent-sh
   map to the LLM width per grid cell; on the way out the mirror `UpBlock2D`s with the down path's
   skip connections, norm, conv-out.
 - `LinearPatcher`: p×p patches through one Linear each way, timestep embedding added to each token.
-- `ConvPatcher`: the U-Net's top level without its skip: conv-in and `unet_layers_per_block` diffusers
-  `ResnetBlock2D`s at full latent resolution (width `unet_channels[0]`), p×p space-to-depth and one Linear
-  to the LLM width; on the way out the mirror (Linear, depth-to-space, ResNet blocks, conv-out; no output
-  norm).
-  Every path from the noisy latent to the prediction goes through the transformer, so the prompt cannot
-  be bypassed, but each output pixel is drawn from its 3×3 neighbourhood (edges across patch borders).
+- `ConvPatcher`: the U-Net's top level without its skip: conv-in and `unet_layers_per_block` residual
+  3×3 conv blocks at full latent resolution (width `unet_channels[0]`, timestep-conditioned, *no
+  normalisation*), p×p space-to-depth and one Linear to the LLM width; on the way out the mirror
+  (Linear, depth-to-space, conv blocks, conv-out). Every path from the noisy latent to the prediction goes
+  through the transformer, and no layer sees more than its neighbourhood of x_t, so the prompt cannot be
+  bypassed; each output pixel is still drawn from its 3×3 neighbourhood (edges across patch borders).
+  With diffusers' GroupNorm ResNet blocks instead, the per-image statistics of x_t carried the global
+  colour past the prompt (generated background 0.27–0.30 vs 0.79 without; docs/training.md).
 
 Both add a learned (zero-initialised) position embedding per token of the grid. Tokens are ordered
 row-major over the (latent_size/p)² grid. Sizes come from `LMFusionConfig` and the LLM's hidden size.
@@ -23,7 +25,6 @@ import math
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UpBlock2D
 from torch import nn
 
@@ -77,24 +78,35 @@ class LinearPatcher(nn.Module):
         return _depth_to_space(self.proj_out(tokens), self.patch_size, self.side)
 
 
+class ConvBlock(nn.Module):
+    """x + conv(silu(conv(silu(x)) + temb)): a ResNet block without normalisation (a norm's per-image
+    statistics would hand the transformer-free path a global summary of the noisy latent)."""
+
+    def __init__(self, width: int, temb_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, kernel_size=3, padding=1)
+        self.time_proj = nn.Linear(temb_channels, width)
+        self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(nn.functional.silu(x)) + self.time_proj(nn.functional.silu(temb))[:, :, None, None]
+        return x + self.conv2(nn.functional.silu(h))
+
+
 class ConvPatcher(nn.Module):
     def __init__(self, config: LMFusionConfig, hidden_size: int):
         super().__init__()
         width, blocks = config.unet_channels[0], config.unet_layers_per_block
-        groups = math.gcd(32, width)
         self.patch_size, self.side = config.patch_size, config.latent_size // config.patch_size
         self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(width, 4 * width)
         self.time_to_token = nn.Linear(4 * width, hidden_size)
-        resnet = dict(temb_channels=4 * width, groups=groups, eps=1e-6)
         self.conv_in = nn.Conv2d(config.latent_channels, width, kernel_size=3, padding=1)
-        self.blocks_in = nn.ModuleList(ResnetBlock2D(in_channels=width, **resnet) for _ in range(blocks))
+        self.blocks_in = nn.ModuleList(ConvBlock(width, 4 * width) for _ in range(blocks))
         self.to_tokens = nn.Linear(width * self.patch_size**2, hidden_size)
         self.position = nn.Parameter(torch.zeros(self.side * self.side, hidden_size))
         self.from_tokens = nn.Linear(hidden_size, width * self.patch_size**2)
-        self.blocks_out = nn.ModuleList(ResnetBlock2D(in_channels=width, **resnet) for _ in range(blocks))
-        # no GroupNorm before conv-out: it would remove each image's mean per group, the very global
-        # colour the prompt sets (with it the generated background fell from 0.69 to 0.27)
+        self.blocks_out = nn.ModuleList(ConvBlock(width, 4 * width) for _ in range(blocks))
         self.conv_out = nn.Conv2d(width, config.latent_channels, kernel_size=3, padding=1)
 
     def _temb(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

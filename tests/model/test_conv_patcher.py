@@ -1,7 +1,7 @@
 """`patcher: conv` (issue 23): ResNet blocks at full latent resolution each way, no skip around the
 transformer. Its tokens are the linear patcher's grid (row-major, one per p×p cell), and each token /
-output pixel is drawn from its neighbourhood (3×3 convolutions; GroupNorm's statistics are the only far
-reach, and they are small), so a wrong reshape shows as a large far effect."""
+output pixel is drawn from its neighbourhood only (3×3 convolutions, no normalisation: nothing carries a
+per-image statistic of x_t), so a wrong reshape or a global path shows as a far effect."""
 
 from __future__ import annotations
 
@@ -42,14 +42,14 @@ def test_conv_patcher_is_local_both_ways_and_has_no_skip(blocks):
     bumped = latents.clone()
     bumped[0, :, y, x] += 10.0
     diff = (patcher.encode(bumped, t)[0] - tokens).abs().amax(-1)
-    strong = {int(i) for i in (diff[0] > 0.5 * diff[0].max()).nonzero().flatten()}
+    reached = {int(i) for i in diff[0].nonzero().flatten()}
     near = {
         r * 8 + c
         for r in range(8)
         for c in range(8)
         if min(abs(2 * r + dy - y) for dy in (0, 1)) <= reach and min(abs(2 * c + dx - x) for dx in (0, 1)) <= reach
     }
-    assert (y // 2) * 8 + x // 2 in strong and strong <= near, (strong, near)
+    assert reached == near, (reached, near)
     assert not diff[1].any()  # the other image of the batch is untouched
     # decode: the output depends on the tokens and timestep only; one token reaches its cell's neighbourhood
     out = patcher.decode(tokens, t, skips)
@@ -57,10 +57,10 @@ def test_conv_patcher_is_local_both_ways_and_has_no_skip(blocks):
     moved = tokens.clone()
     moved[0, 3 * 8 + 5] += 10.0
     effect = (patcher.decode(moved, t, skips) - out).abs().amax(1)[0]
-    ys, xs = (effect > 0.5 * effect.max()).nonzero(as_tuple=True)
+    ys, xs = effect.nonzero(as_tuple=True)
     reach_out = 1 + 2 * blocks  # ResNet blocks + conv-out
-    assert ys.min() >= 6 - reach_out and ys.max() <= 7 + reach_out
-    assert xs.min() >= 10 - reach_out and xs.max() <= 11 + reach_out
+    box = (max(6 - reach_out, 0), min(7 + reach_out, 15), max(10 - reach_out, 0), min(11 + reach_out, 15))
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == box
 
 
 def test_conv_patcher_width_and_blocks_come_from_the_unet_options():
