@@ -140,3 +140,18 @@ def test_frozen_bf16_storage_keeps_trainable_fp32(tmp_path):
     out = tmp_path / "run"
     run_training(make_config(out, **sections(train={"precision": "bf16", "frozen_bf16": True})), *toy_factories())
     assert len(losses(out)) == 6 and all(torch.isfinite(torch.tensor(losses(out))))
+
+
+def test_fsdp_weight_average_matches_one_process_and_resumes(tmp_path):
+    """`train.ema` on FSDP2 shards: the average is kept per shard, saved in dcp/ and gathered into model/;
+    a 2-process run cut at step 3 and resumed ends where one process without a cut does."""
+    torch.set_num_threads(1)
+    ema = {"ema": 0.5, "deterministic": True}
+    run_training(make_config(tmp_path / "single", **sections(train=ema)), *toy_factories())
+    assert not torchrun(tmp_path / "two", dist={"strategy": "fsdp"}, train={**ema, "stop_at": 3})
+    assert not torchrun(tmp_path / "two", dist={"strategy": "fsdp"}, train=ema)
+    assert max(abs(a - b) for a, b in zip(losses(tmp_path / "two"), losses(tmp_path / "single"))) < LOSS_TOLERANCE
+    w2, w1 = weights(tmp_path / "two"), weights(tmp_path / "single")
+    assert w2.keys() == w1.keys()
+    assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-4
+    torch.use_deterministic_algorithms(False)
