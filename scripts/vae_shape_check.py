@@ -39,36 +39,39 @@ def checker_on_reconstructions(vae, n: int, seed: int, resolution: int = 64) -> 
 
 
 def finetune(vae, steps: int, part: str, lr: float, every: int, eval_n: int, eval_seed: int, seed: int):
-    s = tiny_vae.VAESettings(steps=steps, lr=lr)
+    """Train `vae` further (the asset build's loop for `decoder`, `tiny_vae.train_decoder`; all of it for
+    `all`), scoring held-out reconstructions every `every` steps; returns the training images."""
+    s = tiny_vae.VAESettings(steps=steps, lr=lr, decoder_steps=steps, decoder_lr=lr)
     images = tiny_vae.images_tensor(range(s.num_train_images), seed, s.resolution)
-    vae.requires_grad_(True)
-    if part == "decoder":
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed + 7)
     start = time.process_time()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = tiny_vae.lr_at(step, s)
-        vae.train()
-        x = tiny_vae.to_model_range(images[torch.randint(0, len(images), (s.batch_size,), generator=gen)])
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=gen)
-        recon = vae.decode(z).sample
-        mse = torch.nn.functional.mse_loss(recon, x)
-        loss = mse + s.l1_weight * (recon - x).abs().mean() + s.kl_weight * posterior.kl().mean() / z[0].numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+
+    def report(step: int, mse: float) -> None:
         if (step + 1) % every == 0 or step + 1 == steps:
             vae.eval()
             acc = checker_on_reconstructions(vae, eval_n, eval_seed)
             psnr = tiny_vae.psnr_db(vae, tiny_vae.images_tensor(range(eval_n), eval_seed, s.resolution))
-            row = {"step": step + 1, "cpu_s": round(time.process_time() - start), "mse": round(mse.item(), 5)}
+            row = {"step": step + 1, "cpu_s": round(time.process_time() - start), "mse": round(mse, 5)}
             print(json.dumps({**row, "psnr_db": psnr["psnr_mean_db"], "checker": acc}), flush=True)
+            vae.train()
+
+    if part == "decoder":
+        tiny_vae.train_decoder(vae, images, s, seed, on_step=report)
+        return images
+    vae.requires_grad_(True)
+    params = list(vae.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed + 7)
+    vae.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = tiny_vae.lr_at(step, s)
+        x = tiny_vae.to_model_range(images[torch.randint(0, len(images), (s.batch_size,), generator=gen)])
+        loss, mse = tiny_vae.vae_loss(vae, x, s, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        report(step, mse)
     vae.eval()
     vae.requires_grad_(False)
     return images
