@@ -164,12 +164,7 @@ def build_vae(out: Path, sizes: dict, settings: tiny_vae.VAESettings, seed: int)
     chosen = "ema" if quality["ema"]["psnr_mean_db"] >= quality["raw"]["psnr_mean_db"] else "raw"
     final = ema if chosen == "ema" else vae
     final.eval()
-
-    def report_step(step: int, mse: float) -> None:
-        if step % 200 == 0 or step == settings.decoder_steps - 1:
-            print(f"  vae decoder step {step:5d}  mse {mse:.5f}  {time.time() - start:.0f} s", flush=True)
-
-    decoder_training = tiny_vae.train_decoder(final, train_images, settings, seed, report_step)  # latents unchanged
+    decoder_training = tiny_vae.train_decoder(final, train_images, settings, seed)  # latents unchanged
     quality["decoder_phase"] = tiny_vae.psnr_db(final, heldout_images)
     shift, std = tiny_vae.latent_stats(final, train_images[: sizes["num_stat_images"]], seed)
     final.register_to_config(scaling_factor=1.0 / std, shift_factor=shift)

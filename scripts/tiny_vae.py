@@ -112,71 +112,27 @@ def vae_loss(vae, x: torch.Tensor, settings: VAESettings, gen: torch.Generator) 
     return mse + settings.l1_weight * (recon - x).abs().mean() + settings.kl_weight * kl, mse.item()
 
 
-def train_vae(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int):
-    """Train `vae`; returns (EMA copy of the model, figures for the report)."""
-    gen = torch.Generator().manual_seed(seed)
-    ema = copy.deepcopy(vae).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(vae.parameters(), lr=settings.lr, betas=(0.9, 0.99), weight_decay=0.0)
+def optimise(
+    vae, params, images_u8: torch.Tensor, settings: VAESettings, gen, steps: int, lr_of, name: str, on_step=None
+):
+    """The step loop of both phases: AdamW on `params` (lr `lr_of(step)`), batches of `settings.batch_size`
+    images drawn with `gen`, `vae_loss`, gradient clipping at 1.0, a progress line every 200 steps; stops
+    at `settings.max_minutes`. `on_step(step, mse)` runs after each optimizer step (EMA, reports).
+    Returns the figures for the report."""
+    opt = torch.optim.AdamW(params, lr=lr_of(0), betas=(0.9, 0.99), weight_decay=0.0)
     vae.train()
-    start, losses = time.time(), []
-    bar = progress(total=settings.steps, desc="tiny VAE", unit="step")
-    for step in range(settings.steps):
+    start, steps_done = time.time(), 0
+    bar = progress(total=steps, desc=f"tiny {name}", unit="step")
+    for step in range(steps):
         if (time.time() - start) / 60 > settings.max_minutes:
             break
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, settings)
+            group["lr"] = lr_of(step)
         idx = torch.randint(0, len(images_u8), (settings.batch_size,), generator=gen)
         x = to_model_range(images_u8[idx])  # (B, 3, H, W) in [-1, 1]
         loss, mse = vae_loss(vae, x, settings, gen)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"tiny VAE loss is not finite at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        decay = min(settings.ema_decay, (1 + step) / (10 + step))  # short warm-up of the EMA itself
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), vae.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        losses.append(mse)
-        bar.update(1)
-        if step % 200 == 0 or step == settings.steps - 1:
-            psnr = 10 * math.log10(4.0 / max(mse, 1e-12))
-            print(
-                f"  vae step {step:5d}  mse {mse:.5f} (~{psnr:.1f} dB)  lr {lr_at(step, settings):.2e}  "
-                f"{time.time() - start:.0f} s",
-                flush=True,
-            )
-    bar.close()
-    steps_done = len(losses)
-    return ema, {
-        "steps_done": steps_done,
-        "stopped_early": steps_done < settings.steps,
-        "train_minutes": round((time.time() - start) / 60, 2),
-    }
-
-
-def train_decoder(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int, on_step=None) -> dict:
-    """Train the decoder of `vae` alone for `settings.decoder_steps` (in place); encoder and `quant_conv` stay
-    frozen, so every latent (and the latent scale/shift) is unchanged. `on_step(step, mse)` is called after
-    each step (progress reports). Returns figures for the report."""
-    gen = torch.Generator().manual_seed(seed + 7)
-    vae.requires_grad_(False)
-    vae.post_quant_conv.requires_grad_(True)
-    vae.decoder.requires_grad_(True)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.decoder_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    start, steps_done = time.time(), 0
-    vae.train()
-    for step in progress(range(settings.decoder_steps), desc="tiny VAE decoder", unit="step"):
-        if (time.time() - start) / 60 > settings.max_minutes:
-            break
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, settings, decoder=True)
-        idx = torch.randint(0, len(images_u8), (settings.batch_size,), generator=gen)
-        loss, mse = vae_loss(vae, to_model_range(images_u8[idx]), settings, gen)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"tiny VAE decoder loss is not finite at step {step}")
+            raise RuntimeError(f"tiny {name} loss is not finite at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -184,12 +140,51 @@ def train_decoder(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int
         steps_done += 1
         if on_step is not None:
             on_step(step, mse)
-    vae.eval().requires_grad_(False)
+        bar.update(1)
+        if step % 200 == 0 or step == steps - 1:
+            psnr = 10 * math.log10(4.0 / max(mse, 1e-12))
+            print(
+                f"  {name.lower()} step {step:5d}  mse {mse:.5f} (~{psnr:.1f} dB)  lr {lr_of(step):.2e}  "
+                f"{time.time() - start:.0f} s",
+                flush=True,
+            )
+    bar.close()
     return {
         "steps_done": steps_done,
-        "stopped_early": steps_done < settings.decoder_steps,
+        "stopped_early": steps_done < steps,
         "train_minutes": round((time.time() - start) / 60, 2),
     }
+
+
+def train_vae(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int):
+    """Train `vae`; returns (EMA copy of the model, figures for the report)."""
+    gen = torch.Generator().manual_seed(seed)
+    ema = copy.deepcopy(vae).eval().requires_grad_(False)
+    params = list(vae.parameters())
+
+    @torch.no_grad()
+    def fold_into_ema(step: int, mse: float) -> None:
+        decay = min(settings.ema_decay, (1 + step) / (10 + step))  # short warm-up of the EMA itself
+        for p_ema, p in zip(ema.parameters(), params):
+            p_ema.lerp_(p, 1 - decay)
+
+    lr_of = lambda step: lr_at(step, settings)  # noqa: E731
+    return ema, optimise(vae, params, images_u8, settings, gen, settings.steps, lr_of, "VAE", fold_into_ema)
+
+
+def train_decoder(vae, images_u8: torch.Tensor, settings: VAESettings, seed: int, on_step=None) -> dict:
+    """Train the decoder of `vae` alone for `settings.decoder_steps` (in place); encoder and `quant_conv` stay
+    frozen, so every latent (and the latent scale/shift) is unchanged. `on_step(step, mse)` is called after
+    each step (e.g. held-out scores). Returns figures for the report."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    vae.requires_grad_(False)
+    vae.post_quant_conv.requires_grad_(True)
+    vae.decoder.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    lr_of = lambda step: lr_at(step, settings, decoder=True)  # noqa: E731
+    report = optimise(vae, params, images_u8, settings, gen, settings.decoder_steps, lr_of, "VAE decoder", on_step)
+    vae.eval().requires_grad_(False)
+    return report
 
 
 @torch.no_grad()

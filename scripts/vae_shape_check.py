@@ -58,20 +58,10 @@ def finetune(vae, steps: int, part: str, lr: float, every: int, eval_n: int, eva
         tiny_vae.train_decoder(vae, images, s, seed, on_step=report)
         return images
     vae.requires_grad_(True)
-    params = list(vae.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed + 7)
-    vae.train()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = tiny_vae.lr_at(step, s)
-        x = tiny_vae.to_model_range(images[torch.randint(0, len(images), (s.batch_size,), generator=gen)])
-        loss, mse = tiny_vae.vae_loss(vae, x, s, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        report(step, mse)
+    tiny_vae.optimise(
+        vae, list(vae.parameters()), images, s, gen, steps, lambda step: tiny_vae.lr_at(step, s), "VAE", report
+    )
     vae.eval()
     vae.requires_grad_(False)
     return images

@@ -23,8 +23,9 @@ class LMFusionConfig:
     """How image experts start: `copy` of the text modules (paper) or `random` (ablation)."""
     patcher: Literal["unet", "linear", "conv"] = "unet"
     """Latents ↔ tokens: `unet` (U-Net down/up path with skips, paper), `linear` patches, or `conv` (the
-    U-Net's top level without its skip: ResNet blocks of width `unet_channels[0]` at full latent resolution
-    each way, nothing around the transformer)."""
+    U-Net's top level without its skip: `unet_layers_per_block` residual conv blocks of width
+    `unet_channels[0]`, without normalisation, at full latent resolution each way; nothing around the
+    transformer)."""
     patch_size: int = 2
     """Side of one image token in latent pixels (latent cells per token edge)."""
     latent_channels: int = 4
