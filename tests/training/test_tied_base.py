@@ -213,11 +213,13 @@ REAL_LM = Path(__file__).resolve().parents[2] / ".cache" / "smollm2-135m-instruc
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (REAL_LM / "config.json").is_file(), reason=f"run `make real-lm` first ({REAL_LM} is absent)")
-def test_real_smollm2_trains_samples_and_evaluates(tied_run):
+def test_real_smollm2_trains_samples_and_evaluates(tied_run, tmp_path):
     """The real tied base (SmolLM2-135M-Instruct, `make real-lm`, 107 M trainable): one step, then every later
-    stage. ~4-7 min on the loaded 2-core machine (a 1.6 GB checkpoint is written and hashed)."""
+    stage. ~4-7 min on the loaded 2-core machine (a 1.6 GB checkpoint is written and hashed). Its run folder is
+    the test's own `tmp_path`, which pytest deletes when the test passes (pyproject: retention policy "failed"), so
+    the checkpoint does not stay on disk for the rest of the suite."""
     assert json.loads((REAL_LM / "config.json").read_text())["tie_word_embeddings"] is True
-    run = tied_run / "smol"
+    run = tmp_path / "smol"
     assert (
         cli(
             "train",
@@ -256,7 +258,7 @@ def test_real_smollm2_trains_samples_and_evaluates(tied_run):
             "--prompt",
             PROMPTS[0],
             "--out",
-            tied_run / "smol-t2i",
+            tmp_path / "smol-t2i",
             "--steps",
             1,
             "--seed",
@@ -264,7 +266,7 @@ def test_real_smollm2_trains_samples_and_evaluates(tied_run):
         )
         == 0
     )
-    image = next((tied_run / "smol-t2i" / "images").glob("*.png"))
+    image = next((tmp_path / "smol-t2i" / "images").glob("*.png"))
     assert (
         cli(
             "sample",
@@ -275,27 +277,27 @@ def test_real_smollm2_trains_samples_and_evaluates(tied_run):
             "--images",
             image,
             "--out",
-            tied_run / "smol-caps",
+            tmp_path / "smol-caps",
             "--max-new-tokens",
             3,
         )
         == 0
     )
-    items = tied_run / "items.jsonl"
+    items = tmp_path / "items.jsonl"
     shipped = (Path(__file__).resolve().parents[2] / "lmfusion_cli/evaluation/data/tiny_mc.jsonl").read_text()
     items.write_text("\n".join(shipped.splitlines()[:2]) + "\n")
     assert (
-        cli("evaluate", "--suite", "text", "--checkpoint", run, "--out", tied_run / "smol-eval", "--text-items", items)
+        cli("evaluate", "--suite", "text", "--checkpoint", run, "--out", tmp_path / "smol-eval", "--text-items", items)
         == 0
     )
-    text = json.loads((tied_run / "smol-eval" / "metrics.json").read_text())["text"]
+    text = json.loads((tmp_path / "smol-eval" / "metrics.json").read_text())["text"]
     assert text["num_items"] == 2 and text["identical"] is True  # the fused model's text = SmolLM2's
 
     from lmfusion_cli import LMFusionPipeline
     from lmfusion_cli.model import LMFusionModel
 
-    export = tied_run / "smol-export"
-    assert cli("export", run, "--out", export, "--eval", tied_run / "smol-eval") == 0
+    export = tmp_path / "smol-export"
+    assert cli("export", run, "--out", export, "--eval", tmp_path / "smol-eval") == 0
     assert (export / "chat_template.jinja").read_text() == (REAL_LM / "chat_template.jinja").read_text()
     assert "identical" in (export / "README.md").read_text()  # the text suite's figures are quoted
     model = LMFusionModel.from_pretrained(export)
