@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmfusion_cli.common.vae import to_model_space
 from lmfusion_cli.data import shapes
 from lmfusion_cli.data.latents import open_latent_cache
+from lmfusion_cli.model.patchers import _space_to_depth
 
 
 def single_object_latents(latents: str, splits: str) -> tuple[torch.Tensor, list[dict], object]:
@@ -41,7 +43,7 @@ def single_object_latents(latents: str, splits: str) -> tuple[torch.Tensor, list
         a = item["attributes"]
         if a is None or a["layout"] != "single":
             continue
-        xs.append((item["mean"].float() - cache.shift_factor) * cache.scaling_factor)
+        xs.append(to_model_space(item["mean"].float(), cache.scaling_factor, cache.shift_factor))
         attrs.append(a)
     return torch.stack(xs), attrs, cache
 
@@ -104,9 +106,8 @@ class ViTReader(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stem is not None:
             x = self.stem(x)
-        n, c, h, w, p = *x.shape, self.patch
-        tokens = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(n, -1, c * p * p)
-        tokens = torch.cat([self.cls.expand(n, -1, -1), self.proj(tokens) + self.position], 1)
+        tokens = self.proj(_space_to_depth(x, self.patch)) + self.position  # the linear patcher's token order
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1)
         return self.head(self.transformer(tokens)[:, 0])
 
 
@@ -208,7 +209,7 @@ def generated(args) -> None:
             ys.append(shapes.SHAPES.index(a["objects"][0]["shape"]))
         with torch.no_grad():
             mean, _ = encode_posterior(vae, torch.stack(pixels))
-            pred = net((mean - cache.shift_factor) * cache.scaling_factor).argmax(-1)
+            pred = net(to_model_space(mean, cache.scaling_factor, cache.shift_factor)).argmax(-1)
         y = torch.tensor(ys)
         confusion = torch.zeros(3, 3, dtype=torch.long)
         for a, b in zip(y.tolist(), pred.tolist(), strict=True):

@@ -20,8 +20,11 @@ import math
 import time
 
 import torch
-from shape_probes import attribute_labels, shape_labels, single_object_latents, trained_cnn_reader
+from shape_probes import attribute_labels, single_object_latents, trained_cnn_reader
 from torch import nn
+
+from lmfusion_cli.model.diffusion import shift_noise_level
+from lmfusion_cli.model.patchers import _depth_to_space, _space_to_depth
 
 ATTRIBUTES = ("shape", "colour", "size", "position", "background")
 
@@ -34,10 +37,6 @@ def label_ids(attrs: list[dict], vocab: dict) -> torch.Tensor:
         values = (obj["shape"], obj["colour"], obj["size"], obj["position"], a["background"])
         rows.append([vocab.setdefault((k, v), len(vocab)) for k, v in zip(ATTRIBUTES, values, strict=True)])
     return torch.tensor(rows)
-
-
-def shift_noise_level(u: torch.Tensor, shift: float) -> torch.Tensor:
-    return shift * u / (1 + (shift - 1) * u)
 
 
 def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -71,13 +70,10 @@ class Generator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        n, c, p, g = x.shape[0], x.shape[1], self.patch, self.grid
-        tokens = x.reshape(n, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(n, g * g, c * p * p)
-        h = self.proj_in(tokens) + self.position + self.time(timestep_features(t, self.width))[:, None]
+        h = self.proj_in(_space_to_depth(x, self.patch)) + self.position
+        h = h + self.time(timestep_features(t, self.width))[:, None]
         h = self.norm(self.transformer(torch.cat([self.labels(labels), h], 1)))[:, labels.shape[1] :]
-        out = self.proj_out(h)
-        oc = out.shape[-1] // (p * p)
-        out = out.reshape(n, g, g, oc, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, oc, self.side, self.side)
+        out = _depth_to_space(self.proj_out(h), self.patch, self.grid)
         return out if self.conv is None else self.conv(out)
 
 
@@ -144,10 +140,10 @@ def main() -> None:
     x, attrs, _ = single_object_latents(args.latents, "train")
     xt, attrs_t, _ = single_object_latents(args.latents, "test,val")
     vocab: dict = {}
-    y, yt, shape_t = label_ids(attrs, vocab), label_ids(attrs_t, vocab), shape_labels(attrs_t)
+    y, yt = label_ids(attrs, vocab), label_ids(attrs_t, vocab)
     truth = {a: attribute_labels(attrs_t, a, classes) for a, (_, _, classes) in readers.items()}
     null = len(vocab)
-    majority = float(torch.bincount(shape_t).max()) / len(shape_t)  # a reader that reads one shape always
+    majority = float(torch.bincount(truth["shape"]).max()) / len(yt)  # a reader that reads one shape always
     print(
         json.dumps(
             {

@@ -17,6 +17,7 @@ import argparse
 import json
 
 import torch
+from shape_probes import shape_labels, single_object_latents
 
 from lmfusion_cli.common.vae import load_vae, resolve_vae
 from lmfusion_cli.data import shapes
@@ -67,21 +68,6 @@ def checker_bounds(cache, vae, n: int, seed: int) -> dict:
     return out
 
 
-def _single(cache, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = [], []
-    for i in range(len(cache)):
-        it = cache[i]
-        a = it["attributes"]
-        if a is None or a["layout"] != "single":
-            continue
-        z = (it["mean"].float() - cache.shift_factor) * cache.scaling_factor
-        xs.append(z)
-        ys.append(shapes.SHAPES.index(a["objects"][0]["shape"]))
-        if len(xs) >= limit:
-            break
-    return torch.stack(xs), torch.tensor(ys)
-
-
 def probe(train, test, hidden: int, t: float, epochs: int = 60, seed: int = 0) -> float:
     """Held-out shape accuracy of a probe on latents noised at flow time t (fresh noise every epoch)."""
     torch.manual_seed(seed)
@@ -121,8 +107,9 @@ def main() -> None:
     vae = load_vae(resolve_vae(""))
     report = {"checker": checker_bounds(test, vae, args.items, args.seed)}
     print(json.dumps(report, indent=1), flush=True)
-    train_xy = _single(open_latent_cache(args.latents, splits="train"), 100000)
-    test_xy = _single(test, 100000)
+    train_x, train_attrs, _ = single_object_latents(args.latents, "train")
+    test_x, test_attrs, _ = single_object_latents(args.latents, "test")
+    train_xy, test_xy = (train_x, shape_labels(train_attrs)), (test_x, shape_labels(test_attrs))
     probes = {}
     for t in (float(x) for x in args.times.split(",")):
         probes[f"t={t}"] = {
