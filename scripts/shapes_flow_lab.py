@@ -10,6 +10,15 @@ with the same shift and CFG 3. What it reports is the CNN reader of `scripts/sha
 the real latents; 1.00 on real test latents) reading the shape of latents generated for the held-out
 items' labels: chance is 0.33. The LMFusion model's generator is this plus a frozen LM in front, so a
 setting that fails here fails there.
+
+`--arch unet` is a label-conditioned diffusers U-Net instead (labels summed into the timestep embedding).
+With `--cond lm-mean | lm-last` its condition is the frozen tiny LM's final hidden states of the item's
+caption (mean over `[BOS] caption`, or the last token; `--standardise` per feature), through a Linear, in
+place of the labels: a prompt the model could hand the U-Net. `unet-up` / `unet-both` put that condition
+into the package's `UNetPatcher` (a Linear bottleneck in place of the transformer), up path only or both
+paths; `unet-xattn` / `unet-xattn-up` cross-attend to every caption token's hidden state (a diffusers
+`UNet2DConditionModel`, as Stable Diffusion's U-Net reads its text encoder), in every block or in the up
+path only.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from shape_probes import attribute_labels, single_object_latents, trained_cnn_re
 from torch import nn
 
 from lmfusion_cli.model.diffusion import shift_noise_level
-from lmfusion_cli.model.patchers import _depth_to_space, _space_to_depth
+from lmfusion_cli.model.patchers import _depth_to_space, _grid_to_tokens, _space_to_depth, _tokens_to_grid
 
 ATTRIBUTES = ("shape", "colour", "size", "position", "background")
 
@@ -77,16 +86,85 @@ class Generator(nn.Module):
         return out if self.conv is None else self.conv(out)
 
 
+@torch.no_grad()
+def caption_features(captions: list[str], lm_path: str, pool: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen LM's final hidden states (after its final norm) of `[BOS] caption`, pooled over the tokens
+    ("mean") or taken at the last one ("last"): (n, D), and the same of `[BOS]` alone (the null prompt)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(lm_path)
+    lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
+
+    def encode(text: str | None) -> torch.Tensor:
+        ids = [tok.bos_token_id] + (tok(text, add_special_tokens=False)["input_ids"] if text else [])
+        h = lm(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+        return h if pool == "tokens" else h.mean(0) if pool == "mean" else h[-1]
+
+    if pool == "tokens":  # (n, L, D) zero-padded on the right; the null prompt is [BOS] alone
+        rows = [encode(c) for c in captions]
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True), encode(None)
+    return torch.stack([encode(c) for c in captions]), encode(None)
+
+
+class CrossAttentionUNet(nn.Module):
+    """A diffusers `UNet2DConditionModel` (widths 64/128, cross-attention at both levels and in the middle)
+    attending to the frozen LM's final hidden states of every caption token, as Stable Diffusion's U-Net
+    attends to its text encoder's."""
+
+    def __init__(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, up_only: bool = False, side: int = 16, channels: int = 4
+    ):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        self.side = side
+        self.register_buffer("tokens", tokens)
+        self.register_buffer("lengths", lengths)
+        self.unet = UNet2DConditionModel(
+            sample_size=side,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=(64, 128),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D",) * 2 if up_only else ("CrossAttnDownBlock2D",) * 2,
+            mid_block_type=None if up_only else "UNetMidBlock2DCrossAttn",
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=tokens.shape[-1],
+            attention_head_dim=32,
+            norm_num_groups=32,
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ids = labels[:, 0]
+        mask = torch.arange(self.tokens.shape[1])[None] < self.lengths[ids][:, None]
+        return self.unet(x, t * 1000, encoder_hidden_states=self.tokens[ids], encoder_attention_mask=mask).sample
+
+
 class UNetGenerator(nn.Module):
     """A label-conditioned diffusers U-Net (no transformer): the five label embeddings are summed and added to
-    the timestep embedding (`class_embed_type="identity"`), as class-conditional diffusion U-Nets do."""
+    the timestep embedding (`class_embed_type="identity"`), as class-conditional diffusion U-Nets do. With
+    `features` (one row per condition id, the last the null prompt) the condition is instead a Linear map of
+    a frozen LM's pooled caption features, as SDXL adds its pooled text embedding to the timestep's."""
 
-    def __init__(self, num_labels: int, channels: int = 4, side: int = 16, widths: tuple[int, ...] = (64, 128)):
+    def __init__(
+        self,
+        num_labels: int,
+        channels: int = 4,
+        side: int = 16,
+        widths: tuple[int, ...] = (64, 128),
+        features: torch.Tensor | None = None,
+    ):
         super().__init__()
         from diffusers import UNet2DModel
 
         self.side = side
-        self.labels = nn.Embedding(num_labels + 1, widths[0] * 4)
+        if features is None:
+            self.labels = nn.Embedding(num_labels + 1, widths[0] * 4)
+        else:
+            self.register_buffer("features", features)
+            proj = nn.Linear(features.shape[1], widths[0] * 4)
+            self.labels = lambda ids: proj(self.features[ids])
+            self.proj = proj
         self.unet = UNet2DModel(
             sample_size=side,
             in_channels=channels,
@@ -100,6 +178,42 @@ class UNetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t * 1000, class_labels=self.labels(labels).sum(1)).sample
+
+
+class UpConditionedUNet(nn.Module):
+    """The LMFusion model's `UNetPatcher` (paper widths here 64/128), with a Linear bottleneck in place of the
+    transformer and the condition added to the timestep embedding of the *up* path only: what the model can
+    compute in one pass, since the prompt's final hidden states exist only after the transformer."""
+
+    def __init__(self, features: torch.Tensor, both: bool = False, channels: int = 4, side: int = 16):
+        super().__init__()
+        from types import SimpleNamespace
+
+        from lmfusion_cli.model.patchers import UNetPatcher
+
+        cfg = SimpleNamespace(
+            unet_channels=[64, 128], unet_layers_per_block=1, latent_size=side, patch_size=2, latent_channels=channels
+        )
+        self.side, self.both = side, both
+        self.patcher = UNetPatcher(cfg, 256)
+        self.register_buffer("features", features)
+        self.proj = nn.Linear(features.shape[1], 256)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        p = self.patcher
+        cond = self.proj(self.features[labels[:, 0]])
+        temb = p._temb(t * 1000, x.dtype)
+        h = p.conv_in(x)
+        skips = (h,)
+        for block in p.down_blocks:
+            h, residuals = block(h, temb + cond if self.both else temb)
+            skips += residuals
+        h = p.from_tokens(p.to_tokens(_grid_to_tokens(h)))
+        h = _tokens_to_grid(h, p.side)
+        for block in p.up_blocks:
+            residuals, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
+            h = block(h, residuals, temb + cond)
+        return p.conv_out(nn.functional.silu(p.norm_out(h)))
 
 
 @torch.no_grad()
@@ -120,7 +234,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latents", required=True)
     ap.add_argument("--name", default="lab")
-    ap.add_argument("--arch", choices=("transformer", "unet"), default="transformer")
+    ap.add_argument(
+        "--arch",
+        choices=("transformer", "unet", "unet-up", "unet-both", "unet-xattn", "unet-xattn-up"),
+        default="transformer",
+    )
+    ap.add_argument(
+        "--cond",
+        choices=("label", "lm-mean", "lm-last"),
+        default="label",
+        help="U-Net condition: the five labels, or the frozen tiny LM's caption features (mean or last token)",
+    )
+    ap.add_argument("--lm", default="lmfusion_cli/assets/tiny-lm")
+    ap.add_argument("--standardise", action="store_true", help="standardise the LM features per dimension")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--patch", type=int, default=2)
@@ -137,8 +263,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     readers = {a: trained_cnn_reader(args.latents, a) for a in ("shape", "colour", "background")}
-    x, attrs, _ = single_object_latents(args.latents, "train")
-    xt, attrs_t, _ = single_object_latents(args.latents, "test,val")
+    x, attrs, cache = single_object_latents(args.latents, "train")
+    xt, attrs_t, cache_t = single_object_latents(args.latents, "test,val")
+    captions = [
+        cache[i]["caption"] for i in range(len(cache)) if (cache[i]["attributes"] or {}).get("layout") == "single"
+    ]
+    captions_t = [
+        cache_t[i]["caption"] for i in range(len(cache_t)) if (cache_t[i]["attributes"] or {}).get("layout") == "single"
+    ]
     vocab: dict = {}
     y, yt = label_ids(attrs, vocab), label_ids(attrs_t, vocab)
     truth = {a: attribute_labels(attrs_t, a, classes) for a, (_, _, classes) in readers.items()}
@@ -157,7 +289,30 @@ def main() -> None:
     )
 
     torch.manual_seed(0)
-    if args.arch == "unet":
+    if args.arch.startswith("unet-xattn"):
+        feats, null_feat = caption_features(captions + captions_t, args.lm, "tokens")
+        lengths = (feats.abs().sum(-1) > 0).sum(1)
+        table = torch.cat([feats, nn.functional.pad(null_feat, (0, 0, 0, feats.shape[1] - 1))[None]])
+        lengths = torch.cat([lengths, torch.tensor([1])])
+        y = torch.arange(len(captions))[:, None]
+        yt = torch.arange(len(captions), len(captions) + len(captions_t))[:, None]
+        null = len(feats)
+        gen = CrossAttentionUNet(table, lengths, up_only=args.arch == "unet-xattn-up")
+    elif args.arch.startswith("unet") and args.cond != "label":
+        # one condition id per item (train, then held-out), the last id the null prompt
+        feats, null_feat = caption_features(captions + captions_t, args.lm, args.cond.split("-")[1])
+        y = torch.arange(len(captions))[:, None]
+        yt = torch.arange(len(captions), len(captions) + len(captions_t))[:, None]
+        null = len(feats)
+        table = torch.cat([feats, null_feat[None]])
+        if args.standardise:  # per feature, by the training captions' statistics
+            mu, sd = feats[: len(captions)].mean(0), feats[: len(captions)].std(0).clamp(min=1e-6)
+            table = (table - mu) / sd
+        if args.arch == "unet":
+            gen = UNetGenerator(0, features=table)
+        else:
+            gen = UpConditionedUNet(table, both=args.arch == "unet-both")
+    elif args.arch == "unet":
         gen = UNetGenerator(len(vocab))
     else:
         gen = Generator(len(vocab), args.width, args.depth, args.patch, args.head)
