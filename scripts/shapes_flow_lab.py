@@ -14,7 +14,8 @@ setting that fails here fails there.
 `--arch unet` is a label-conditioned diffusers U-Net instead (labels summed into the timestep embedding).
 With `--cond lm-mean | lm-last` its condition is the frozen tiny LM's final hidden states of the item's
 caption (mean over `[BOS] caption`, or the last token; `--standardise` per feature), through a Linear, in
-place of the labels: a prompt the model could hand the U-Net. `unet-up` / `unet-both` put that condition
+place of the labels: a prompt the model could hand the U-Net; `--cond lm-attn` pools every token's
+standardised state with four learned attention queries and an MLP instead. `unet-up` / `unet-both` put that condition
 into the package's `UNetPatcher` (a Linear bottleneck in place of the transformer), up path only or both
 paths; `unet-xattn` / `unet-xattn-up` cross-attend to every caption token's hidden state (a diffusers
 `UNet2DConditionModel`, as Stable Diffusion's U-Net reads its text encoder), in every block or in the up
@@ -180,6 +181,42 @@ class UNetGenerator(nn.Module):
         return self.unet(x, t * 1000, class_labels=self.labels(labels).sum(1)).sample
 
 
+class AttentionPoolUNet(nn.Module):
+    """The label U-Net's diffusers `UNet2DModel`, conditioned on an attention pool of the caption tokens' frozen
+    LM states (standardised per feature): four learned queries over the tokens, their outputs concatenated
+    and through an MLP into the timestep embedding (Imagen's attention pooling of its text embedding)."""
+
+    def __init__(self, tokens: torch.Tensor, lengths: torch.Tensor, side: int = 16, channels: int = 4):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.side = side
+        self.register_buffer("tokens", tokens)
+        self.register_buffer("lengths", lengths)
+        dim, heads, width = tokens.shape[-1], 4, 64
+        self.queries = nn.Parameter(torch.randn(heads, width) / width**0.5)
+        self.keys, self.values = nn.Linear(dim, width), nn.Linear(dim, width)
+        self.mlp = nn.Sequential(nn.Linear(heads * width, 256), nn.SiLU(), nn.Linear(256, 256))
+        self.unet = UNet2DModel(
+            sample_size=side,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=(64, 128),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D",) * 2,
+            up_block_types=("UpBlock2D",) * 2,
+            class_embed_type="identity",
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ids = labels[:, 0]
+        h = self.tokens[ids]  # (n, L, D)
+        mask = torch.arange(h.shape[1], device=h.device)[None] < self.lengths[ids][:, None]
+        scores = torch.einsum("qw,nlw->nql", self.queries, self.keys(h)).masked_fill(~mask[:, None], float("-inf"))
+        pooled = torch.einsum("nql,nlw->nqw", scores.softmax(-1), self.values(h)).flatten(1)
+        return self.unet(x, t * 1000, class_labels=self.mlp(pooled)).sample
+
+
 class UpConditionedUNet(nn.Module):
     """The LMFusion model's `UNetPatcher` (paper widths here 64/128), with a Linear bottleneck in place of the
     transformer and the condition added to the timestep embedding of the *up* path only: what the model can
@@ -241,9 +278,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--cond",
-        choices=("label", "lm-mean", "lm-last"),
+        choices=("label", "lm-mean", "lm-last", "lm-attn"),
         default="label",
-        help="U-Net condition: the five labels, or the frozen tiny LM's caption features (mean or last token)",
+        help="U-Net condition: the five labels, or the frozen tiny LM's caption states (mean, last token, attention pool)",
     )
     ap.add_argument("--lm", default="lmfusion_cli/assets/tiny-lm")
     ap.add_argument("--standardise", action="store_true", help="standardise the LM features per dimension")
@@ -298,6 +335,18 @@ def main() -> None:
         yt = torch.arange(len(captions), len(captions) + len(captions_t))[:, None]
         null = len(feats)
         gen = CrossAttentionUNet(table, lengths, up_only=args.arch == "unet-xattn-up")
+    elif args.arch == "unet" and args.cond == "lm-attn":
+        feats, null_feat = caption_features(captions + captions_t, args.lm, "tokens")
+        lengths = torch.cat([(feats.abs().sum(-1) > 0).sum(1), torch.tensor([1])])
+        table = torch.cat([feats, nn.functional.pad(null_feat, (0, 0, 0, feats.shape[1] - 1))[None]])
+        valid = torch.arange(table.shape[1])[None] < lengths[:, None]  # (n + 1, L)
+        train_tokens = table[: len(captions)][valid[: len(captions)]]  # (tokens, D)
+        mu, sd = train_tokens.mean(0), train_tokens.std(0).clamp(min=1e-6)
+        table = ((table - mu) / sd) * valid[..., None]
+        y = torch.arange(len(captions))[:, None]
+        yt = torch.arange(len(captions), len(captions) + len(captions_t))[:, None]
+        null = len(feats)
+        gen = AttentionPoolUNet(table, lengths)
     elif args.arch.startswith("unet") and args.cond != "label":
         # one condition id per item (train, then held-out), the last id the null prompt
         feats, null_feat = caption_features(captions + captions_t, args.lm, args.cond.split("-")[1])
