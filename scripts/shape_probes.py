@@ -33,11 +33,11 @@ from lmfusion_cli.data.latents import open_latent_cache
 from lmfusion_cli.model.patchers import _space_to_depth
 
 
-def single_object_latents(latents: str, splits: str) -> tuple[torch.Tensor, list[dict], object]:
-    """(x (n, C, H, W) diffusion-space posterior means, attributes of each, the cache) of the single-object
-    items of `splits` (comma-separated)."""
+def single_object_latents(latents: str, splits: str) -> tuple[torch.Tensor, list[dict], list[str]]:
+    """(x (n, C, H, W) diffusion-space posterior means, attributes of each, caption of each) of the
+    single-object items of `splits` (comma-separated)."""
     cache = open_latent_cache(latents, splits=splits.split(","))
-    xs, attrs = [], []
+    xs, attrs, captions = [], [], []
     for i in range(len(cache)):
         item = cache[i]
         a = item["attributes"]
@@ -45,7 +45,8 @@ def single_object_latents(latents: str, splits: str) -> tuple[torch.Tensor, list
             continue
         xs.append(to_model_space(item["mean"].float(), cache.scaling_factor, cache.shift_factor))
         attrs.append(a)
-    return torch.stack(xs), attrs, cache
+        captions.append(item["caption"])
+    return torch.stack(xs), attrs, captions
 
 
 def shape_labels(attrs: list[dict]) -> torch.Tensor:

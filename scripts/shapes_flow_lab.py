@@ -89,8 +89,10 @@ class Generator(nn.Module):
 
 @torch.no_grad()
 def caption_features(captions: list[str], lm_path: str, pool: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen LM's final hidden states (after its final norm) of `[BOS] caption`, pooled over the tokens
-    ("mean") or taken at the last one ("last"): (n, D), and the same of `[BOS]` alone (the null prompt)."""
+    """The frozen LM's final hidden states (after its final norm) of `[BOS] caption` for every caption, then of
+    `[BOS]` alone (the null prompt) as the last row: pooled over the tokens ("mean") or taken at the last one
+    ("last"), (n + 1, D); or every token's ("tokens"), (n + 1, L, D) zero-padded on the right. Also the
+    number of tokens of each row, (n + 1,)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(lm_path)
@@ -101,10 +103,53 @@ def caption_features(captions: list[str], lm_path: str, pool: str) -> tuple[torc
         h = lm(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
         return h if pool == "tokens" else h.mean(0) if pool == "mean" else h[-1]
 
-    if pool == "tokens":  # (n, L, D) zero-padded on the right; the null prompt is [BOS] alone
-        rows = [encode(c) for c in captions]
-        return nn.utils.rnn.pad_sequence(rows, batch_first=True), encode(None)
-    return torch.stack([encode(c) for c in captions]), encode(None)
+    rows = [encode(c) for c in captions] + [encode(None)]
+    lengths = torch.tensor([len(r) if pool == "tokens" else 1 for r in rows])
+    if pool == "tokens":
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
+    return torch.stack(rows), lengths
+
+
+def standardised(table: torch.Tensor, lengths: torch.Tensor, train_rows: int) -> torch.Tensor:
+    """Each feature of `table` ((n, D), or (n, L, D) padded to `lengths`) standardised by the mean and standard
+    deviation of the first `train_rows` rows' (valid) vectors; padding stays zero."""
+    valid = torch.arange(table.shape[1])[None] < lengths[:, None] if table.dim() == 3 else torch.ones_like(table[:, 0])
+    vectors = table[:train_rows][valid[:train_rows].bool()]  # (vectors, D)
+    mu, sd = vectors.mean(0), vectors.std(0).clamp(min=1e-6)
+    return ((table - mu) / sd) * (valid[..., None] if table.dim() == 3 else 1)
+
+
+class LinearCondition(nn.Module):
+    """Condition ids (n, 1) → a Linear map of their rows of a fixed feature table: (n, E)."""
+
+    def __init__(self, table: torch.Tensor, width: int):
+        super().__init__()
+        self.register_buffer("table", table)
+        self.proj = nn.Linear(table.shape[1], width)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.table[ids[:, 0]])
+
+
+class AttentionPoolCondition(nn.Module):
+    """Condition ids (n, 1) → an attention pool of their rows of a token table (n_rows, L, D) padded to
+    `lengths`: four learned queries over the tokens, their outputs concatenated and through an MLP, (n, E)
+    (Imagen's attention pooling of its text embedding)."""
+
+    def __init__(self, tokens: torch.Tensor, lengths: torch.Tensor, width: int, heads: int = 4, key_width: int = 64):
+        super().__init__()
+        self.register_buffer("tokens", tokens)
+        self.register_buffer("lengths", lengths)
+        self.queries = nn.Parameter(torch.randn(heads, key_width) / key_width**0.5)
+        self.keys, self.values = nn.Linear(tokens.shape[-1], key_width), nn.Linear(tokens.shape[-1], key_width)
+        self.mlp = nn.Sequential(nn.Linear(heads * key_width, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids[:, 0]
+        h = self.tokens[ids]  # (n, L, D)
+        mask = torch.arange(h.shape[1], device=h.device)[None] < self.lengths[ids][:, None]
+        scores = torch.einsum("qw,nlw->nql", self.queries, self.keys(h)).masked_fill(~mask[:, None], float("-inf"))
+        return self.mlp(torch.einsum("nql,nlw->nqw", scores.softmax(-1), self.values(h)).flatten(1))
 
 
 class CrossAttentionUNet(nn.Module):
@@ -144,8 +189,9 @@ class CrossAttentionUNet(nn.Module):
 class UNetGenerator(nn.Module):
     """A label-conditioned diffusers U-Net (no transformer): the five label embeddings are summed and added to
     the timestep embedding (`class_embed_type="identity"`), as class-conditional diffusion U-Nets do. With
-    `features` (one row per condition id, the last the null prompt) the condition is instead a Linear map of
-    a frozen LM's pooled caption features, as SDXL adds its pooled text embedding to the timestep's."""
+    `condition` (a module: ids (n, 1) → (n, 4·widths[0])) the condition is instead that of the frozen LM's
+    caption states (`LinearCondition`, as SDXL adds its pooled text embedding to the timestep's, or
+    `AttentionPoolCondition`)."""
 
     def __init__(
         self,
@@ -153,19 +199,13 @@ class UNetGenerator(nn.Module):
         channels: int = 4,
         side: int = 16,
         widths: tuple[int, ...] = (64, 128),
-        features: torch.Tensor | None = None,
+        condition: nn.Module | None = None,
     ):
         super().__init__()
         from diffusers import UNet2DModel
 
         self.side = side
-        if features is None:
-            self.labels = nn.Embedding(num_labels + 1, widths[0] * 4)
-        else:
-            self.register_buffer("features", features)
-            proj = nn.Linear(features.shape[1], widths[0] * 4)
-            self.labels = lambda ids: proj(self.features[ids])
-            self.proj = proj
+        self.labels = condition or nn.EmbeddingBag(num_labels + 1, widths[0] * 4, mode="sum")
         self.unet = UNet2DModel(
             sample_size=side,
             in_channels=channels,
@@ -178,43 +218,7 @@ class UNetGenerator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t * 1000, class_labels=self.labels(labels).sum(1)).sample
-
-
-class AttentionPoolUNet(nn.Module):
-    """The label U-Net's diffusers `UNet2DModel`, conditioned on an attention pool of the caption tokens' frozen
-    LM states (standardised per feature): four learned queries over the tokens, their outputs concatenated
-    and through an MLP into the timestep embedding (Imagen's attention pooling of its text embedding)."""
-
-    def __init__(self, tokens: torch.Tensor, lengths: torch.Tensor, side: int = 16, channels: int = 4):
-        super().__init__()
-        from diffusers import UNet2DModel
-
-        self.side = side
-        self.register_buffer("tokens", tokens)
-        self.register_buffer("lengths", lengths)
-        dim, heads, width = tokens.shape[-1], 4, 64
-        self.queries = nn.Parameter(torch.randn(heads, width) / width**0.5)
-        self.keys, self.values = nn.Linear(dim, width), nn.Linear(dim, width)
-        self.mlp = nn.Sequential(nn.Linear(heads * width, 256), nn.SiLU(), nn.Linear(256, 256))
-        self.unet = UNet2DModel(
-            sample_size=side,
-            in_channels=channels,
-            out_channels=channels,
-            block_out_channels=(64, 128),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D",) * 2,
-            up_block_types=("UpBlock2D",) * 2,
-            class_embed_type="identity",
-        )
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        ids = labels[:, 0]
-        h = self.tokens[ids]  # (n, L, D)
-        mask = torch.arange(h.shape[1], device=h.device)[None] < self.lengths[ids][:, None]
-        scores = torch.einsum("qw,nlw->nql", self.queries, self.keys(h)).masked_fill(~mask[:, None], float("-inf"))
-        pooled = torch.einsum("nql,nlw->nqw", scores.softmax(-1), self.values(h)).flatten(1)
-        return self.unet(x, t * 1000, class_labels=self.mlp(pooled)).sample
+        return self.unet(x, t * 1000, class_labels=self.labels(labels)).sample
 
 
 class UpConditionedUNet(nn.Module):
@@ -222,7 +226,7 @@ class UpConditionedUNet(nn.Module):
     transformer and the condition added to the timestep embedding of the *up* path only: what the model can
     compute in one pass, since the prompt's final hidden states exist only after the transformer."""
 
-    def __init__(self, features: torch.Tensor, both: bool = False, channels: int = 4, side: int = 16):
+    def __init__(self, condition: nn.Module, both: bool = False, channels: int = 4, side: int = 16):
         super().__init__()
         from types import SimpleNamespace
 
@@ -233,12 +237,11 @@ class UpConditionedUNet(nn.Module):
         )
         self.side, self.both = side, both
         self.patcher = UNetPatcher(cfg, 256)
-        self.register_buffer("features", features)
-        self.proj = nn.Linear(features.shape[1], 256)
+        self.condition = condition  # ids (n, 1) → (n, 256)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         p = self.patcher
-        cond = self.proj(self.features[labels[:, 0]])
+        cond = self.condition(labels)
         temb = p._temb(t * 1000, x.dtype)
         h = p.conv_in(x)
         skips = (h,)
@@ -297,17 +300,13 @@ def main() -> None:
     ap.add_argument("--eval-at", default="", help="extra steps to score at (comma-separated)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.cond == "lm-attn" and args.arch != "unet":
+        ap.error("--cond lm-attn conditions --arch unet only")
     torch.set_num_threads(args.threads)
 
     readers = {a: trained_cnn_reader(args.latents, a) for a in ("shape", "colour", "background")}
-    x, attrs, cache = single_object_latents(args.latents, "train")
-    xt, attrs_t, cache_t = single_object_latents(args.latents, "test,val")
-    captions = [
-        cache[i]["caption"] for i in range(len(cache)) if (cache[i]["attributes"] or {}).get("layout") == "single"
-    ]
-    captions_t = [
-        cache_t[i]["caption"] for i in range(len(cache_t)) if (cache_t[i]["attributes"] or {}).get("layout") == "single"
-    ]
+    x, attrs, captions = single_object_latents(args.latents, "train")
+    xt, attrs_t, captions_t = single_object_latents(args.latents, "test,val")
     vocab: dict = {}
     y, yt = label_ids(attrs, vocab), label_ids(attrs_t, vocab)
     truth = {a: attribute_labels(attrs_t, a, classes) for a, (_, _, classes) in readers.items()}
@@ -326,41 +325,24 @@ def main() -> None:
     )
 
     torch.manual_seed(0)
-    if args.arch.startswith("unet-xattn"):
-        feats, null_feat = caption_features(captions + captions_t, args.lm, "tokens")
-        lengths = (feats.abs().sum(-1) > 0).sum(1)
-        table = torch.cat([feats, nn.functional.pad(null_feat, (0, 0, 0, feats.shape[1] - 1))[None]])
-        lengths = torch.cat([lengths, torch.tensor([1])])
-        y = torch.arange(len(captions))[:, None]
-        yt = torch.arange(len(captions), len(captions) + len(captions_t))[:, None]
-        null = len(feats)
-        gen = CrossAttentionUNet(table, lengths, up_only=args.arch == "unet-xattn-up")
-    elif args.arch == "unet" and args.cond == "lm-attn":
-        feats, null_feat = caption_features(captions + captions_t, args.lm, "tokens")
-        lengths = torch.cat([(feats.abs().sum(-1) > 0).sum(1), torch.tensor([1])])
-        table = torch.cat([feats, nn.functional.pad(null_feat, (0, 0, 0, feats.shape[1] - 1))[None]])
-        valid = torch.arange(table.shape[1])[None] < lengths[:, None]  # (n + 1, L)
-        train_tokens = table[: len(captions)][valid[: len(captions)]]  # (tokens, D)
-        mu, sd = train_tokens.mean(0), train_tokens.std(0).clamp(min=1e-6)
-        table = ((table - mu) / sd) * valid[..., None]
-        y = torch.arange(len(captions))[:, None]
-        yt = torch.arange(len(captions), len(captions) + len(captions_t))[:, None]
-        null = len(feats)
-        gen = AttentionPoolUNet(table, lengths)
-    elif args.arch.startswith("unet") and args.cond != "label":
+    lm_condition = args.arch.startswith("unet-xattn") or (args.arch.startswith("unet") and args.cond != "label")
+    if lm_condition:
         # one condition id per item (train, then held-out), the last id the null prompt
-        feats, null_feat = caption_features(captions + captions_t, args.lm, args.cond.split("-")[1])
+        pool = "tokens" if args.arch.startswith("unet-xattn") or args.cond == "lm-attn" else args.cond.split("-")[1]
+        table, lengths = caption_features(captions + captions_t, args.lm, pool)
+        if args.standardise or args.cond == "lm-attn":  # per feature, by the training captions' statistics
+            table = standardised(table, lengths, len(captions))
         y = torch.arange(len(captions))[:, None]
         yt = torch.arange(len(captions), len(captions) + len(captions_t))[:, None]
-        null = len(feats)
-        table = torch.cat([feats, null_feat[None]])
-        if args.standardise:  # per feature, by the training captions' statistics
-            mu, sd = feats[: len(captions)].mean(0), feats[: len(captions)].std(0).clamp(min=1e-6)
-            table = (table - mu) / sd
-        if args.arch == "unet":
-            gen = UNetGenerator(0, features=table)
-        else:
-            gen = UpConditionedUNet(table, both=args.arch == "unet-both")
+        null = len(table) - 1
+    if args.arch.startswith("unet-xattn"):
+        gen = CrossAttentionUNet(table, lengths, up_only=args.arch == "unet-xattn-up")
+    elif lm_condition and args.cond == "lm-attn":
+        gen = UNetGenerator(0, condition=AttentionPoolCondition(table, lengths, 256))
+    elif lm_condition and args.arch == "unet":
+        gen = UNetGenerator(0, condition=LinearCondition(table, 256))
+    elif lm_condition:
+        gen = UpConditionedUNet(LinearCondition(table, 256), both=args.arch == "unet-both")
     elif args.arch == "unet":
         gen = UNetGenerator(len(vocab))
     else:
