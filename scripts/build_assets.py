@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "threads": args.threads,
         "jobs": args.jobs,
+        "rebuilt": args.only,  # None: a whole build; "lm" / "vae": only that part, the other kept as it was
         "sizes": sizes,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
     }

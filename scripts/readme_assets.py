@@ -13,6 +13,8 @@ def _mb(n: int) -> str:
 
 def _minutes(report: dict[str, Any]) -> str:
     parts = ", ".join(f"{name.upper()} {minutes} min" for name, minutes in sorted(report["minutes_by_part"].items()))
+    if report.get("rebuilt"):
+        return f"{report['minutes']} min wall clock for a rebuild of the {report['rebuilt'].upper()} alone ({parts})"
     return f"{report['minutes']} min wall clock ({parts})"
 
 

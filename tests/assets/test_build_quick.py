@@ -101,6 +101,9 @@ def test_only_seed_threads_and_time_cap(quick_build, tmp_path):
     w1 = load_file(copy / "tiny-vae" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
     assert "stopped by the time cap" in (copy / "README.md").read_text()
+    assert report["rebuilt"] == "vae" and first["rebuilt"] is None
+    assert "for a rebuild of the VAE alone" in (copy / "README.md").read_text()
+    assert "for a rebuild of" not in (out / "README.md").read_text()  # a whole build says nothing of the kind
 
 
 def test_build_is_deterministic_and_jobs_1_equals_jobs_2(quick_build, tmp_path):
