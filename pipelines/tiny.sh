@@ -24,6 +24,8 @@ WORKERS=${WORKERS:-2}
 LMFUSION=${LMFUSION:-}
 TEXT_ITEMS=${TEXT_ITEMS:-}              # text suite items (JSONL); empty = the shipped set
 EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}  # e.g. "--set optim.lr=5e-4"
+SHIPPED=${SHIPPED-lmfusion_cli/assets/tiny-lmfusion}  # the shipped longer-trained checkpoint (make tiny-lmfusion),
+                                        # sampled and evaluated beside the fresh run; empty: skip it
 # ---------------------------------------------------------------------------------------------
 
 if [[ -z $LMFUSION ]]; then
@@ -72,26 +74,54 @@ stage evaluate-shapes "$EVAL_SHAPES" \
 stage evaluate-text "$EVAL_TEXT" \
   "$LMFUSION" evaluate --suite text --checkpoint "$RUN" --out "$EVAL_TEXT" "${text_arg[@]}"
 
-"$PY" - "$WORK" <<'PYEOF'
+# the shipped longer-trained checkpoint, the same prompts and held-out items (issue 23)
+if [[ -n $SHIPPED ]]; then
+  if [[ -f $SHIPPED/lmfusion_model.json ]]; then
+    stage sample-shipped "$WORK/samples-shipped" \
+      "$LMFUSION" sample --checkpoint "$SHIPPED" --prompts "$PROMPTS" --out "$WORK/samples-shipped" \
+      --steps "$SAMPLE_STEPS" --cfg-scale "$CFG_SCALE" --seed "$SEED" --overwrite
+    stage evaluate-shipped "$WORK/eval-shapes-shipped" \
+      "$LMFUSION" evaluate --suite shapes --checkpoint "$SHIPPED" --out "$WORK/eval-shapes-shipped" \
+      --num-items "$EVAL_ITEMS" --steps "$EVAL_STEPS" --cfg-scale "$CFG_SCALE"
+  else
+    echo "== shipped checkpoint $SHIPPED not found (make tiny-lmfusion builds it), skipped"
+  fi
+fi
+
+"$PY" - "$WORK" "${STEPS:-}" "$SHIPPED" <<'PYEOF'
 import json, pathlib, sys
-work = pathlib.Path(sys.argv[1])
+work, steps, shipped = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+if not steps:
+    manifest = work / "run" / "manifest.json"
+    steps = json.loads(manifest.read_text()).get("steps", "?") if manifest.is_file() else "?"
+fresh = f"fresh run (trained by this demo, {steps} steps)"
+shipped_steps = "?"
+if shipped and (pathlib.Path(shipped) / "build.json").is_file():
+    shipped_steps = json.loads((pathlib.Path(shipped) / "build.json").read_text()).get("steps", "?")
+label = {"eval-shapes": fresh, "eval-text": fresh,
+         "eval-shapes-shipped": f"shipped checkpoint ({shipped}, {shipped_steps} steps, make tiny-lmfusion)"}
 print("\n== lmfusion demo finished")
-print(f"image grid:    {work / 'samples' / 'grid.png'}")
+print(f"image grid:    {work / 'samples' / 'grid.png'}   [{fresh}]")
+if (work / "samples-shipped" / "grid.png").is_file():
+    print(f"image grid:    {work / 'samples-shipped' / 'grid.png'}   [{label['eval-shapes-shipped']}]")
 times = [(name, (work / f"{name}.wall_s").read_text().strip()) for name in
-         ("shapes", "latents", "run", "samples", "eval-shapes", "eval-text") if (work / f"{name}.wall_s").is_file()]
+         ("shapes", "latents", "run", "samples", "eval-shapes", "eval-text", "samples-shipped", "eval-shapes-shipped")
+         if (work / f"{name}.wall_s").is_file()]
 if times:
     print("stage wall times (s, this run or the one that made them): " + ", ".join(f"{n} {t}" for n, t in times))
-for name in ("eval-shapes", "eval-text"):
-    print(f"report:        {work / name / 'report.md'}")
+for name in ("eval-shapes", "eval-text", "eval-shapes-shipped"):
+    if (work / name / "report.md").is_file():
+        print(f"report:        {work / name / 'report.md'}   [{label[name]}]")
 def flat(d, prefix=""):
     for k, v in d.items():
         if isinstance(v, dict):
             yield from flat(v, f"{prefix}{k}.")
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             yield f"{prefix}{k}", v
-for name in ("eval-shapes", "eval-text"):
+for name in ("eval-shapes", "eval-text", "eval-shapes-shipped"):
     path = work / name / "metrics.json"
     if path.is_file():
+        print(f"{label[name]}:")
         metrics = json.loads(path.read_text())
         wanted = [(k, v) for k, v in flat(metrics)
                   if any(s in k for s in ("accuracy", "cider", "chance", "identical"))]

@@ -25,7 +25,7 @@ PY=${PY:-$(dirname "$(command -v "$LMFUSION")")/python}
 [[ -x $PY ]] || PY=python3
 
 # the demo pipeline, longer: prepare, encode-latents, train, sample, evaluate (shapes + text)
-WORK=$WORK STEPS=$STEPS LMFUSION=$LMFUSION \
+WORK=$WORK STEPS=$STEPS LMFUSION=$LMFUSION SHIPPED="" \
   EXTRA_TRAIN_ARGS="--set train.threads=$THREADS --set train.save_every=$SAVE_EVERY ${EXTRA_TRAIN_ARGS:-}" \
   bash "$(dirname "${BASH_SOURCE[0]}")/tiny.sh"
 
