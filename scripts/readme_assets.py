@@ -108,6 +108,15 @@ def _vae_section(vae: dict[str, Any] | None) -> list[str]:
     ]
 
 
+TINY_LMFUSION_NOTE = (
+    "`tiny-lmfusion/` is not made by this build: it is the demo recipe (`pipelines/configs/tiny.yaml`) "
+    "trained 12,000 steps on these assets by `make tiny-lmfusion` (`pipelines/tiny_lmfusion.sh`); its "
+    "`README.md` (model card) and `build.json` hold its figures and build times. It records the LM's config "
+    "hash and the VAE's weights hash, so after `make assets` rebuild it too (loading it on other assets is "
+    "refused)."
+)
+
+
 def render_readme(report: dict[str, Any]) -> str:
     sizes = report.get("bytes", {})
     lines = [
@@ -128,6 +137,8 @@ def render_readme(report: dict[str, Any]) -> str:
         f"{'LM and VAE side by side' if report.get('jobs', 2) == 2 else 'LM then VAE'}, "
         f"{report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, {_minutes(report)}"
         f"{' (quick build)' if report['quick'] else ''}. All figures: `build_report.json`.",
+        "",
+        TINY_LMFUSION_NOTE,
         "",
     ]
     return "\n".join(lines + _lm_section(report.get("lm")) + _vae_section(report.get("vae")))

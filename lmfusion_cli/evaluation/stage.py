@@ -122,6 +122,24 @@ def _weights_sha256(model_dir: Path) -> str:
 
 
 # ---- the stage -------------------------------------------------------------------------------------
+def _settings_line(cfg: EvaluateConfig, suites: list[str]) -> str:
+    """How the figures below were made: images (sampler, steps, guidance) and captions (decoding)."""
+    s = cfg.sampling
+    decoding = {
+        "greedy": "greedy",
+        "beam": f"beam search ({s.num_beams} beams, length penalty {s.length_penalty:g})",
+        "top-p": f"top-p {s.top_p:g} at temperature {s.temperature:g}",
+    }[s.decoding]
+    parts = []
+    for suite in ("shapes", "coco"):
+        if suite in suites:
+            scales = ", ".join(f"{x:g}" for x in s.scales_for(suite))
+            parts.append(f"{suite} images: {s.sampler}, {s.steps} steps, guidance {scales}")
+    if {"shapes", "coco"} & set(suites):
+        parts.append(f"captions: {decoding}, at most {s.max_new_tokens} tokens")
+    return "; ".join(parts) + "." if parts else "Text suite only: no images or captions are made."
+
+
 def _write_results(
     out: Path, cfg: EvaluateConfig, loaded, suites: list[str], results: dict[str, tuple[dict[str, Any], Section]]
 ) -> dict[str, Any]:
@@ -134,7 +152,8 @@ def _write_results(
         "suites_skipped": skipped,
         **{name: m for name, (m, _) in results.items()},
     }
-    sections = [section for _, section in results.values()]
+    sections = [Section("settings", text=_settings_line(cfg, suites))]
+    sections += [section for _, section in results.values()]
     if skipped:
         sections.append(
             Section(

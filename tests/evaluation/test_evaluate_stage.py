@@ -101,6 +101,15 @@ def test_config_defaults_and_checks():
             build_config(EvaluateConfig, {"checkpoint": "c", "out": "o", **fields})
 
 
+def test_report_states_the_caption_decoding(run_dir, tmp_path):
+    out = tmp_path / "beam"
+    args = ["--suite", "shapes", "--checkpoint", run_dir, "--out", out, "--num-items", 2, *FAST]
+    assert _cli(*args, "--decoding", "beam", "--set", "sampling.num_beams=3", "--cfg-scale", 2) == 0
+    report = (out / "report.md").read_text()
+    assert "## settings" in report.split("## shapes")[0]
+    assert "guidance 2; captions: beam search (3 beams, length penalty 1), at most 4 tokens." in report
+
+
 def test_all_runs_text_and_shapes_resumes_and_refuses_other_settings(run_dir, tmp_path):
     out = tmp_path / "eval"
     mc = _small_mc_file(tmp_path / "mc.jsonl")
@@ -120,6 +129,8 @@ def test_all_runs_text_and_shapes_resumes_and_refuses_other_settings(run_dir, tm
     report = (out / "report.md").read_text()
     prompts = [json.loads(line)["caption"] for line in (out / "shapes" / "prompts.jsonl").read_text().splitlines()]
     assert "| " + " | ".join(prompts) + " |" in report and "suites not run" in report
+    # the report says how its images and captions were made
+    assert "shapes images: dpm-solver, 2 steps, guidance 1.55; captions: greedy, at most 4 tokens." in report
     keys = [json.loads(line)["key"] for line in (out / "shapes" / "prompts.jsonl").read_text().splitlines()]
     assert keys == [f"shapes-7-{i:08d}" for i in range(5)]  # --shapes-seed picks the held-out items
     captions = [json.loads(line)["caption"] for line in (out / "shapes" / "captions.jsonl").read_text().splitlines()]
