@@ -127,6 +127,7 @@ def render_readme(report: dict[str, Any]) -> str:
         "",
         "```python",
         "from lmfusion_cli.assets import TINY_LM, TINY_VAE",
+        "",  # as ruff formats the block
         "tokenizer = AutoTokenizer.from_pretrained(TINY_LM)",
         "model = AutoModelForCausalLM.from_pretrained(TINY_LM)",
         "vae = AutoencoderKL.from_pretrained(TINY_VAE)",

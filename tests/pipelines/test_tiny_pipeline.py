@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("shapes", "latents", "run", "samples", "eval-shapes", "eval-text")
+STAGES = ("shapes", "latents", "run", "samples", "eval-shapes", "eval-text", "samples-shipped", "eval-shapes-shipped")
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -93,6 +93,24 @@ def test_summary_names_the_grid_reports_and_figures(demo):
     assert f"report:        {work / 'eval-text' / 'report.md'}" in stdout
     assert "eval-shapes: shapes.generation.accuracy.background = " in stdout
     assert "stage wall times" in stdout
+    # the shipped checkpoint is evaluated beside the fresh run, and each figure says which it is (issue 23)
+    fresh = "[fresh run (trained by this demo, 2 steps)]"
+    shipped = "[shipped checkpoint (lmfusion_cli/assets/tiny-lmfusion, 12000 steps, make tiny-lmfusion)]"
+    assert f"image grid:    {work / 'samples' / 'grid.png'}   {fresh}" in stdout
+    assert f"image grid:    {work / 'samples-shipped' / 'grid.png'}   {shipped}" in stdout
+    assert f"report:        {work / 'eval-shapes-shipped' / 'report.md'}   {shipped}" in stdout
+    assert "eval-shapes-shipped: shapes.captioning.accuracy.background = " in stdout
+    assert stdout.index(shipped[1:-1] + ":") > stdout.index(fresh[1:-1] + ":")
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_can_be_left_out(tmp_path):
+    env = _env(tmp_path)
+    env.update(SHIPPED="", STEPS="1", NUM_ITEMS="24")
+    proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "shipped" not in proc.stdout
+    assert not (tmp_path / "work" / "eval-shapes-shipped").exists()
 
 
 @pytest.mark.slow
