@@ -109,7 +109,7 @@ def test_shipped_checkpoint_can_be_left_out(tmp_path):
     env.update(SHIPPED="", STEPS="1", NUM_ITEMS="24")
     proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "shipped" not in proc.stdout
+    assert "shipped checkpoint" not in proc.stdout and "samples-shipped" not in proc.stdout
     assert not (tmp_path / "work" / "eval-shapes-shipped").exists()
 
 
@@ -120,3 +120,27 @@ def test_rerun_skips_every_stage(demo):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("is complete, skipped") == len(STAGES)
     assert "lmfusion demo finished" in proc.stdout
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_build_at_minimal_sizes(tmp_path):
+    """`make tiny-lmfusion` (pipelines/tiny_lmfusion.sh) end to end: a loadable export + its build record."""
+    from lmfusion_cli.assets import TINY_LM, TINY_VAE
+    from lmfusion_cli.sampling.loading import load_for_sampling
+
+    (tmp_path / "tiny-lm").symlink_to(TINY_LM)  # the export names its base and VAE by relative path
+    (tmp_path / "tiny-vae").symlink_to(TINY_VAE)
+    env = _env(tmp_path)
+    env.update(STEPS="2", NUM_ITEMS="24", SAVE_EVERY="1", OUT=str(tmp_path / "tiny-lmfusion"))
+    proc = subprocess.run(
+        ["bash", "pipelines/tiny_lmfusion.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "shipped checkpoint" not in proc.stdout  # the build does not evaluate the old shipped one
+    build = json.loads((tmp_path / "tiny-lmfusion" / "build.json").read_text())
+    assert build["steps"] == 2 and build["train_threads"] == 1 and build["stages"]["run"]["cpu_s"] > 0
+    assert 0 <= build["shapes"]["captioning"]["accuracy"]["background"] <= 1
+    loaded = load_for_sampling(tmp_path / "tiny-lmfusion")
+    assert loaded.model.base_id == str(tmp_path / "tiny-lm") and loaded.checkpoint.step is None
+    export = json.loads((tmp_path / "tiny-lmfusion" / "lmfusion_export.json").read_text())
+    assert export["source"]["step"] == 2 and export["vae"]["id"] == "../tiny-vae"
