@@ -99,7 +99,7 @@ import json, pathlib, sys
 work, steps, shipped = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 if not steps:
     manifest = work / "run" / "manifest.json"
-    steps = json.loads(manifest.read_text()).get("steps", "?") if manifest.is_file() else "?"
+    steps = json.loads(manifest.read_text()).get("step", "?") if manifest.is_file() else "?"  # the last step
 fresh = f"fresh run (trained by this demo, {steps} steps)"
 shipped_steps = "?"
 if shipped and (pathlib.Path(shipped) / "build.json").is_file():

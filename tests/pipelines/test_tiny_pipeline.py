@@ -106,10 +106,14 @@ def test_summary_names_the_grid_reports_and_figures(demo):
 @pytest.mark.slow
 def test_shipped_checkpoint_can_be_left_out(tmp_path):
     env = _env(tmp_path)
-    env.update(SHIPPED="", STEPS="1", NUM_ITEMS="24")
+    env.update(SHIPPED="", STEPS="", NUM_ITEMS="24")
+    config = tmp_path / "one-step.yaml"  # the steps come from the config: the summary reads them off the run
+    config.write_text((REPO / "pipelines/configs/tiny.yaml").read_text().replace("steps: 2000", "steps: 1"))
+    env["CONFIG"] = str(config)
     proc = subprocess.run(["bash", "pipelines/tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shipped checkpoint" not in proc.stdout and "samples-shipped" not in proc.stdout
+    assert "[fresh run (trained by this demo, 1 steps)]" in proc.stdout
     assert not (tmp_path / "work" / "eval-shapes-shipped").exists()
 
 
