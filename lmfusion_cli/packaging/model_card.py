@@ -33,7 +33,8 @@ def _flat_numbers(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _training_data(run: Path | None) -> list[str]:
+def _training_data(run: Path | None, vae: dict[str, Any]) -> list[str]:
+    """The card's training-data lines; `vae` is the export's VAE record (the Model section names it)."""
     if run is None:
         return ["Unknown: the export was made from a model folder outside a training run."]
     config = {}
@@ -48,10 +49,12 @@ def _training_data(run: Path | None) -> list[str]:
         splits = {s["split"]: 0 for s in manifest.get("shards", [])}
         for s in manifest.get("shards", []):
             splits[s["split"]] += int(s.get("count", 0))
-        vae = manifest.get("vae") or {}
+        cache_vae = manifest.get("vae") or {}
+        same = cache_vae.get("weights_sha256") and cache_vae.get("weights_sha256") == vae.get("weights_sha256")
         lines.append(
             f"- items per split: {', '.join(f'{k} {v}' for k, v in splits.items())}; "
-            f"resolution {manifest.get('resolution')} px; VAE `{vae.get('id')}`"
+            f"resolution {manifest.get('resolution')} px; "
+            + ("the VAE above (same weights)" if same else f"VAE `{cache_vae.get('id')}`")
         )
         data = Path(str((manifest.get("inputs") or {}).get("data", "")))
         prepared = _read_json(data / "manifest.json") if str(data) else {}
@@ -144,7 +147,7 @@ def model_card(model, base: str, checkpoint, meta: dict[str, Any], evals: list[P
         "",
         "## Training data",
         "",
-        *_training_data(run),
+        *_training_data(run, meta["vae"]),
         "",
         "## Training",
         "",

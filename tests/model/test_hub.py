@@ -40,3 +40,21 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
 def test_an_unreachable_hub_id_is_one_sentence():
     with pytest.raises(UserError, match="Cannot fetch the LMFusion model someone/no-such-lmfusion-model"):
         LMFusionModel.from_pretrained("someone/no-such-lmfusion-model")
+
+
+def test_model_card_names_the_training_vae_without_repeating_a_local_path(tmp_path):
+    """The cache's VAE is named by reference when it is the exported one (same weights), else by its id."""
+    from lmfusion_cli.packaging.model_card import _training_data
+
+    latents = tmp_path / "latents"
+    latents.mkdir()
+    (latents / "manifest.json").write_text(
+        json.dumps({"vae": {"id": "/home/me/vae", "weights_sha256": "abc"}, "resolution": 64, "shards": []})
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"data:\n  latents: {latents}\n")
+    same = "\n".join(_training_data(run, {"id": "../tiny-vae", "weights_sha256": "abc"}))
+    assert "the VAE above (same weights)" in same and "/home/me/vae" not in same
+    other = "\n".join(_training_data(run, {"id": "vae", "weights_sha256": "def"}))
+    assert "VAE `/home/me/vae`" in other
