@@ -115,7 +115,7 @@ times = [(name, (work / f"{name}.wall_s").read_text().strip()) for name in
          if (work / f"{name}.wall_s").is_file()]
 if times:
     print("stage wall times (s, this run or the one that made them): " + ", ".join(f"{n} {t}" for n, t in times))
-for name in ("eval-shapes", "eval-text", "eval-shapes-shipped"):
+for name in label:  # the evaluations, in order
     if (work / name / "report.md").is_file():
         print(f"report:        {work / name / 'report.md'}   [{label[name]}]")
 def flat(d, prefix=""):
@@ -124,7 +124,7 @@ def flat(d, prefix=""):
             yield from flat(v, f"{prefix}{k}.")
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             yield f"{prefix}{k}", v
-for name in ("eval-shapes", "eval-text", "eval-shapes-shipped"):
+for name in label:
     path = work / name / "metrics.json"
     if path.is_file():
         print(f"{label[name]}:")
