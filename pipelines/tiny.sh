@@ -27,6 +27,7 @@ EVAL_DECODING=${EVAL_DECODING:---decoding beam --set sampling.num_beams=8}
 WORKERS=${WORKERS:-2}
 LMFUSION=${LMFUSION:-}
 TEXT_ITEMS=${TEXT_ITEMS:-}              # text suite items (JSONL); empty = the shipped set
+TEXT_EVAL=${TEXT_EVAL:-1}               # 0: skip the text suite (a machine without lm-eval: scripts/gpu_shape_scale.sh)
 EXTRA_TRAIN_ARGS=${EXTRA_TRAIN_ARGS:-}  # e.g. "--set optim.lr=5e-4"
 SHIPPED=${SHIPPED-lmfusion_cli/assets/tiny-lmfusion}  # the shipped longer-trained checkpoint (make tiny-lmfusion),
                                         # sampled and evaluated beside the fresh run; empty: skip it
@@ -77,8 +78,10 @@ stage evaluate-shapes "$EVAL_SHAPES" \
   "$LMFUSION" evaluate --suite shapes --checkpoint "$RUN" --out "$EVAL_SHAPES" --num-items "$EVAL_ITEMS" \
   --steps "$EVAL_STEPS" --cfg-scale "$CFG_SCALE" "${decoding[@]}"
 
-stage evaluate-text "$EVAL_TEXT" \
-  "$LMFUSION" evaluate --suite text --checkpoint "$RUN" --out "$EVAL_TEXT" "${text_arg[@]}"
+if [[ $TEXT_EVAL != 0 ]]; then
+  stage evaluate-text "$EVAL_TEXT" \
+    "$LMFUSION" evaluate --suite text --checkpoint "$RUN" --out "$EVAL_TEXT" "${text_arg[@]}"
+fi
 
 # the shipped longer-trained checkpoint, the same prompts and held-out items (issue 23)
 if [[ -n $SHIPPED ]]; then

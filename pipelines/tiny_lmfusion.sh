@@ -30,8 +30,9 @@ WORK=$WORK STEPS=$STEPS LMFUSION=$LMFUSION SHIPPED="" \
   bash "$(dirname "${BASH_SOURCE[0]}")/tiny.sh"
 
 # the base and VAE by path relative to the export folder: both ship beside it in lmfusion_cli/assets/
-"$LMFUSION" export "$WORK/run" --out "$OUT" --base-id ../tiny-lm --vae-id ../tiny-vae \
-  --eval "$WORK/eval-shapes" --eval "$WORK/eval-text" --overwrite
+evals=(--eval "$WORK/eval-shapes")
+[[ -f $WORK/eval-text/metrics.json ]] && evals+=(--eval "$WORK/eval-text")  # TEXT_EVAL=0 skips it
+"$LMFUSION" export "$WORK/run" --out "$OUT" --base-id ../tiny-lm --vae-id ../tiny-vae "${evals[@]}" --overwrite
 
 "$PY" - "$WORK" "$OUT" "$STEPS" "$THREADS" <<'PYEOF'
 import json, pathlib, subprocess, sys, datetime

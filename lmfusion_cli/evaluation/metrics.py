@@ -110,9 +110,15 @@ def caption_scores(
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         out.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
     if "meteor" in metrics:
-        from lmfusion_cli.evaluation.ptb import java_available
+        import shutil
 
-        if java_available():
+        from lmfusion_cli.evaluation.ptb import pycocoevalcap_has
+
+        if (
+            shutil.which("java")
+            and pycocoevalcap_has("meteor.meteor", "meteor-1.5.jar")
+            and pycocoevalcap_has("meteor.meteor", "data", "paraphrase-en.gz")
+        ):
             from pycocoevalcap.meteor.meteor import Meteor
 
             meteor = Meteor()
@@ -121,7 +127,7 @@ def caption_scores(
             finally:
                 del meteor  # its __del__ stops the Java process
         else:
-            log.warning("METEOR skipped: it needs `java` on PATH")
+            log.warning("METEOR skipped: it needs `java` on PATH and pycocoevalcap's METEOR jar and data")
             unavailable.append("METEOR")
     if "rouge" in metrics:
         from pycocoevalcap.rouge.rouge import Rouge

@@ -11,13 +11,15 @@ The official scorer (pycocoevalcap) runs Stanford CoreNLP 3.4.1's `PTBTokenizer 
   the Java tokenizer on the fixture sentences of `tests/evaluation/test_ptb.py` (typical captions and
   the usual tricky cases); rare forms such as `y'all` may still differ.
 
-`auto` picks `java` when it is installed, else `python`. This module owns tokenization only; the
+`auto` picks `java` when it can run (java on PATH, pycocoevalcap's jar installed), else `python`. This module owns tokenization only; the
 metrics live in `metrics.py`."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
+from pathlib import Path
 from typing import Literal
 
 Backend = Literal["auto", "java", "python"]
@@ -98,9 +100,22 @@ _TOKEN = re.compile(
 _CLITIC = re.compile(r"^(.+?)(n't|'s|'re|'ve|'d|'ll|'m)$")
 
 
+def pycocoevalcap_has(module: str, *parts: str) -> bool:
+    """Whether the file `parts`, beside pycocoevalcap's `module` (where that module looks for it), is installed:
+    its Java tools' jars and data. An install slimmed to the Python scorers, such as scripts/gpu_wheels.sh
+    makes, has none of them."""
+    try:
+        spec = importlib.util.find_spec(f"pycocoevalcap.{module}")
+    except ImportError:
+        return False
+    return spec is not None and spec.origin is not None and Path(spec.origin).parent.joinpath(*parts).is_file()
+
+
 def java_available() -> bool:
-    """Whether the official (Java) PTB tokenizer can run here."""
-    return shutil.which("java") is not None
+    """Whether the official (Java) PTB tokenizer can run here: `java` on PATH and pycocoevalcap's CoreNLP jar."""
+    return shutil.which("java") is not None and pycocoevalcap_has(
+        "tokenizer.ptbtokenizer", "stanford-corenlp-3.4.1.jar"
+    )
 
 
 def _split_word(word: str) -> list[str]:
@@ -160,7 +175,10 @@ def resolve_backend(backend: Backend) -> Literal["java", "python"]:
     if backend == "auto":
         return "java" if java_available() else "python"
     if backend == "java" and not java_available():
-        raise RuntimeError("The Java PTB tokenizer needs `java` on PATH; install a JRE or use backend='python'.")
+        raise RuntimeError(
+            "The Java PTB tokenizer needs `java` on PATH and pycocoevalcap's CoreNLP jar; install a JRE "
+            "(and a full pycocoevalcap) or use backend='python'."
+        )
     if backend not in ("java", "python"):
         raise ValueError(f"tokenizer backend must be 'auto', 'java' or 'python', got {backend!r}")
     return backend

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from lmfusion_cli.evaluation.metrics import caption_scores, cider, cider_scores, frechet_distance, gaussian_stats
 from lmfusion_cli.evaluation.ptb import java_available, tokenize_captions
+
+REPO = Path(__file__).resolve().parents[2]
 
 REFS = {
     "1": [
@@ -192,3 +197,41 @@ def test_frechet_distance_singular_product_adds_eps(monkeypatch):
         - 2 * np.trace(real_sqrtm((s1 + offset) @ (s2 + offset)).real)
     )
     assert out == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_pycocoevalcap_without_its_jars_scores_with_the_python_tokenizer(tmp_path):
+    """A pycocoevalcap slimmed to its Python scorers (no CoreNLP / METEOR jars, as scripts/gpu_wheels.sh carries
+    it to the GPU machine) must not send `auto` to the Java tokenizer, even where `java` is installed."""
+    import importlib.util
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    spec = importlib.util.find_spec("pycocoevalcap")
+    source = Path(next(iter(spec.submodule_search_locations)))
+    shutil.copytree(source, tmp_path / "pycocoevalcap", ignore=shutil.ignore_patterns("*.jar", "data", "spice"))
+    # pycocoevalcap is a namespace package: the slim copy and the installed one merge, as they would on a
+    # machine with both; each scorer module loads from the first, jar-less, copy
+    refs = {"a": ["A man riding a horse.", "a person on a horse"], "b": ["Two dogs play in the snow!"]}
+    cands = {"a": "a man rides a horse", "b": "dogs in snow"}
+    script = (
+        "import json, sys; from lmfusion_cli.evaluation.ptb import java_available, pycocoevalcap_has; "
+        "from lmfusion_cli.evaluation.metrics import cider, caption_scores; "
+        "r, c = json.loads(sys.argv[1]), json.loads(sys.argv[2]); "
+        "print(json.dumps([java_available(), pycocoevalcap_has('cider.cider', 'cider_scorer.py'), cider(r, c), "
+        "caption_scores(r, c, metrics=('meteor', 'cider'))]))"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(refs), json.dumps(cands)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
+    java, has_cider, score, scores = json.loads(out.strip().splitlines()[-1])
+    assert java is False and has_cider is True
+    assert score == pytest.approx(cider(refs, cands, tokenizer="python"))
+    assert scores["unavailable"] == ["METEOR"] and scores["CIDEr"] == pytest.approx(score)

@@ -148,3 +148,49 @@ def test_shipped_checkpoint_build_at_minimal_sizes(tmp_path):
     assert loaded.model.base_id == str(tmp_path / "tiny-lm") and loaded.checkpoint.step is None
     export = json.loads((tmp_path / "tiny-lmfusion" / "lmfusion_export.json").read_text())
     assert export["source"]["step"] == 2 and export["vae"]["id"] == "../tiny-vae"
+
+
+_BLOCK_IMPORTS = """import sys
+class _Block:  # the device image has none of these; the GPU script's stages must not import them
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"lm_eval", "datasets", "open_clip", "cleanfid", "evaluate"}:
+            raise ImportError(f"not on the device machine: {name}")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+@pytest.mark.slow
+def test_gpu_shape_scale_script_runs_without_lm_eval(tmp_path):
+    """scripts/gpu_shape_scale.sh (issue 23's GPU run) end to end on the CPU at minimal sizes, with the packages
+    the device image lacks made unimportable: the build, a learning curve over every saved step, an export."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(_BLOCK_IMPORTS)
+    python = tmp_path / "python"
+    python.write_text(f'#!/usr/bin/env bash\nPYTHONPATH={block}:$PYTHONPATH exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = dict(
+        os.environ,
+        PYTHON=str(python),
+        OUT=str(tmp_path / "out"),
+        WORK=str(tmp_path / "work"),
+        BATCH="2",
+        SITE=str(tmp_path / "site"),
+        STEPS="2",
+        SAVE_EVERY="1",
+        NUM_ITEMS="24",
+        EVAL_ITEMS="2",
+        LMFUSION_QUIET="1",
+    )
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_shape_scale.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    curve = json.loads((tmp_path / "out" / "curve.json").read_text())
+    assert [row["step"] for row in curve] == [1, 2]
+    assert all(0 <= row["generation"]["shape"] <= 1 for row in curve)
+    assert (tmp_path / "out" / "curve.md").read_text().startswith("| step | gen background")
+    build = json.loads((tmp_path / "out" / "tiny-lmfusion" / "build.json").read_text())
+    assert build["steps"] == 2 and build["stages"]["eval-text"]["wall_s"] is None  # TEXT_EVAL=0: no lm-eval there
+    assert not (tmp_path / "work" / "build" / "eval-text").exists()
+    assert "steps 2 of 2 (4 examples)" in (tmp_path / "out" / "log").read_text()
