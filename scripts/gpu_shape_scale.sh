@@ -16,11 +16,7 @@
 #   OUT=... bash scripts/gpu_shape_scale.sh          # on the device machine, from the repository root
 #   BATCH=4 STEPS=4 SAVE_EVERY=2 NUM_ITEMS=64 EVAL_ITEMS=4 OUT=/tmp/gs bash scripts/gpu_shape_scale.sh  # CPU smoke
 #
-# The device image lacks some of our dependencies; carry them as wheels (device README, "nvidia-h200"):
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl diffusers==0.42.1 webdataset==1.0.2 braceexpand==0.1.7 pycocoevalcap==1.2
+# The device image lacks some of our dependencies; `bash scripts/gpu_wheels.sh` (here) puts them in .whl/ as wheels,
 # then: run(command="bash scripts/gpu_shape_scale.sh", carry=[".whl"], timeout_s=560).
 # Defaults: 6,000 steps of 64 (384 k examples, 4x the all-generation CPU run), a checkpoint every 1,500; the
 # tiny model's GPU step time is unmeasured: set STEPS to fit the time left (a rerun on the still-warm machine
