@@ -9,16 +9,18 @@
 # checkpoint's build: the demo's own 4,000-item shapes set, tiny.yaml, export) with GPU-sized batches,
 # evaluates every saved checkpoint on 200 held-out items (the learning curve) and leaves under $OUT:
 #   curve.md / curve.json   shapes figures (generation and captioning, 8-beam captions) per step
-#   tiny-lmfusion/          the exported checkpoint with build.json (copy it over the shipped one only
+#   tiny-lmfusion.tar       the exported checkpoint with build.json (copy it over the shipped one only
 #                           if its figures beat the shipped build.json's; then rerun `make test`)
-#   eval-*/ , train.jsonl , log
+#   evals.tar               each evaluation's metrics.json, report.md, captions and plots; the demo prompts' grid
+#   train.jsonl, log        (six files: a device call returns at most eight)
 #
 #   OUT=... bash scripts/gpu_shape_scale.sh          # on the device machine, from the repository root
 #   BATCH=4 STEPS=4 SAVE_EVERY=2 NUM_ITEMS=64 EVAL_ITEMS=4 OUT=/tmp/gs bash scripts/gpu_shape_scale.sh  # CPU smoke
 #
 # The device image lacks some of our dependencies; `bash scripts/gpu_wheels.sh` (here) puts them in .whl/ as wheels,
 # then: run(command="bash scripts/gpu_shape_scale.sh", carry=[".whl"], timeout_s=560).
-# Defaults: 6,000 steps of 64 (384 k examples, 4x the all-generation CPU run), a checkpoint every 1,500; the
+# Defaults: 6,000 steps of 64 (384 k examples of tiny.yaml's mix, about 160 k of them caption->image: 1.6x the
+# all-generation CPU run's 96 k), a checkpoint every 1,500; the
 # tiny model's GPU step time is unmeasured: set STEPS to fit the time left (a rerun on the still-warm machine
 # resumes training from its last checkpoint).
 set -euo pipefail
@@ -28,6 +30,7 @@ WORK=${WORK:-/tmp/gpu_shape_work}
 STEPS=${STEPS:-6000}
 BATCH=${BATCH:-64}
 LR=${LR:-2e-3}
+EXTRA=${EXTRA:-}                 # more train overrides, e.g. "--set data.generation_fraction=1 --set data.interleaved_fraction=0 --set data.text_only_fraction=0"
 SAVE_EVERY=${SAVE_EVERY:-1500}
 NUM_ITEMS=${NUM_ITEMS:-4000}
 EVAL_ITEMS=${EVAL_ITEMS:-200}
@@ -60,25 +63,28 @@ LMFUSION=$WORK/bin/lmfusion
 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
   echo "steps $STEPS of $BATCH ($((STEPS * BATCH)) examples), lr $LR, save every $SAVE_EVERY"
   start=$(date +%s)
-  WORK=$WORK/build OUT=$OUT/tiny-lmfusion STEPS=$STEPS THREADS=0 SAVE_EVERY=$SAVE_EVERY NUM_ITEMS=$NUM_ITEMS \
+  build=$WORK/build exported=$WORK/tiny-lmfusion
+  WORK=$build OUT=$exported STEPS=$STEPS THREADS=0 SAVE_EVERY=$SAVE_EVERY NUM_ITEMS=$NUM_ITEMS \
     EVAL_ITEMS=$EVAL_ITEMS LMFUSION=$LMFUSION PY=$PYTHON TEXT_EVAL=0 \
-    EXTRA_TRAIN_ARGS="--set train.batch_size=$BATCH --set train.micro_batch_size=$BATCH --set optim.lr=$LR --set train.keep_last=100" \
+    EXTRA_TRAIN_ARGS="--set train.batch_size=$BATCH --set train.micro_batch_size=$BATCH --set optim.lr=$LR --set train.keep_last=100 $EXTRA" \
     bash pipelines/tiny_lmfusion.sh
   echo "build: $(($(date +%s) - start)) s"
-  cp "$WORK/build/run/logs/train.jsonl" "$OUT/" 2>/dev/null || true
-  cp -r "$WORK/build/eval-shapes" "$OUT/eval-$STEPS"
+  mkdir -p "$WORK/evals"
+  rm -rf "$WORK/evals/eval-$STEPS"
+  cp -r "$WORK/build/eval-shapes" "$WORK/evals/eval-$STEPS"
   # the learning curve: every other kept checkpoint, evaluated as the last one was
   for ckpt in "$WORK"/build/run/checkpoints/step-*; do
     step=$((10#${ckpt##*step-}))
-    [[ $step == "$STEPS" ]] && continue
-    "$LMFUSION" evaluate --suite shapes --checkpoint "$ckpt" --out "$OUT/eval-$step" --num-items "$EVAL_ITEMS" \
+    [[ $step == "$STEPS" || -f $WORK/evals/eval-$step/metrics.json ]] && continue
+    "$LMFUSION" evaluate --suite shapes --checkpoint "$ckpt" --out "$WORK/evals/eval-$step" --num-items "$EVAL_ITEMS" \
       --steps 25 --cfg-scale 3 --decoding beam --set sampling.num_beams=8
   done
-  "$PYTHON" - "$OUT" <<'PYEOF'
+  echo "build and learning curve: $(($(date +%s) - start)) s"
+  "$PYTHON" - "$WORK/evals" "$OUT" <<'PYEOF'
 import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
+evals, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 rows = []
-for d in sorted(out.glob("eval-*"), key=lambda p: int(p.name.split("-")[1])):
+for d in sorted(evals.glob("eval-*"), key=lambda p: int(p.name.split("-")[1])):
     m = json.loads((d / "metrics.json").read_text())["shapes"]
     g, c = m["generation"]["accuracy"], m["captioning"]["accuracy"]
     rows.append({"step": int(d.name.split("-")[1]), "generation": g, "captioning": c, "cider": m["captioning"].get("cider")})
@@ -91,4 +97,11 @@ for r in rows:
 (out / "curve.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYEOF
+  # what comes back from a device call: at most 8 files, so the folders travel as two tar files
+  cp "$WORK/build/run/logs/train.jsonl" "$OUT/"
+  tar -cf "$OUT/tiny-lmfusion.tar" -C "$WORK" tiny-lmfusion
+  (cd "$WORK" && find evals build/samples -not -path '*/generations/*' -not -path '*/images/*' \
+    \( -name metrics.json -o -name report.md -o -name captions.jsonl -o -name '*.png' \) -print0 \
+    | tar -cf "$OUT/evals.tar" --null -T -)
+  ls -la "$OUT"
 } 2>&1 | tee "$OUT/log"

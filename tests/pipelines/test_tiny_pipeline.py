@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -186,11 +187,20 @@ def test_gpu_shape_scale_script_runs_without_lm_eval(tmp_path):
         ["bash", "scripts/gpu_shape_scale.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    curve = json.loads((tmp_path / "out" / "curve.json").read_text())
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(  # a device call returns at most 8 files
+        ["curve.json", "curve.md", "evals.tar", "log", "tiny-lmfusion.tar", "train.jsonl"]
+    )
+    curve = json.loads((out / "curve.json").read_text())
     assert [row["step"] for row in curve] == [1, 2]
     assert all(0 <= row["generation"]["shape"] <= 1 for row in curve)
-    assert (tmp_path / "out" / "curve.md").read_text().startswith("| step | gen background")
-    build = json.loads((tmp_path / "out" / "tiny-lmfusion" / "build.json").read_text())
+    assert (out / "curve.md").read_text().startswith("| step | gen background")
+    with tarfile.open(out / "evals.tar") as tar:
+        names = tar.getnames()
+    assert {"evals/eval-1/metrics.json", "evals/eval-2/metrics.json", "evals/eval-2/report.md"} <= set(names)
+    with tarfile.open(out / "tiny-lmfusion.tar") as tar:
+        build = json.load(tar.extractfile("tiny-lmfusion/build.json"))
+        assert "tiny-lmfusion/lmfusion_model.json" in tar.getnames()
     assert build["steps"] == 2 and build["stages"]["eval-text"]["wall_s"] is None  # TEXT_EVAL=0: no lm-eval there
     assert not (tmp_path / "work" / "build" / "eval-text").exists()
-    assert "steps 2 of 2 (4 examples)" in (tmp_path / "out" / "log").read_text()
+    assert "steps 2 of 2 (4 examples)" in (out / "log").read_text()
