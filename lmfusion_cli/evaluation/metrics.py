@@ -110,15 +110,9 @@ def caption_scores(
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         out.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
     if "meteor" in metrics:
-        import shutil
+        from lmfusion_cli.evaluation.ptb import java_tool_available
 
-        from lmfusion_cli.evaluation.ptb import pycocoevalcap_has
-
-        if (
-            shutil.which("java")
-            and pycocoevalcap_has("meteor.meteor", "meteor-1.5.jar")
-            and pycocoevalcap_has("meteor.meteor", "data", "paraphrase-en.gz")
-        ):
+        if java_tool_available("meteor.meteor", "meteor-1.5.jar", "data/paraphrase-en.gz"):
             from pycocoevalcap.meteor.meteor import Meteor
 
             meteor = Meteor()

@@ -111,11 +111,15 @@ def pycocoevalcap_has(module: str, *parts: str) -> bool:
     return spec is not None and spec.origin is not None and Path(spec.origin).parent.joinpath(*parts).is_file()
 
 
+def java_tool_available(module: str, *files: str) -> bool:
+    """Whether the pycocoevalcap Java tool that `module` runs can run here: `java` on PATH and each of `files`
+    ('/'-separated, relative to the module's folder) installed beside it."""
+    return shutil.which("java") is not None and all(pycocoevalcap_has(module, *f.split("/")) for f in files)
+
+
 def java_available() -> bool:
     """Whether the official (Java) PTB tokenizer can run here: `java` on PATH and pycocoevalcap's CoreNLP jar."""
-    return shutil.which("java") is not None and pycocoevalcap_has(
-        "tokenizer.ptbtokenizer", "stanford-corenlp-3.4.1.jar"
-    )
+    return java_tool_available("tokenizer.ptbtokenizer", "stanford-corenlp-3.4.1.jar")
 
 
 def _split_word(word: str) -> list[str]:
