@@ -170,19 +170,9 @@ def test_gpu_shape_scale_script_runs_without_lm_eval(tmp_path):
     python = tmp_path / "python"
     python.write_text(f'#!/usr/bin/env bash\nPYTHONPATH={block}:$PYTHONPATH exec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    env = dict(
-        os.environ,
-        PYTHON=str(python),
-        OUT=str(tmp_path / "out"),
-        WORK=str(tmp_path / "work"),
-        BATCH="2",
-        SITE=str(tmp_path / "site"),
-        STEPS="2",
-        SAVE_EVERY="1",
-        NUM_ITEMS="24",
-        EVAL_ITEMS="2",
-        LMFUSION_QUIET="1",
-    )
+    env = _env(tmp_path)  # the demo's minimal sizes; the script runs its own `lmfusion` through PYTHON
+    env.update(PYTHON=str(python), OUT=str(tmp_path / "out"), SITE=str(tmp_path / "site"), BATCH="2", STEPS="2")
+    env.update(SAVE_EVERY="1", NUM_ITEMS="24")
     proc = subprocess.run(
         ["bash", "scripts/gpu_shape_scale.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
