@@ -31,6 +31,7 @@ FLAGS = (
     "sampling.steps",
     "sampling.sampler",
     "sampling.decoding",
+    "sampling.rerank",
     "sampling.max_new_tokens",
     "batch_size",
     "ptb_tokenizer",

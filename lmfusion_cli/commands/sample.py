@@ -22,6 +22,7 @@ FLAGS = (
     "decoding",
     "max_new_tokens",
     "num_beams",
+    "rerank",
     "top_p",
     "temperature",
     "max_images",

@@ -127,7 +127,9 @@ def _settings_line(cfg: EvaluateConfig, suites: list[str]) -> str:
     s = cfg.sampling
     decoding = {
         "greedy": "greedy",
-        "beam": f"beam search ({s.num_beams} beams, length penalty {s.length_penalty:g})",
+        "beam": f"beam search ({s.num_beams} beams, length penalty {s.length_penalty:g}"
+        + (", reranked by the image's likelihood" if s.rerank == "image" else "")
+        + ")",
         "top-p": f"top-p {s.top_p:g} at temperature {s.temperature:g}",
     }[s.decoding]
     parts = []

@@ -308,6 +308,7 @@ class LMFusionModel(
         docs, E = batch.document_ids.reshape(-1), batch.num_examples
         example_loss = hidden.new_zeros(E, dtype=torch.float32)
         with_loss = self.image_targets(batch)  # (num_images,) bool
+        image_losses = None
         if with_loss.any():
             keep = with_loss.nonzero().squeeze(1)
             prediction = self._image_out(hidden, routes, batch, num_images, timesteps, skips, keep)
@@ -326,6 +327,7 @@ class LMFusionModel(
             num_image_targets=with_loss.sum(),
             example_loss=example_loss,
             timesteps=timesteps,
+            image_losses=image_losses,
         )
 
     # ---- inference ----------------------------------------------------------------------------------

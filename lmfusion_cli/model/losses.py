@@ -36,6 +36,8 @@ class FusionOutput:
     """(E,) per-example text mean + λ · image mean, by `document_ids`: names poisoned samples."""
     timesteps: torch.Tensor
     """(num_images,) the timesteps used."""
+    image_losses: torch.Tensor | None = None
+    """(num_image_targets,) each diffusion-loss image's MSE, in batch image order (None: no such image)."""
 
 
 def text_token_losses(

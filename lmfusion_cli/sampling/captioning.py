@@ -28,7 +28,7 @@ from lmfusion_cli.data.images import BadImage, decode_image, resize_center_crop,
 from lmfusion_cli.model.sequence import concat_segments, image_segment, left_pad, text_segment
 from lmfusion_cli.sampling.config import DecodingOptions, with_settings
 from lmfusion_cli.sampling.context import SequenceContext
-from lmfusion_cli.sampling.decoding import decode
+from lmfusion_cli.sampling.decoding import beam_candidates, decode
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,23 @@ def caption_latents(
     eos_id: int,
     seeds: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Caption token ids (EOS excluded) for clean scaled latents (B, C, H, W) (`options.cache`: the KV cache)."""
+    """Caption token ids (EOS excluded) for clean scaled latents (B, C, H, W) (`options.cache`: the KV cache;
+    `options.rerank` image: the beam candidate that makes the image likeliest, its noises seeded by `seeds`)."""
     B = latents.shape[0]
     device = next(model.parameters()).device
+    latents = latents.to(device)
     context = SequenceContext(
         model,
         caption_prefix(model, B, bos_id),
-        latents.to(device),
+        latents,
         torch.zeros(B, device=device),
         use_cache=options.cache,
     )
+    if options.rerank == "image":
+        from lmfusion_cli.sampling.rerank import rerank_by_image
+
+        ranked = beam_candidates(context, options, stop_ids=[eos_id])
+        return rerank_by_image(model, ranked, latents, bos_id=bos_id, seeds=seeds if seeds is not None else range(B))
     return decode(context, options, stop_ids=[eos_id], seeds=seeds)
 
 

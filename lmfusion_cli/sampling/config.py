@@ -16,6 +16,7 @@ from lmfusion_cli.common.configs import check_choices
 
 Sampler = Literal["ddpm", "ddim", "dpm-solver", "euler"]
 Decoding = Literal["greedy", "beam", "top-p"]
+Rerank = Literal["none", "image"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 """Diffusers samplers `sampling.schedulers.make_sampler` builds (flow checkpoints: dpm-solver, euler)."""
 DECODINGS: tuple[str, ...] = get_args(Decoding)
@@ -38,6 +39,9 @@ class SamplingSettings:
     """Beam search width: hypotheses kept per row (decoding beam)."""
     length_penalty: float = 1.0
     """Beam search: a finished hypothesis scores sum log-prob / length^length_penalty (decoding beam)."""
+    rerank: Rerank = "none"
+    """Captions, decoding beam: `none` keeps the best-scored beam; `image` keeps the beam candidate whose caption
+    makes the image likeliest under the model's own generation loss (noisy-channel reranking, `sampling.rerank`)."""
     top_p: float = 0.9
     """Nucleus mass: sample from the smallest set of tokens whose probability reaches it (decoding top-p)."""
     temperature: float = 1.0
@@ -52,6 +56,10 @@ class SamplingSettings:
             )
         if not 0 < self.top_p <= 1 or self.temperature <= 0:
             raise ValueError(f"top_p must be in (0, 1] and temperature > 0; got {self.top_p}, {self.temperature}")
+        if self.rerank != "none" and self.decoding != "beam":
+            raise ValueError(
+                f"rerank {self.rerank} chooses among beam search's candidates; set decoding to beam or rerank to none"
+            )
 
 
 @dataclass(frozen=True)

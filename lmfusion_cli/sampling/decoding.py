@@ -95,7 +95,16 @@ def sample_until(
 
 @torch.no_grad()
 def beam_search(context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int]) -> list[list[int]]:
-    """Beam search per row; the context is expanded to rows × num_beams."""
+    """Beam search per row; the context is expanded to rows × num_beams. Each row's best hypothesis."""
+    return [ranked[0][1] if ranked else [] for ranked in beam_candidates(context, options, stop_ids)]
+
+
+@torch.no_grad()
+def beam_candidates(
+    context: SequenceContext, options: DecodingOptions, stop_ids: Sequence[int]
+) -> list[list[tuple[float, list[int]]]]:
+    """Beam search per row, every hypothesis it ends with: per row, (normalised score, token ids) best first
+    (the finished hypotheses, and the live beams of a row that ran out of tokens)."""
     B, K = context.batch_size, options.num_beams
     context.select(torch.arange(B).repeat_interleave(K))  # (B·K) rows: row b's beams are b·K .. b·K+K-1
     scores = torch.zeros(B, K)
@@ -148,5 +157,5 @@ def beam_search(context: SequenceContext, options: DecodingOptions, stop_ids: Se
                 s = float(scores[b, k])
                 if s > float("-inf"):
                     candidates.append((normalised(s, len(live[b * K + k])), live[b * K + k]))
-        results.append(max(candidates, key=lambda c: c[0])[1] if candidates else [])
+        results.append(sorted(candidates, key=lambda c: c[0], reverse=True))
     return results

@@ -100,7 +100,7 @@ def _caption(cfg: SampleConfig, loaded, folder: Path, source: dict[str, Any]) ->
         raise UserError(f"None of the {result.skips.num_skipped} images could be read ({reasons}); check --images.")
     settings = {"decoding": cfg.decoding, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "cache": cfg.cache}
     if cfg.decoding == "beam":
-        settings.update(num_beams=cfg.num_beams, length_penalty=cfg.length_penalty)
+        settings.update(num_beams=cfg.num_beams, length_penalty=cfg.length_penalty, rerank=cfg.rerank)
     if cfg.decoding == "top-p":
         settings.update(top_p=cfg.top_p, temperature=cfg.temperature)
     records = [{**r, **settings, **source} for r in result.records]

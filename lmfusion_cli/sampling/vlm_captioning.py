@@ -82,6 +82,11 @@ def caption_with_vlm(
 
     Row i's top-p draws use seed + i, as in `captioning.caption_images`."""
     use_cache = options.cache
+    if options.rerank != "none":
+        raise UserError(
+            f"rerank {options.rerank} scores captions with the model's image generation, which a LLaVA base's "
+            "captioning path does not use; set rerank to none."
+        )
     if options.decoding == "beam" and not use_cache:
         raise UserError(
             "Beam search over a LLaVA base's prompt runs with the KV cache; set cache true "

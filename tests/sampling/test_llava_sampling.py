@@ -166,6 +166,8 @@ def test_beam_captions_equal_the_vlms_beam_search():
         assert record["token_ids"] == (theirs[: theirs.index(2)] if 2 in theirs else theirs)
     with pytest.raises(UserError, match="with the KV cache"):
         caption_images(model, IMAGES[:1], tokenizer=tok, vae=None, processor=processor, decoding="beam", cache=False)
+    with pytest.raises(UserError, match="rerank image scores captions with the model's image generation"):
+        caption_images(model, IMAGES[:1], tokenizer=tok, vae=None, processor=processor, decoding="beam", rerank="image")
 
 
 def test_a_llava_base_without_its_processor_is_one_sentence(tmp_path):

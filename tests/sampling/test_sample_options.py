@@ -40,3 +40,8 @@ def test_an_option_the_task_does_not_use_is_refused(capsys, tmp_path, task, opti
 def test_interleaved_beam_is_refused_before_the_model_loads(capsys, tmp_path):
     line = _refused(capsys, tmp_path, "--task", "interleaved", "--prompt", "a story:", "--decoding", "beam")
     assert "beam" in line and "greedy or top-p" in line
+
+
+def test_rerank_without_beam_search_is_refused_before_the_model_loads(capsys, tmp_path):
+    line = _refused(capsys, tmp_path, "--task", "caption", "--images", "photos", "--rerank", "image")
+    assert "rerank image" in line and "decoding to beam" in line
