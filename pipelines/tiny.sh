@@ -20,10 +20,12 @@ SAMPLE_STEPS=${SAMPLE_STEPS:-25}        # denoising steps for the grid
 EVAL_ITEMS=${EVAL_ITEMS:-200}           # held-out prompts/images per shapes evaluation
 EVAL_STEPS=${EVAL_STEPS:-25}            # denoising steps during evaluation
 CFG_SCALE=${CFG_SCALE:-3}
-# captions in the shapes evaluations: beam search, 8 beams. Greedy decoding writes "a <colour> background"
-# whenever the model is unsure of the shape ("background" then beats each shape word), so most of its
-# background errors are that one word (docs/training.md, "Where the captions lose the background").
-EVAL_DECODING=${EVAL_DECODING:---decoding beam --set sampling.num_beams=8}
+# captions in the shapes evaluations: beam search, 8 beams, the candidate kept by the image's likelihood under
+# the model's own generation (`--rerank image`). Greedy decoding writes "a <colour> background" whenever the
+# model is unsure of the shape ("background" then beats each shape word), so most of its background errors
+# are that one word (docs/training.md, "Where the captions lose the background"); the rerank lets the
+# generation side, which has learnt the background, choose among the beam's captions (docs/sampling.md).
+EVAL_DECODING=${EVAL_DECODING:---decoding beam --set sampling.num_beams=8 --rerank image}
 WORKERS=${WORKERS:-2}
 LMFUSION=${LMFUSION:-}
 TEXT_ITEMS=${TEXT_ITEMS:-}              # text suite items (JSONL); empty = the shipped set

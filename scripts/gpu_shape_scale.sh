@@ -77,7 +77,7 @@ LMFUSION=$WORK/bin/lmfusion
     step=$((10#${ckpt##*step-}))
     [[ $step == "$STEPS" || -f $WORK/evals/eval-$step/metrics.json ]] && continue
     "$LMFUSION" evaluate --suite shapes --checkpoint "$ckpt" --out "$WORK/evals/eval-$step" --num-items "$EVAL_ITEMS" \
-      --steps 25 --cfg-scale 3 --decoding beam --set sampling.num_beams=8
+      --steps 25 --cfg-scale 3 --decoding beam --set sampling.num_beams=8 --rerank image
   done
   echo "build and learning curve: $(($(date +%s) - start)) s"
   "$PYTHON" - "$WORK/evals" "$OUT" <<'PYEOF'
