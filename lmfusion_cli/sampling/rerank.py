@@ -24,7 +24,7 @@ from lmfusion_cli.model.sequence import caption_to_image, collate
 
 LEVELS: tuple[float, ...] = (0.4, 0.6, 0.8)
 """Noise levels (fractions of the schedule) each candidate's image loss is measured at."""
-DRAWS = 2
+DRAWS = 1
 """Noises per level (shared by all candidates of one image)."""
 MAX_ROWS = 64
 """Most sequences per forward pass."""

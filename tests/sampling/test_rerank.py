@@ -78,7 +78,11 @@ def test_rerank_keeps_the_candidate_with_the_lowest_image_loss(model):
         texts = [ids for _, ids in candidates if ids]
         noise = torch.randn((rerank.DRAWS, 4, 8, 8), generator=torch.Generator().manual_seed(5 + b))
         brute = [
-            sum(_one_forward_loss(model, ids, latents[b], lv, noise[d]) for lv in rerank.LEVELS for d in range(2))
+            sum(
+                _one_forward_loss(model, ids, latents[b], lv, noise[d])
+                for lv in rerank.LEVELS
+                for d in range(rerank.DRAWS)
+            )
             for ids in texts
         ]
         assert chosen[b] == texts[min(range(len(texts)), key=brute.__getitem__)]
