@@ -14,8 +14,9 @@ Python API (used by `lmfusion sample` and by `evaluate`):
 - `run_sample(SampleConfig)`: the whole stage (files, manifest).
 
 Files: `schedulers.py` (diffusers samplers), `context.py` (cached / uncached sequence state), `t2i.py`
-(guidance + denoising loop), `decoding.py` (greedy / beam / top-p), `captioning.py` (+ `vlm_captioning.py`
-for a LLaVA base: the VLM's own vision path and prompt), `interleaved.py`,
+(guidance + denoising loop), `decoding.py` (greedy / beam / top-p; `beam_candidates`, the n-best list),
+`rerank.py` (captions chosen among the beam's by the image's likelihood, `rerank="image"`), `captioning.py`
+(+ `vlm_captioning.py` for a LLaVA base: the VLM's own vision path and prompt), `interleaved.py`,
 `generate.py`, `loading.py`, `io.py`, `config.py`, `stage.py`. The latent codec (`LatentCodec`) is
 `common/vae.py`'s, shared with the data stages.
 """
