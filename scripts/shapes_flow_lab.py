@@ -56,15 +56,39 @@ def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], -1)
 
 
+def sincos_2d(grid: int, width: int) -> torch.Tensor:
+    """(grid², width) fixed 2-D position table (DiT / MAE): half the features encode the row, half the column,
+    each as sines and cosines of `width // 4` frequencies; row-major, as `_grid_to_tokens` orders tokens."""
+    quarter = width // 4
+    freq = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    pos = torch.arange(grid, dtype=torch.float32)
+    angles = pos[:, None] * freq[None]  # (grid, quarter)
+    one_axis = torch.cat([angles.sin(), angles.cos()], dim=1)  # (grid, width / 2)
+    rows = one_axis[:, None, :].expand(grid, grid, -1)
+    cols = one_axis[None, :, :].expand(grid, grid, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, width)
+
+
 class Generator(nn.Module):
     def __init__(
-        self, num_labels: int, width: int, depth: int, patch: int, head: str, channels: int = 4, side: int = 16
+        self,
+        num_labels: int,
+        width: int,
+        depth: int,
+        patch: int,
+        head: str,
+        channels: int = 4,
+        side: int = 16,
+        position: str = "learned",
     ):
         super().__init__()
         self.patch, self.grid, self.side, self.width = patch, side // patch, side, width
         self.labels = nn.Embedding(num_labels + 1, width)  # the last id is the dropped label
         self.proj_in = nn.Linear(channels * patch * patch, width)
         self.position = nn.Parameter(torch.zeros(self.grid**2, width))
+        # `sincos`: DiT's fixed 2-D sine-cosine table added under the learned one (which starts at zero)
+        fixed = sincos_2d(self.grid, width) if position == "sincos" else torch.zeros(self.grid**2, width)
+        self.register_buffer("fixed_position", fixed, persistent=False)
         self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         layer = nn.TransformerEncoderLayer(
             width, 4, int(2.7 * width), 0.0, batch_first=True, norm_first=True, activation="gelu"
@@ -80,7 +104,7 @@ class Generator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        h = self.proj_in(_space_to_depth(x, self.patch)) + self.position
+        h = self.proj_in(_space_to_depth(x, self.patch)) + self.position + self.fixed_position
         h = h + self.time(timestep_features(t, self.width))[:, None]
         h = self.norm(self.transformer(torch.cat([self.labels(labels), h], 1)))[:, labels.shape[1] :]
         out = _depth_to_space(self.proj_out(h), self.patch, self.grid)
@@ -291,6 +315,9 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--patch", type=int, default=2)
     ap.add_argument("--head", choices=("linear", "conv"), default="linear")
+    ap.add_argument(
+        "--position", choices=("learned", "sincos"), default="learned", help="transformer: + a fixed 2-D sincos table"
+    )
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -346,7 +373,7 @@ def main() -> None:
     elif args.arch == "unet":
         gen = UNetGenerator(len(vocab))
     else:
-        gen = Generator(len(vocab), args.width, args.depth, args.patch, args.head)
+        gen = Generator(len(vocab), args.width, args.depth, args.patch, args.head, position=args.position)
     opt = torch.optim.AdamW(gen.parameters(), lr=args.lr, weight_decay=0.1)
 
     def lr_factor(k: int) -> float:  # 40 warmup steps, cosine to 5 %
