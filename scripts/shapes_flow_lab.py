@@ -326,6 +326,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--eval-at", default="", help="extra steps to score at (comma-separated)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="initialisation, batches and training noise")
     args = ap.parse_args()
     if args.cond == "lm-attn" and args.arch != "unet":
         ap.error("--cond lm-attn conditions --arch unet only")
@@ -351,7 +352,7 @@ def main() -> None:
         flush=True,
     )
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     lm_condition = args.arch.startswith("unet-xattn") or (args.arch.startswith("unet") and args.cond != "label")
     if lm_condition:
         # one condition id per item (train, then held-out), the last id the null prompt
