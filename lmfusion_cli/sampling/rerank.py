@@ -46,27 +46,23 @@ def image_losses(
     rows: list[tuple[int, float, int]] = [
         (c, level, d) for c in range(len(candidates)) for level in levels for d in range(noise.shape[0])
     ]
+    examples = [  # one layout per candidate, shared by its (level, noise) rows; the image rides along below
+        caption_to_image(
+            ids, num_image_tokens=model.num_image_tokens, boi_id=model.boi_id, eoi_id=model.eoi_id, bos_id=bos_id
+        )
+        for ids in candidates
+    ]
+    noise = noise.to(device, latents.dtype)
     losses = torch.empty(len(rows), dtype=torch.float32)
     for start in range(0, len(rows), MAX_ROWS):
         chunk = rows[start : start + MAX_ROWS]
-        examples = [
-            caption_to_image(
-                candidates[c],
-                num_image_tokens=model.num_image_tokens,
-                boi_id=model.boi_id,
-                eoi_id=model.eoi_id,
-                bos_id=bos_id,
-                latents=latents.unsqueeze(0).cpu(),
-            )
-            for c, _, _ in chunk
-        ]
-        batch, stacked = collate(examples)
+        batch, _ = collate([examples[c] for c, _, _ in chunk])
         fractions = torch.tensor([level for _, level, _ in chunk])
         out = model(
             batch.to(device),
-            stacked.to(device),
+            latents.unsqueeze(0).expand(len(chunk), *latents.shape),
             timesteps=model.diffusion.fixed_timesteps(fractions).to(device),
-            noise=torch.stack([noise[d] for _, _, d in chunk]).to(device, latents.dtype),
+            noise=noise[[d for _, _, d in chunk]],
         )
         losses[start : start + len(chunk)] = out.image_losses.float().cpu()
     return losses.view(len(candidates), -1).mean(dim=1)
