@@ -34,9 +34,10 @@ evals=(--eval "$WORK/eval-shapes")
 [[ -f $WORK/eval-text/metrics.json ]] && evals+=(--eval "$WORK/eval-text")  # TEXT_EVAL=0 skips it
 "$LMFUSION" export "$WORK/run" --out "$OUT" --base-id ../tiny-lm --vae-id ../tiny-vae "${evals[@]}" --overwrite
 
-"$PY" - "$WORK" "$OUT" "$STEPS" "$THREADS" <<'PYEOF'
+"$PY" - "$WORK" "$OUT" "$STEPS" "$THREADS" "${EXTRA_TRAIN_ARGS:-}" <<'PYEOF'
 import json, pathlib, subprocess, sys, datetime
 work, out, steps, threads = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+extra = sys.argv[5].split()
 def read(name, suffix):
     p = work / f"{name}.{suffix}"
     return float(p.read_text()) if p.is_file() else None
@@ -49,7 +50,7 @@ except (OSError, subprocess.CalledProcessError):
 metrics = json.loads((work / "eval-shapes" / "metrics.json").read_text())["shapes"]
 record = {
     "what": "pipelines/configs/tiny.yaml trained on the demo's shapes set (pipelines/tiny_lmfusion.sh)",
-    "steps": steps, "train_threads": threads, "commit": commit,
+    "steps": steps, "train_threads": threads, "train_args": extra, "commit": commit,
     "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "stages": stages,
     "shapes": {d: {"accuracy": metrics[d]["accuracy"], **({"cider": metrics[d]["cider"]} if "cider" in metrics[d] else {})}

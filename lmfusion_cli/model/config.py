@@ -28,6 +28,10 @@ class LMFusionConfig:
     transformer)."""
     patch_size: int = 2
     """Side of one image token in latent pixels (latent cells per token edge)."""
+    image_position: Literal["learned", "sincos"] = "learned"
+    """Position of each image token on the grid: `learned` (a zero-initialised table, trained) or `sincos`
+    (DiT's fixed 2-D sine-cosine table, diffusers `get_2d_sincos_pos_embed`, under the same learned
+    table). Recomputed from the config, never saved."""
     latent_channels: int = 4
     """Channels of the VAE latent (from the VAE config / latent manifest)."""
     latent_size: int | None = None

@@ -15,8 +15,9 @@ Two patchers, one interface (`encode` → tokens + skips, `decode` → latent-sh
   With diffusers' GroupNorm ResNet blocks instead, the per-image statistics of x_t carried the global
   colour past the prompt (generated background 0.27–0.30 vs 0.79 without; docs/training.md).
 
-Both add a learned (zero-initialised) position embedding per token of the grid. Tokens are ordered
-row-major over the (latent_size/p)² grid. Sizes come from `LMFusionConfig` and the LLM's hidden size.
+All add a learned (zero-initialised) position embedding per token of the grid, on top of DiT's fixed 2-D
+sine-cosine table when `image_position: sincos`. Tokens are ordered row-major over the
+(latent_size/p)² grid. Sizes come from `LMFusionConfig` and the LLM's hidden size.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
 from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UpBlock2D
 from torch import nn
 
@@ -56,6 +57,29 @@ def _depth_to_space(x: torch.Tensor, p: int, side: int) -> torch.Tensor:
     return x.reshape(n, side, side, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, side * p, side * p)
 
 
+def fixed_position_table(side: int, hidden_size: int, kind: str) -> torch.Tensor:
+    """(side², D) fixed table added under a patcher's learned position table: DiT's 2-D sine-cosine table
+    for `image_position: sincos` (half the features the row, half the column, positions 0 … side−1,
+    row-major like `_grid_to_tokens`), zeros for `learned`."""
+    if kind != "sincos":
+        return torch.zeros(side * side, hidden_size)
+    if hidden_size % 4:
+        raise ValueError(f"image_position: sincos needs a hidden size divisible by 4; got {hidden_size}")
+    return get_2d_sincos_pos_embed(hidden_size, side, base_size=side, output_type="pt").float()
+
+
+def _add_position(patcher: nn.Module, config: LMFusionConfig, hidden_size: int) -> None:
+    """The learned zero-initialised `position` table (saved) and the fixed one beneath it (a
+    non-persistent buffer: rebuilt from the config, absent from checkpoints, so both layouts load)."""
+    patcher.position = nn.Parameter(torch.zeros(patcher.side * patcher.side, hidden_size))
+    fixed = fixed_position_table(patcher.side, hidden_size, config.image_position)
+    patcher.register_buffer("fixed_position", fixed, persistent=False)
+
+
+def _positions(patcher: nn.Module) -> torch.Tensor:
+    return patcher.position + patcher.fixed_position.to(patcher.position.dtype)
+
+
 class LinearPatcher(nn.Module):
     def __init__(self, config: LMFusionConfig, hidden_size: int):
         super().__init__()
@@ -64,14 +88,14 @@ class LinearPatcher(nn.Module):
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, hidden_size)
         self.proj_in = nn.Linear(C * p * p, hidden_size)
-        self.position = nn.Parameter(torch.zeros(self.side * self.side, hidden_size))
+        _add_position(self, config, hidden_size)
         self.proj_out = nn.Linear(hidden_size, C * p * p)
 
     def encode(self, latents: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, Skips]:
         """latents (n, C, H, W), timesteps (n,) → tokens (n, N, D), no skips."""
         patches = _space_to_depth(latents, self.patch_size)  # (n, N, C·p·p)
         temb = self.time_embed(self.time_proj(timesteps).to(latents.dtype))  # (n, D)
-        return self.proj_in(patches) + self.position + temb[:, None, :], ()
+        return self.proj_in(patches) + _positions(self) + temb[:, None, :], ()
 
     def decode(self, tokens: torch.Tensor, timesteps: torch.Tensor, skips: Skips) -> torch.Tensor:
         """tokens (n, N, D) → prediction (n, C, H, W)."""
@@ -104,7 +128,7 @@ class ConvPatcher(nn.Module):
         self.conv_in = nn.Conv2d(config.latent_channels, width, kernel_size=3, padding=1)
         self.blocks_in = nn.ModuleList(ConvBlock(width, 4 * width) for _ in range(blocks))
         self.to_tokens = nn.Linear(width * self.patch_size**2, hidden_size)
-        self.position = nn.Parameter(torch.zeros(self.side * self.side, hidden_size))
+        _add_position(self, config, hidden_size)
         self.from_tokens = nn.Linear(hidden_size, width * self.patch_size**2)
         self.blocks_out = nn.ModuleList(ConvBlock(width, 4 * width) for _ in range(blocks))
         self.conv_out = nn.Conv2d(width, config.latent_channels, kernel_size=3, padding=1)
@@ -119,7 +143,7 @@ class ConvPatcher(nn.Module):
         for block in self.blocks_in:
             x = block(x, temb)
         tokens = self.to_tokens(_space_to_depth(x, self.patch_size))
-        return tokens + self.position + self.time_to_token(nn.functional.silu(temb))[:, None, :], ()
+        return tokens + _positions(self) + self.time_to_token(nn.functional.silu(temb))[:, None, :], ()
 
     def decode(self, tokens: torch.Tensor, timesteps: torch.Tensor, skips: Skips) -> torch.Tensor:
         """tokens (n, N, D) → prediction (n, C, H, W)."""
@@ -157,7 +181,7 @@ class UNetPatcher(nn.Module):
             )
             previous = out
         self.to_tokens = nn.Linear(channels[-1], hidden_size)
-        self.position = nn.Parameter(torch.zeros(self.side * self.side, hidden_size))
+        _add_position(self, config, hidden_size)
         self.from_tokens = nn.Linear(hidden_size, channels[-1])
         # mirror of diffusers UNet2DModel's up path (with the transformer in place of the mid block)
         reversed_channels = list(reversed(channels))
@@ -190,7 +214,7 @@ class UNetPatcher(nn.Module):
         for block in self.down_blocks:
             x, residuals = block(x, temb)
             skips += residuals
-        return self.to_tokens(_grid_to_tokens(x)) + self.position, skips  # (n, N, D)
+        return self.to_tokens(_grid_to_tokens(x)) + _positions(self), skips  # (n, N, D)
 
     def decode(self, tokens: torch.Tensor, timesteps: torch.Tensor, skips: Skips) -> torch.Tensor:
         """tokens (n, N, D) + skips from `encode` → prediction (n, C, H, W)."""
