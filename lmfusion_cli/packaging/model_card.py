@@ -140,7 +140,8 @@ def model_card(model, base: str, checkpoint, meta: dict[str, Any], evals: list[P
         "## Model",
         "",
         f"- base (frozen): `{base}`",
-        f"- image experts: {cfg.experts}, patcher {cfg.patcher} (patch {cfg.patch_size}), objective {cfg.objective}, "
+        f"- image experts: {cfg.experts}, patcher {cfg.patcher} (patch {cfg.patch_size}, {cfg.image_position} positions), "
+        f"objective {cfg.objective}, "
         f"{cfg.num_image_tokens} image tokens of {cfg.latent_channels}×{cfg.latent_size}×{cfg.latent_size} latents",
         f"- VAE: `{meta['vae']['id']}` (scaling {meta['vae']['scaling_factor']:.6g}, shift "
         f"{meta['vae']['shift_factor']:.6g}), {meta['vae']['image_size']}×{meta['vae']['image_size']} images",

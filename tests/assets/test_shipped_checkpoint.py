@@ -29,7 +29,7 @@ def loaded():
 def test_size_and_build_record():
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size <= 15 * 2**20, f"{size / 2**20:.1f} MiB (limit 15)"
-    assert BUILD["steps"] == 12000 and BUILD["stages"]["run"]["cpu_s"] > 0
+    assert BUILD["steps"] == 20000 and BUILD["stages"]["run"]["cpu_s"] > 0
     assert set(BUILD["shapes"]) == {"generation", "captioning"}
     assert 0 < BUILD["shapes"]["captioning"]["cider"]
 
