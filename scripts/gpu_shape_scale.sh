@@ -30,7 +30,9 @@ WORK=${WORK:-/tmp/gpu_shape_work}
 STEPS=${STEPS:-6000}
 BATCH=${BATCH:-64}
 LR=${LR:-2e-3}
-EXTRA=${EXTRA:-}                 # more train overrides, e.g. "--set data.generation_fraction=1 --set data.interleaved_fraction=0 --set data.text_only_fraction=0"
+# train overrides beyond tiny.yaml: by default the shipped recipe's fixed 2-D position table (make tiny-lmfusion);
+# add e.g. "--set data.generation_fraction=1 --set data.interleaved_fraction=0 --set data.text_only_fraction=0"
+EXTRA=${EXTRA-"--set model.image_position=sincos"}
 SAVE_EVERY=${SAVE_EVERY:-1500}
 NUM_ITEMS=${NUM_ITEMS:-4000}
 EVAL_ITEMS=${EVAL_ITEMS:-200}
