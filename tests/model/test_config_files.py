@@ -55,7 +55,11 @@ def saved(tmp_path):
 def test_a_file_written_by_the_previous_code_loads(saved):
     model, folder = saved
     meta = json.loads((folder / META).read_text())
-    assert meta["lmfusion_config"] == OLD_FILE_CONFIG  # today's writer: the same bytes as the old one
+    # today's writer: the old file's entries, plus the fields added since, each at the value a file without it
+    # loads to (`image_position`, issue 23: the old files' learned table)
+    added = {k: v for k, v in meta["lmfusion_config"].items() if k not in OLD_FILE_CONFIG}
+    assert added == {"image_position": "learned"}
+    assert {k: v for k, v in meta["lmfusion_config"].items() if k not in added} == OLD_FILE_CONFIG
     meta["lmfusion_config"] = OLD_FILE_CONFIG
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     restored = load(folder)
