@@ -57,12 +57,12 @@ def _depth_to_space(x: torch.Tensor, p: int, side: int) -> torch.Tensor:
     return x.reshape(n, side, side, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, side * p, side * p)
 
 
-def fixed_position_table(side: int, hidden_size: int, kind: str) -> torch.Tensor:
+def fixed_position_table(side: int, hidden_size: int, kind: str) -> torch.Tensor | None:
     """(side², D) fixed table added under a patcher's learned position table: DiT's 2-D sine-cosine table
     for `image_position: sincos` (half the features the row, half the column, positions 0 … side−1,
-    row-major like `_grid_to_tokens`), zeros for `learned`."""
+    row-major like `_grid_to_tokens`); None for `learned` (nothing to add)."""
     if kind != "sincos":
-        return torch.zeros(side * side, hidden_size)
+        return None
     if hidden_size % 4:
         raise ValueError(f"image_position: sincos needs a hidden size divisible by 4; got {hidden_size}")
     return get_2d_sincos_pos_embed(hidden_size, side, base_size=side, output_type="pt").float()
@@ -77,6 +77,8 @@ def _add_position(patcher: nn.Module, config: LMFusionConfig, hidden_size: int) 
 
 
 def _positions(patcher: nn.Module) -> torch.Tensor:
+    if patcher.fixed_position is None:
+        return patcher.position
     return patcher.position + patcher.fixed_position.to(patcher.position.dtype)
 
 

@@ -30,7 +30,7 @@ def test_table_halves_encode_column_and_row_of_the_row_major_grid():
     flat = table.reshape(side * side, width)
     assert torch.cdist(flat, flat).add(torch.eye(side * side) * 1e3).min() > 0.1
     assert torch.allclose(flat[0], torch.cat([torch.zeros(width // 4), torch.ones(width // 4)] * 2))
-    assert not fixed_position_table(side, width, "learned").any()
+    assert fixed_position_table(side, width, "learned") is None
 
 
 @pytest.mark.parametrize("patcher", ["linear", "conv", "unet"])
