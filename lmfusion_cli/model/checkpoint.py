@@ -98,6 +98,19 @@ def load(path: str | os.PathLike, base=None) -> LMFusionModel:
             f"Checkpoint {path} was trained on a base model with a different config than {model.base_id}; "
             f"pass the base it was made from ({meta['base']})."
         )
+    state = trainable_state(path, model)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+    return model
+
+
+def trainable_state(path: str | os.PathLike, model: LMFusionModel) -> dict[str, torch.Tensor]:
+    """The weights of checkpoint folder `path`, checked against `model`: every stored name is one of its
+    parameters with the same shape, and every trainable parameter is stored (under any of a tied weight's
+    names). Frozen tied aliases stored by checkpoints before issue 16 are dropped."""
+    path = Path(path)
     state = load_file(str(path / WEIGHTS))
     params = dict(model.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
     own_names = {n for n, _ in model.named_parameters()}
@@ -117,10 +130,15 @@ def load(path: str | os.PathLike, base=None) -> LMFusionModel:
             f"Checkpoint {path / WEIGHTS} lacks trainable weights the model has ({', '.join(missing[:3])}"
             f"{', ...' if len(missing) > 3 else ''}); pass a complete checkpoint made with this LMFusion config."
         )
-    with torch.no_grad():
-        for name, tensor in state.items():
-            params[name].copy_(tensor)
-    return model
+    wrong = [
+        f"{n} {tuple(t.shape)} vs {tuple(params[n].shape)}" for n, t in state.items() if t.shape != params[n].shape
+    ]
+    if wrong:
+        raise UserError(
+            f"Checkpoint {path / WEIGHTS} has weights of other shapes than this model's ({'; '.join(wrong[:2])}"
+            f"{'; ...' if len(wrong) > 2 else ''}); its LMFusion config differs (patch size, patcher, latent size?)."
+        )
+    return state
 
 
 def merge(path: str | os.PathLike, out: str | os.PathLike, base=None) -> None:

@@ -86,6 +86,8 @@ def build_run(
     torch.manual_seed(config.train.seed)  # initialisation of new modules (image experts, patcher)
     workload = workload_factory(config, source, ctx.device)
     model = _shard(config, ctx, workload)
+    if config.train.init_from and not resume_from:
+        _init_from(config.train.init_from, workload, model)
     optimizer = build_optimizer(
         [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad],
         config.optim,
@@ -158,6 +160,14 @@ def _shard(config: TrainRunConfig, ctx: DistContext, workload: Workload) -> torc
     if config.train.compile:
         _compile(workload)
     return model
+
+
+def _init_from(path: str, workload: Workload, model: torch.nn.Module) -> None:
+    """`train.init_from`: the workload copies an earlier run's trainable weights into the (wrapped) model."""
+    init = getattr(workload, "init_from", None)
+    if init is None:
+        raise UserError(f"train.init_from is not supported by the {type(workload).__name__} workload; leave it unset.")
+    log.info("initialised the trainable weights from %s", init(model, path))
 
 
 def _resume(checkpointer: Checkpointer, folder: Path, ctx: DistContext) -> None:

@@ -262,7 +262,49 @@ class LMFusionWorkload:
             images=int(out.num_image_targets),
         )
 
-    # ---- outputs -----------------------------------------------------------------------------------
+    # ---- initialisation ----------------------------------------------------------------------------
+    def init_from(self, model: nn.Module, path: str) -> str:
+        """`train.init_from`: copy the trainable weights of an earlier run (run, step or model/export
+        folder) into the wrapped `model`, after checking its base and weights against this model. Returns
+        what was read (for the log)."""
+        from lmfusion_cli.model import checkpoint
+        from lmfusion_cli.sampling.loading import resolve_checkpoint
+        from lmfusion_cli.training.sharded_load import copy_into_shards
+
+        try:
+            found = resolve_checkpoint(path)
+        except UserError as e:
+            raise UserError(f"train.init_from: {e}") from None
+        meta = checkpoint.read_meta(found.model_dir)
+        if checkpoint.base_config_hash(self.model.base_config) != meta.get("base_config_sha256"):
+            raise UserError(
+                f"train.init_from: {path} was trained on another base ({meta.get('base')}) than this run's "
+                f"{self.model.base_id}; pass --base {meta.get('base')} or a checkpoint of this base."
+            )
+        try:
+            state = checkpoint.trainable_state(found.model_dir, self.model)
+        except UserError as e:
+            raise UserError(f"train.init_from: {e}") from None
+        frozen = sorted(
+            n for n, p in self.model.named_parameters(remove_duplicate=False) if n in state and not p.requires_grad
+        )
+        if frozen:
+            raise UserError(
+                f"train.init_from: {path} holds weights this run keeps frozen ({', '.join(frozen[:3])}); "
+                "train with the same frozen/unfrozen text modules as the run it came from."
+            )
+        ours, theirs = config_to_dict(self.model.config), meta.get("lmfusion_config", {})
+        changed = sorted(k for k in ours if k in theirs and ours[k] != theirs[k])
+        if changed:
+            log.info(
+                "train.init_from: model settings changed from %s: %s",
+                path,
+                ", ".join(f"{k} {theirs[k]} -> {ours[k]}" for k in changed),
+            )
+        copy_into_shards(unwrap(model), state)
+        return f"{found.model_dir}" + (f" (step {found.step})" if found.step is not None else "")
+
+    # ---- outputs -----    # ---- outputs -----------------------------------------------------------------------------------
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
         from lmfusion_cli.model import checkpoint
 

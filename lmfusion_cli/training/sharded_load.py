@@ -102,7 +102,7 @@ def build_meta_model(base_path: str, lm_config):
     return model, kept
 
 
-def _local(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+def local_shard(param: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(this process's part of `param`, its first row in the full tensor). Plain tensors: all of it."""
     if not hasattr(param, "to_local"):
         return param.data, 0
@@ -110,6 +110,17 @@ def _local(param: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
     return param.to_local(), (offset[0] if len(offset) else 0)
+
+
+@torch.no_grad()
+def copy_into_shards(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy full tensors `state` (by parameter name) into `model`'s parameters: this process's rows of an
+    FSDP-sharded one, all of a plain one (cast to the parameter's dtype and device)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, full in state.items():
+        local, first = local_shard(params[name])
+        if local.numel():
+            local.copy_(full[first : first + local.shape[0]] if local.dim() else full)
 
 
 def _expert_source(name: str) -> str | None:
@@ -130,7 +141,7 @@ def load_into_shards(model: nn.Module, kept: dict[str, torch.Tensor], device: to
     model.to_empty(device=device)
     params = dict(core.named_parameters())
     for name, param in params.items():
-        local, first = _local(param)
+        local, first = local_shard(param)
         if name in kept:
             full = kept[name]
         elif name.startswith("base."):
@@ -158,7 +169,7 @@ def finish_materialised(core: nn.Module, kept: dict[str, torch.Tensor], device: 
     for name, param in params.items():
         source = _expert_source(name)
         if source is not None:
-            _local(param)[0].copy_(_local(params[source])[0])
+            local_shard(param)[0].copy_(local_shard(params[source])[0])
     for name, buffer in core.named_buffers():
         if name in kept:
             buffer.copy_(kept[name])
