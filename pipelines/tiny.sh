@@ -41,8 +41,8 @@ fi
 PY=${PY:-$(dirname "$(command -v "$LMFUSION")")/python}
 [[ -x $PY ]] || PY=python3
 
-DATA=$WORK/shapes
-LATENTS=$WORK/latents
+DATA=${DATA:-$WORK/shapes}              # another pipeline's data and latents may be shared (tiny_lmfusion.sh)
+LATENTS=${LATENTS:-$WORK/latents}
 RUN=$WORK/run
 SAMPLES=$WORK/samples
 EVAL_SHAPES=$WORK/eval-shapes

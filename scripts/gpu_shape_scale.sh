@@ -30,9 +30,9 @@ WORK=${WORK:-/tmp/gpu_shape_work}
 STEPS=${STEPS:-6000}
 BATCH=${BATCH:-64}
 LR=${LR:-2e-3}
-# train overrides beyond tiny.yaml: by default the shipped recipe's fixed 2-D position table (make tiny-lmfusion);
-# add e.g. "--set data.generation_fraction=1 --set data.interleaved_fraction=0 --set data.text_only_fraction=0"
-EXTRA=${EXTRA-"--set model.image_position=sincos"}
+# train overrides beyond tiny.yaml (the shipped recipe, fixed 2-D position table included), e.g.
+# "--set data.generation_fraction=1 --set data.interleaved_fraction=0 --set data.text_only_fraction=0"
+EXTRA=${EXTRA:-}
 SAVE_EVERY=${SAVE_EVERY:-1500}
 NUM_ITEMS=${NUM_ITEMS:-4000}
 EVAL_ITEMS=${EVAL_ITEMS:-200}
@@ -66,7 +66,7 @@ LMFUSION=$WORK/bin/lmfusion
   echo "steps $STEPS of $BATCH ($((STEPS * BATCH)) examples), lr $LR, save every $SAVE_EVERY"
   start=$(date +%s)
   build=$WORK/build exported=$WORK/tiny-lmfusion
-  WORK=$build OUT=$exported STEPS=$STEPS THREADS=0 SAVE_EVERY=$SAVE_EVERY NUM_ITEMS=$NUM_ITEMS \
+  WORK=$build OUT=$exported STEPS=$STEPS CYCLE2_STEPS=0 THREADS=0 SAVE_EVERY=$SAVE_EVERY NUM_ITEMS=$NUM_ITEMS \
     EVAL_ITEMS=$EVAL_ITEMS LMFUSION=$LMFUSION PY=$PYTHON TEXT_EVAL=0 \
     EXTRA_TRAIN_ARGS="--set train.batch_size=$BATCH --set train.micro_batch_size=$BATCH --set optim.lr=$LR --set train.keep_last=100 $EXTRA" \
     bash pipelines/tiny_lmfusion.sh

@@ -149,9 +149,9 @@ def test_shipped_checkpoint_build_at_minimal_sizes(tmp_path):
     assert loaded.model.base_id == str(tmp_path / "tiny-lm") and loaded.checkpoint.step is None
     export = json.loads((tmp_path / "tiny-lmfusion" / "lmfusion_export.json").read_text())
     assert export["source"]["step"] == 2 and export["vae"]["id"] == "../tiny-vae"
-    # the shipped recipe: tiny.yaml + DiT's fixed 2-D position table, recorded as the build's train args
+    # the shipped recipe: tiny.yaml (DiT's fixed 2-D position table) with no further train args
     assert loaded.model.config.image_position == "sincos"
-    assert build["train_args"] == ["--set", "model.image_position=sincos"]
+    assert build["train_args"] == []
 
 
 _BLOCK_IMPORTS = """import sys
@@ -196,7 +196,7 @@ def test_gpu_shape_scale_script_runs_without_lm_eval(tmp_path):
         model_config = json.load(tar.extractfile("tiny-lmfusion/lmfusion_model.json"))
         assert "tiny-lmfusion/lmfusion_model.json" in tar.getnames()
     assert build["steps"] == 2 and build["stages"]["eval-text"]["wall_s"] is None  # TEXT_EVAL=0: no lm-eval there
-    assert "model.image_position=sincos" in build["train_args"]  # the shipped recipe by default
+    assert "model.image_position=sincos" not in build["train_args"]  # tiny.yaml's own table by default
     assert model_config["lmfusion_config"]["image_position"] == "sincos"
     assert not (tmp_path / "work" / "build" / "eval-text").exists()
     assert "steps 2 of 2 (4 examples)" in (out / "log").read_text()
