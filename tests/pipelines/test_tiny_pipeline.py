@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,19 +137,29 @@ def test_shipped_checkpoint_build_at_minimal_sizes(tmp_path):
     (tmp_path / "tiny-lm").symlink_to(TINY_LM)  # the export names its base and VAE by relative path
     (tmp_path / "tiny-vae").symlink_to(TINY_VAE)
     env = _env(tmp_path)
-    env.update(STEPS="2", NUM_ITEMS="24", SAVE_EVERY="1", OUT=str(tmp_path / "tiny-lmfusion"))
+    # two cycles: 2 steps, then 1 more from their weights (train.init_from) at CYCLE2_LR
+    env.update(STEPS="2", CYCLE2_STEPS="1", NUM_ITEMS="24", SAVE_EVERY="1", OUT=str(tmp_path / "tiny-lmfusion"))
+    env["WORK"] = str(tmp_path / "build")
     proc = subprocess.run(
         ["bash", "pipelines/tiny_lmfusion.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shipped checkpoint" not in proc.stdout  # the build does not evaluate the old shipped one
+    assert proc.stdout.count("== prepare\n") == 1 and not (tmp_path / "build" / "cycle1" / "shapes").exists()
     build = json.loads((tmp_path / "tiny-lmfusion" / "build.json").read_text())
-    assert build["steps"] == 2 and build["train_threads"] == 1 and build["stages"]["run"]["cpu_s"] > 0
+    assert build["steps"] == 3 and build["train_threads"] == 1 and build["stages"]["run"]["cpu_s"] > 0
+    first, second = build["cycles"]
+    assert (first["steps"], second["steps"], second["lr"]) == (2, 1, 1e-3)
+    assert build["stages"]["run"]["cpu_s"] == pytest.approx(first["run"]["cpu_s"] + second["run"]["cpu_s"])
+    assert 0 <= first["shapes"]["generation"]["background"] <= 1
     assert 0 <= build["shapes"]["captioning"]["accuracy"]["background"] <= 1
+    run_config = yaml.safe_load((tmp_path / "build" / "run" / "config.yaml").read_text())
+    assert run_config["train"]["init_from"] == str(tmp_path / "build" / "cycle1" / "run")
+    assert run_config["optim"]["lr"] == 1e-3
     loaded = load_for_sampling(tmp_path / "tiny-lmfusion")
     assert loaded.model.base_id == str(tmp_path / "tiny-lm") and loaded.checkpoint.step is None
     export = json.loads((tmp_path / "tiny-lmfusion" / "lmfusion_export.json").read_text())
-    assert export["source"]["step"] == 2 and export["vae"]["id"] == "../tiny-vae"
+    assert export["source"]["step"] == 1 and export["vae"]["id"] == "../tiny-vae"
     # the shipped recipe: tiny.yaml (DiT's fixed 2-D position table) with no further train args
     assert loaded.model.config.image_position == "sincos"
     assert build["train_args"] == []
