@@ -97,7 +97,7 @@ def test_summary_names_the_grid_reports_and_figures(demo):
     assert "stage wall times" in stdout
     # the shipped checkpoint is evaluated beside the fresh run, and each figure says which it is (issue 23)
     fresh = "[fresh run (trained by this demo, 2 steps)]"
-    shipped = "[shipped checkpoint (lmfusion_cli/assets/tiny-lmfusion, 20000 steps, make tiny-lmfusion)]"
+    shipped = "[shipped checkpoint (lmfusion_cli/assets/tiny-lmfusion, 36000 steps, make tiny-lmfusion)]"
     assert f"image grid:    {work / 'samples' / 'grid.png'}   {fresh}" in stdout
     assert f"image grid:    {work / 'samples-shipped' / 'grid.png'}   {shipped}" in stdout
     assert f"report:        {work / 'eval-shapes-shipped' / 'report.md'}   {shipped}" in stdout
