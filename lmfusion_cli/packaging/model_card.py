@@ -87,6 +87,11 @@ def _training(run: Path | None, step: int | None) -> list[str]:
         f"{schedule.get('warmup_steps')} of {schedule.get('steps')} steps), global batch "
         f"{train.get('batch_size')}, seed {train.get('seed')}"
     )
+    if train.get("init_from"):
+        lines.append(
+            f"- started from the trainable weights of `{train['init_from']}` (`train.init_from`): the steps above "
+            "come after that run's"
+        )
     return lines
 
 

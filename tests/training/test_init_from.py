@@ -170,3 +170,14 @@ def test_copy_into_fsdp_shards_gives_the_full_weights(tmp_path):
 
     assert not run_forked(2, _copy_on_fsdp, str(tmp_path / "result.txt"))
     assert (tmp_path / "result.txt").read_text() == "ok\n"
+
+
+def test_model_card_names_the_starting_weights(setup):
+    from lmfusion_cli.packaging.model_card import _training
+
+    tmp = setup
+    assert _train(tmp, "carded", "--set", f"train.init_from={tmp / 'first'}") == 0
+    lines = _training(tmp / "carded", 2)
+    assert lines[0] == "- optimizer steps: 2"
+    assert any(f"`{tmp / 'first'}` (`train.init_from`)" in line for line in lines), lines
+    assert not any("init_from" in line for line in _training(tmp / "first", 4))
