@@ -293,6 +293,7 @@ class LMFusionWorkload:
                 f"train.init_from: {path} holds weights this run keeps frozen ({', '.join(frozen[:3])}); "
                 "train with the same frozen/unfrozen text modules as the run it came from."
             )
+        self._check_init_vae(path, found)
         ours, theirs = config_to_dict(self.model.config), meta.get("lmfusion_config", {})
         changed = sorted(k for k in ours if k in theirs and ours[k] != theirs[k])
         if changed:
@@ -303,6 +304,30 @@ class LMFusionWorkload:
             )
         copy_into_shards(unwrap(model), state)
         return f"{found.model_dir}" + (f" (step {found.step})" if found.step is not None else "")
+
+    def _check_init_vae(self, path: str, found: Any) -> None:
+        """Refuse starting weights trained on another VAE's latents than this run's cache (by weights hash)."""
+        import json
+
+        from lmfusion_cli.common.manifest import MANIFEST_NAME
+
+        source = None
+        try:
+            if found.run_dir is not None:
+                source = json.loads((found.run_dir / MANIFEST_NAME).read_text())["trains"]["latent_vae"]
+            elif (found.model_dir / "lmfusion_export.json").is_file():
+                source = json.loads((found.model_dir / "lmfusion_export.json").read_text())["vae"]
+        except (OSError, ValueError, KeyError, TypeError):
+            source = None
+        theirs, ours = (source or {}).get("weights_sha256"), (self.cache_vae or {}).get("weights_sha256")
+        if theirs is None or ours is None:
+            log.warning("train.init_from: cannot tell which VAE %s was trained on; make sure it is the cache's", path)
+        elif theirs != ours:
+            raise UserError(
+                f"train.init_from: {path} was trained on latents of VAE '{source.get('id')}' (weights "
+                f"{theirs[:12]}…), but this run's cache was made with VAE '{self.cache_vae.get('id')}' (weights "
+                f"{ours[:12]}…); re-encode the data with that VAE (encode-latents --vae) or start without init_from."
+            )
 
     # ---- outputs -----    # ---- outputs -----------------------------------------------------------------------------------
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:

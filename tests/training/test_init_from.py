@@ -1,6 +1,6 @@
 """`train.init_from`: a new run starts from an earlier run's trainable weights (run, step or export folder)
 with a fresh optimiser, schedule and data order; a checkpoint of another base or another model shape is
-refused in one `error:` line, before the run folder is written.
+refused in one `error:` line, before the run folder is written, and so is one trained on another VAE's latents.
 
 The check that the weights arrive is the validation loss: the new run's step-0 validation (same items,
 same noise seed) equals the earlier run's last one exactly, and differs from a fresh initialisation's.
@@ -8,6 +8,7 @@ A tiny random Llama (2 layers, width 32) on a random latent cache; ~20 s on the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,8 @@ def test_starts_from_the_shipped_export(setup, repo_root):
     rate too small to move anything saves the exported weights back."""
     tmp = setup
     shipped = Path(repo_root) / "lmfusion_cli/assets/tiny-lmfusion"
-    write_fake_cache(tmp / "latents16", num_items=8, shape=(4, 16, 16))
+    vae_hash = json.loads((shipped / "lmfusion_export.json").read_text())["vae"]["weights_sha256"]
+    write_fake_cache(tmp / "latents16", num_items=8, shape=(4, 16, 16), vae_weights_sha256=vae_hash)
     code = cli(
         "train", "--config", "pipelines/configs/tiny.yaml", "--latents", tmp / "latents16", "--out", tmp / "ship",
         "--steps", 1, "--batch-size", 2, "--micro-batch-size", 2, "--save-every", 0, "--lr", 1e-12,
@@ -126,7 +128,13 @@ def test_refusals_name_the_input_and_write_nothing(setup, capsys):
         (("--set", f"train.init_from={tmp / 'nowhere'}"), "base", "nowhere"),
         (("--set", f"train.init_from={tmp / 'first'}"), "other-base", "another base"),
         (("--set", f"train.init_from={tmp / 'first'}", "--set", "model.patch_size=1"), "base", "other shapes"),
+        (
+            ("--set", f"train.init_from={tmp / 'first'}", "--latents", tmp / "latents-other-vae"),
+            "base",
+            "VAE 'fake-vae'",
+        ),
     ]
+    write_fake_cache(tmp / "latents-other-vae", num_items=16, shape=(4, 8, 8), vae_weights_sha256="1" * 64)
     for i, (extra, base, message) in enumerate(cases):
         capsys.readouterr()
         assert _train(tmp, f"refused{i}", *extra, base=base) == 2

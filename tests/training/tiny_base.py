@@ -98,7 +98,9 @@ class FakeLatentCache:
         return self.mean[i] + self.std[i] * torch.randn(self.mean[i].shape, generator=generator)
 
 
-def write_fake_cache(folder: Path, num_items: int = 16, shape=(4, 8, 8), seed: int = 0) -> Path:
+def write_fake_cache(
+    folder: Path, num_items: int = 16, shape=(4, 8, 8), seed: int = 0, vae_weights_sha256: str = "0"
+) -> Path:
     """A latent cache on disk in `data.latents` format (train + val splits), random latents."""
     from lmfusion_cli.common.manifest import file_entry, write_manifest
     from lmfusion_cli.data.latents import write_latent_shard
@@ -121,7 +123,7 @@ def write_fake_cache(folder: Path, num_items: int = 16, shape=(4, 8, 8), seed: i
     vae = {
         "id": "fake-vae",
         "config_hash": "0",
-        "weights_sha256": "0",
+        "weights_sha256": vae_weights_sha256,
         "scaling_factor": 1.0,
         "shift_factor": 0.0,
         "latent_channels": shape[0],
