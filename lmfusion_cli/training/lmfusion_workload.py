@@ -329,7 +329,7 @@ class LMFusionWorkload:
                 f"{ours[:12]}…); re-encode the data with that VAE (encode-latents --vae) or start without init_from."
             )
 
-    # ---- outputs -----    # ---- outputs -----------------------------------------------------------------------------------
+    # ---- outputs -----------------------------------------------------------------------------------
     def save_inference(self, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
         from lmfusion_cli.model import checkpoint
 
