@@ -148,10 +148,11 @@ class TrainConfig:
     frozen_bf16: bool = False
     """Store the frozen text weights in bf16 (no gradients, no optimizer state); trainable weights stay fp32."""
     init_from: str = ""
-    """Start from the trainable weights of an earlier run: its run folder, a checkpoints/step-N folder or an
-    `lmfusion export` folder ("" = fresh initialisation). The optimiser, LR schedule and data order start
-    anew (a new run: a fine-tune or a second cycle); the base must be the same and the weights' names and
-    shapes must match this run's model. Not read when the run resumes (the resume restores everything)."""
+    """Start from the trainable weights of an earlier run: its run folder, a checkpoints/step-N folder, a model
+    folder or an `lmfusion export` folder ("" = fresh initialisation). The optimiser, LR schedule and data
+    order start anew (a new run: a fine-tune or a second cycle); the base and the latents' VAE must be the
+    same and the weights' names and shapes must match this run's model. Not read when the run resumes (the
+    resume restores everything)."""
     ema: float = 0.0
     """Decay of an exponential moving average of the trainable weights, updated after every applied step
     (0 = none; e.g. 0.999). With it, checkpoints' `model/` (what sample, evaluate and export load) and
