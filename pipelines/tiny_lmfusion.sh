@@ -44,8 +44,9 @@ if (( CYCLE2_STEPS > 0 )); then
   for name in shapes latents; do  # the shared stages' times, for the build record
     for unit in wall_s cpu_s; do [[ -f $WORK/$name.$unit ]] || cp "$WORK/cycle1/$name.$unit" "$WORK/$name.$unit"; done
   done
+  cycle1_run=$WORK/cycle1/run
   WORK=$WORK STEPS=$CYCLE2_STEPS LMFUSION=$LMFUSION SHIPPED="" \
-    EXTRA_TRAIN_ARGS="$common --set train.init_from=$WORK/cycle1/run --set optim.lr=$CYCLE2_LR" \
+    EXTRA_TRAIN_ARGS="$common --set train.init_from=$cycle1_run --set optim.lr=$CYCLE2_LR" \
     bash "$(dirname "${BASH_SOURCE[0]}")/tiny.sh"
 else
   WORK=$WORK STEPS=$STEPS LMFUSION=$LMFUSION SHIPPED="" EXTRA_TRAIN_ARGS="$common" \

@@ -103,7 +103,7 @@ def settings_section(groups: dict[str, Group], settings: list[str]) -> str:
         f"lr {c['optim']['lr']} (warmup {c['schedule']['warmup_steps']}, cosine to {c['schedule']['min_lr']})",
         f"λ {m.get('lambda_image')}",
         f"objective {m.get('objective')} (timestep shift {m.get('timestep_shift')})",
-        f"patcher {m.get('patcher')} (patch {m.get('patch_size')})",
+        f"patcher {m.get('patcher')} (patch {m.get('patch_size')}, `image_position: {m.get('image_position', 'learned')}`)",
         f"latents {m.get('latent_channels')}×{m.get('latent_size')}×{m.get('latent_size')}",
         f"generation fraction {c['data']['generation_fraction']} of the caption/image examples",
         f"caption dropout {c['data']['caption_dropout']}",
