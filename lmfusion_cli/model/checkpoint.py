@@ -93,17 +93,23 @@ def load(path: str | os.PathLike, base=None) -> LMFusionModel:
     except UserError as e:
         raise UserError(f"{path / META} holds an LMFusion config this version cannot read: {e}") from None
     model = LMFusionModel.from_base(base, config)
-    if base_config_hash(model.base_config) != meta["base_config_sha256"]:
-        raise UserError(
-            f"Checkpoint {path} was trained on a base model with a different config than {model.base_id}; "
-            f"pass the base it was made from ({meta['base']})."
-        )
+    check_base(meta, model, path)
     state = trainable_state(path, model)
     params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
     return model
+
+
+def check_base(meta: dict, model: LMFusionModel, path: str | os.PathLike) -> None:
+    """Refuse checkpoint `path` (its metadata `meta`) when it was trained on a base with another config than
+    `model`'s (by config hash): its weights would load into the wrong shapes or meanings."""
+    if base_config_hash(model.base_config) != meta.get("base_config_sha256"):
+        raise UserError(
+            f"Checkpoint {path} was trained on a base model with a different config ({meta.get('base')}) than "
+            f"{model.base_id}; pass the base it was made from (--base {meta.get('base')}) or a checkpoint of this base."
+        )
 
 
 def trainable_state(path: str | os.PathLike, model: LMFusionModel) -> dict[str, torch.Tensor]:

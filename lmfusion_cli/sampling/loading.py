@@ -123,6 +123,17 @@ def _run_record(run_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return manifest, config
 
 
+def recorded_vae(resolved: ResolvedCheckpoint, manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The VAE record (id, weights hash, latent scale/shift) checkpoint `resolved` was trained with: its run
+    manifest's `trains.latent_vae` (`manifest` when already read), else an export folder's `vae`; None for a
+    bare model folder, which names none."""
+    from lmfusion_cli.packaging.export import read_export
+
+    if manifest is None:
+        manifest, _ = _run_record(resolved.run_dir)
+    return (manifest.get("trains") or {}).get("latent_vae") or (read_export(resolved.model_dir) or {}).get("vae")
+
+
 def load_codec(
     vae: str | None, record: dict[str, Any] | None, latent_size: int, latent_channels: int, device: str = "cpu"
 ) -> LatentCodec:
@@ -202,6 +213,6 @@ def load_for_sampling(
         )
     if tok.eos_token_id is None:
         raise UserError(f"The tokenizer {tok_spec} has no EOS token; pass a tokenizer with one (--tokenizer).")
-    record = (manifest.get("trains") or {}).get("latent_vae") or (export or {}).get("vae")
+    record = recorded_vae(resolved, manifest)
     codec = load_codec(vae, record, model.config.latent_size, model.config.latent_channels, device)
     return Loaded(model=model, tokenizer=tok, codec=codec, checkpoint=resolved)

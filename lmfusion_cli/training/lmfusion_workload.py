@@ -276,12 +276,8 @@ class LMFusionWorkload:
         except UserError as e:
             raise UserError(f"train.init_from: {e}") from None
         meta = checkpoint.read_meta(found.model_dir)
-        if checkpoint.base_config_hash(self.model.base_config) != meta.get("base_config_sha256"):
-            raise UserError(
-                f"train.init_from: {path} was trained on another base ({meta.get('base')}) than this run's "
-                f"{self.model.base_id}; pass --base {meta.get('base')} or a checkpoint of this base."
-            )
         try:
+            checkpoint.check_base(meta, self.model, path)
             state = checkpoint.trainable_state(found.model_dir, self.model)
         except UserError as e:
             raise UserError(f"train.init_from: {e}") from None
@@ -307,18 +303,9 @@ class LMFusionWorkload:
 
     def _check_init_vae(self, path: str, found: Any) -> None:
         """Refuse starting weights trained on another VAE's latents than this run's cache (by weights hash)."""
-        import json
+        from lmfusion_cli.sampling.loading import recorded_vae
 
-        from lmfusion_cli.common.manifest import MANIFEST_NAME
-
-        source = None
-        try:
-            if found.run_dir is not None:
-                source = json.loads((found.run_dir / MANIFEST_NAME).read_text())["trains"]["latent_vae"]
-            elif (found.model_dir / "lmfusion_export.json").is_file():
-                source = json.loads((found.model_dir / "lmfusion_export.json").read_text())["vae"]
-        except (OSError, ValueError, KeyError, TypeError):
-            source = None
+        source = recorded_vae(found)
         theirs, ours = (source or {}).get("weights_sha256"), (self.cache_vae or {}).get("weights_sha256")
         if theirs is None or ours is None:
             log.warning("train.init_from: cannot tell which VAE %s was trained on; make sure it is the cache's", path)

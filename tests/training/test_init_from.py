@@ -126,7 +126,7 @@ def test_refusals_name_the_input_and_write_nothing(setup, capsys):
     tmp = setup
     cases = [
         (("--set", f"train.init_from={tmp / 'nowhere'}"), "base", "nowhere"),
-        (("--set", f"train.init_from={tmp / 'first'}"), "other-base", "another base"),
+        (("--set", f"train.init_from={tmp / 'first'}"), "other-base", "a base model with a different config"),
         (("--set", f"train.init_from={tmp / 'first'}", "--set", "model.patch_size=1"), "base", "other shapes"),
         (
             ("--set", f"train.init_from={tmp / 'first'}", "--latents", tmp / "latents-other-vae"),
