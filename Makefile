@@ -7,6 +7,9 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 REAL_LM_DIR := .cache/smollm2-135m-instruct
 PYTEST_ARGS ?=
+# test files spread over this many pytest workers (pytest-xdist; each file stays on one worker, so its
+# module fixtures are built once): most tests wait on one-threaded subprocess start-ups. 0: one process
+TEST_JOBS ?= 2
 
 .PHONY: install lint test demo bench assets tiny-lmfusion real-lm clean help
 
@@ -40,7 +43,7 @@ lint: install
 	$(PY) -m ruff format --check .
 
 test: install real-lm lint
-	@set +e; $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	@set +e; $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests — treating as a failure"; exit 1; fi; \
 	exit $$rc
 
