@@ -19,7 +19,10 @@ standardised state with four learned attention queries and an MLP instead. `unet
 into the package's `UNetPatcher` (a Linear bottleneck in place of the transformer), up path only or both
 paths; `unet-xattn` / `unet-xattn-up` cross-attend to every caption token's hidden state (a diffusers
 `UNet2DConditionModel`, as Stable Diffusion's U-Net reads its text encoder), in every block or in the up
-path only.
+path only. `--arch transformer --cond lm-tokens` puts every caption token's frozen-LM state (standardised,
+through a Linear) in front of the image tokens in place of the labels, as DiT-style in-context conditioning;
+`--cond tokens-learned` puts the caption's token ids there through a trained embedding (no LM). `--words
+square=cat,triangle=door` swaps words in every caption first.
 """
 
 from __future__ import annotations
@@ -80,10 +83,24 @@ class Generator(nn.Module):
         channels: int = 4,
         side: int = 16,
         position: str = "learned",
+        tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         super().__init__()
         self.patch, self.grid, self.side, self.width = patch, side // patch, side, width
         self.labels = nn.Embedding(num_labels + 1, width)  # the last id is the dropped label
+        # `--cond lm-tokens`: the condition is every token state of the caption (a fixed table, rows padded
+        # to their lengths) through a Linear, in front of the image tokens, padding masked
+        self.tokens = None
+        if tokens is not None:
+            table, lengths = tokens
+            self.register_buffer("token_table", table)
+            self.register_buffer("token_lengths", lengths)
+            # float states: a Linear of each; token ids (`--cond tokens-learned`): a trained embedding
+            self.tokens = (
+                nn.Embedding(int(table.max()) + 1, width)
+                if not table.is_floating_point()
+                else nn.Linear(table.shape[-1], width)
+            )
         self.proj_in = nn.Linear(channels * patch * patch, width)
         self.position = nn.Parameter(torch.zeros(self.grid**2, width))
         # `sincos`: DiT's fixed 2-D sine-cosine table added under the learned one (which starts at zero)
@@ -106,7 +123,15 @@ class Generator(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         h = self.proj_in(_space_to_depth(x, self.patch)) + self.position + self.fixed_position
         h = h + self.time(timestep_features(t, self.width))[:, None]
-        h = self.norm(self.transformer(torch.cat([self.labels(labels), h], 1)))[:, labels.shape[1] :]
+        if self.tokens is not None:
+            ids = labels[:, 0]
+            prefix = self.tokens(self.token_table[ids])
+            pad = torch.arange(prefix.shape[1])[None] >= self.token_lengths[ids][:, None]
+            mask = torch.cat([pad, torch.zeros(len(ids), h.shape[1], dtype=torch.bool)], 1)
+            out = self.transformer(torch.cat([prefix, h], 1), src_key_padding_mask=mask)
+            h = self.norm(out)[:, prefix.shape[1] :]
+        else:
+            h = self.norm(self.transformer(torch.cat([self.labels(labels), h], 1)))[:, labels.shape[1] :]
         out = _depth_to_space(self.proj_out(h), self.patch, self.grid)
         return out if self.conv is None else self.conv(out)
 
@@ -127,6 +152,11 @@ def caption_features(captions: list[str], lm_path: str, pool: str) -> tuple[torc
         h = lm(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
         return h if pool == "tokens" else h.mean(0) if pool == "mean" else h[-1]
 
+    if pool == "ids":  # the token ids themselves, (n + 1, L) zero-padded
+        rows = [torch.tensor([tok.bos_token_id] + tok(c, add_special_tokens=False)["input_ids"]) for c in captions]
+        rows.append(torch.tensor([tok.bos_token_id]))
+        lengths = torch.tensor([len(r) for r in rows])
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
     rows = [encode(c) for c in captions] + [encode(None)]
     lengths = torch.tensor([len(r) if pool == "tokens" else 1 for r in rows])
     if pool == "tokens":
@@ -305,12 +335,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--cond",
-        choices=("label", "lm-mean", "lm-last", "lm-attn"),
+        choices=("label", "lm-mean", "lm-last", "lm-attn", "lm-tokens", "tokens-learned"),
         default="label",
         help="U-Net condition: the five labels, or the frozen tiny LM's caption states (mean, last token, attention pool)",
     )
     ap.add_argument("--lm", default="lmfusion_cli/assets/tiny-lm")
     ap.add_argument("--standardise", action="store_true", help="standardise the LM features per dimension")
+    ap.add_argument("--words", default="", help="caption word swaps, e.g. square=cat,triangle=door")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--patch", type=int, default=2)
@@ -328,6 +359,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="initialisation, batches and training noise")
     args = ap.parse_args()
+    if args.cond in ("lm-tokens", "tokens-learned") and args.arch != "transformer":
+        ap.error(f"--cond {args.cond} conditions --arch transformer only")
     if args.cond == "lm-attn" and args.arch != "unet":
         ap.error("--cond lm-attn conditions --arch unet only")
     torch.set_num_threads(args.threads)
@@ -335,6 +368,11 @@ def main() -> None:
     readers = {a: trained_cnn_reader(args.latents, a) for a in ("shape", "colour", "background")}
     x, attrs, captions = single_object_latents(args.latents, "train")
     xt, attrs_t, captions_t = single_object_latents(args.latents, "test,val")
+    if args.words:  # e.g. square=cat,triangle=door: other words for the shapes in every caption
+        swaps = dict(pair.split("=") for pair in args.words.split(","))
+        captions, captions_t = (
+            [" ".join(swaps.get(w, w) for w in c.split(" ")) for c in group] for group in (captions, captions_t)
+        )
     vocab: dict = {}
     y, yt = label_ids(attrs, vocab), label_ids(attrs_t, vocab)
     truth = {a: attribute_labels(attrs_t, a, classes) for a, (_, _, classes) in readers.items()}
@@ -353,18 +391,24 @@ def main() -> None:
     )
 
     torch.manual_seed(args.seed)
-    lm_condition = args.arch.startswith("unet-xattn") or (args.arch.startswith("unet") and args.cond != "label")
+    lm_condition = args.arch.startswith("unet-xattn") or args.cond != "label"
     if lm_condition:
         # one condition id per item (train, then held-out), the last id the null prompt
-        pool = "tokens" if args.arch.startswith("unet-xattn") or args.cond == "lm-attn" else args.cond.split("-")[1]
+        tokens = args.arch.startswith("unet-xattn") or args.cond in ("lm-attn", "lm-tokens")
+        pool = "ids" if args.cond == "tokens-learned" else "tokens" if tokens else args.cond.split("-")[1]
         table, lengths = caption_features(captions + captions_t, args.lm, pool)
-        if args.standardise or args.cond == "lm-attn":  # per feature, by the training captions' statistics
+        # per feature, by the training captions' statistics
+        if args.standardise or args.cond in ("lm-attn", "lm-tokens"):
             table = standardised(table, lengths, len(captions))
         y = torch.arange(len(captions))[:, None]
         yt = torch.arange(len(captions), len(captions) + len(captions_t))[:, None]
         null = len(table) - 1
     if args.arch.startswith("unet-xattn"):
         gen = CrossAttentionUNet(table, lengths, up_only=args.arch == "unet-xattn-up")
+    elif args.arch == "transformer" and args.cond in ("lm-tokens", "tokens-learned"):
+        gen = Generator(
+            0, args.width, args.depth, args.patch, args.head, position=args.position, tokens=(table, lengths)
+        )
     elif lm_condition and args.cond == "lm-attn":
         gen = UNetGenerator(0, condition=AttentionPoolCondition(table, lengths, 256))
     elif lm_condition and args.arch == "unet":
