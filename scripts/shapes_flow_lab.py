@@ -140,24 +140,22 @@ class Generator(nn.Module):
 def caption_features(captions: list[str], lm_path: str, pool: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen LM's final hidden states (after its final norm) of `[BOS] caption` for every caption, then of
     `[BOS]` alone (the null prompt) as the last row: pooled over the tokens ("mean") or taken at the last one
-    ("last"), (n + 1, D); or every token's ("tokens"), (n + 1, L, D) zero-padded on the right. Also the
-    number of tokens of each row, (n + 1,)."""
+    ("last"), (n + 1, D); or every token's ("tokens"), (n + 1, L, D) zero-padded on the right; or the token
+    ids themselves ("ids", no LM run), (n + 1, L). Also the number of tokens of each row, (n + 1,)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(lm_path)
+    ids = [[tok.bos_token_id] + (tok(c, add_special_tokens=False)["input_ids"] if c else []) for c in [*captions, None]]
+    if pool == "ids":
+        lengths = torch.tensor([len(r) for r in ids])
+        return nn.utils.rnn.pad_sequence([torch.tensor(r) for r in ids], batch_first=True), lengths
     lm = AutoModelForCausalLM.from_pretrained(lm_path).eval()
 
-    def encode(text: str | None) -> torch.Tensor:
-        ids = [tok.bos_token_id] + (tok(text, add_special_tokens=False)["input_ids"] if text else [])
-        h = lm(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+    def encode(row: list[int]) -> torch.Tensor:
+        h = lm(torch.tensor([row]), output_hidden_states=True).hidden_states[-1][0]
         return h if pool == "tokens" else h.mean(0) if pool == "mean" else h[-1]
 
-    if pool == "ids":  # the token ids themselves, (n + 1, L) zero-padded
-        rows = [torch.tensor([tok.bos_token_id] + tok(c, add_special_tokens=False)["input_ids"]) for c in captions]
-        rows.append(torch.tensor([tok.bos_token_id]))
-        lengths = torch.tensor([len(r) for r in rows])
-        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
-    rows = [encode(c) for c in captions] + [encode(None)]
+    rows = [encode(r) for r in ids]
     lengths = torch.tensor([len(r) if pool == "tokens" else 1 for r in rows])
     if pool == "tokens":
         return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
@@ -337,7 +335,7 @@ def main() -> None:
         "--cond",
         choices=("label", "lm-mean", "lm-last", "lm-attn", "lm-tokens", "tokens-learned"),
         default="label",
-        help="U-Net condition: the five labels, or the frozen tiny LM's caption states (mean, last token, attention pool)",
+        help="condition: the five labels; the frozen tiny LM's caption states (mean, last token, attention pool: U-Net; every token: transformer); or the caption's token ids through a trained embedding (transformer)",
     )
     ap.add_argument("--lm", default="lmfusion_cli/assets/tiny-lm")
     ap.add_argument("--standardise", action="store_true", help="standardise the LM features per dimension")
