@@ -17,6 +17,7 @@ FLAGS = (
     "karpathy_split",
     "num_items",
     "interleaved",
+    "captions",
     "seed",
     "resolution",
     "shard_size",

@@ -24,6 +24,10 @@ class PrepareConfig:
     interleaved: bool = False
     """Shapes only: give each item an interleaved document ("Here is a picture of <caption>: <image> The
     circle is on the left.") for `data.interleaved_fraction` in training (data/interleaved.py)."""
+    captions: Literal["fixed", "varied"] = "fixed"
+    """Shapes only: `fixed`, one caption template per layout with every attribute in its own word slot
+    (what the demo's small generator can read), or `varied`, one of several templates per item
+    (`data/shapes.py`; same images either way)."""
     seed: int = 0
     """Seed of the shapes generator and of the train/val/test split."""
     resolution: int = 64

@@ -1,8 +1,10 @@
 """The synthetic "shapes" image/caption set of the embedded default.
 
 One or two coloured shapes (circle, square, triangle) of a few sizes on a coloured background, with a
-caption from one of several templates and the structured attributes that made it, so evaluation can
-score captions and generated images. Item `i` of seed `s` depends only on (s, i): shards made by any
+caption and the structured attributes that made it, so evaluation can score captions and generated
+images. Captions are `fixed` (one template per layout, every attribute in its own slot: the default) or
+`varied` (one of several templates per item); docs/training.md "It is the caption's wording" measured why
+the demo's budget needs the former. Item `i` of seed `s` depends only on (s, i): shards made by any
 number of workers are byte-identical.
 
 This module owns the vocabulary (colours, shapes, sizes, positions, templates); the text corpus of the
@@ -67,6 +69,15 @@ PAIR_TEMPLATES = {
         "a {bg} background with a {c1} {s1} at the top and a {c2} {s2} at the bottom",
     ),
 }
+
+
+FIXED_TEMPLATES = {"single": 3, "pair": 2}
+"""The template index of each layout under `captions="fixed"`: "a {bg} background with a {size} {colour}
+{shape} {where}" and "a {bg} background with a {c1} {s1} on the left and a {c2} {s2} on the right" (or
+"at the top … at the bottom"). Each attribute keeps its word position whatever the scene, which is what a
+small generator learns to read from ~10⁵ examples; with the templates shuffled per item it drew shapes at
+chance (docs/training.md, "It is the caption's wording, not the generator")."""
+CAPTION_STYLES = ("fixed", "varied")
 
 
 @dataclass(frozen=True)
@@ -163,11 +174,16 @@ def render(attributes: dict[str, Any], resolution: int, rng: np.random.Generator
     return img.resize((resolution, resolution), Image.Resampling.BOX)
 
 
-def make_item(index: int, seed: int = 0, resolution: int = 64) -> ShapesItem:
-    """Item `index` of the shapes set for `seed`: deterministic image, caption and attributes."""
+def make_item(index: int, seed: int = 0, resolution: int = 64, captions: str = "fixed") -> ShapesItem:
+    """Item `index` of the shapes set for `seed`: deterministic image, caption and attributes. `captions`
+    ("fixed" or "varied", `CAPTION_STYLES`) changes the caption only: image and attributes are the same."""
+    if captions not in CAPTION_STYLES:
+        raise ValueError(f"captions must be one of {CAPTION_STYLES}, got {captions!r}")
     rng = item_rng(seed, index)
     attributes = sample_attributes(rng)
-    template_index = int(rng.integers(1 << 16))
+    template_index = int(rng.integers(1 << 16))  # drawn in both styles: the image's jitter comes next
+    if captions == "fixed":
+        template_index = FIXED_TEMPLATES[attributes["layout"]]
     image = render(attributes, resolution, rng)
     caption = caption_for(attributes, template_index)
     return ShapesItem(key=f"shapes-{seed}-{index:08d}", image=image, caption=caption, attributes=attributes)

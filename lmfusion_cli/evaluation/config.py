@@ -50,6 +50,9 @@ class ShapesEvalConfig:
     seed: int = 1000
     """Seed of the held-out items (`shapes.make_item(i, seed)`; keep it unlike the training data's seed);
     item i is generated with seed + i."""
+    captions: Literal["fixed", "varied"] = "fixed"
+    """Caption style of the generated held-out items (`lmfusion prepare --captions`): the one the model was
+    trained on. Ignored with `data` (its captions are used)."""
     data: str | None = None
     """A prepared shapes set (`lmfusion prepare --source shapes`): its test split replaces the generated items."""
     resolution: int | None = None

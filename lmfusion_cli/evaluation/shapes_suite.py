@@ -81,17 +81,18 @@ def run_shapes_suite(
     batch_size: int = 8,
     tokenizer: str = "auto",
     items: Sequence[shapes.ShapesItem] | None = None,
+    captions: str = "fixed",
 ) -> tuple[dict[str, Any], Section]:
     """Shapes generation (checker accuracy per attribute vs chance) and captioning (CIDEr, attributes).
 
     Items are `items` when given (e.g. the test split of a prepared shapes set; `num_items` is then
-    their count), else `shapes.make_item(i, seed, resolution)`, i < num_items (use a seed the
+    their count), else `shapes.make_item(i, seed, resolution, captions)`, i < num_items (use a seed the
     training data did not). Item i is generated with seed `seed + i`. Generations go to / are read
     from `generations_dir` (default `out_dir/shapes/generations`)."""
     root = Path(out_dir) / "shapes"
     gen_dir = Path(generations_dir) if generations_dir is not None else root / "generations"
     if items is None:
-        items = [shapes.make_item(i, seed, resolution) for i in range(num_items)]
+        items = [shapes.make_item(i, seed, resolution, captions) for i in range(num_items)]
     else:
         items, num_items = list(items), len(items)
     write_jsonl(

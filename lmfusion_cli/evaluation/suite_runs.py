@@ -82,11 +82,12 @@ def run_shapes(cfg: EvaluateConfig, out: Path, loaded, data_items: list | None) 
         batch_size=cfg.batch_size,
         tokenizer=cfg.ptb_tokenizer,
         items=data_items,
+        captions=cfg.shapes.captions,
     )
     metrics["items"] = (
         f"test split of {cfg.shapes.data}"
         if data_items is not None
-        else f"shapes.make_item(i, seed={cfg.shapes.seed}), i < {cfg.shapes.num_items}"
+        else f"shapes.make_item(i, seed={cfg.shapes.seed}, captions={cfg.shapes.captions}), i < {cfg.shapes.num_items}"
     )
     section.metrics = {**section.metrics, "items": metrics["items"]}
     return metrics, section
