@@ -65,6 +65,27 @@ def test_webdataset_decodes_shards_and_captions_match_attributes(tmp_path):
     assert n == 120
 
 
+def test_captions_option_writes_the_style_asked_for_with_the_same_images(tmp_path):
+    """`--captions varied` changes the captions only: the PNGs are the fixed style's, byte for byte."""
+    import webdataset as wds
+
+    from lmfusion_cli.data import shapes
+
+    def read(folder):
+        urls = [str(p) for p in sorted(folder.glob("*.tar"))]
+        return {s["__key__"]: (s["png"], s["txt"].decode(), json.loads(s["json"])) for s in wds.WebDataset(urls)}
+
+    for style in ("fixed", "varied"):
+        run_prepare(cfg(out=str(tmp_path / style), num_items=60, captions=style))
+    fixed, varied = read(tmp_path / "fixed"), read(tmp_path / "varied")
+    assert fixed.keys() == varied.keys() and len(fixed) == 60
+    assert all(fixed[k][0] == varied[k][0] for k in fixed)
+    for (_, caption, meta), style in [(fixed[k], "fixed") for k in fixed] + [(varied[k], "varied") for k in varied]:
+        index = int(meta["key"].rsplit("-", 1)[1])
+        assert caption == shapes.make_item(index, 0, 8, captions=style).caption
+    assert sum(fixed[k][1] != varied[k][1] for k in fixed) > 30
+
+
 def test_split_is_a_function_of_seed_and_key():
     splits = [assign_split(f"k{i}", 0, 0.1, 0.2) for i in range(4000)]
     assert splits == [assign_split(f"k{i}", 0, 0.1, 0.2) for i in range(4000)]
