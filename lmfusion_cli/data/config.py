@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+CaptionStyle = Literal["fixed", "varied"]
+"""Caption styles of the shapes set (`data/shapes.py`): one template per layout, or several per item."""
 SourceKind = Literal["shapes", "coco", "folder", "jsonl", "hf-disk", "imagefolder"]
 
 
@@ -24,7 +26,7 @@ class PrepareConfig:
     interleaved: bool = False
     """Shapes only: give each item an interleaved document ("Here is a picture of <caption>: <image> The
     circle is on the left.") for `data.interleaved_fraction` in training (data/interleaved.py)."""
-    captions: Literal["fixed", "varied"] = "fixed"
+    captions: CaptionStyle = "fixed"
     """Shapes only: `fixed`, one caption template per layout with every attribute in its own word slot
     (what the demo's small generator can read), or `varied`, one of several templates per item
     (`data/shapes.py`; same images either way)."""

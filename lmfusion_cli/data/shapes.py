@@ -13,10 +13,12 @@ embedded LM and the shapes evaluator read it from here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from lmfusion_cli.data.config import CaptionStyle
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -77,7 +79,7 @@ FIXED_TEMPLATES = {"single": 3, "pair": 2}
 "at the top … at the bottom"). Each attribute keeps its word position whatever the scene, which is what a
 small generator learns to read from ~10⁵ examples; with the templates shuffled per item it drew shapes at
 chance (docs/training.md, "It is the caption's wording, not the generator")."""
-CAPTION_STYLES = ("fixed", "varied")
+CAPTION_STYLES = get_args(CaptionStyle)
 
 
 @dataclass(frozen=True)

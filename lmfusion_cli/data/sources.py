@@ -53,9 +53,8 @@ def _list_shapes(cfg: PrepareConfig, lister: Lister) -> None:
     # Caption and attributes do not depend on the resolution: list them from a tiny render;
     # `load_image` draws the item again at full size in the worker.
     for index in range(cfg.num_items):
-        item = make_item(
-            index, cfg.seed, resolution=8, captions=cfg.captions
-        )  # tiny render: only caption/attributes used
+        # tiny render: only caption/attributes used
+        item = make_item(index, cfg.seed, resolution=8, captions=cfg.captions)
         extra = {}
         if cfg.interleaved:  # the text around the image (data/interleaved.py), drawn from (seed, index) only
             rng = np.random.default_rng([cfg.seed, index, 18])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lmfusion_cli.data.config import CaptionStyle
 from lmfusion_cli.evaluation.text_suite import FieldMap
 from lmfusion_cli.sampling.config import DecodingOptions, SamplingSettings, options_of
 
@@ -50,7 +51,7 @@ class ShapesEvalConfig:
     seed: int = 1000
     """Seed of the held-out items (`shapes.make_item(i, seed)`; keep it unlike the training data's seed);
     item i is generated with seed + i."""
-    captions: Literal["fixed", "varied"] = "fixed"
+    captions: CaptionStyle = "fixed"
     """Caption style of the generated held-out items (`lmfusion prepare --captions`): the one the model was
     trained on. Ignored with `data` (its captions are used)."""
     data: str | None = None

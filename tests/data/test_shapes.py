@@ -40,8 +40,7 @@ def test_variety():
 def test_fixed_captions_keep_every_attribute_in_its_word_slot():
     """`captions="fixed"` (the default): one template per layout, so each attribute sits at the same word
     position in every caption of that layout; image and attributes are those of the varied style."""
-    phrase = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
-    phrase["center"] = "in the center"
+    phrase = shapes.POSITION_PHRASES
     for i in range(300):
         fixed, varied = shapes.make_item(i, seed=2, resolution=16), shapes.make_item(i, 2, 16, captions="varied")
         assert fixed.image.tobytes() == varied.image.tobytes() and fixed.attributes == varied.attributes
