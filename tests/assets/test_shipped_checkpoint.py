@@ -29,8 +29,10 @@ def loaded():
 def test_size_and_build_record():
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size <= 15 * 2**20, f"{size / 2**20:.1f} MiB (limit 15)"
-    # two cosine cycles (pipelines/tiny_lmfusion.sh): 20,000 steps, then 16,000 from their weights at lr 1e-3
-    assert BUILD["steps"] == 36000 and [c["steps"] for c in BUILD["cycles"]] == [20000, 16000]
+    # three cosine cycles (pipelines/tiny_lmfusion.sh): 20,000 steps, then 16,000 from their weights at lr 1e-3,
+    # then 15,000 generation-heavy ones
+    assert BUILD["steps"] == 51000 and [c["steps"] for c in BUILD["cycles"]] == [20000, 16000, 15000]
+    assert BUILD["cycles"][-1]["args"] == ["--set", "data.generation_fraction=0.7"]
     assert BUILD["stages"]["run"]["wall_s"] > 0 and BUILD["cycles"][0]["run"]["cpu_s"] > 0
     assert set(BUILD["shapes"]) == {"generation", "captioning"}
     assert 0 < BUILD["shapes"]["captioning"]["cider"]
@@ -42,7 +44,7 @@ def test_loads_on_the_shipped_base_and_vae_with_no_flag(loaded):
     export = json.loads((SHIPPED / "lmfusion_export.json").read_text())
     assert (
         export["vae"]["id"] == "../tiny-vae" and export["source"]["step"] == BUILD["cycles"][-1]["steps"]
-    )  # the second cycle's run
+    )  # the last cycle's run
 
 
 def test_holds_trainable_weights_only(loaded):

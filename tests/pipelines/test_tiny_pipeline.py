@@ -96,13 +96,19 @@ def test_summary_names_the_grid_reports_and_figures(demo):
     assert "eval-shapes: shapes.generation.accuracy.background = " in stdout
     assert "stage wall times" in stdout
     # the shipped checkpoint is evaluated beside the fresh run, and each figure says which it is (issue 23)
-    fresh = "[fresh run (trained by this demo, 2 steps)]"
-    shipped = "[shipped checkpoint (lmfusion_cli/assets/tiny-lmfusion, 36000 steps, make tiny-lmfusion)]"
+    fresh = "[fresh run (trained by this demo, 2 steps; CFG 3)]"
+    shipped = "[shipped checkpoint (lmfusion_cli/assets/tiny-lmfusion, 51000 steps, make tiny-lmfusion; CFG 2)]"
     assert f"image grid:    {work / 'samples' / 'grid.png'}   {fresh}" in stdout
     assert f"image grid:    {work / 'samples-shipped' / 'grid.png'}   {shipped}" in stdout
     assert f"report:        {work / 'eval-shapes-shipped' / 'report.md'}   {shipped}" in stdout
     assert "eval-shapes-shipped: shapes.captioning.accuracy.background = " in stdout
     assert stdout.index(shipped[1:-1] + ":") > stdout.index(fresh[1:-1] + ":")
+    # each at its own guidance scale (SHIPPED_CFG_SCALE: the longer-trained checkpoint needs less)
+    scales = [
+        yaml.safe_load((work / name / "config.yaml").read_text())["sampling"]["cfg_scale"]
+        for name in ("eval-shapes", "eval-shapes-shipped")
+    ]
+    assert scales == [[3.0], [2.0]]
 
 
 @pytest.mark.slow
@@ -120,7 +126,7 @@ def test_shipped_checkpoint_can_be_left_out(demo, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("is complete, skipped") == 6
     assert "shipped checkpoint" not in proc.stdout and "samples-shipped" not in proc.stdout
-    assert "[fresh run (trained by this demo, 2 steps)]" in proc.stdout
+    assert "[fresh run (trained by this demo, 2 steps; CFG 3)]" in proc.stdout
     assert not (tmp_path / "work" / "eval-shapes-shipped").exists()
 
 
@@ -142,25 +148,36 @@ def test_shipped_checkpoint_build_at_minimal_sizes(tmp_path):
     (tmp_path / "tiny-lm").symlink_to(TINY_LM)  # the export names its base and VAE by relative path
     (tmp_path / "tiny-vae").symlink_to(TINY_VAE)
     env = _env(tmp_path)
-    # two cycles: 2 steps, then 1 more from their weights (train.init_from) at CYCLE2_LR
-    env.update(STEPS="2", CYCLE2_STEPS="1", NUM_ITEMS="24", SAVE_EVERY="1", OUT=str(tmp_path / "tiny-lmfusion"))
-    env["WORK"] = str(tmp_path / "build")
+    # three cycles: 2 steps, then 1 more from their weights (train.init_from) at CYCLE2_LR, then 1 more,
+    # generation-heavy (CYCLE3_ARGS' default)
+    env.update(STEPS="2", CYCLE2_STEPS="1", CYCLE3_STEPS="1", NUM_ITEMS="24", SAVE_EVERY="1")
+    env.update(OUT=str(tmp_path / "tiny-lmfusion"), WORK=str(tmp_path / "build"))
     proc = subprocess.run(
         ["bash", "pipelines/tiny_lmfusion.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "shipped checkpoint" not in proc.stdout  # the build does not evaluate the old shipped one
-    assert proc.stdout.count("== prepare\n") == 1 and not (tmp_path / "build" / "cycle1" / "shapes").exists()
+    build_dir = tmp_path / "build"
+    assert proc.stdout.count("== prepare\n") == 1 and not (build_dir / "cycle1" / "shapes").exists()
+    assert proc.stdout.count("== evaluate-text\n") == 1  # the last cycle's only
     build = json.loads((tmp_path / "tiny-lmfusion" / "build.json").read_text())
-    assert build["steps"] == 3 and build["train_threads"] == 1 and build["stages"]["run"]["cpu_s"] > 0
-    first, second = build["cycles"]
-    assert (first["steps"], second["steps"], second["lr"]) == (2, 1, 1e-3)
-    assert build["stages"]["run"]["cpu_s"] == pytest.approx(first["run"]["cpu_s"] + second["run"]["cpu_s"])
-    assert 0 <= first["shapes"]["generation"]["background"] <= 1
+    assert build["steps"] == 4 and build["train_threads"] == 1 and build["stages"]["run"]["cpu_s"] > 0
+    first, second, third = build["cycles"]
+    assert [c["steps"] for c in build["cycles"]] == [2, 1, 1]
+    assert (second["lr"], third["lr"], second["init_from"], third["init_from"]) == (1e-3, 1e-3, "cycle 1", "cycle 2")
+    assert (first["args"], second["args"], third["args"]) == ([], [], ["--set", "data.generation_fraction=0.7"])
+    total = sum(c["run"]["cpu_s"] for c in build["cycles"])
+    assert build["stages"]["run"]["cpu_s"] == pytest.approx(total)
+    assert 0 <= first["shapes"]["generation"]["background"] <= 1 and "shapes" not in third
+    assert 0 <= second["shapes"]["captioning"]["background"] <= 1
     assert 0 <= build["shapes"]["captioning"]["accuracy"]["background"] <= 1
-    run_config = yaml.safe_load((tmp_path / "build" / "run" / "config.yaml").read_text())
-    assert run_config["train"]["init_from"] == str(tmp_path / "build" / "cycle1" / "run")
-    assert run_config["optim"]["lr"] == 1e-3
+    configs = [yaml.safe_load((d / "run" / "config.yaml").read_text()) for d in (build_dir / "cycle2", build_dir)]
+    assert [c["train"]["init_from"] for c in configs] == [
+        str(build_dir / "cycle1" / "run"),
+        str(build_dir / "cycle2" / "run"),
+    ]
+    assert [c["optim"]["lr"] for c in configs] == [1e-3, 1e-3]
+    assert [c["data"]["generation_fraction"] for c in configs] == [0.3, 0.7]  # tiny.yaml's, then cycle 3's
     loaded = load_for_sampling(tmp_path / "tiny-lmfusion")
     assert loaded.model.base_id == str(tmp_path / "tiny-lm") and loaded.checkpoint.step is None
     export = json.loads((tmp_path / "tiny-lmfusion" / "lmfusion_export.json").read_text())
