@@ -11,7 +11,7 @@
 # exported with `lmfusion export` (trainable weights only; the base and VAE are the shipped tiny-lm and
 # tiny-vae beside it, named by relative path).
 #
-#   make tiny-lmfusion                          # what this is for (≈ 4.5 CPU-hours)
+#   make tiny-lmfusion                          # what this is for (≈ 5.5 CPU-hours: 2.8 h wall on THREADS=2)
 #   STEPS=20 CYCLE2_STEPS=10 CYCLE3_STEPS=10 WORK=/tmp/tl OUT=/tmp/tl/out NUM_ITEMS=64 EVAL_ITEMS=8 bash pipelines/tiny_lmfusion.sh   # smoke
 #
 # The build record (stage wall and CPU seconds, steps, threads, commit; per cycle its steps, rate, overrides,

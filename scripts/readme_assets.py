@@ -110,7 +110,8 @@ def _vae_section(vae: dict[str, Any] | None) -> list[str]:
 
 TINY_LMFUSION_NOTE = (
     "`tiny-lmfusion/` is not made by this build: it is the demo recipe (`pipelines/configs/tiny.yaml`) "
-    "trained 12,000 steps on these assets by `make tiny-lmfusion` (`pipelines/tiny_lmfusion.sh`); its "
+    "trained in three cosine cycles (20,000 + 16,000 + 15,000 steps, the last generation-heavy) on these "
+    "assets by `make tiny-lmfusion` (`pipelines/tiny_lmfusion.sh`); its "
     "`README.md` (model card) and `build.json` hold its figures and build times. It records the LM's config "
     "hash and the VAE's weights hash, so after `make assets` rebuild it too (loading it on other assets is "
     "refused)."
