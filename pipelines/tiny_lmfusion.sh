@@ -52,11 +52,14 @@ if (( CYCLE2_STEPS > 0 )); then
   fi
 fi
 n=${#cycle_steps[@]}
+# the last cycle in WORK (the export's run), the others in WORK/cycleK (their figures are the build's steps)
+cycle_dirs=()
+for (( i = 1; i < n; i++ )); do cycle_dirs+=("$WORK/cycle$i"); done
+cycle_dirs+=("$WORK")
 data=$WORK/shapes latents=$WORK/latents  # every cycle trains on WORK's data and latents
 previous=""
 for (( i = 0; i < n; i++ )); do
-  # the last cycle in WORK (the export's run), the others in WORK/cycleK (their figures are the build's steps)
-  if (( i == n - 1 )); then dir=$WORK; else dir=$WORK/cycle$((i + 1)); fi
+  dir=${cycle_dirs[i]}
   args="$common ${cycle_args[i]}"
   [[ -n ${cycle_lr[i]} ]] && args+=" --set optim.lr=${cycle_lr[i]}"
   [[ -n $previous ]] && args+=" --set train.init_from=$previous"
@@ -75,13 +78,16 @@ evals=(--eval "$WORK/eval-shapes")
 [[ -f $WORK/eval-text/metrics.json ]] && evals+=(--eval "$WORK/eval-text")  # TEXT_EVAL=0 skips it
 "$LMFUSION" export "$WORK/run" --out "$OUT" --base-id ../tiny-lm --vae-id ../tiny-vae "${evals[@]}" --overwrite
 
-cycles_json=$("$PY" -c 'import json, sys; a = sys.argv[1:]; k = len(a) // 3
-print(json.dumps([{"steps": int(a[i]), "lr": float(a[k + i]) if a[k + i] else "the config'"'"'s", "args": a[2 * k + i].split()} for i in range(k)]))' \
-  "${cycle_steps[@]}" "${cycle_lr[@]}" "${cycle_args[@]}")
-"$PY" - "$WORK" "$OUT" "$THREADS" "${EXTRA_TRAIN_ARGS:-}" "$cycles_json" <<'PYEOF'
+# the cycles' folders, steps, rates and overrides follow the fixed arguments, one list after the other
+"$PY" - "$WORK" "$OUT" "$THREADS" "${EXTRA_TRAIN_ARGS:-}" \
+  "${cycle_dirs[@]}" "${cycle_steps[@]}" "${cycle_lr[@]}" "${cycle_args[@]}" <<'PYEOF'
 import json, pathlib, subprocess, sys, datetime
-work, out, threads = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
-extra, cycles = sys.argv[4].split(), json.loads(sys.argv[5])
+work, out, threads, extra = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split()
+lists = sys.argv[5:]
+count = len(lists) // 4
+dirs, steps, rates, overrides = (lists[j * count:(j + 1) * count] for j in range(4))
+cycles = [{"steps": int(s), "lr": float(r) if r else "the config's", "args": a.split()}
+          for s, r, a in zip(steps, rates, overrides)]
 def read(name, suffix, folder=work):
     p = folder / f"{name}.{suffix}"
     return float(p.read_text()) if p.is_file() else None
@@ -92,8 +98,7 @@ def shapes(folder):
 stages = {n: {"wall_s": read(n, "wall_s"), "cpu_s": read(n, "cpu_s")}
           for n in ("shapes", "latents", "run", "samples", "eval-shapes", "eval-text")}
 if len(cycles) > 1:
-    for k, cycle in enumerate(cycles):
-        folder = work if k == len(cycles) - 1 else work / f"cycle{k + 1}"
+    for k, (cycle, folder) in enumerate(zip(cycles, map(pathlib.Path, dirs))):
         cycle["run"] = {"wall_s": read("run", "wall_s", folder), "cpu_s": read("run", "cpu_s", folder)}
         if k:
             cycle["init_from"] = f"cycle {k}"
